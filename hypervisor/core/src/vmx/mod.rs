@@ -1,0 +1,4 @@
+//! VMX: capability MSRs and their decoding.
+
+pub mod caps;
+pub mod msr;
