@@ -21,6 +21,30 @@ pub enum RunResult {
 }
 
 impl RunResult {
+    /// The value written to the debug-exit port (I/O 0xf4) for this result; the emulator exits
+    /// with status `(value << 1) | 1` (QEMU isa-debug-exit, the project's Bochs patch).
+    pub const fn debug_exit_value(self) -> u32 {
+        match self {
+            Self::Pass => 0x10,
+            Self::Fail => 0x11,
+            Self::Unsupported => 0x12,
+        }
+    }
+
+    /// The emulator's process exit status for this result.
+    pub const fn emulator_exit_status(self) -> i32 {
+        ((self.debug_exit_value() << 1) | 1) as i32
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pass" => Some(Self::Pass),
+            "fail" => Some(Self::Fail),
+            "unsupported" => Some(Self::Unsupported),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pass => "pass",
@@ -92,25 +116,50 @@ impl HvSummary {
     }
 }
 
-/// A JSON string literal with the escapes RFC 8259 requires.
+/// Writes string contents with the escapes RFC 8259 requires (no surrounding quotes), so a
+/// reason can be formatted straight into JSON without a buffer.
+pub struct JsonEscape<W: Write>(pub W);
+
+impl<W: Write> Write for JsonEscape<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            match c {
+                '"' => self.0.write_str("\\\"")?,
+                '\\' => self.0.write_str("\\\\")?,
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                c if (c as u32) < 0x20 => write!(self.0, "\\u{:04x}", c as u32)?,
+                c => self.0.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A JSON string literal.
 pub struct JsonStr<'a>(pub &'a str);
 
 impl fmt::Display for JsonStr<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_char('"')?;
-        for c in self.0.chars() {
-            match c {
-                '"' => f.write_str("\\\"")?,
-                '\\' => f.write_str("\\\\")?,
-                '\n' => f.write_str("\\n")?,
-                '\r' => f.write_str("\\r")?,
-                '\t' => f.write_str("\\t")?,
-                c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
-                c => f.write_char(c)?,
-            }
-        }
+        JsonEscape(&mut *f).write_str(self.0)?;
         f.write_char('"')
     }
+}
+
+/// The summary of a run that ended in a fatal error (CPU exception, panic), written without
+/// allocating: the heap may be what failed. VMX features are reported false because the run
+/// did not get far enough to vouch for them.
+pub fn write_fatal_summary(out: &mut impl Write, reason: fmt::Arguments<'_>, cpus_online: u32, cpus_expected: u32) -> fmt::Result {
+    out.write_str("{\"result\":\"fail\",\"reason\":\"")?;
+    JsonEscape(&mut *out).write_fmt(reason)?;
+    write!(
+        out,
+        "\",\"cpus_online\":{cpus_online},\"cpus_expected\":{cpus_expected},\"vmx\":{{\"supported\":false,\"vmxon_cpus\":0,\
+         \"tertiary\":false,\"ipiv\":false,\"apicv\":false,\"posted_interrupts\":false,\"x2apic_virt\":false,\"ept\":false,\
+         \"vpid\":false,\"unrestricted_guest\":false}},\"fatal\":true,\"vms\":[]}}"
+    )
 }
 
 struct OptStr<'a>(Option<&'a str>);
@@ -229,6 +278,29 @@ mod tests {
         // Quotes in reasons survive the round trip.
         let v: serde_json::Value = serde_json::from_str(&s.to_string()).unwrap();
         assert_eq!(v["reason"], "CPU with APIC ID 1: VMXON failed \"CF=1\"");
+    }
+
+    #[test]
+    fn fatal_summary_is_valid_json_with_escaped_reason() {
+        let mut out = String::new();
+        write_fatal_summary(&mut out, format_args!("#PF at {:#x} \"x\"", 0x1000), 3, 4).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["result"], "fail");
+        assert_eq!(v["reason"], "#PF at 0x1000 \"x\"");
+        assert_eq!((v["cpus_online"].as_u64(), v["cpus_expected"].as_u64()), (Some(3), Some(4)));
+        assert_eq!(v["vmx"]["supported"], false);
+        assert_eq!(v["vms"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn exit_statuses_follow_the_debug_exit_convention() {
+        assert_eq!(RunResult::Pass.emulator_exit_status(), 33);
+        assert_eq!(RunResult::Fail.emulator_exit_status(), 35);
+        assert_eq!(RunResult::Unsupported.emulator_exit_status(), 37);
+        for r in [RunResult::Pass, RunResult::Fail, RunResult::Unsupported] {
+            assert_eq!(RunResult::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(RunResult::parse("killed"), None);
     }
 
     #[test]

@@ -1,3 +1,249 @@
+//! The hypervisor kernel: boots from `bootloader`, brings up every CPU and VMX on each.
+//!
+//! Boot flow (docs/architecture.md): serial console → boot config from the ramdisk → memory
+//! (frames, heap) → BSP per-CPU tables → ACPI MADT → local APIC → TSC → VMX discovery → APs
+//! via INIT–SIPI–SIPI → VMXON everywhere → VMXOFF everywhere → `HV-SUMMARY` → exit.
 #![no_std]
 #![no_main]
-#[panic_handler] fn p(_: &core::panic::PanicInfo)->!{loop{}}
+#![feature(abi_x86_interrupt)]
+
+extern crate alloc;
+
+mod acpi;
+mod apic;
+mod console;
+mod cpu;
+mod memory;
+mod report;
+mod smp;
+mod time;
+mod vmx;
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use bootloader_api::config::Mapping;
+use bootloader_api::{entry_point, BootInfo, BootloaderConfig};
+use hvcore::bootcfg::{BootConfig, FaultInjection};
+use hvcore::summary::{CpuReport, HvSummary};
+use hvcore::vmx::caps::{VmxCaps, VmxMsrs};
+use log::{error, info, warn};
+use spin::{Mutex, Once};
+
+pub static BOOTLOADER_CONFIG: BootloaderConfig = {
+    let mut c = BootloaderConfig::new_default();
+    c.mappings.physical_memory = Some(Mapping::Dynamic);
+    // Keep the lower half (PML4 entry 0 in particular) free: the AP trampoline's temporary
+    // page tables identity-map low memory there.
+    c.mappings.kernel_base = Mapping::FixedAddress(0xffff_ffff_8000_0000);
+    c.mappings.dynamic_range_start = Some(0xffff_8000_0000_0000);
+    c.kernel_stack_size = 256 * 1024;
+    c
+};
+
+entry_point!(kmain, config = &BOOTLOADER_CONFIG);
+
+/// Per-CPU outcome, indexed by CPU index (0 = BSP).
+static REPORTS: Mutex<Vec<CpuReport>> = Mutex::new(Vec::new());
+/// The BSP's decoded capabilities; `None` when VMX is unusable on this platform.
+static BSP_CAPS: Once<Option<VmxCaps>> = Once::new();
+static CONFIG: Once<BootConfig> = Once::new();
+/// APs that finished their VMXON attempt, and those that finished VMXOFF.
+static APS_VMX_DONE: AtomicU32 = AtomicU32::new(0);
+static APS_OFF_DONE: AtomicU32 = AtomicU32::new(0);
+/// Set by the BSP when every CPU may leave VMX operation.
+static RELEASE: AtomicBool = AtomicBool::new(false);
+
+const AP_REPORT_TIMEOUT_US: u64 = 2_000_000;
+
+fn kmain(boot_info: &'static mut BootInfo) -> ! {
+    console::init(log::LevelFilter::Info);
+    let config = boot_config(boot_info);
+    report::set_exit_mode(config.exit);
+    console::init(config.log_level);
+    CONFIG.call_once(|| config);
+    info!("ipiv-hv {} starting", env!("CARGO_PKG_VERSION"));
+
+    let phys_offset = boot_info.physical_memory_offset.into_option().unwrap_or_else(|| {
+        report::fatal(format_args!("bootloader did not map physical memory"));
+    });
+    let low = memory::init(phys_offset, &boot_info.memory_regions, smp::trampoline::PAGES)
+        .unwrap_or_else(|e| report::fatal(format_args!("memory: {e}")));
+    info!("memory: {} MiB free, trampoline at {low:#x}", memory::free_bytes() >> 20);
+
+    apic::init_this_cpu();
+    let bsp_apic = apic::id();
+    cpu::activate(cpu::PerCpu::new(0, bsp_apic));
+    info!("local APIC {} in {} mode", bsp_apic, if apic::is_x2apic() { "x2APIC" } else { "xAPIC" });
+
+    let rsdp = boot_info.rsdp_addr.into_option().unwrap_or_else(|| report::fatal(format_args!("no ACPI RSDP")));
+    let procs = acpi::processors(rsdp).unwrap_or_else(|e| report::fatal(format_args!("ACPI MADT: {e:?}")));
+    let expected = 1 + procs.aps.len() as u32;
+    report::CPUS_EXPECTED.store(expected, Ordering::Relaxed);
+    info!("ACPI: {expected} CPUs enabled (BSP APIC {}, APs {:?}), {} disabled", procs.bsp_apic_id, procs.aps, procs.disabled);
+    if procs.bsp_apic_id != bsp_apic {
+        warn!("MADT says the BSP has APIC ID {}, the APIC says {bsp_apic}", procs.bsp_apic_id);
+    }
+
+    let (tsc_hz, source) = time::tsc_hz();
+    info!("TSC {} kHz (from {source:?})", tsc_hz / 1000);
+
+    let msrs = vmx::read_msrs();
+    log_msrs(&msrs);
+    let caps = match VmxCaps::decode(&msrs) {
+        Ok(c) => Some(c),
+        Err(why) => {
+            info!("VMX unsupported: {why}");
+            None
+        }
+    };
+    BSP_CAPS.call_once(|| caps);
+    if let Some(c) = &caps {
+        info!("VMX features: {:?}", c.features());
+    }
+
+    {
+        let mut r = REPORTS.lock();
+        r.push(CpuReport { apic_id: bsp_apic, bsp: true, online: true, ..Default::default() });
+        r.extend(procs.aps.iter().map(|&apic_id| CpuReport { apic_id, ..Default::default() }));
+    }
+    if config.fault == FaultInjection::BspPageFault {
+        inject_page_fault();
+    }
+    if config.fault == FaultInjection::BspPanic {
+        panic!("deliberate panic (boot config fault = bsp-panic)");
+    }
+
+    // SAFETY: reading CR3 has no side effects.
+    let kernel_cr3 = x86_64::registers::control::Cr3::read_raw().0.start_address().as_u64();
+    let mut tramp = smp::trampoline::Trampoline::install(low, kernel_cr3);
+    let mut started = 0u32;
+    for (i, &apic_id) in procs.aps.iter().enumerate() {
+        let index = i as u32 + 1;
+        match smp::start_ap(&mut tramp, index, apic_id, ap_entry) {
+            Ok(()) => started += 1,
+            Err(e) => {
+                error!("CPU {index} (APIC ID {apic_id}) did not start: {e:?}");
+                REPORTS.lock()[index as usize].error = Some(alloc::format!("did not start: {e:?}"));
+            }
+        }
+    }
+    info!("SMP: {} of {expected} CPUs online", started + 1);
+
+    let bsp_vmx = vmx_bring_up(0, &msrs);
+    wait_for(|| APS_VMX_DONE.load(Ordering::Acquire) >= started, "APs to finish VMXON");
+    RELEASE.store(true, Ordering::Release);
+    if let Some(v) = bsp_vmx {
+        v.off();
+    }
+    wait_for(|| APS_OFF_DONE.load(Ordering::Acquire) >= started, "APs to finish VMXOFF");
+
+    let reports = REPORTS.lock().clone();
+    let unsupported = match caps {
+        Some(_) => None,
+        None => Some(hvcore::vmx::caps::VmxCaps::decode(&msrs).err().map(|u| u.to_string()).unwrap_or_default()),
+    };
+    let features = caps.map(|c| c.features()).unwrap_or_default();
+    let summary = HvSummary::judge(expected, unsupported, features, tsc_hz, reports);
+    info!("result: {}", summary.result.as_str());
+    report::finish(&summary)
+}
+
+/// The boot config from the ramdisk; without one (real hardware), the defaults.
+fn boot_config(boot_info: &BootInfo) -> BootConfig {
+    let Some(addr) = boot_info.ramdisk_addr.into_option() else { return BootConfig::default() };
+    // SAFETY: the bootloader mapped the ramdisk at this address with this length.
+    let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, boot_info.ramdisk_len as usize) };
+    let text = core::str::from_utf8(bytes).unwrap_or_else(|_| report::fatal(format_args!("boot config is not UTF-8")));
+    BootConfig::parse(text).unwrap_or_else(|e| report::fatal(format_args!("{e}")))
+}
+
+fn log_msrs(m: &VmxMsrs) {
+    log::debug!(
+        "VMX MSRs: cpuid_vmx={} feature_control={:#x} basic={:#x} pin={:#x} proc={:#x} exit={:#x} entry={:#x} \
+         proc2={:#x?} proc3={:#x?} ept_vpid={:#x?} cr0_fixed={:#x}/{:#x} cr4_fixed={:#x}/{:#x}",
+        m.cpuid_vmx, m.feature_control, m.basic, m.pinbased, m.procbased, m.exit, m.entry,
+        m.procbased2, m.procbased3, m.ept_vpid_cap, m.cr0_fixed0, m.cr0_fixed1, m.cr4_fixed0, m.cr4_fixed1
+    );
+}
+
+/// VMXON on this CPU (when the platform supports VMX); records the outcome in REPORTS.
+fn vmx_bring_up(index: u32, msrs: &VmxMsrs) -> Option<vmx::VmxOn> {
+    let bsp_caps = (*BSP_CAPS.get().expect("BSP decodes first"))?;
+    let result = VmxCaps::decode(msrs).map_err(vmx::VmxError::Unsupported).and_then(|caps| {
+        if caps.features() != bsp_caps.features() {
+            warn!("VMX features differ from the BSP's: {:?}", caps.features());
+        }
+        vmx::enable(&caps, msrs)
+    });
+    let mut r = REPORTS.lock();
+    match result {
+        Ok(v) => {
+            info!("VMXON ok");
+            r[index as usize].vmxon = true;
+            Some(v)
+        }
+        Err(e) => {
+            error!("VMXON: {e}");
+            r[index as usize].error = Some(e.to_string());
+            None
+        }
+    }
+}
+
+fn wait_for(done: impl Fn() -> bool, what: &str) {
+    let step = 1_000;
+    for _ in 0..AP_REPORT_TIMEOUT_US / step {
+        if done() {
+            return;
+        }
+        time::pit_delay_us(step);
+    }
+    error!("timed out waiting for {what}");
+}
+
+extern "C" fn ap_entry(arg: u64) -> ! {
+    // SAFETY: the BSP passed a leaked, 'static PerCpu made for this CPU (smp::start_ap).
+    let pc: &'static cpu::PerCpu = unsafe { &*(arg as *const cpu::PerCpu) };
+    cpu::activate(pc);
+    smp::ap_started();
+    apic::init_this_cpu();
+    let index = pc.index;
+    let id = apic::id();
+    if id != pc.apic_id {
+        warn!("started as APIC ID {} but the APIC says {id}", pc.apic_id);
+    }
+    report::CPUS_ONLINE.fetch_add(1, Ordering::Relaxed);
+    REPORTS.lock()[index as usize].online = true;
+    info!("online (APIC ID {id})");
+    if index == 1 && CONFIG.get().is_some_and(|c| c.fault == FaultInjection::ApPageFault) {
+        inject_page_fault();
+    }
+
+    let msrs = vmx::read_msrs();
+    let vmx = vmx_bring_up(index, &msrs);
+    APS_VMX_DONE.fetch_add(1, Ordering::Release);
+    while !RELEASE.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    if let Some(v) = vmx {
+        v.off();
+    }
+    APS_OFF_DONE.fetch_add(1, Ordering::Release);
+    report::halt_forever()
+}
+
+/// Reads an address that nothing maps (lower half, which the kernel leaves empty).
+fn inject_page_fault() {
+    warn!("injecting a page fault (boot config fault = ...-page-fault)");
+    // SAFETY: deliberately unsound: this read faults, which is what the test wants to see.
+    let v = unsafe { core::ptr::read_volatile(0x0000_7fff_dead_b000 as *const u64) };
+    let _ = String::from("unreachable");
+    info!("read {v}");
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    report::fatal(format_args!("panic on CPU {}: {info}", cpu::index()))
+}

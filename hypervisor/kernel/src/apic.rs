@@ -1,0 +1,110 @@
+//! Local APIC driver: x2APIC (MSRs) when CPUID offers it, xAPIC (MMIO) otherwise.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use x86_64::registers::model_specific::Msr;
+
+use crate::cpu::exceptions::SPURIOUS_VECTOR;
+use crate::memory::phys_to_virt;
+
+const IA32_APIC_BASE: u32 = 0x1b;
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+const APIC_BASE_X2APIC: u64 = 1 << 10;
+/// x2APIC MSRs are 0x800 + (xAPIC MMIO offset >> 4) (SDM Vol. 3A §12.12.1.2).
+const X2APIC_MSR_BASE: u32 = 0x800;
+
+// Register offsets (SDM Vol. 3A Table 12-1).
+const REG_ID: u32 = 0x20;
+const REG_EOI: u32 = 0xb0;
+const REG_SVR: u32 = 0xf0;
+const REG_ICR_LO: u32 = 0x300;
+const REG_ICR_HI: u32 = 0x310;
+const ICR_DELIVERY_PENDING: u32 = 1 << 12;
+
+/// ICR delivery modes and flags (SDM Vol. 3A §12.6.1).
+pub const ICR_INIT: u32 = 0b101 << 8;
+pub const ICR_STARTUP: u32 = 0b110 << 8;
+pub const ICR_LEVEL_ASSERT: u32 = 1 << 14;
+
+/// 0: not initialized; 1: x2APIC; otherwise the xAPIC MMIO virtual base.
+static MODE: AtomicU64 = AtomicU64::new(0);
+const MODE_X2APIC: u64 = 1;
+
+pub fn is_x2apic() -> bool {
+    MODE.load(Ordering::Relaxed) == MODE_X2APIC
+}
+
+/// Enables this CPU's local APIC (x2APIC mode when available) with the spurious vector set.
+/// The BSP calls it first and so picks the mode for everyone.
+pub fn init_this_cpu() {
+    let x2 = match MODE.load(Ordering::Acquire) {
+        0 => {
+            let x2 = core::arch::x86_64::__cpuid(1).ecx & (1 << 21) != 0;
+            x2
+        }
+        m => m == MODE_X2APIC,
+    };
+    let mut base_msr = Msr::new(IA32_APIC_BASE);
+    // SAFETY: IA32_APIC_BASE exists on every x86-64 CPU; setting the enable (and x2APIC) bits
+    // is the documented way to turn the APIC on (SDM Vol. 3A §12.12.5: xAPIC→x2APIC is allowed
+    // while enabled).
+    let base = unsafe {
+        let v = base_msr.read() | APIC_BASE_ENABLE;
+        base_msr.write(v);
+        if x2 {
+            base_msr.write(v | APIC_BASE_X2APIC);
+        }
+        v
+    };
+    if x2 {
+        MODE.store(MODE_X2APIC, Ordering::Release);
+    } else {
+        let mmio = phys_to_virt(base & 0x000f_ffff_ffff_f000) as u64;
+        MODE.store(mmio, Ordering::Release);
+    }
+    write(REG_SVR, 0x100 | SPURIOUS_VECTOR as u32);
+}
+
+fn read(reg: u32) -> u32 {
+    match MODE.load(Ordering::Relaxed) {
+        // SAFETY: x2APIC mode is enabled, so its MSRs exist.
+        MODE_X2APIC => unsafe { Msr::new(X2APIC_MSR_BASE + (reg >> 4)).read() as u32 },
+        // SAFETY: the xAPIC page is mapped by the physical window; registers are 32-bit aligned.
+        base => unsafe { core::ptr::read_volatile((base + reg as u64) as *const u32) },
+    }
+}
+
+fn write(reg: u32, value: u32) {
+    match MODE.load(Ordering::Relaxed) {
+        // SAFETY: as in `read`.
+        MODE_X2APIC => unsafe { Msr::new(X2APIC_MSR_BASE + (reg >> 4)).write(value as u64) },
+        // SAFETY: as in `read`.
+        base => unsafe { core::ptr::write_volatile((base + reg as u64) as *mut u32, value) },
+    }
+}
+
+/// This CPU's APIC ID (32 bits in x2APIC mode, 8 in xAPIC mode).
+pub fn id() -> u32 {
+    match is_x2apic() {
+        true => read(REG_ID),
+        false => read(REG_ID) >> 24,
+    }
+}
+
+/// Sends an IPI: `icr_low` holds vector, delivery mode and flags; `dest` is the APIC ID.
+pub fn send_ipi(dest: u32, icr_low: u32) {
+    if is_x2apic() {
+        // The x2APIC ICR is one 64-bit MSR with the destination in bits 63:32 (SDM §12.12.9).
+        // SAFETY: x2APIC mode is enabled.
+        unsafe { Msr::new(X2APIC_MSR_BASE + (REG_ICR_LO >> 4)).write(((dest as u64) << 32) | icr_low as u64) };
+    } else {
+        write(REG_ICR_HI, dest << 24);
+        write(REG_ICR_LO, icr_low);
+        while read(REG_ICR_LO) & ICR_DELIVERY_PENDING != 0 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+pub fn eoi() {
+    write(REG_EOI, 0);
+}

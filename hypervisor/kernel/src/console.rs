@@ -1,0 +1,109 @@
+//! Serial console on COM1 behind the `log` facade. Every line carries the CPU index.
+
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use spin::Mutex;
+use uart_16550::SerialPort;
+use x86_64::instructions::port::Port;
+
+const COM1: u16 = 0x3f8;
+
+static SERIAL: Mutex<Option<SerialPort>> = Mutex::new(None);
+static LOGGER: Logger = Logger;
+static LOGGER_SET: AtomicBool = AtomicBool::new(false);
+
+/// Initializes COM1 and installs the logger with the given level.
+pub fn init(level: LevelFilter) {
+    {
+        let mut s = SERIAL.lock();
+        if s.is_none() {
+            // SAFETY: COM1 is the standard PC serial port; nothing else in the kernel drives it.
+            let mut port = unsafe { SerialPort::new(COM1) };
+            port.init();
+            *s = Some(port);
+        }
+    }
+    if !LOGGER_SET.swap(true, Ordering::AcqRel) {
+        log::set_logger(&LOGGER).expect("logger installed once");
+    }
+    log::set_max_level(level);
+}
+
+struct Logger;
+
+impl Log for Logger {
+    fn enabled(&self, m: &Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &Record<'_>) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        let lvl = match r.level() {
+            Level::Error => "ERROR",
+            Level::Warn => "WARN ",
+            Level::Info => "INFO ",
+            Level::Debug => "DEBUG",
+            Level::Trace => "TRACE",
+        };
+        print(format_args!("[cpu{}] {} {}\n", crate::cpu::index(), lvl, r.args()));
+    }
+
+    fn flush(&self) {}
+}
+
+/// Prints one whole line (or block) atomically with respect to other CPUs.
+pub fn print(args: fmt::Arguments<'_>) {
+    let mut s = SERIAL.lock();
+    if let Some(port) = s.as_mut() {
+        let _ = port.write_fmt(args);
+    }
+}
+
+/// A writer for the fatal-error path: takes the console even when the CPU that faulted held it
+/// (waiting for it would hang the report forever).
+pub struct PanicWriter;
+
+impl PanicWriter {
+    pub fn take() -> Self {
+        for _ in 0..1_000_000 {
+            if !SERIAL.is_locked() {
+                return Self;
+            }
+            core::hint::spin_loop();
+        }
+        // SAFETY: a CPU that is about to end the run takes the port; if another CPU still
+        // held it, the worst outcome is interleaved characters.
+        unsafe { SERIAL.force_unlock() };
+        Self
+    }
+}
+
+impl Write for PanicWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut g = SERIAL.lock();
+        let port = g.get_or_insert_with(|| {
+            // SAFETY: as in `init`; reached only if the fault came before `init`.
+            let mut p = unsafe { SerialPort::new(COM1) };
+            p.init();
+            p
+        });
+        port.write_str(s)
+    }
+}
+
+/// Waits until the UART has sent every byte (LSR.TEMT), so nothing is lost when the emulator
+/// exits right after.
+pub fn drain() {
+    let mut lsr: Port<u8> = Port::new(COM1 + 5);
+    for _ in 0..10_000_000 {
+        // SAFETY: reading the line-status register has no side effects.
+        if unsafe { lsr.read() } & 0x40 != 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}

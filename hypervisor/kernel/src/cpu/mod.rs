@@ -1,0 +1,53 @@
+//! Per-CPU state: descriptor tables, the per-CPU block reached through GS, and the CPU index.
+
+pub mod exceptions;
+pub mod gdt;
+
+use alloc::boxed::Box;
+use core::sync::atomic::{AtomicBool, Ordering};
+use x86_64::registers::model_specific::GsBase;
+use x86_64::VirtAddr;
+
+/// Per-CPU data. GS base points at it on every CPU; `index` sits at a fixed offset so
+/// [`index`] is one load.
+#[repr(C)]
+pub struct PerCpu {
+    /// Dense CPU index: 0 is the BSP, then the APs in MADT order.
+    pub index: u32,
+    pub apic_id: u32,
+    pub gdt: gdt::CpuTables,
+}
+
+const _: () = assert!(core::mem::offset_of!(PerCpu, index) == 0);
+
+/// False until the BSP's per-CPU block exists; from then on every CPU running kernel code has
+/// its GS base set (APs set it before anything else, see [`activate`]).
+static PERCPU_READY: AtomicBool = AtomicBool::new(false);
+
+/// This CPU's index (0 before per-CPU data exists, so early log lines say cpu0).
+pub fn index() -> u32 {
+    if !PERCPU_READY.load(Ordering::Relaxed) {
+        return 0;
+    }
+    let i: u32;
+    // SAFETY: once PERCPU_READY is set, every CPU that runs kernel code has GS base pointing at
+    // its PerCpu (APs set it before they can log), whose first field is the u32 index.
+    unsafe { core::arch::asm!("mov {0:e}, gs:[0]", out(reg) i, options(nostack, readonly, preserves_flags)) };
+    i
+}
+
+impl PerCpu {
+    /// Allocates a CPU's block and descriptor tables. The BSP does this for every AP before
+    /// starting it, so an AP needs no allocation before its GS base is set.
+    pub fn new(index: u32, apic_id: u32) -> &'static PerCpu {
+        Box::leak(Box::new(PerCpu { index, apic_id, gdt: gdt::CpuTables::new() }))
+    }
+}
+
+/// Makes `pc` the running CPU's block: GS base, GDT, TSS and IDT. First thing on every CPU.
+pub fn activate(pc: &'static PerCpu) {
+    GsBase::write(VirtAddr::from_ptr(pc as *const PerCpu));
+    PERCPU_READY.store(true, Ordering::Release);
+    pc.gdt.load();
+    exceptions::load_idt();
+}

@@ -1,0 +1,281 @@
+//! `cargo xtask run`: boot the hypervisor on a platform, stream its serial console, enforce a
+//! timeout, and judge the run by its `HV-SUMMARY` line and the emulator's exit status.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use hvcore::summary::RunResult;
+use serde_json::Value;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{bochs, image, summary};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Platform {
+    /// The project's Bochs 3.0 with VMX (`sapphire_rapids` CPU model): the VMX proving ground.
+    Bochs,
+    /// QEMU with TCG: boot, SMP and the "no VMX" path.
+    Qemu,
+    /// QEMU with KVM (`-enable-kvm -cpu host`): needs a host with (nested) VMX.
+    QemuKvm,
+}
+
+impl Platform {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bochs => "bochs",
+            Self::Qemu => "qemu",
+            Self::QemuKvm => "qemu-kvm",
+        }
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Where to boot.
+    #[arg(long, value_enum, default_value = "bochs")]
+    pub platform: Platform,
+    /// Boot through UEFI (OVMF) instead of BIOS (QEMU platforms only).
+    #[arg(long)]
+    pub uefi: bool,
+    /// Number of CPUs.
+    #[arg(long, default_value_t = 4)]
+    pub cpus: u32,
+    /// Write the HV-SUMMARY object, plus "platform", to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Exit 0 when the result is this one (besides "pass").
+    #[arg(long, value_parser = ["pass", "fail", "unsupported"])]
+    pub expect: Option<String>,
+    /// Kill the run after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Kernel log level on the serial console.
+    #[arg(long, default_value = "info", value_parser = ["off", "error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
+    /// Inject a fault, to check that faults are reported and fail the run.
+    #[arg(long, default_value = "none", value_parser = ["none", "ap-page-fault", "bsp-page-fault", "bsp-panic"])]
+    pub fault: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512)]
+    pub memory: u32,
+    /// Do not echo the serial console while running.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    pub fn new(platform: Platform, cpus: u32) -> Self {
+        Self {
+            platform,
+            uefi: false,
+            cpus,
+            json: None,
+            expect: None,
+            timeout: 300,
+            log_level: "info".into(),
+            fault: "none".into(),
+            memory: 512,
+            quiet: true,
+        }
+    }
+
+    /// A short name for the run's output folder.
+    fn slug(&self) -> String {
+        let fw = if self.uefi { "uefi" } else { "bios" };
+        format!("{}-{fw}-{}cpu-{}", self.platform.name(), self.cpus, self.fault)
+    }
+}
+
+/// What a run produced.
+pub struct Outcome {
+    /// The summary with "platform" added; `None` when the kernel printed none.
+    pub summary: Option<Value>,
+    /// The emulator's exit status (`None` if killed on timeout or by a signal).
+    pub exit_status: Option<i32>,
+    pub timed_out: bool,
+    /// Whether `cargo xtask run` should exit 0: a "pass", or the `--expect`ed result.
+    pub accepted: bool,
+}
+
+pub fn run(args: &RunArgs) -> Result<Outcome> {
+    if args.cpus == 0 || args.cpus > 255 {
+        bail!("--cpus must be between 1 and 255");
+    }
+    if args.uefi && args.platform == Platform::Bochs {
+        bail!("--uefi needs a QEMU platform: the project's Bochs boots BIOS images");
+    }
+    let dir = PathBuf::from("target/xtask/runs").join(args.slug());
+    fs::create_dir_all(&dir)?;
+    let kernel = image::build_kernel()?;
+    let img = dir.join("disk.img");
+    let cfg = image::BootCfg { log_level: args.log_level.clone(), exit: "debug-port", fault: args.fault.clone() };
+    image::make_image(&kernel, &cfg, args.uefi, &img)?;
+
+    let serial = dir.join("serial.log");
+    let _ = fs::remove_file(&serial);
+    fs::write(&serial, b"")?;
+    let mut cmd = match args.platform {
+        Platform::Bochs => bochs::command(&bochs::provision()?, &dir, &img, &serial, args.cpus, args.memory)?,
+        Platform::Qemu | Platform::QemuKvm => qemu_command(args, &img, &serial)?,
+    };
+    eprintln!(
+        "xtask: booting on {}{} with {} CPUs (timeout {} s, log in {})",
+        args.platform.name(),
+        if args.uefi { " (UEFI)" } else { "" },
+        args.cpus,
+        args.timeout,
+        serial.display()
+    );
+    let emu_out = fs::File::create(dir.join("emulator.out"))?;
+    cmd.stdin(Stdio::null()).stdout(emu_out.try_clone()?).stderr(emu_out);
+    let start = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+
+    let mut tail = SerialTail::new(&serial, !args.quiet);
+    let deadline = start + Duration::from_secs(args.timeout);
+    let (exit_status, timed_out) = loop {
+        tail.pump()?;
+        if let Some(st) = child.try_wait()? {
+            break (st.code(), false);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break (None, true);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    tail.pump()?;
+    let elapsed = start.elapsed();
+    let serial_log = String::from_utf8_lossy(&fs::read(&serial)?).into_owned();
+
+    let parsed = summary::find(&serial_log);
+    let mut problems = Vec::new();
+    let mut summary = match parsed {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            None
+        }
+    };
+    if let Some(Value::Object(m)) = summary.as_mut() {
+        m.insert("platform".into(), Value::from(args.platform.name()));
+        m.insert("firmware".into(), Value::from(if args.uefi { "uefi" } else { "bios" }));
+    }
+    let result = summary.as_ref().and_then(|s| s["result"].as_str()).and_then(RunResult::parse);
+    if timed_out {
+        problems.push(format!("timed out after {} s", args.timeout));
+    } else if summary.is_none() {
+        problems.push(format!("no HV-SUMMARY line; the emulator exited with {exit_status:?}"));
+    }
+    if let (Some(r), Some(code), false) = (result, exit_status, timed_out) {
+        if code != r.emulator_exit_status() {
+            problems.push(format!(
+                "summary says {} but the emulator exited with {code} (expected {})",
+                r.as_str(),
+                r.emulator_exit_status()
+            ));
+        }
+    }
+    let wanted = args.expect.as_deref().unwrap_or("pass");
+    let accepted = problems.is_empty() && result.is_some_and(|r| r == RunResult::Pass || r.as_str() == wanted);
+
+    if let (Some(path), Some(s)) = (&args.json, &summary) {
+        fs::write(path, serde_json::to_string_pretty(s)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    let verdict = match result {
+        Some(r) => r.as_str(),
+        None => "no result",
+    };
+    eprintln!(
+        "xtask: {} in {:.1} s: {verdict}{}",
+        args.platform.name(),
+        elapsed.as_secs_f64(),
+        summary.as_ref().and_then(|s| s["reason"].as_str()).map(|r| format!(" ({r})")).unwrap_or_default()
+    );
+    if !accepted {
+        for p in &problems {
+            eprintln!("xtask: {p}");
+        }
+        if !problems.is_empty() || !args.quiet {
+            print_tail(&serial_log, 40);
+            let emu = fs::read_to_string(dir.join("emulator.out")).unwrap_or_default();
+            if !emu.trim().is_empty() {
+                eprintln!("--- emulator output (tail) ---");
+                print_tail(&emu, 15);
+            }
+        }
+    }
+    Ok(Outcome { summary, exit_status, timed_out, accepted })
+}
+
+fn print_tail(log: &str, n: usize) {
+    let lines: Vec<&str> = log.lines().collect();
+    eprintln!("--- last {} lines ---", n.min(lines.len()));
+    for l in &lines[lines.len().saturating_sub(n)..] {
+        eprintln!("{l}");
+    }
+}
+
+fn qemu_command(args: &RunArgs, img: &Path, serial: &Path) -> Result<Command> {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-machine", "q35", "-m"]).arg(format!("{}M", args.memory));
+    c.arg("-smp").arg(args.cpus.to_string());
+    c.args(["-display", "none", "-monitor", "none", "-no-reboot"]);
+    c.arg("-serial").arg(format!("file:{}", serial.display()));
+    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    c.arg("-drive").arg(format!("format=raw,file={}", img.display()));
+    if args.uefi {
+        c.arg("-bios").arg(ovmf()?);
+    }
+    if args.platform == Platform::QemuKvm {
+        if !Path::new("/dev/kvm").exists() {
+            bail!("--platform qemu-kvm needs /dev/kvm (a host with VT-x and KVM, nested VMX for L1 VMX)");
+        }
+        c.args(["-enable-kvm", "-cpu", "host"]);
+    }
+    Ok(c)
+}
+
+fn ovmf() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("OVMF") {
+        return Ok(p.into());
+    }
+    ["/usr/share/ovmf/OVMF.fd", "/usr/share/OVMF/OVMF.fd", "/usr/share/qemu/OVMF.fd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("OVMF firmware not found (install Debian's ovmf package or set OVMF=path)")
+}
+
+/// Follows the serial log file while the emulator writes it.
+struct SerialTail {
+    file: PathBuf,
+    pos: u64,
+    echo: bool,
+}
+
+impl SerialTail {
+    fn new(file: &Path, echo: bool) -> Self {
+        Self { file: file.to_path_buf(), pos: 0, echo }
+    }
+
+    fn pump(&mut self) -> Result<()> {
+        if !self.echo {
+            return Ok(());
+        }
+        let Ok(mut f) = fs::File::open(&self.file) else { return Ok(()) };
+        f.seek(SeekFrom::Start(self.pos))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        self.pos += buf.len() as u64;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&buf)?;
+        out.flush()?;
+        Ok(())
+    }
+}
