@@ -37,10 +37,7 @@ pub fn is_x2apic() -> bool {
 /// The BSP calls it first and so picks the mode for everyone.
 pub fn init_this_cpu() {
     let x2 = match MODE.load(Ordering::Acquire) {
-        0 => {
-            let x2 = core::arch::x86_64::__cpuid(1).ecx & (1 << 21) != 0;
-            x2
-        }
+        0 => core::arch::x86_64::__cpuid(1).ecx & (1 << 21) != 0,
         m => m == MODE_X2APIC,
     };
     let mut base_msr = Msr::new(IA32_APIC_BASE);
@@ -105,6 +102,7 @@ pub fn send_ipi(dest: u32, icr_low: u32) {
     }
 }
 
+#[allow(dead_code, reason = "interrupt handling arrives with interrupt virtualization")]
 pub fn eoi() {
     write(REG_EOI, 0);
 }

@@ -162,7 +162,7 @@ fn boot_config(boot_info: &BootInfo) -> BootConfig {
 fn log_msrs(m: &VmxMsrs) {
     log::debug!(
         "VMX MSRs: cpuid_vmx={} feature_control={:#x} basic={:#x} pin={:#x} proc={:#x} exit={:#x} entry={:#x} \
-         proc2={:#x?} proc3={:#x?} ept_vpid={:#x?} cr0_fixed={:#x}/{:#x} cr4_fixed={:#x}/{:#x}",
+         proc2={:x?} proc3={:x?} ept_vpid={:x?} cr0_fixed={:#x}/{:#x} cr4_fixed={:#x}/{:#x}",
         m.cpuid_vmx, m.feature_control, m.basic, m.pinbased, m.procbased, m.exit, m.entry,
         m.procbased2, m.procbased3, m.ept_vpid_cap, m.cr0_fixed0, m.cr0_fixed1, m.cr4_fixed0, m.cr4_fixed1
     );

@@ -46,7 +46,7 @@ pub fn fatal(reason: fmt::Arguments<'_>) -> ! {
     let _ = w.write_str(SUMMARY_PREFIX);
     let _ = write_fatal_summary(
         &mut w,
-        format_args!("CPU {me}: {reason}"),
+        reason,
         CPUS_ONLINE.load(Ordering::Relaxed),
         CPUS_EXPECTED.load(Ordering::Relaxed),
     );

@@ -1,3 +1,182 @@
 use super::*;
+use crate::vmx::msr::*;
+use std::collections::BTreeMap;
+use std::vec::Vec;
+
+/// MSR values read by the kernel on the project's Bochs 3.0, `cpu: model=sapphire_rapids`
+/// (`cargo xtask run --platform bochs --log-level debug`, 2026-11-25).
+fn bochs_sapphire_rapids() -> BTreeMap<u32, u64> {
+    BTreeMap::from([
+        (IA32_FEATURE_CONTROL, 0x5),
+        (IA32_VMX_BASIC, 0x01d8_1000_0000_0004),
+        (IA32_VMX_TRUE_PINBASED_CTLS, 0xff_0000_0016),
+        (IA32_VMX_TRUE_PROCBASED_CTLS, 0xfffb_fffe_0400_6172),
+        (IA32_VMX_TRUE_EXIT_CTLS, 0xf87f_ffff_0003_6dfb),
+        (IA32_VMX_TRUE_ENTRY_CTLS, 0x58_ffff_0000_11fb),
+        (IA32_VMX_PROCBASED_CTLS2, 0x06d7_7fff_0000_0000),
+        (IA32_VMX_PROCBASED_CTLS3, 0x80),
+        (IA32_VMX_EPT_VPID_CAP, 0xf01_06f3_4141),
+        (IA32_VMX_CR0_FIXED0, 0x8000_0021),
+        (IA32_VMX_CR0_FIXED1, 0xffff_ffff),
+        (IA32_VMX_CR4_FIXED0, 0x2000),
+        (IA32_VMX_CR4_FIXED1, 0x3f7_3fff),
+    ])
+}
+
+/// Reads MSRs from `msrs`, recording the order; an absent MSR panics like the #GP a real
+/// RDMSR of a nonexistent MSR raises.
+fn read(cpuid_vmx: bool, msrs: &BTreeMap<u32, u64>) -> (VmxMsrs, Vec<u32>) {
+    let mut seen = Vec::new();
+    let m = VmxMsrs::read(cpuid_vmx, |i| {
+        seen.push(i);
+        *msrs.get(&i).unwrap_or_else(|| panic!("#GP: RDMSR {i:#x} does not exist on this CPU"))
+    });
+    (m, seen)
+}
+
+fn features(msrs: &BTreeMap<u32, u64>) -> VmxFeatures {
+    VmxCaps::decode(&read(true, msrs).0).unwrap().features()
+}
+
 #[test]
-fn placeholder_until_recorded() {}
+fn bochs_sapphire_rapids_has_everything_but_ipiv() {
+    let (m, seen) = read(true, &bochs_sapphire_rapids());
+    assert!(seen.contains(&IA32_VMX_PROCBASED_CTLS3));
+    assert!(!seen.contains(&IA32_VMX_PINBASED_CTLS), "BASIC bit 55 set: TRUE_ MSRs are used");
+    let caps = VmxCaps::decode(&m).unwrap();
+    assert_eq!(caps.revision_id, 4);
+    assert_eq!(caps.region_size, 0x1000);
+    assert!(caps.true_ctls);
+    assert_eq!(
+        caps.features(),
+        VmxFeatures {
+            tertiary: true,
+            ipiv: false,
+            apicv: true,
+            posted_interrupts: true,
+            x2apic_virt: true,
+            ept: true,
+            vpid: true,
+            unrestricted_guest: true,
+        }
+    );
+}
+
+#[test]
+fn ipiv_is_tertiary_bit_4() {
+    let mut msrs = bochs_sapphire_rapids();
+    msrs.insert(IA32_VMX_PROCBASED_CTLS3, 0x80 | 1 << tertiary_bits::IPI_VIRTUALIZATION);
+    assert!(features(&msrs).ipiv);
+}
+
+#[test]
+fn ipiv_needs_apic_virtualization_too() {
+    let mut msrs = bochs_sapphire_rapids();
+    msrs.insert(IA32_VMX_PROCBASED_CTLS3, 1 << tertiary_bits::IPI_VIRTUALIZATION);
+    // Take away virtual-interrupt delivery.
+    msrs.insert(IA32_VMX_PROCBASED_CTLS2, 0x06d7_7dff_0000_0000);
+    let f = features(&msrs);
+    assert!(f.tertiary && !f.apicv && !f.posted_interrupts && !f.ipiv);
+}
+
+#[test]
+fn cpu_without_tertiary_controls_never_reads_ctls3() {
+    // An Ice Lake-like CPU: primary allowed-1 bit 17 clear.
+    let mut msrs = bochs_sapphire_rapids();
+    msrs.insert(IA32_VMX_TRUE_PROCBASED_CTLS, 0xfff9_fffe_0400_6172);
+    msrs.remove(&IA32_VMX_PROCBASED_CTLS3);
+    let (m, seen) = read(true, &msrs);
+    assert!(!seen.contains(&IA32_VMX_PROCBASED_CTLS3));
+    assert_eq!(m.procbased3, None);
+    let f = VmxCaps::decode(&m).unwrap().features();
+    assert!(!f.tertiary && !f.ipiv);
+    assert!(f.apicv && f.ept, "everything else is still there");
+}
+
+#[test]
+fn cpu_without_apicv() {
+    // Pin allowed-1 without "process posted interrupts"; secondary without APIC-register
+    // virtualization, virtual-interrupt delivery and virtualize x2APIC mode.
+    let mut msrs = bochs_sapphire_rapids();
+    msrs.insert(IA32_VMX_TRUE_PINBASED_CTLS, 0x7f_0000_0016);
+    msrs.insert(IA32_VMX_PROCBASED_CTLS2, 0x06d7_7cef_0000_0000);
+    let f = features(&msrs);
+    assert!(!f.apicv && !f.posted_interrupts && !f.x2apic_virt && !f.ipiv);
+    assert!(f.tertiary && f.ept && f.vpid && f.unrestricted_guest);
+}
+
+#[test]
+fn cpu_without_secondary_controls_has_no_ept_vpid_or_apicv() {
+    let mut msrs = bochs_sapphire_rapids();
+    msrs.insert(IA32_VMX_TRUE_PROCBASED_CTLS, 0x7ffb_fffe_0400_6172);
+    msrs.remove(&IA32_VMX_PROCBASED_CTLS2);
+    msrs.remove(&IA32_VMX_EPT_VPID_CAP);
+    let (m, seen) = read(true, &msrs);
+    assert!(!seen.contains(&IA32_VMX_PROCBASED_CTLS2) && !seen.contains(&IA32_VMX_EPT_VPID_CAP));
+    let f = VmxCaps::decode(&m).unwrap().features();
+    assert!(!f.ept && !f.vpid && !f.apicv && !f.unrestricted_guest && !f.x2apic_virt);
+}
+
+#[test]
+fn without_true_controls_the_plain_msrs_are_read() {
+    let mut msrs = bochs_sapphire_rapids();
+    msrs.insert(IA32_VMX_BASIC, 0x0158_1000_0000_0004); // bit 55 clear
+    for (t, p) in [
+        (IA32_VMX_TRUE_PINBASED_CTLS, IA32_VMX_PINBASED_CTLS),
+        (IA32_VMX_TRUE_PROCBASED_CTLS, IA32_VMX_PROCBASED_CTLS),
+        (IA32_VMX_TRUE_EXIT_CTLS, IA32_VMX_EXIT_CTLS),
+        (IA32_VMX_TRUE_ENTRY_CTLS, IA32_VMX_ENTRY_CTLS),
+    ] {
+        let v = msrs.remove(&t).unwrap();
+        msrs.insert(p, v);
+    }
+    let (m, _) = read(true, &msrs);
+    let caps = VmxCaps::decode(&m).unwrap();
+    assert!(!caps.true_ctls);
+    assert!(caps.features().apicv);
+}
+
+#[test]
+fn no_cpuid_vmx_reads_nothing_and_is_unsupported() {
+    let (m, seen) = read(false, &BTreeMap::new());
+    assert!(seen.is_empty());
+    assert_eq!(VmxCaps::decode(&m), Err(Unsupported::NoCpuidVmx));
+    assert!(std::format!("{}", Unsupported::NoCpuidVmx).contains("CPUID.1:ECX.VMX"));
+}
+
+#[test]
+fn feature_control_rules() {
+    use feature_control_bits::*;
+    assert_eq!(feature_control_action(LOCK | VMX_OUTSIDE_SMX), Ok(FeatureControlAction::AlreadyEnabled));
+    assert_eq!(feature_control_action(0), Ok(FeatureControlAction::Write(LOCK | VMX_OUTSIDE_SMX)));
+    assert_eq!(feature_control_action(LOCK), Err(Unsupported::LockedOff));
+    assert_eq!(feature_control_action(LOCK | VMX_INSIDE_SMX), Err(Unsupported::LockedOff));
+    let mut msrs = bochs_sapphire_rapids();
+    msrs.insert(IA32_FEATURE_CONTROL, LOCK);
+    assert_eq!(VmxCaps::decode(&read(true, &msrs).0), Err(Unsupported::LockedOff));
+}
+
+#[test]
+fn vmcs_memory_type_must_be_write_back() {
+    let mut msrs = bochs_sapphire_rapids();
+    msrs.insert(IA32_VMX_BASIC, 0x0080_1000_0000_0004); // memory type 0 (UC)
+    assert_eq!(VmxCaps::decode(&read(true, &msrs).0), Err(Unsupported::VmcsNotWriteBack(0)));
+}
+
+#[test]
+fn fixed_bits_are_applied_to_cr0_and_cr4() {
+    let caps = VmxCaps::decode(&read(true, &bochs_sapphire_rapids()).0).unwrap();
+    // CR0 without NE (bit 5): VMX requires it; CR4 gets VMXE (bit 13).
+    assert_eq!(caps.fix_cr0(0x8000_0011), 0x8000_0031);
+    assert_eq!(caps.fix_cr4(0x20), 0x2020);
+    // A CR4 bit outside FIXED1 is cleared.
+    assert_eq!(caps.fix_cr4(0x2020 | 1 << 30), 0x2020);
+}
+
+#[test]
+fn control_caps_split_allowed_0_and_allowed_1() {
+    let c = ControlCaps::from_msr(0xff_0000_0016);
+    assert_eq!((c.must_be_1, c.may_be_1), (0x16, 0xff));
+    assert!(c.allows(pin_bits::PROCESS_POSTED_INTERRUPTS));
+    assert!(!c.allows(8));
+}
