@@ -6,7 +6,7 @@
 //! (it must have the project's patches); `BOCHS_SRC=path` builds from a source tarball instead
 //! of fetching through apt.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -127,7 +127,10 @@ pub fn provision() -> Result<PathBuf> {
     };
     for p in patches()? {
         let p = fs::canonicalize(&p)?;
-        sh(Command::new("patch").args(["-p1", "--forward", "--quiet", "-i"]).arg(&p).current_dir(&src), "applying project patch")?;
+        sh(
+            Command::new("patch").args(["-p1", "--forward", "--quiet", "-i"]).arg(&p).current_dir(&src),
+            "applying project patch",
+        )?;
     }
     sh(Command::new("./configure").args(CONFIGURE_FLAGS).current_dir(&src), "configuring Bochs")?;
     let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -172,7 +175,10 @@ fn fetch_debian_source(work: &Path) -> Result<PathBuf> {
     let series = fs::read_to_string(src.join("debian/patches/series"))?;
     for name in series.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         sh(
-            Command::new("patch").args(["-p1", "--quiet", "-i"]).arg(format!("debian/patches/{name}")).current_dir(&src),
+            Command::new("patch")
+                .args(["-p1", "--quiet", "-i"])
+                .arg(format!("debian/patches/{name}"))
+                .current_dir(&src),
             "applying Debian patch",
         )?;
     }

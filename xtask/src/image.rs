@@ -1,6 +1,6 @@
 //! Building the kernel and bootable disk images (bootloader 0.11, BIOS and UEFI).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -43,13 +43,9 @@ pub fn make_image(kernel: &Path, cfg: &BootCfg, uefi: bool, out: &Path) -> Resul
     // The bootloader's own log is only for diagnosing the boot itself; drawing text into the
     // framebuffer is slow under emulation.
     loader_cfg.frame_buffer_logging = false;
-    loader_cfg.log_level = bootloader::BootConfig::default().log_level;
+    loader_cfg.log_level = bootloader_boot_config::LevelFilter::Warn;
     let mut disk = bootloader::DiskImageBuilder::new(kernel.to_path_buf());
     disk.set_ramdisk(cfg_path).set_boot_config(&loader_cfg);
-    if uefi {
-        disk.create_uefi_image(out)
-    } else {
-        disk.create_bios_image(out)
-    }
-    .with_context(|| format!("creating disk image {}", out.display()))
+    if uefi { disk.create_uefi_image(out) } else { disk.create_bios_image(out) }
+        .with_context(|| format!("creating disk image {}", out.display()))
 }

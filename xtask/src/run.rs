@@ -1,7 +1,7 @@
 //! `cargo xtask run`: boot the hypervisor on a platform, stream its serial console, enforce a
 //! timeout, and judge the run by its `HV-SUMMARY` line and the emulator's exit status.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use hvcore::summary::RunResult;
 use serde_json::Value;
@@ -172,20 +172,21 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     } else if summary.is_none() {
         problems.push(format!("no HV-SUMMARY line; the emulator exited with {exit_status:?}"));
     }
-    if let (Some(r), Some(code), false) = (result, exit_status, timed_out) {
-        if code != r.emulator_exit_status() {
-            problems.push(format!(
-                "summary says {} but the emulator exited with {code} (expected {})",
-                r.as_str(),
-                r.emulator_exit_status()
-            ));
-        }
+    if let (Some(r), Some(code), false) = (result, exit_status, timed_out)
+        && code != r.emulator_exit_status()
+    {
+        problems.push(format!(
+            "summary says {} but the emulator exited with {code} (expected {})",
+            r.as_str(),
+            r.emulator_exit_status()
+        ));
     }
     let wanted = args.expect.as_deref().unwrap_or("pass");
     let accepted = problems.is_empty() && result.is_some_and(|r| r == RunResult::Pass || r.as_str() == wanted);
 
     if let (Some(path), Some(s)) = (&args.json, &summary) {
-        fs::write(path, serde_json::to_string_pretty(s)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+        fs::write(path, serde_json::to_string_pretty(s)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     let verdict = match result {
         Some(r) => r.as_str(),

@@ -1,6 +1,6 @@
 //! Finding and checking the kernel's `HV-SUMMARY {json}` line in a serial log.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use hvcore::summary::SUMMARY_PREFIX;
 use serde_json::Value;
 

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: every test the project has, host and emulated.
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::Value;
 use std::process::Command;
@@ -53,7 +53,12 @@ fn no_vmx_boot(o: &Outcome, cpus: u32) -> Result<()> {
 }
 
 fn cases() -> Vec<Case> {
-    let qemu = |cpus, uefi| RunArgs { uefi, timeout: 120, expect: Some("unsupported".into()), ..RunArgs::new(Platform::Qemu, cpus) };
+    let qemu = |cpus, uefi| RunArgs {
+        uefi,
+        timeout: 120,
+        expect: Some("unsupported".into()),
+        ..RunArgs::new(Platform::Qemu, cpus)
+    };
     vec![
         Case { name: "qemu-bios-1cpu", args: qemu(1, false), check: |o| no_vmx_boot(o, 1) },
         Case { name: "qemu-bios-4cpu", args: qemu(4, false), check: |o| no_vmx_boot(o, 4) },
@@ -77,13 +82,51 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "qemu-bsp-panic",
+            args: RunArgs { fault: "bsp-panic".into(), expect: Some("fail".into()), ..qemu(1, false) },
+            check: |o| {
+                expect_eq(o, &["result"], "fail".into())?;
+                let reason = field(o, &["reason"]).as_str().unwrap_or("");
+                if !reason.contains("panic on CPU 0") || !reason.contains("deliberate panic") {
+                    bail!("panic report lacks CPU or message: {reason}");
+                }
+                Ok(())
+            },
+        },
+        Case {
+            name: "bochs-ap-page-fault",
+            args: RunArgs {
+                fault: "ap-page-fault".into(),
+                expect: Some("fail".into()),
+                timeout: 300,
+                ..RunArgs::new(Platform::Bochs, 2)
+            },
+            check: |o| {
+                expect_eq(o, &["result"], "fail".into())?;
+                let reason = field(o, &["reason"]).as_str().unwrap_or("");
+                if !reason.contains("#PF") || !reason.contains("CR2 0x7fffdeadb000") || !reason.contains("on CPU 1") {
+                    bail!("fault report incomplete: {reason}");
+                }
+                Ok(())
+            },
+        },
+        Case {
             name: "bochs-vmx-4cpu",
             args: RunArgs { timeout: 600, ..RunArgs::new(Platform::Bochs, 4) },
             check: |o| {
                 expect_eq(o, &["result"], "pass".into())?;
                 expect_eq(o, &["cpus_online"], 4.into())?;
                 expect_eq(o, &["vmx", "vmxon_cpus"], 4.into())?;
-                for f in ["supported", "tertiary", "apicv", "posted_interrupts", "x2apic_virt", "ept", "vpid", "unrestricted_guest"] {
+                for f in [
+                    "supported",
+                    "tertiary",
+                    "apicv",
+                    "posted_interrupts",
+                    "x2apic_virt",
+                    "ept",
+                    "vpid",
+                    "unrestricted_guest",
+                ] {
                     expect_eq(o, &["vmx", f], true.into())?;
                 }
                 // Stock Bochs 3.0 lacks IPI virtualization until the project's patch adds it.

@@ -67,7 +67,10 @@ impl BootConfig {
             let (key, value) = line.split_once('=').ok_or(err("expected `key = value`"))?;
             let value = value.trim();
             match key.trim() {
-                "log" => cfg.log_level = LevelFilter::from_str(value).map_err(|_| err("log level must be off|error|warn|info|debug|trace"))?,
+                "log" => {
+                    cfg.log_level = LevelFilter::from_str(value)
+                        .map_err(|_| err("log level must be off|error|warn|info|debug|trace"))?
+                }
                 "exit" => {
                     cfg.exit = match value {
                         "debug-port" => ExitMode::DebugPort,
@@ -98,8 +101,12 @@ mod tests {
 
     #[test]
     fn parses_all_keys_comments_and_blank_lines() {
-        let cfg = BootConfig::parse("# test run\nlog = debug\n\nexit=debug-port  # emulator\nfault = ap-page-fault\n").unwrap();
-        assert_eq!(cfg, BootConfig { log_level: LevelFilter::Debug, exit: ExitMode::DebugPort, fault: FaultInjection::ApPageFault });
+        let cfg = BootConfig::parse("# test run\nlog = debug\n\nexit=debug-port  # emulator\nfault = ap-page-fault\n")
+            .unwrap();
+        assert_eq!(
+            cfg,
+            BootConfig { log_level: LevelFilter::Debug, exit: ExitMode::DebugPort, fault: FaultInjection::ApPageFault }
+        );
     }
 
     #[test]

@@ -81,7 +81,7 @@ impl<const N: usize> FrameAllocator<N> {
 
     /// Gives back a block obtained from [`Self::alloc`].
     pub fn free(&mut self, start: u64, size: u64) -> Result<(), FrameError> {
-        if size == 0 || start % PAGE_SIZE != 0 || size % PAGE_SIZE != 0 {
+        if size == 0 || !start.is_multiple_of(PAGE_SIZE) || !size.is_multiple_of(PAGE_SIZE) {
             return Err(FrameError::BadRequest);
         }
         self.insert_free(PhysRange::new(start, start + size))
@@ -155,7 +155,7 @@ impl<const N: usize> FrameAllocator<N> {
     /// Allocates `size` bytes aligned to `align` (a power of two, at least a page) that end at or
     /// below `limit`. Returns the physical start address.
     pub fn alloc_below(&mut self, size: u64, align: u64, limit: u64) -> Result<Option<u64>, FrameError> {
-        if size == 0 || size % PAGE_SIZE != 0 || !align.is_power_of_two() {
+        if size == 0 || !size.is_multiple_of(PAGE_SIZE) || !align.is_power_of_two() {
             return Err(FrameError::BadRequest);
         }
         let align = align.max(PAGE_SIZE);

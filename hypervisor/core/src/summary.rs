@@ -151,7 +151,12 @@ impl fmt::Display for JsonStr<'_> {
 /// The summary of a run that ended in a fatal error (CPU exception, panic), written without
 /// allocating: the heap may be what failed. VMX features are reported false because the run
 /// did not get far enough to vouch for them.
-pub fn write_fatal_summary(out: &mut impl Write, reason: fmt::Arguments<'_>, cpus_online: u32, cpus_expected: u32) -> fmt::Result {
+pub fn write_fatal_summary(
+    out: &mut impl Write,
+    reason: fmt::Arguments<'_>,
+    cpus_online: u32,
+    cpus_expected: u32,
+) -> fmt::Result {
     out.write_str("{\"result\":\"fail\",\"reason\":\"")?;
     JsonEscape(&mut *out).write_fmt(reason)?;
     write!(
@@ -231,7 +236,16 @@ mod tests {
     }
 
     fn all_features() -> VmxFeatures {
-        VmxFeatures { tertiary: true, apicv: true, posted_interrupts: true, x2apic_virt: true, ept: true, vpid: true, unrestricted_guest: true, ipiv: false }
+        VmxFeatures {
+            tertiary: true,
+            apicv: true,
+            posted_interrupts: true,
+            x2apic_virt: true,
+            ept: true,
+            vpid: true,
+            unrestricted_guest: true,
+            ipiv: false,
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use bootloader_api::config::Mapping;
-use bootloader_api::{entry_point, BootInfo, BootloaderConfig};
+use bootloader_api::{BootInfo, BootloaderConfig, entry_point};
 use hvcore::bootcfg::{BootConfig, FaultInjection};
 use hvcore::summary::{CpuReport, HvSummary};
 use hvcore::vmx::caps::{VmxCaps, VmxMsrs};
@@ -81,7 +81,10 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     let procs = acpi::processors(rsdp).unwrap_or_else(|e| report::fatal(format_args!("ACPI MADT: {e:?}")));
     let expected = 1 + procs.aps.len() as u32;
     report::CPUS_EXPECTED.store(expected, Ordering::Relaxed);
-    info!("ACPI: {expected} CPUs enabled (BSP APIC {}, APs {:?}), {} disabled", procs.bsp_apic_id, procs.aps, procs.disabled);
+    info!(
+        "ACPI: {expected} CPUs enabled (BSP APIC {}, APs {:?}), {} disabled",
+        procs.bsp_apic_id, procs.aps, procs.disabled
+    );
     if procs.bsp_apic_id != bsp_apic {
         warn!("MADT says the BSP has APIC ID {}, the APIC says {bsp_apic}", procs.bsp_apic_id);
     }
@@ -163,8 +166,20 @@ fn log_msrs(m: &VmxMsrs) {
     log::debug!(
         "VMX MSRs: cpuid_vmx={} feature_control={:#x} basic={:#x} pin={:#x} proc={:#x} exit={:#x} entry={:#x} \
          proc2={:x?} proc3={:x?} ept_vpid={:x?} cr0_fixed={:#x}/{:#x} cr4_fixed={:#x}/{:#x}",
-        m.cpuid_vmx, m.feature_control, m.basic, m.pinbased, m.procbased, m.exit, m.entry,
-        m.procbased2, m.procbased3, m.ept_vpid_cap, m.cr0_fixed0, m.cr0_fixed1, m.cr4_fixed0, m.cr4_fixed1
+        m.cpuid_vmx,
+        m.feature_control,
+        m.basic,
+        m.pinbased,
+        m.procbased,
+        m.exit,
+        m.entry,
+        m.procbased2,
+        m.procbased3,
+        m.ept_vpid_cap,
+        m.cr0_fixed0,
+        m.cr0_fixed1,
+        m.cr4_fixed0,
+        m.cr4_fixed1
     );
 }
 

@@ -3,7 +3,7 @@
 
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use core::sync::atomic::{AtomicU64, Ordering};
-use hvcore::frames::{FrameAllocator, FrameError, PhysRange, PAGE_SIZE};
+use hvcore::frames::{FrameAllocator, FrameError, PAGE_SIZE, PhysRange};
 use linked_list_allocator::LockedHeap;
 use spin::Mutex;
 

@@ -1,10 +1,10 @@
 //! How a run ends: the `HV-SUMMARY` line, then the emulator's debug-exit port or a halt.
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use hvcore::bootcfg::ExitMode;
-use hvcore::summary::{write_fatal_summary, HvSummary, RunResult, SUMMARY_PREFIX};
+use hvcore::summary::{HvSummary, RunResult, SUMMARY_PREFIX, write_fatal_summary};
 use x86_64::instructions::port::Port;
 
 use crate::console::{self, PanicWriter};
@@ -44,12 +44,8 @@ pub fn fatal(reason: fmt::Arguments<'_>) -> ! {
     let mut w = PanicWriter::take();
     let _ = writeln!(w, "[cpu{me}] FATAL {reason}");
     let _ = w.write_str(SUMMARY_PREFIX);
-    let _ = write_fatal_summary(
-        &mut w,
-        reason,
-        CPUS_ONLINE.load(Ordering::Relaxed),
-        CPUS_EXPECTED.load(Ordering::Relaxed),
-    );
+    let _ =
+        write_fatal_summary(&mut w, reason, CPUS_ONLINE.load(Ordering::Relaxed), CPUS_EXPECTED.load(Ordering::Relaxed));
     let _ = w.write_str("\n");
     exit(RunResult::Fail)
 }

@@ -294,7 +294,8 @@ impl VmxCaps {
     pub fn features(&self) -> VmxFeatures {
         use secondary_bits::*;
         let tertiary = self.primary.allows(primary_bits::ACTIVATE_TERTIARY_CONTROLS);
-        let x2apic_virt = self.primary.allows(primary_bits::USE_TPR_SHADOW) && self.secondary_allows(VIRTUALIZE_X2APIC_MODE);
+        let x2apic_virt =
+            self.primary.allows(primary_bits::USE_TPR_SHADOW) && self.secondary_allows(VIRTUALIZE_X2APIC_MODE);
         // SDM Vol. 3C §26.2.1.1: posted interrupts need virtual-interrupt delivery and
         // "acknowledge interrupt on exit"; virtual-interrupt delivery needs external-interrupt
         // exiting.

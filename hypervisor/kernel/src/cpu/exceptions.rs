@@ -126,7 +126,12 @@ extern "x86-interrupt" fn mc(f: InterruptStackFrame) -> ! {
 extern "x86-interrupt" fn pf(f: InterruptStackFrame, code: PageFaultErrorCode) {
     // Error code bit 0 (SDM Vol. 3A §4.7): 0 = page not present, 1 = protection violation.
     let bits = code.bits();
-    fatal(14, if bits & 1 == 0 { "#PF page fault (not present)" } else { "#PF page fault (protection)" }, Some(bits), &f)
+    fatal(
+        14,
+        if bits & 1 == 0 { "#PF page fault (not present)" } else { "#PF page fault (protection)" },
+        Some(bits),
+        &f,
+    )
 }
 
 extern "x86-interrupt" fn spurious(_f: InterruptStackFrame) {

@@ -5,8 +5,8 @@ pub mod gdt;
 
 use alloc::boxed::Box;
 use core::sync::atomic::{AtomicBool, Ordering};
-use x86_64::registers::model_specific::GsBase;
 use x86_64::VirtAddr;
+use x86_64::registers::model_specific::GsBase;
 
 /// Per-CPU data. GS base points at it on every CPU; `index` sits at a fixed offset so
 /// [`index`] is one load.

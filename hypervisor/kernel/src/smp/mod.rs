@@ -31,7 +31,12 @@ pub enum StartError {
 }
 
 /// Starts the AP with `apic_id` as CPU `index`, entering `entry(percpu)` on its own stack.
-pub fn start_ap(t: &mut Trampoline, index: u32, apic_id: u32, entry: extern "C" fn(u64) -> !) -> Result<(), StartError> {
+pub fn start_ap(
+    t: &mut Trampoline,
+    index: u32,
+    apic_id: u32,
+    entry: extern "C" fn(u64) -> !,
+) -> Result<(), StartError> {
     let pc: &'static PerCpu = PerCpu::new(index, apic_id);
     let stack = memory::alloc_zeroed(AP_STACK_SIZE, 0x1000).ok_or(StartError::NoStackMemory)?;
     let stack_top = memory::phys_to_virt(stack) as u64 + AP_STACK_SIZE;

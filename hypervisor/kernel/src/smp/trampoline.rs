@@ -126,7 +126,7 @@ impl Trampoline {
     /// Copies the code to `page` (physical, below 1 MiB, `PAGES` pages) and builds the
     /// temporary page tables from the kernel's PML4 at `kernel_cr3`.
     pub fn install(page: u64, kernel_cr3: u64) -> Self {
-        assert!(page + PAGES * 0x1000 <= crate::memory::LOW_MEMORY_END && page % 0x1000 == 0);
+        assert!(page + PAGES * 0x1000 <= crate::memory::LOW_MEMORY_END && page.is_multiple_of(0x1000));
         // Linker-provided symbols delimiting the blob in kernel text (addresses only).
         let (start, long, end) = (
             &raw const ap_trampoline_start as usize,
@@ -142,7 +142,11 @@ impl Trampoline {
         // physical window; the kernel PML4 is a live page-table page we only read.
         unsafe {
             core::ptr::copy_nonoverlapping(start as *const u8, phys_to_virt(page), len);
-            core::ptr::copy_nonoverlapping(phys_to_virt(kernel_cr3 & 0x000f_ffff_ffff_f000), phys_to_virt(pml4), 0x1000);
+            core::ptr::copy_nonoverlapping(
+                phys_to_virt(kernel_cr3 & 0x000f_ffff_ffff_f000),
+                phys_to_virt(pml4),
+                0x1000,
+            );
             let present_rw = 0b11;
             *(phys_to_virt(pml4) as *mut u64) = pdpt | present_rw;
             core::ptr::write_bytes(phys_to_virt(pdpt), 0, 0x2000);

@@ -4,7 +4,7 @@
 use core::arch::asm;
 use core::fmt;
 
-use hvcore::vmx::caps::{feature_control_action, FeatureControlAction, Unsupported, VmxCaps, VmxMsrs};
+use hvcore::vmx::caps::{FeatureControlAction, Unsupported, VmxCaps, VmxMsrs, feature_control_action};
 use hvcore::vmx::msr::IA32_FEATURE_CONTROL;
 use x86_64::registers::control::{Cr0, Cr0Flags, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::Msr;
@@ -24,7 +24,10 @@ pub enum VmxError {
     Unsupported(Unsupported),
     NoMemory,
     /// VMXON failed; the flags say how (SDM Vol. 3C §32.2 conventions).
-    VmxonFailed { cf: bool, zf: bool },
+    VmxonFailed {
+        cf: bool,
+        zf: bool,
+    },
 }
 
 impl fmt::Display for VmxError {
@@ -35,7 +38,9 @@ impl fmt::Display for VmxError {
             Self::VmxonFailed { cf: true, .. } => {
                 f.write_str("VMXON failed with VMfailInvalid (bad VMXON region address or revision)")
             }
-            Self::VmxonFailed { zf: true, .. } => f.write_str("VMXON failed with VMfailValid (already in VMX operation)"),
+            Self::VmxonFailed { zf: true, .. } => {
+                f.write_str("VMXON failed with VMfailValid (already in VMX operation)")
+            }
             Self::VmxonFailed { .. } => f.write_str("VMXON failed with neither CF nor ZF set"),
         }
     }
@@ -61,7 +66,9 @@ pub fn enable(caps: &VmxCaps, msrs: &VmxMsrs) -> Result<VmxOn, VmxError> {
     // PE/PG/NE-compatible settings, so applying them changes no mode it relies on.
     unsafe {
         Cr0::write(Cr0Flags::from_bits_retain(caps.fix_cr0(Cr0::read_raw())));
-        Cr4::write(Cr4Flags::from_bits_retain(caps.fix_cr4((Cr4::read() | Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS).bits())));
+        Cr4::write(Cr4Flags::from_bits_retain(
+            caps.fix_cr4((Cr4::read() | Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS).bits()),
+        ));
     }
     let rflags: u64;
     // SAFETY: VMXON takes the physical address of a 4 KiB-aligned region holding the revision
