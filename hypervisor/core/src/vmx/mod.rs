@@ -1,4 +1,8 @@
-//! VMX: capability MSRs and their decoding.
+//! VMX: capability MSRs, control negotiation, VMCS field encodings, exit reasons and errors.
 
 pub mod caps;
+pub mod controls;
+pub mod exit_reason;
+pub mod fields;
+pub mod instruction_error;
 pub mod msr;

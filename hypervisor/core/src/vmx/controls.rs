@@ -1,0 +1,277 @@
+//! VM-execution, VM-exit and VM-entry control negotiation (SDM Vol. 3D §A.3–A.5, Vol. 3C
+//! §25.6–25.8): the rule "allowed-0 bits forced on, allowed-1 bits the only ones permitted" lives
+//! here, once, and a required control the CPU lacks is an error that names it.
+
+use core::fmt;
+
+use super::caps::{
+    exit_bits, pin_bits, primary_bits, secondary_bits, tertiary_bits, ControlCaps, VmxCaps,
+};
+
+/// One control word of the VMCS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlWord {
+    Pin,
+    Primary,
+    Secondary,
+    Tertiary,
+    Exit,
+    Entry,
+}
+
+impl ControlWord {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pin => "pin-based",
+            Self::Primary => "primary processor-based",
+            Self::Secondary => "secondary processor-based",
+            Self::Tertiary => "tertiary processor-based",
+            Self::Exit => "VM-exit",
+            Self::Entry => "VM-entry",
+        }
+    }
+
+    /// The SDM name of control `bit` in this word (tables 25-5 to 25-8, 25-13, 25-15).
+    pub fn bit_name(self, bit: u32) -> &'static str {
+        let table: &[(u32, &str)] = match self {
+            Self::Pin => &[
+                (0, "external-interrupt exiting"),
+                (3, "NMI exiting"),
+                (5, "virtual NMIs"),
+                (6, "activate VMX-preemption timer"),
+                (7, "process posted interrupts"),
+            ],
+            Self::Primary => &[
+                (2, "interrupt-window exiting"),
+                (3, "use TSC offsetting"),
+                (7, "HLT exiting"),
+                (9, "INVLPG exiting"),
+                (10, "MWAIT exiting"),
+                (11, "RDPMC exiting"),
+                (12, "RDTSC exiting"),
+                (15, "CR3-load exiting"),
+                (16, "CR3-store exiting"),
+                (17, "activate tertiary controls"),
+                (19, "CR8-load exiting"),
+                (20, "CR8-store exiting"),
+                (21, "use TPR shadow"),
+                (22, "NMI-window exiting"),
+                (23, "MOV-DR exiting"),
+                (24, "unconditional I/O exiting"),
+                (25, "use I/O bitmaps"),
+                (27, "monitor trap flag"),
+                (28, "use MSR bitmaps"),
+                (29, "MONITOR exiting"),
+                (30, "PAUSE exiting"),
+                (31, "activate secondary controls"),
+            ],
+            Self::Secondary => &[
+                (0, "virtualize APIC accesses"),
+                (1, "enable EPT"),
+                (2, "descriptor-table exiting"),
+                (3, "enable RDTSCP"),
+                (4, "virtualize x2APIC mode"),
+                (5, "enable VPID"),
+                (6, "WBINVD exiting"),
+                (7, "unrestricted guest"),
+                (8, "APIC-register virtualization"),
+                (9, "virtual-interrupt delivery"),
+                (10, "PAUSE-loop exiting"),
+                (12, "enable INVPCID"),
+                (13, "enable VM functions"),
+                (20, "enable XSAVES/XRSTORS"),
+                (26, "enable user wait and pause"),
+            ],
+            Self::Tertiary => &[(0, "LOADIWKEY exiting"), (4, "IPI virtualization"), (7, "virtualize IA32_SPEC_CTRL")],
+            Self::Exit => &[
+                (2, "save debug controls"),
+                (9, "host address-space size"),
+                (12, "load IA32_PERF_GLOBAL_CTRL"),
+                (15, "acknowledge interrupt on exit"),
+                (18, "save IA32_PAT"),
+                (19, "load IA32_PAT"),
+                (20, "save IA32_EFER"),
+                (21, "load IA32_EFER"),
+                (22, "save VMX-preemption timer value"),
+            ],
+            Self::Entry => &[
+                (2, "load debug controls"),
+                (9, "IA-32e mode guest"),
+                (14, "load IA32_PAT"),
+                (15, "load IA32_EFER"),
+            ],
+        };
+        table.iter().find(|(b, _)| *b == bit).map(|(_, n)| *n).unwrap_or("(unnamed control)")
+    }
+}
+
+/// A required control the processor does not allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MissingControl {
+    pub word: ControlWord,
+    pub bit: u32,
+}
+
+impl fmt::Display for MissingControl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the CPU does not allow the {} control \"{}\" (bit {})",
+            self.word.as_str(),
+            self.word.bit_name(self.bit),
+            self.bit
+        )
+    }
+}
+
+/// The value of a 32-bit control word: every must-be-1 bit, every `required` bit (an error if
+/// the CPU cannot set one), and those `wanted` bits the CPU allows.
+pub fn negotiate(word: ControlWord, caps: ControlCaps, required: u32, wanted: u32) -> Result<u32, MissingControl> {
+    let missing = required & !caps.may_be_1;
+    if missing != 0 {
+        return Err(MissingControl { word, bit: missing.trailing_zeros() });
+    }
+    Ok(caps.must_be_1 | required | (wanted & caps.may_be_1))
+}
+
+/// The tertiary controls (64 bits, no must-be-1 bits: SDM Vol. 3D §A.3.4).
+pub fn negotiate_tertiary(allowed1: u64, required: u64, wanted: u64) -> Result<u64, MissingControl> {
+    let missing = required & !allowed1;
+    if missing != 0 {
+        return Err(MissingControl { word: ControlWord::Tertiary, bit: missing.trailing_zeros() });
+    }
+    Ok(required | (wanted & allowed1))
+}
+
+/// A full set of chosen controls for one VMCS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Controls {
+    pub pin: u32,
+    pub primary: u32,
+    pub secondary: u32,
+    pub tertiary: u64,
+    pub exit: u32,
+    pub entry: u32,
+}
+
+impl Controls {
+    /// Names of the controls set in `word`, for reports.
+    pub fn names(&self, word: ControlWord) -> impl Iterator<Item = &'static str> {
+        let v = match word {
+            ControlWord::Pin => self.pin as u64,
+            ControlWord::Primary => self.primary as u64,
+            ControlWord::Secondary => self.secondary as u64,
+            ControlWord::Tertiary => self.tertiary,
+            ControlWord::Exit => self.exit as u64,
+            ControlWord::Entry => self.entry as u64,
+        };
+        (0..64).filter(move |b| v & (1 << b) != 0).map(move |b| word.bit_name(b))
+    }
+}
+
+const fn bits(list: &[u32]) -> u32 {
+    let mut v = 0;
+    let mut i = 0;
+    while i < list.len() {
+        v |= 1 << list[i];
+        i += 1;
+    }
+    v
+}
+
+/// VM-entry control "IA-32e mode guest" etc. (SDM Vol. 3C §25.8.1, Table 25-15).
+pub mod entry_bits {
+    pub const IA32E_MODE_GUEST: u32 = 9;
+    pub const LOAD_IA32_PAT: u32 = 14;
+    pub const LOAD_IA32_EFER: u32 = 15;
+}
+
+/// Exit controls this hypervisor always needs beyond `caps::exit_bits`.
+pub mod exit_more_bits {
+    pub const SAVE_IA32_PAT: u32 = 18;
+    pub const LOAD_IA32_PAT: u32 = 19;
+    pub const SAVE_IA32_EFER: u32 = 20;
+    pub const LOAD_IA32_EFER: u32 = 21;
+    pub const SAVE_VMX_PREEMPTION_TIMER: u32 = 22;
+}
+
+/// Primary controls used beyond `caps::primary_bits`.
+pub mod primary_more_bits {
+    pub const UNCONDITIONAL_IO_EXITING: u32 = 24;
+}
+
+/// Secondary controls used beyond `caps::secondary_bits`.
+pub mod secondary_more_bits {
+    pub const ENABLE_RDTSCP: u32 = 3;
+    pub const ENABLE_INVPCID: u32 = 12;
+    pub const ENABLE_XSAVES: u32 = 20;
+}
+
+/// Options that change the controls a vCPU gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VcpuControlOptions {
+    /// Ask for IPI virtualization (tertiary bit 4): required when `Some(true)`, never set when
+    /// `Some(false)`, set if the CPU allows it when `None`.
+    pub ipiv: Option<bool>,
+}
+
+/// The controls of a 64-bit guest vCPU: EPT + VPID, exits on HLT, I/O, MSRs (through the
+/// bitmap), external interrupts (acknowledged on exit) and the VMX-preemption timer watchdog.
+pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Controls, MissingControl> {
+    use ControlWord::*;
+    let pin = negotiate(
+        Pin,
+        caps.pin,
+        bits(&[pin_bits::EXTERNAL_INTERRUPT_EXITING, pin_bits::NMI_EXITING, pin_bits::ACTIVATE_VMX_PREEMPTION_TIMER]),
+        0,
+    )?;
+    let mut primary_req = bits(&[
+        primary_bits::HLT_EXITING,
+        primary_more_bits::UNCONDITIONAL_IO_EXITING,
+        primary_bits::USE_MSR_BITMAPS,
+        primary_bits::ACTIVATE_SECONDARY_CONTROLS,
+    ]);
+    let tertiary = match opts.ipiv {
+        Some(true) => negotiate_tertiary(caps.tertiary, 1 << tertiary_bits::IPI_VIRTUALIZATION, 0)?,
+        Some(false) => 0,
+        None => negotiate_tertiary(caps.tertiary, 0, 1 << tertiary_bits::IPI_VIRTUALIZATION)?,
+    };
+    if tertiary != 0 {
+        primary_req |= 1 << primary_bits::ACTIVATE_TERTIARY_CONTROLS;
+    }
+    let primary = negotiate(Primary, caps.primary, primary_req, 0)?;
+    let secondary = negotiate(
+        Secondary,
+        caps.secondary,
+        bits(&[secondary_bits::ENABLE_EPT, secondary_bits::ENABLE_VPID]),
+        bits(&[
+            secondary_more_bits::ENABLE_RDTSCP,
+            secondary_more_bits::ENABLE_INVPCID,
+            secondary_more_bits::ENABLE_XSAVES,
+        ]),
+    )?;
+    let exit = negotiate(
+        Exit,
+        caps.exit,
+        bits(&[
+            exit_bits::HOST_ADDRESS_SPACE_SIZE,
+            exit_bits::ACKNOWLEDGE_INTERRUPT_ON_EXIT,
+            exit_more_bits::SAVE_IA32_PAT,
+            exit_more_bits::LOAD_IA32_PAT,
+            exit_more_bits::SAVE_IA32_EFER,
+            exit_more_bits::LOAD_IA32_EFER,
+            exit_more_bits::SAVE_VMX_PREEMPTION_TIMER,
+        ]),
+        0,
+    )?;
+    let entry = negotiate(
+        Entry,
+        caps.entry,
+        bits(&[entry_bits::IA32E_MODE_GUEST, entry_bits::LOAD_IA32_PAT, entry_bits::LOAD_IA32_EFER]),
+        0,
+    )?;
+    Ok(Controls { pin, primary, secondary, tertiary, exit, entry })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,88 @@
+use super::*;
+use crate::vmx::caps::{VmxCaps, VmxMsrs};
+
+/// The recorded Bochs sapphire_rapids capabilities (see caps/tests.rs).
+fn bochs() -> VmxCaps {
+    let m = VmxMsrs {
+        cpuid_vmx: true,
+        feature_control: 0x5,
+        basic: 0x01d8_1000_0000_0004,
+        pinbased: 0xff_0000_0016,
+        procbased: 0xfffb_fffe_0400_6172,
+        exit: 0xf87f_ffff_0003_6dfb,
+        entry: 0x58_ffff_0000_11fb,
+        procbased2: Some(0x06d7_7fff_0000_0000),
+        procbased3: Some(0x80),
+        ept_vpid_cap: Some(0xf01_06f3_4141),
+        cr0_fixed0: 0x8000_0021,
+        cr0_fixed1: 0xffff_ffff,
+        cr4_fixed0: 0x2000,
+        cr4_fixed1: 0x3f7_3fff,
+    };
+    VmxCaps::decode(&m).unwrap()
+}
+
+#[test]
+fn must_be_one_bits_are_kept_and_wanted_bits_filtered() {
+    let caps = ControlCaps { must_be_1: 0x16, may_be_1: 0xff };
+    assert_eq!(negotiate(ControlWord::Pin, caps, 0x1, 0x300), Ok(0x17));
+    assert_eq!(negotiate(ControlWord::Pin, caps, 0, 0x81), Ok(0x97));
+}
+
+#[test]
+fn missing_required_control_is_named() {
+    let caps = ControlCaps { must_be_1: 0, may_be_1: 0x7f };
+    let e = negotiate(ControlWord::Pin, caps, 1 << 7, 0).unwrap_err();
+    assert_eq!(e, MissingControl { word: ControlWord::Pin, bit: 7 });
+    let msg = std::format!("{e}");
+    assert!(msg.contains("pin-based") && msg.contains("process posted interrupts"), "{msg}");
+}
+
+#[test]
+fn tertiary_ipiv_required_fails_without_it_and_auto_skips_it() {
+    let caps = bochs();
+    let e = vcpu_controls(&caps, VcpuControlOptions { ipiv: Some(true) }).unwrap_err();
+    assert_eq!(e.word, ControlWord::Tertiary);
+    assert!(std::format!("{e}").contains("IPI virtualization"));
+    let auto = vcpu_controls(&caps, VcpuControlOptions { ipiv: None }).unwrap();
+    assert_eq!(auto.tertiary, 0);
+    assert_eq!(auto.primary & (1 << 17), 0, "no tertiary controls when none are used");
+}
+
+#[test]
+fn ipiv_capable_cpu_gets_tertiary_bit_4_and_activation() {
+    let mut caps = bochs();
+    caps.tertiary |= 1 << 4;
+    let c = vcpu_controls(&caps, VcpuControlOptions { ipiv: None }).unwrap();
+    assert_eq!(c.tertiary, 1 << 4);
+    assert_ne!(c.primary & (1 << 17), 0);
+    let off = vcpu_controls(&caps, VcpuControlOptions { ipiv: Some(false) }).unwrap();
+    assert_eq!(off.tertiary, 0);
+}
+
+#[test]
+fn vcpu_controls_on_bochs() {
+    let c = vcpu_controls(&bochs(), VcpuControlOptions::default()).unwrap();
+    let names = |w| c.names(w).collect::<std::vec::Vec<_>>();
+    assert!(names(ControlWord::Pin).contains(&"external-interrupt exiting"));
+    assert!(names(ControlWord::Pin).contains(&"activate VMX-preemption timer"));
+    for n in ["HLT exiting", "unconditional I/O exiting", "use MSR bitmaps", "activate secondary controls"] {
+        assert!(names(ControlWord::Primary).contains(&n), "{n}");
+    }
+    for n in ["enable EPT", "enable VPID", "enable RDTSCP", "enable INVPCID"] {
+        assert!(names(ControlWord::Secondary).contains(&n), "{n}");
+    }
+    assert!(names(ControlWord::Exit).contains(&"acknowledge interrupt on exit"));
+    assert!(names(ControlWord::Entry).contains(&"IA-32e mode guest"));
+    // Must-be-one bits from the capability MSRs are present.
+    assert_eq!(c.pin & 0x16, 0x16);
+    assert_eq!(c.entry & 0x11fb, 0x11fb);
+}
+
+#[test]
+fn cpu_without_preemption_timer_is_refused_by_name() {
+    let mut caps = bochs();
+    caps.pin.may_be_1 &= !(1 << 6);
+    let e = vcpu_controls(&caps, VcpuControlOptions::default()).unwrap_err();
+    assert!(std::format!("{e}").contains("activate VMX-preemption timer"));
+}

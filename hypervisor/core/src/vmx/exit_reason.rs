@@ -1,0 +1,153 @@
+//! Basic VM-exit reasons (SDM Vol. 3D Appendix C) and the exit-reason field (Vol. 3C §29.2.1).
+
+/// Number of basic exit reasons this hypervisor counts (0..=77).
+pub const COUNT: usize = 78;
+
+/// Snake-case names, as used in `HV-SUMMARY` exit counters. Reserved numbers are "reserved_N".
+pub const NAMES: [&str; COUNT] = [
+    "exception_nmi",
+    "external_interrupt",
+    "triple_fault",
+    "init",
+    "sipi",
+    "io_smi",
+    "other_smi",
+    "interrupt_window",
+    "nmi_window",
+    "task_switch",
+    "cpuid",
+    "getsec",
+    "hlt",
+    "invd",
+    "invlpg",
+    "rdpmc",
+    "rdtsc",
+    "rsm",
+    "vmcall",
+    "vmclear",
+    "vmlaunch",
+    "vmptrld",
+    "vmptrst",
+    "vmread",
+    "vmresume",
+    "vmwrite",
+    "vmxoff",
+    "vmxon",
+    "cr_access",
+    "dr_access",
+    "io",
+    "rdmsr",
+    "wrmsr",
+    "entry_fail_guest_state",
+    "entry_fail_msr_load",
+    "reserved_35",
+    "mwait",
+    "monitor_trap_flag",
+    "reserved_38",
+    "monitor",
+    "pause",
+    "entry_fail_machine_check",
+    "reserved_42",
+    "tpr_below_threshold",
+    "apic_access",
+    "virtualized_eoi",
+    "gdtr_idtr_access",
+    "ldtr_tr_access",
+    "ept_violation",
+    "ept_misconfig",
+    "invept",
+    "rdtscp",
+    "preemption_timer",
+    "invvpid",
+    "wbinvd",
+    "xsetbv",
+    "apic_write",
+    "rdrand",
+    "invpcid",
+    "vmfunc",
+    "encls",
+    "rdseed",
+    "pml_full",
+    "xsaves",
+    "xrstors",
+    "pconfig",
+    "spp_event",
+    "umwait",
+    "tpause",
+    "loadiwkey",
+    "enclv",
+    "reserved_71",
+    "enqcmd_pasid_fail",
+    "enqcmds_pasid_fail",
+    "bus_lock",
+    "instruction_timeout",
+    "seamcall",
+    "tdcall",
+];
+
+pub const EXCEPTION_NMI: u16 = 0;
+pub const EXTERNAL_INTERRUPT: u16 = 1;
+pub const TRIPLE_FAULT: u16 = 2;
+pub const INIT_SIGNAL: u16 = 3;
+pub const CPUID: u16 = 10;
+pub const HLT: u16 = 12;
+pub const VMCALL: u16 = 18;
+pub const CR_ACCESS: u16 = 28;
+pub const IO_INSTRUCTION: u16 = 30;
+pub const RDMSR: u16 = 31;
+pub const WRMSR: u16 = 32;
+pub const ENTRY_FAIL_GUEST_STATE: u16 = 33;
+pub const ENTRY_FAIL_MSR_LOAD: u16 = 34;
+pub const ENTRY_FAIL_MACHINE_CHECK: u16 = 41;
+pub const EPT_VIOLATION: u16 = 48;
+pub const EPT_MISCONFIG: u16 = 49;
+pub const PREEMPTION_TIMER: u16 = 52;
+pub const XSETBV: u16 = 55;
+pub const APIC_WRITE: u16 = 56;
+
+/// The name of basic exit reason `r`.
+pub fn name(r: u16) -> &'static str {
+    NAMES.get(r as usize).copied().unwrap_or("unknown")
+}
+
+/// The exit-reason field: basic reason in bits 15:0, "VM-entry failure" in bit 31.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitReason(pub u32);
+
+impl ExitReason {
+    pub const fn basic(self) -> u16 {
+        self.0 as u16
+    }
+
+    pub const fn entry_failure(self) -> bool {
+        self.0 & (1 << 31) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_line_up_with_the_sdm_numbers() {
+        assert_eq!(name(CPUID), "cpuid");
+        assert_eq!(name(HLT), "hlt");
+        assert_eq!(name(VMCALL), "vmcall");
+        assert_eq!(name(IO_INSTRUCTION), "io");
+        assert_eq!(name(RDMSR), "rdmsr");
+        assert_eq!(name(WRMSR), "wrmsr");
+        assert_eq!(name(ENTRY_FAIL_GUEST_STATE), "entry_fail_guest_state");
+        assert_eq!(name(EPT_VIOLATION), "ept_violation");
+        assert_eq!(name(PREEMPTION_TIMER), "preemption_timer");
+        assert_eq!(name(APIC_WRITE), "apic_write");
+        assert_eq!(name(77), "tdcall");
+        assert_eq!(name(200), "unknown");
+    }
+
+    #[test]
+    fn entry_failure_bit() {
+        let r = ExitReason(0x8000_0021);
+        assert!(r.entry_failure());
+        assert_eq!(r.basic(), ENTRY_FAIL_GUEST_STATE);
+    }
+}
