@@ -1,11 +1,16 @@
-//! The boot configuration that xtask puts in the bootloader ramdisk.
+//! The boot configuration that xtask puts in the bootloader ramdisk (global keys and the
+//! `[vm]` sections of the manifest).
 //!
 //! Format: one `key = value` per line, `#` starts a comment. Unknown keys and bad values are
 //! errors, so a typo is reported instead of silently ignored. Booting without a ramdisk (real
 //! hardware from a plain image) gives [`BootConfig::default`].
 
+use alloc::format;
+use alloc::string::String;
 use core::str::FromStr;
 use log::LevelFilter;
+
+use crate::manifest::{Manifest, VmSpec};
 
 /// How the run ends once the summary is printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,40 +47,53 @@ impl Default for BootConfig {
 }
 
 /// A configuration error: the 1-based line and what is wrong with it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConfigError<'a> {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
     pub line: usize,
-    pub what: &'static str,
-    pub text: &'a str,
+    pub message: String,
 }
 
-impl core::fmt::Display for ConfigError<'_> {
+impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "boot config line {}: {}: `{}`", self.line, self.what, self.text)
+        write!(f, "boot config line {}: {}", self.line, self.message)
     }
 }
 
 impl BootConfig {
-    pub fn parse(text: &str) -> Result<Self, ConfigError<'_>> {
+    /// Parses the whole config file: global keys first, then one `[vm]` section per VM. The
+    /// manifest is only parsed here; [`Manifest::validate`] checks it against the machine.
+    pub fn parse(text: &str) -> Result<(Self, Manifest), ConfigError> {
         let mut cfg = Self::default();
+        let mut manifest = Manifest::default();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
                 continue;
             }
-            let err = |what| ConfigError { line: i + 1, what, text: raw.trim() };
-            let (key, value) = line.split_once('=').ok_or(err("expected `key = value`"))?;
-            let value = value.trim();
-            match key.trim() {
+            let err = |message: String| ConfigError { line: i + 1, message };
+            if line.starts_with('[') {
+                match line {
+                    "[vm]" => manifest.vms.push(VmSpec::new(i + 1)),
+                    _ => return Err(err(format!("unknown section `{line}` (only [vm])"))),
+                }
+                continue;
+            }
+            let (key, value) = line.split_once('=').ok_or_else(|| err(format!("expected `key = value`, got `{line}`")))?;
+            let (key, value) = (key.trim(), value.trim());
+            if let Some(vm) = manifest.vms.last_mut() {
+                vm.set(key, value).map_err(err)?;
+                continue;
+            }
+            match key {
                 "log" => {
                     cfg.log_level = LevelFilter::from_str(value)
-                        .map_err(|_| err("log level must be off|error|warn|info|debug|trace"))?
+                        .map_err(|_| err(format!("log level must be off|error|warn|info|debug|trace, not `{value}`")))?
                 }
                 "exit" => {
                     cfg.exit = match value {
                         "debug-port" => ExitMode::DebugPort,
                         "halt" => ExitMode::Halt,
-                        _ => return Err(err("exit must be debug-port|halt")),
+                        _ => return Err(err(format!("exit must be debug-port|halt, not `{value}`"))),
                     }
                 }
                 "fault" => {
@@ -84,13 +102,13 @@ impl BootConfig {
                         "ap-page-fault" => FaultInjection::ApPageFault,
                         "bsp-page-fault" => FaultInjection::BspPageFault,
                         "bsp-panic" => FaultInjection::BspPanic,
-                        _ => return Err(err("fault must be none|ap-page-fault|bsp-page-fault|bsp-panic")),
+                        _ => return Err(err(format!("fault must be none|ap-page-fault|bsp-page-fault|bsp-panic, not `{value}`"))),
                     }
                 }
-                _ => return Err(err("unknown key")),
+                _ => return Err(err(format!("unknown key `{key}`"))),
             }
         }
-        Ok(cfg)
+        Ok((cfg, manifest))
     }
 }
 
@@ -100,29 +118,38 @@ mod tests {
     use alloc::string::ToString;
 
     #[test]
-    fn parses_all_keys_comments_and_blank_lines() {
-        let cfg = BootConfig::parse("# test run\nlog = debug\n\nexit=debug-port  # emulator\nfault = ap-page-fault\n")
-            .unwrap();
+    fn parses_global_keys_comments_and_vm_sections() {
+        let text = "# test run\nlog = debug\n\nexit=debug-port  # emulator\nfault = ap-page-fault\n\n[vm]\nname = a\nimage = hello\nvcpus = 2\n[vm]\nname = b\nimage = memory\n";
+        let (cfg, m) = BootConfig::parse(text).unwrap();
         assert_eq!(
             cfg,
             BootConfig { log_level: LevelFilter::Debug, exit: ExitMode::DebugPort, fault: FaultInjection::ApPageFault }
         );
+        assert_eq!(m.vms.len(), 2);
+        assert_eq!((m.vms[0].name.as_str(), m.vms[0].vcpus, m.vms[0].line), ("a", 2, 7));
+        assert_eq!(m.vms[1].image, "memory");
     }
 
     #[test]
     fn empty_config_is_the_hardware_default() {
-        assert_eq!(BootConfig::parse("").unwrap(), BootConfig::default());
-        assert_eq!(BootConfig::default().exit, ExitMode::Halt);
+        let (cfg, m) = BootConfig::parse("").unwrap();
+        assert_eq!(cfg, BootConfig::default());
+        assert_eq!(cfg.exit, ExitMode::Halt);
+        assert!(m.vms.is_empty());
     }
 
     #[test]
     fn errors_name_the_line() {
         let e = BootConfig::parse("log = info\nlgo = debug").unwrap_err();
-        assert_eq!((e.line, e.what), (2, "unknown key"));
+        assert_eq!((e.line, e.message.as_str()), (2, "unknown key `lgo`"));
         let e = BootConfig::parse("exit = reboot").unwrap_err();
-        assert_eq!(e.line, 1);
-        assert!(e.to_string().contains("exit must be"));
-        assert_eq!(BootConfig::parse("log").unwrap_err().what, "expected `key = value`");
+        assert!(e.to_string().starts_with("boot config line 1: exit must be"));
+        assert!(BootConfig::parse("log").unwrap_err().message.contains("expected `key = value`"));
         assert!(BootConfig::parse("log = loud").is_err());
+        let e = BootConfig::parse("[vm]\nname = a\nram = 4\n").unwrap_err();
+        assert_eq!((e.line, e.message.as_str()), (3, "unknown VM key `ram`"));
+        assert!(BootConfig::parse("[vms]\n").unwrap_err().message.contains("unknown section"));
+        // Global keys after a [vm] belong to the VM, and are unknown there.
+        assert!(BootConfig::parse("[vm]\nlog = info\n").is_err());
     }
 }

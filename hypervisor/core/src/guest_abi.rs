@@ -1,0 +1,70 @@
+//! The guest ABI: how a guest starts, what it finds in memory, and its hypercalls. Shared by the
+//! hypervisor and the guest runtime (`guest-tests`), so both sides use one definition.
+//! Documented for people in docs/guest-abi.md.
+
+/// Guests are linked to run at this guest-physical (= virtual, identity-mapped) address.
+pub const IMAGE_BASE: u64 = 0x20_0000;
+/// Guest page tables: PML4, PDPT and four page directories (identity map of 0..4 GiB).
+pub const PML4_GPA: u64 = 0x1000;
+pub const PDPT_GPA: u64 = 0x2000;
+pub const PD_GPA: u64 = 0x3000;
+/// Guest GDT: null, 64-bit code (selector 0x08), data (0x10).
+pub const GDT_GPA: u64 = 0x7000;
+pub const CODE_SELECTOR: u16 = 0x08;
+pub const DATA_SELECTOR: u16 = 0x10;
+/// The boot-info page (RSI at entry).
+pub const BOOT_INFO_GPA: u64 = 0x8000;
+/// Each vCPU's stack: vCPU i's stack ends at `ram_size - i * STACK_SIZE`.
+pub const STACK_SIZE: u64 = 64 * 1024;
+/// Everything below this is the hypervisor-built boot area.
+pub const BOOT_AREA_END: u64 = 0x10000;
+
+pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"IPIVHVBI");
+pub const BOOT_INFO_VERSION: u32 = 1;
+pub const MAX_VCPUS: usize = 64;
+
+/// The boot-info page (at [`BOOT_INFO_GPA`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BootInfo {
+    pub magic: u64,
+    pub version: u32,
+    pub vcpu_count: u32,
+    pub ram_size: u64,
+    /// The TSC frequency the hypervisor measured (Hz); under Bochs the TSC counts instructions.
+    pub tsc_hz: u64,
+    /// Virtual APIC ID of each vCPU (= its index).
+    pub apic_ids: [u32; MAX_VCPUS],
+    /// The VM's name, NUL-padded.
+    pub vm_name: [u8; 32],
+}
+
+const _: () = assert!(core::mem::size_of::<BootInfo>() <= 4096);
+
+pub const fn stack_top(ram_size: u64, vcpu: u32) -> u64 {
+    ram_size - vcpu as u64 * STACK_SIZE
+}
+
+/// Hypercalls: `VMCALL` with the number in RAX and arguments in RDI, RSI; the result in RAX
+/// (negative = error).
+pub mod hypercall {
+    /// Print `len` bytes at guest-physical `ptr` on the host console, prefixed `[vm/vcpu]`.
+    pub const PRINT: u64 = 1;
+    /// Attach the JSON value at `ptr`, `len` bytes, to the VM's `reports` in HV-SUMMARY.
+    pub const REPORT: u64 = 2;
+    /// End this vCPU: code 0 = passed, anything else = failed (ends the VM). Does not return.
+    pub const EXIT: u64 = 3;
+    /// Copy this vCPU's exit counters (one u64 per basic exit reason) to `ptr`, at most `count`
+    /// of them; returns how many were written.
+    pub const EXIT_COUNTERS: u64 = 4;
+
+    /// Most bytes PRINT and REPORT take at once.
+    pub const MAX_LEN: u64 = 4096;
+
+    pub const E_FAULT: i64 = -14;
+    pub const E_INVAL: i64 = -22;
+    pub const E_NOSYS: i64 = -38;
+}
+
+/// The hypervisor's CPUID signature at leaf 0x4000_0000 (EBX, ECX, EDX).
+pub const CPUID_SIGNATURE: &[u8; 12] = b"IPIvHV-Rust!";

@@ -1,0 +1,176 @@
+//! The VM manifest: which guests run, with how many vCPUs, how much RAM, pinned to which
+//! physical CPUs. Parsed from `[vm]` sections of the boot config (see `bootcfg`) and validated
+//! as a whole before any VM starts: xtask validates it before launching the emulator, and the
+//! kernel validates it again against the machine it finds.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+/// Most vCPUs per VM (the boot-info page and PID tables are sized for it).
+pub const MAX_VCPUS: u32 = 64;
+pub const DEFAULT_RAM_MIB: u32 = 16;
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+/// What a VM is expected to end as (tests of failures expect failures).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Pass,
+    Fail,
+    Killed,
+    Timeout,
+}
+
+impl Expect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+            Self::Killed => "killed",
+            Self::Timeout => "timeout",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Pass, Self::Fail, Self::Killed, Self::Timeout].into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSpec {
+    pub name: String,
+    /// Name of the guest image in the ramdisk.
+    pub image: String,
+    pub vcpus: u32,
+    pub ram_mib: u32,
+    /// Physical CPU index per vCPU (0 = BSP). Empty in the file means "assign".
+    pub cpus: Vec<u32>,
+    pub expect: Expect,
+    pub timeout_ms: u64,
+    /// Line of the `[vm]` header, for messages.
+    pub line: usize,
+}
+
+impl VmSpec {
+    pub fn new(line: usize) -> Self {
+        Self {
+            name: String::new(),
+            image: String::new(),
+            vcpus: 1,
+            ram_mib: DEFAULT_RAM_MIB,
+            cpus: Vec::new(),
+            expect: Expect::Pass,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            line,
+        }
+    }
+
+    /// Applies one `key = value` line of a `[vm]` section.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let num = |what: &str| value.parse::<u64>().map_err(|_| format!("{what} must be a number, not `{value}`"));
+        match key {
+            "name" => self.name = value.to_string(),
+            "image" => self.image = value.to_string(),
+            "vcpus" => self.vcpus = num("vcpus")? as u32,
+            "ram_mib" => self.ram_mib = num("ram_mib")? as u32,
+            "timeout_ms" => self.timeout_ms = num("timeout_ms")?,
+            "expect" => {
+                self.expect = Expect::parse(value).ok_or_else(|| format!("expect must be pass|fail|killed|timeout, not `{value}`"))?
+            }
+            "cpus" => {
+                self.cpus = value
+                    .split(',')
+                    .map(|c| c.trim().parse::<u32>().map_err(|_| format!("cpus must be a list like `1, 2`, not `{value}`")))
+                    .collect::<Result<_, _>>()?
+            }
+            _ => return Err(format!("unknown VM key `{key}`")),
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub vms: Vec<VmSpec>,
+}
+
+/// What the manifest is checked against.
+pub struct Machine<'a> {
+    /// CPUs that can run vCPUs (indices 0..cpus).
+    pub cpus: u32,
+    /// MiB of memory available for guest RAM, all VMs together.
+    pub ram_budget_mib: u64,
+    /// Checks that an image exists and can be loaded into `ram_mib` MiB with `vcpus` stacks.
+    pub check_image: &'a dyn Fn(&str, u32, u32) -> Result<(), String>,
+}
+
+impl Manifest {
+    /// Checks everything that can be checked before a VM starts, and pins unpinned VMs to the
+    /// lowest free CPUs. The first problem is the error, naming the VM.
+    pub fn validate(&mut self, m: &Machine<'_>) -> Result<(), String> {
+        let mut used: Vec<Option<&str>> = alloc::vec![None; m.cpus as usize];
+        let mut total_ram = 0u64;
+        for (i, vm) in self.vms.iter().enumerate() {
+            let who = if vm.name.is_empty() { format!("VM #{} (line {})", i + 1, vm.line) } else { format!("VM `{}`", vm.name) };
+            if vm.name.is_empty() {
+                return Err(format!("{who}: needs a name"));
+            }
+            if !vm.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || vm.name.len() > 32 {
+                return Err(format!("{who}: name must be 1-32 of A-Z a-z 0-9 - _"));
+            }
+            if self.vms[..i].iter().any(|o| o.name == vm.name) {
+                return Err(format!("{who}: name used twice"));
+            }
+            if vm.image.is_empty() {
+                return Err(format!("{who}: needs an image"));
+            }
+            if vm.vcpus == 0 || vm.vcpus > MAX_VCPUS {
+                return Err(format!("{who}: vcpus must be 1..={MAX_VCPUS}"));
+            }
+            if vm.vcpus > m.cpus {
+                return Err(format!("{who}: {} vCPUs but the machine has {} CPUs", vm.vcpus, m.cpus));
+            }
+            if vm.ram_mib < 4 || vm.ram_mib % 2 != 0 || vm.ram_mib > 4096 {
+                return Err(format!("{who}: ram_mib must be an even number from 4 to 4096, not {}", vm.ram_mib));
+            }
+            if vm.timeout_ms == 0 || vm.timeout_ms > 3_600_000 {
+                return Err(format!("{who}: timeout_ms must be 1..=3600000"));
+            }
+            if !vm.cpus.is_empty() && vm.cpus.len() != vm.vcpus as usize {
+                return Err(format!("{who}: {} vCPUs but {} CPUs listed in cpus", vm.vcpus, vm.cpus.len()));
+            }
+            for &c in &vm.cpus {
+                if c >= m.cpus {
+                    return Err(format!("{who}: CPU {c} does not exist (the machine has {} CPUs)", m.cpus));
+                }
+                if let Some(other) = used[c as usize] {
+                    return Err(format!("{who}: CPU {c} is already pinned to VM `{other}`"));
+                }
+                used[c as usize] = Some(&vm.name);
+            }
+            total_ram += vm.ram_mib as u64;
+            if total_ram > m.ram_budget_mib {
+                return Err(format!("{who}: guest RAM adds up to {total_ram} MiB, more than the {} MiB available", m.ram_budget_mib));
+            }
+            (m.check_image)(&vm.image, vm.ram_mib, vm.vcpus).map_err(|e| format!("{who}: image `{}`: {e}", vm.image))?;
+        }
+        // Pin the rest to the lowest free CPUs, in order.
+        let mut free = (0..m.cpus).filter(|&c| used[c as usize].is_none()).collect::<Vec<_>>().into_iter();
+        for vm in self.vms.iter_mut().filter(|v| v.cpus.is_empty()) {
+            let cpus: Vec<u32> = free.by_ref().take(vm.vcpus as usize).collect();
+            if cpus.len() != vm.vcpus as usize {
+                return Err(format!("VM `{}`: not enough free CPUs for {} vCPUs", vm.name, vm.vcpus));
+            }
+            vm.cpus = cpus;
+        }
+        Ok(())
+    }
+
+    /// The VM and vCPU index pinned to physical CPU `cpu`.
+    pub fn vcpu_on(&self, cpu: u32) -> Option<(usize, u32)> {
+        self.vms.iter().enumerate().find_map(|(i, vm)| vm.cpus.iter().position(|&c| c == cpu).map(|v| (i, v as u32)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

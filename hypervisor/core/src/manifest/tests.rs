@@ -1,0 +1,82 @@
+use super::*;
+use alloc::vec;
+
+fn vm(name: &str, vcpus: u32, cpus: &[u32]) -> VmSpec {
+    VmSpec { name: name.into(), image: "hello".into(), vcpus, cpus: cpus.to_vec(), ..VmSpec::new(1) }
+}
+
+fn ok_image(_: &str, _: u32, _: u32) -> Result<(), String> {
+    Ok(())
+}
+
+fn machine(cpus: u32) -> Machine<'static> {
+    Machine { cpus, ram_budget_mib: 256, check_image: &ok_image }
+}
+
+#[test]
+fn unpinned_vms_get_the_lowest_free_cpus() {
+    let mut m = Manifest { vms: vec![vm("a", 2, &[]), vm("b", 1, &[0]), vm("c", 1, &[])] };
+    m.validate(&machine(4)).unwrap();
+    assert_eq!(m.vms[0].cpus, vec![1, 2]);
+    assert_eq!(m.vms[1].cpus, vec![0]);
+    assert_eq!(m.vms[2].cpus, vec![3]);
+    assert_eq!(m.vcpu_on(2), Some((0, 1)));
+    assert_eq!(m.vcpu_on(0), Some((1, 0)));
+}
+
+#[test]
+fn overlapping_cpus_are_refused_naming_both_vms() {
+    let mut m = Manifest { vms: vec![vm("a", 2, &[0, 1]), vm("b", 2, &[1, 2])] };
+    let e = m.validate(&machine(4)).unwrap_err();
+    assert!(e.contains("CPU 1 is already pinned to VM `a`") && e.contains("`b`"), "{e}");
+}
+
+#[test]
+fn more_vcpus_than_cpus_is_refused() {
+    let mut m = Manifest { vms: vec![vm("a", 5, &[])] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("5 vCPUs but the machine has 4 CPUs"));
+    let mut m = Manifest { vms: vec![vm("a", 3, &[]), vm("b", 2, &[])] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("not enough free CPUs"));
+    let mut m = Manifest { vms: vec![vm("a", 2, &[0])] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("2 vCPUs but 1 CPUs listed"));
+    let mut m = Manifest { vms: vec![vm("a", 1, &[7])] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("CPU 7 does not exist"));
+}
+
+#[test]
+fn ram_that_does_not_fit_is_refused() {
+    let mut a = vm("a", 1, &[]);
+    a.ram_mib = 200;
+    let mut b = vm("b", 1, &[]);
+    b.ram_mib = 100;
+    let e = Manifest { vms: vec![a.clone(), b] }.validate(&machine(4)).unwrap_err();
+    assert!(e.contains("300 MiB, more than the 256 MiB"), "{e}");
+    a.ram_mib = 3;
+    assert!(Manifest { vms: vec![a] }.validate(&machine(4)).unwrap_err().contains("ram_mib must be an even number"));
+}
+
+#[test]
+fn names_images_and_limits() {
+    let mut m = Manifest { vms: vec![vm("a", 1, &[]), vm("a", 1, &[])] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("name used twice"));
+    let mut m = Manifest { vms: vec![vm("bad name", 1, &[])] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("name must be"));
+    let mut m = Manifest { vms: vec![vm("", 1, &[])] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("needs a name"));
+    let bad_elf = |_: &str, _: u32, _: u32| -> Result<(), String> { Err("not an ELF file".into()) };
+    let mut m = Manifest { vms: vec![vm("a", 1, &[])] };
+    let e = m.validate(&Machine { cpus: 4, ram_budget_mib: 64, check_image: &bad_elf }).unwrap_err();
+    assert_eq!(e, "VM `a`: image `hello`: not an ELF file");
+}
+
+#[test]
+fn keys_are_checked_when_set() {
+    let mut v = VmSpec::new(3);
+    v.set("cpus", "1, 2").unwrap();
+    assert_eq!(v.cpus, vec![1, 2]);
+    v.set("expect", "killed").unwrap();
+    assert_eq!(v.expect, Expect::Killed);
+    assert!(v.set("vcpus", "two").unwrap_err().contains("must be a number"));
+    assert!(v.set("expect", "maybe").is_err());
+    assert!(v.set("cpu", "1").unwrap_err().contains("unknown VM key `cpu`"));
+}
