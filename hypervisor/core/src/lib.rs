@@ -12,6 +12,7 @@ extern crate std;
 pub mod bootcfg;
 pub mod elf_load;
 pub mod ept;
+pub mod exits;
 pub mod frames;
 pub mod guest_abi;
 pub mod guest_boot;

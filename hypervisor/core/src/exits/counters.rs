@@ -1,0 +1,83 @@
+//! Per-vCPU VM-exit counters by basic exit reason, and their JSON form.
+
+use core::fmt::{self, Write};
+
+use crate::vmx::exit_reason;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExitCounters {
+    pub by_reason: [u64; exit_reason::COUNT],
+    /// I/O accesses to ports nobody emulates (read all-ones / write dropped).
+    pub ignored_io: u64,
+}
+
+impl Default for ExitCounters {
+    fn default() -> Self {
+        Self { by_reason: [0; exit_reason::COUNT], ignored_io: 0 }
+    }
+}
+
+impl ExitCounters {
+    #[inline]
+    pub fn count(&mut self, reason: u16) {
+        if let Some(c) = self.by_reason.get_mut(reason as usize) {
+            *c += 1;
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_reason.iter().sum()
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        for (a, b) in self.by_reason.iter_mut().zip(other.by_reason.iter()) {
+            *a += b;
+        }
+        self.ignored_io += other.ignored_io;
+    }
+}
+
+/// `{"cpuid": 3, "hlt": 1, ...}`: the non-zero counters by name (plus `ignored_io` if any).
+impl fmt::Display for ExitCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_char('{')?;
+        let mut first = true;
+        let mut item = |f: &mut fmt::Formatter<'_>, k: &str, v: u64| -> fmt::Result {
+            if !first {
+                f.write_char(',')?;
+            }
+            first = false;
+            write!(f, "\"{k}\":{v}")
+        };
+        for (i, &n) in self.by_reason.iter().enumerate().filter(|(_, n)| **n != 0) {
+            item(f, exit_reason::NAMES[i], n)?;
+        }
+        if self.ignored_io != 0 {
+            item(f, "ignored_io", self.ignored_io)?;
+        }
+        f.write_char('}')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    #[test]
+    fn counts_sum_and_serialize() {
+        let mut a = ExitCounters::default();
+        a.count(exit_reason::CPUID);
+        a.count(exit_reason::CPUID);
+        a.count(exit_reason::HLT);
+        a.count(500); // out of range: ignored, never a panic
+        let mut b = ExitCounters::default();
+        b.count(exit_reason::CPUID);
+        b.ignored_io = 2;
+        a.add(&b);
+        assert_eq!(a.total(), 4);
+        let v: serde_json::Value = serde_json::from_str(&a.to_string()).unwrap();
+        assert_eq!(v, serde_json::json!({"cpuid": 3, "hlt": 1, "ignored_io": 2}));
+        assert_eq!(ExitCounters::default().to_string(), "{}");
+    }
+}

@@ -1,0 +1,69 @@
+//! Decoding and checking hypercalls (ABI in `guest_abi::hypercall`). Bad arguments become
+//! error returns for the guest, never a problem for the hypervisor.
+
+use crate::guest_abi::hypercall::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    Print { gpa: u64, len: u64 },
+    Report { gpa: u64, len: u64 },
+    Exit { code: u64 },
+    ExitCounters { gpa: u64, count: u64 },
+    Unknown(u64),
+}
+
+/// Decodes RAX (number), RDI and RSI.
+pub fn decode(rax: u64, rdi: u64, rsi: u64) -> Call {
+    match rax {
+        PRINT => Call::Print { gpa: rdi, len: rsi },
+        REPORT => Call::Report { gpa: rdi, len: rsi },
+        EXIT => Call::Exit { code: rdi },
+        EXIT_COUNTERS => Call::ExitCounters { gpa: rdi, count: rsi },
+        n => Call::Unknown(n),
+    }
+}
+
+/// Checks that `[gpa, gpa + len)` lies inside guest RAM and `len` is at most `max`.
+pub fn check_buffer(gpa: u64, len: u64, max: u64, ram_size: u64) -> Result<core::ops::Range<usize>, i64> {
+    if len > max {
+        return Err(E_INVAL);
+    }
+    let end = gpa.checked_add(len).ok_or(E_FAULT)?;
+    if end > ram_size {
+        return Err(E_FAULT);
+    }
+    Ok(gpa as usize..end as usize)
+}
+
+/// Whether `bytes` is one well-formed JSON value (REPORT embeds it verbatim in HV-SUMMARY).
+pub fn is_json(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_numbers() {
+        assert_eq!(decode(PRINT, 0x1000, 5), Call::Print { gpa: 0x1000, len: 5 });
+        assert_eq!(decode(EXIT, 1, 0), Call::Exit { code: 1 });
+        assert_eq!(decode(99, 0, 0), Call::Unknown(99));
+    }
+
+    #[test]
+    fn buffers_must_lie_in_ram() {
+        assert_eq!(check_buffer(0x1000, 16, MAX_LEN, 0x10000), Ok(0x1000..0x1010));
+        assert_eq!(check_buffer(0xfff8, 16, MAX_LEN, 0x10000), Err(E_FAULT));
+        assert_eq!(check_buffer(u64::MAX - 4, 16, MAX_LEN, 0x10000), Err(E_FAULT));
+        assert_eq!(check_buffer(0, MAX_LEN + 1, MAX_LEN, 1 << 30), Err(E_INVAL));
+    }
+
+    #[test]
+    fn json_reports_are_checked() {
+        assert!(is_json(br#"{"vcpu": 1, "apic_id": 1}"#));
+        assert!(is_json(b"[1, 2.5, null]"));
+        assert!(!is_json(br#"{"vcpu": }"#));
+        assert!(!is_json(b"{} {}"));
+    }
+}
