@@ -12,16 +12,16 @@ pub const MAX_VCPUS: u32 = 64;
 pub const DEFAULT_RAM_MIB: u32 = 16;
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 
-/// What a VM is expected to end as (tests of failures expect failures).
+/// How a VM ended, and what it is expected to end as (tests of failures expect failures).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Expect {
+pub enum VmResult {
     Pass,
     Fail,
     Killed,
     Timeout,
 }
 
-impl Expect {
+impl VmResult {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pass => "pass",
@@ -45,7 +45,7 @@ pub struct VmSpec {
     pub ram_mib: u32,
     /// Physical CPU index per vCPU (0 = BSP). Empty in the file means "assign".
     pub cpus: Vec<u32>,
-    pub expect: Expect,
+    pub expect: VmResult,
     pub timeout_ms: u64,
     /// Line of the `[vm]` header, for messages.
     pub line: usize,
@@ -59,7 +59,7 @@ impl VmSpec {
             vcpus: 1,
             ram_mib: DEFAULT_RAM_MIB,
             cpus: Vec::new(),
-            expect: Expect::Pass,
+            expect: VmResult::Pass,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             line,
         }
@@ -75,7 +75,7 @@ impl VmSpec {
             "ram_mib" => self.ram_mib = num("ram_mib")? as u32,
             "timeout_ms" => self.timeout_ms = num("timeout_ms")?,
             "expect" => {
-                self.expect = Expect::parse(value).ok_or_else(|| format!("expect must be pass|fail|killed|timeout, not `{value}`"))?
+                self.expect = VmResult::parse(value).ok_or_else(|| format!("expect must be pass|fail|killed|timeout, not `{value}`"))?
             }
             "cpus" => {
                 self.cpus = value

@@ -7,6 +7,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
 
+use crate::exits::counters::ExitCounters;
+use crate::manifest::VmResult;
 use crate::vmx::caps::VmxFeatures;
 
 /// Prefix of the summary line on the serial console.
@@ -67,6 +69,57 @@ pub struct CpuReport {
     pub error: Option<String>,
 }
 
+/// How one VM ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmReport {
+    pub name: String,
+    pub vcpus: u32,
+    pub result: VmResult,
+    pub reason: Option<String>,
+    pub expect: VmResult,
+    pub vcpu_exits: Vec<ExitCounters>,
+    /// JSON values the guest reported (checked well-formed when reported).
+    pub reports: Vec<String>,
+}
+
+impl VmReport {
+    pub fn met_expectation(&self) -> bool {
+        self.result == self.expect
+    }
+}
+
+impl fmt::Display for VmReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut total = ExitCounters::default();
+        for c in &self.vcpu_exits {
+            total.add(c);
+        }
+        write!(
+            f,
+            "{{\"name\":{},\"vcpus\":{},\"result\":\"{}\",\"reason\":{},\"expect\":\"{}\",\"exits\":{total},\"vcpu_exits\":[",
+            JsonStr(&self.name),
+            self.vcpus,
+            self.result.as_str(),
+            OptStr(self.reason.as_deref()),
+            self.expect.as_str()
+        )?;
+        for (i, c) in self.vcpu_exits.iter().enumerate() {
+            if i > 0 {
+                f.write_char(',')?;
+            }
+            write!(f, "{c}")?;
+        }
+        f.write_str("],\"reports\":[")?;
+        for (i, r) in self.reports.iter().enumerate() {
+            if i > 0 {
+                f.write_char(',')?;
+            }
+            f.write_str(r)?;
+        }
+        f.write_str("]}")
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HvSummary {
     pub result: RunResult,
@@ -77,18 +130,20 @@ pub struct HvSummary {
     pub features: VmxFeatures,
     pub tsc_hz: u64,
     pub cpus: Vec<CpuReport>,
+    pub vms: Vec<VmReport>,
 }
 
 impl HvSummary {
     /// Builds the summary and decides the result: "unsupported" when the platform has no usable
     /// VMX (`unsupported` is the reason), "pass" when every expected CPU came online and did
-    /// VMXON, "fail" with the first problem otherwise.
+    /// VMXON and every VM ended as expected, "fail" with the first problem otherwise.
     pub fn judge(
         cpus_expected: u32,
         unsupported: Option<String>,
         features: VmxFeatures,
         tsc_hz: u64,
         cpus: Vec<CpuReport>,
+        vms: Vec<VmReport>,
     ) -> Self {
         let online = cpus.iter().filter(|c| c.online).count() as u32;
         let vmxon = cpus.iter().filter(|c| c.vmxon).count() as u32;
@@ -101,10 +156,16 @@ impl HvSummary {
             (RunResult::Unsupported, Some(why.clone()))
         } else if vmxon != cpus_expected {
             (RunResult::Fail, Some(alloc::format!("VMXON on {vmxon} of {cpus_expected} CPUs")))
+        } else if let Some(vm) = vms.iter().find(|v| !v.met_expectation()) {
+            let why = vm.reason.as_deref().map(|r| alloc::format!(" ({r})")).unwrap_or_default();
+            (
+                RunResult::Fail,
+                Some(alloc::format!("VM {}: expected {}, got {}{why}", vm.name, vm.expect.as_str(), vm.result.as_str())),
+            )
         } else {
             (RunResult::Pass, None)
         };
-        Self { result, reason, cpus_expected, vmx_supported: unsupported.is_none(), features, tsc_hz, cpus }
+        Self { result, reason, cpus_expected, vmx_supported: unsupported.is_none(), features, tsc_hz, cpus, vms }
     }
 
     pub fn cpus_online(&self) -> u32 {
@@ -221,7 +282,14 @@ impl fmt::Display for HvSummary {
                 OptStr(c.error.as_deref())
             )?;
         }
-        f.write_str("],\"vms\":[]}")
+        f.write_str("],\"vms\":[")?;
+        for (i, vm) in self.vms.iter().enumerate() {
+            if i > 0 {
+                f.write_char(',')?;
+            }
+            write!(f, "{vm}")?;
+        }
+        f.write_str("]}")
     }
 }
 
@@ -250,7 +318,7 @@ mod tests {
 
     #[test]
     fn all_cpus_with_vmxon_pass_and_json_has_the_interface_fields() {
-        let s = HvSummary::judge(2, None, all_features(), 50_000_000, vec![cpu(0, true, true), cpu(1, true, true)]);
+        let s = HvSummary::judge(2, None, all_features(), 50_000_000, vec![cpu(0, true, true), cpu(1, true, true)], vec![]);
         assert_eq!(s.result, RunResult::Pass);
         let v: serde_json::Value = serde_json::from_str(&s.to_string()).unwrap();
         assert_eq!(v["result"], "pass");
@@ -270,7 +338,7 @@ mod tests {
 
     #[test]
     fn no_vmx_is_unsupported_with_reason_and_all_features_false() {
-        let s = HvSummary::judge(1, Some("no VMX".into()), all_features(), 0, vec![cpu(0, true, false)]);
+        let s = HvSummary::judge(1, Some("no VMX".into()), all_features(), 0, vec![cpu(0, true, false)], vec![]);
         assert_eq!(s.result, RunResult::Unsupported);
         let v: serde_json::Value = serde_json::from_str(&s.to_string()).unwrap();
         assert_eq!(v["result"], "unsupported");
@@ -281,13 +349,13 @@ mod tests {
 
     #[test]
     fn missing_cpu_or_vmxon_or_cpu_error_fails() {
-        let s = HvSummary::judge(2, None, all_features(), 0, vec![cpu(0, true, true), cpu(1, false, false)]);
+        let s = HvSummary::judge(2, None, all_features(), 0, vec![cpu(0, true, true), cpu(1, false, false)], vec![]);
         assert_eq!((s.result, s.reason.as_deref()), (RunResult::Fail, Some("1 of 2 CPUs came online")));
-        let s = HvSummary::judge(2, None, all_features(), 0, vec![cpu(0, true, true), cpu(1, true, false)]);
+        let s = HvSummary::judge(2, None, all_features(), 0, vec![cpu(0, true, true), cpu(1, true, false)], vec![]);
         assert_eq!((s.result, s.reason.as_deref()), (RunResult::Fail, Some("VMXON on 1 of 2 CPUs")));
         let mut bad = cpu(1, true, false);
         bad.error = Some("VMXON failed \"CF=1\"".into());
-        let s = HvSummary::judge(2, Some("x".into()), all_features(), 0, vec![cpu(0, true, true), bad]);
+        let s = HvSummary::judge(2, Some("x".into()), all_features(), 0, vec![cpu(0, true, true), bad], vec![]);
         assert_eq!(s.result, RunResult::Fail);
         // Quotes in reasons survive the round trip.
         let v: serde_json::Value = serde_json::from_str(&s.to_string()).unwrap();
@@ -304,6 +372,35 @@ mod tests {
         assert_eq!((v["cpus_online"].as_u64(), v["cpus_expected"].as_u64()), (Some(3), Some(4)));
         assert_eq!(v["vmx"]["supported"], false);
         assert_eq!(v["vms"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn vms_are_reported_and_judged_against_their_expectation() {
+        let mut exits = ExitCounters::default();
+        exits.count(crate::vmx::exit_reason::VMCALL);
+        let vm = |name: &str, result, expect| VmReport {
+            name: name.into(),
+            vcpus: 2,
+            result,
+            reason: Some("EPT violation at GPA 0x4000000".into()),
+            expect,
+            vcpu_exits: vec![exits.clone(), exits.clone()],
+            reports: vec!["{\"vcpu\":0}".into()],
+        };
+        let cpus = vec![cpu(0, true, true), cpu(1, true, true)];
+        let ok = vec![vm("a", VmResult::Killed, VmResult::Killed), vm("b", VmResult::Pass, VmResult::Pass)];
+        let s = HvSummary::judge(2, None, all_features(), 0, cpus.clone(), ok);
+        assert_eq!(s.result, RunResult::Pass);
+        let v: serde_json::Value = serde_json::from_str(&s.to_string()).unwrap();
+        assert_eq!(v["vms"][0]["name"], "a");
+        assert_eq!(v["vms"][0]["result"], "killed");
+        assert_eq!(v["vms"][0]["exits"]["vmcall"], 2);
+        assert_eq!(v["vms"][0]["vcpu_exits"][1]["vmcall"], 1);
+        assert_eq!(v["vms"][1]["reports"][0]["vcpu"], 0);
+        let bad = vec![vm("a", VmResult::Killed, VmResult::Pass)];
+        let s = HvSummary::judge(2, None, all_features(), 0, cpus, bad);
+        assert_eq!(s.result, RunResult::Fail);
+        assert!(s.reason.unwrap().starts_with("VM a: expected pass, got killed (EPT violation"));
     }
 
     #[test]

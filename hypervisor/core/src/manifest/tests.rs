@@ -75,7 +75,7 @@ fn keys_are_checked_when_set() {
     v.set("cpus", "1, 2").unwrap();
     assert_eq!(v.cpus, vec![1, 2]);
     v.set("expect", "killed").unwrap();
-    assert_eq!(v.expect, Expect::Killed);
+    assert_eq!(v.expect, VmResult::Killed);
     assert!(v.set("vcpus", "two").unwrap_err().contains("must be a number"));
     assert!(v.set("expect", "maybe").is_err());
     assert!(v.set("cpu", "1").unwrap_err().contains("unknown VM key `cpu`"));
