@@ -19,26 +19,16 @@ pub fn build_kernel() -> Result<PathBuf> {
     Ok(PathBuf::from("target").join(KERNEL_TARGET).join("release/hypervisor"))
 }
 
-/// The kernel's boot config (hvcore::bootcfg), carried in the bootloader ramdisk.
-pub struct BootCfg {
-    pub log_level: String,
-    pub exit: &'static str,
-    pub fault: String,
-}
-
-impl BootCfg {
-    pub fn render(&self) -> String {
-        format!("# written by cargo xtask\nlog = {}\nexit = {}\nfault = {}\n", self.log_level, self.exit, self.fault)
-    }
-}
-
-/// Writes a disk image with the kernel and its boot config.
-pub fn make_image(kernel: &Path, cfg: &BootCfg, uefi: bool, out: &Path) -> Result<()> {
+/// Writes a disk image with the kernel and a ramdisk holding `config` (boot config and
+/// manifest text) and the guest images.
+pub fn make_image(kernel: &Path, config: &str, guests: &[(String, Vec<u8>)], uefi: bool, out: &Path) -> Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let cfg_path = out.with_extension("cfg");
-    std::fs::write(&cfg_path, cfg.render())?;
+    let cfg_path = out.with_extension("ramdisk");
+    let mut files: Vec<(&str, &[u8])> = vec![(hvcore::ramdisk::CONFIG_FILE, config.as_bytes())];
+    files.extend(guests.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+    std::fs::write(&cfg_path, hvcore::ramdisk::build(&files))?;
     let mut loader_cfg = bootloader::BootConfig::default();
     // The bootloader's own log is only for diagnosing the boot itself; drawing text into the
     // framebuffer is slow under emulation.

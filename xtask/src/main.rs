@@ -2,6 +2,7 @@
 //! the hypervisor under QEMU and Bochs.
 
 mod bochs;
+mod guests;
 mod image;
 mod run;
 mod summary;
@@ -25,16 +26,14 @@ enum Cmd {
     /// Run every test: host unit tests, QEMU boots, Bochs with VMX.
     Test(test::TestArgs),
     /// Build a bootable disk image for real hardware (halts at the end instead of exiting).
+    /// Takes the run flags that shape the image (--uefi, --cpus, --memory, --guest, --manifest,
+    /// --log-level).
     Image {
-        /// UEFI (GPT) image instead of BIOS (MBR).
-        #[arg(long)]
-        uefi: bool,
+        #[command(flatten)]
+        args: run::RunArgs,
         /// Where to write the image.
         #[arg(long, default_value = "target/hypervisor.img")]
         out: PathBuf,
-        /// Log level printed on COM1.
-        #[arg(long, default_value = "info")]
-        log_level: String,
     },
     /// Build (or find in the cache) the project's Bochs and print its path.
     Bochs,
@@ -49,10 +48,10 @@ fn main() -> Result<()> {
             std::process::exit(if outcome.accepted { 0 } else { 1 })
         }
         Cmd::Test(args) => test::run_all(&args),
-        Cmd::Image { uefi, out, log_level } => {
+        Cmd::Image { args, out } => {
+            let (config, guests) = run::compose(&args, "halt")?;
             let kernel = image::build_kernel()?;
-            let cfg = image::BootCfg { log_level, exit: "halt", fault: "none".into() };
-            image::make_image(&kernel, &cfg, uefi, &out)?;
+            image::make_image(&kernel, &config, &guests, args.uefi, &out)?;
             println!("{}", out.display());
             Ok(())
         }

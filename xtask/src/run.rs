@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{bochs, image, summary};
+use crate::{bochs, guests, image, summary};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Platform {
@@ -65,6 +65,12 @@ pub struct RunArgs {
     /// Do not echo the serial console while running.
     #[arg(long)]
     pub quiet: bool,
+    /// Guests to run, one VM each: `NAME[:vcpus][,NAME...]` (see guest-tests/).
+    #[arg(long, conflicts_with = "manifest")]
+    pub guest: Option<String>,
+    /// A manifest file with `[vm]` sections (docs/guest-abi.md).
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -80,13 +86,24 @@ impl RunArgs {
             fault: "none".into(),
             memory: 512,
             quiet: true,
+            guest: None,
+            manifest: None,
         }
+    }
+
+    pub fn with_guests(self, list: &str) -> Self {
+        Self { guest: Some(list.into()), ..self }
     }
 
     /// A short name for the run's output folder.
     fn slug(&self) -> String {
         let fw = if self.uefi { "uefi" } else { "bios" };
-        format!("{}-{fw}-{}cpu-{}", self.platform.name(), self.cpus, self.fault)
+        let guests = match (&self.guest, &self.manifest) {
+            (Some(g), _) => format!("-{}", g.replace([',', ':'], "_")),
+            (None, Some(m)) => format!("-{}", m.file_stem().unwrap_or_default().to_string_lossy()),
+            (None, None) => String::new(),
+        };
+        format!("{}-{fw}-{}cpu-{}{guests}", self.platform.name(), self.cpus, self.fault)
     }
 }
 
@@ -108,12 +125,12 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     if args.uefi && args.platform == Platform::Bochs {
         bail!("--uefi needs a QEMU platform: the project's Bochs boots BIOS images");
     }
+    let (config, guests) = compose(args, "debug-port")?;
     let dir = PathBuf::from("target/xtask/runs").join(args.slug());
     fs::create_dir_all(&dir)?;
     let kernel = image::build_kernel()?;
     let img = dir.join("disk.img");
-    let cfg = image::BootCfg { log_level: args.log_level.clone(), exit: "debug-port", fault: args.fault.clone() };
-    image::make_image(&kernel, &cfg, args.uefi, &img)?;
+    image::make_image(&kernel, &config, &guests, args.uefi, &img)?;
 
     let serial = dir.join("serial.log");
     let _ = fs::remove_file(&serial);
@@ -212,6 +229,27 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         }
     }
     Ok(Outcome { summary, exit_status, timed_out, accepted })
+}
+
+/// The boot config text (global keys, then the manifest's `[vm]` sections) and the guest
+/// images it needs, validated as the kernel will validate them, before anything boots.
+pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<(String, Vec<u8>)>)> {
+    let mut config = format!("# written by cargo xtask\nlog = {}\nexit = {exit}\nfault = {}\n", args.log_level, args.fault);
+    match (&args.guest, &args.manifest) {
+        (Some(list), _) => config += &guests::manifest_from_list(list)?,
+        (None, Some(file)) => {
+            config += "\n";
+            config += &fs::read_to_string(file).with_context(|| format!("reading manifest {}", file.display()))?;
+        }
+        (None, None) => return Ok((config, Vec::new())),
+    }
+    let images = guests::build()?;
+    let manifest = guests::validate(&config, &images, args.cpus, args.memory)?;
+    let needed: Vec<(String, Vec<u8>)> = images
+        .into_iter()
+        .filter(|(name, _)| manifest.vms.iter().any(|v| &v.image == name))
+        .collect();
+    Ok((config, needed))
 }
 
 fn print_tail(log: &str, n: usize) {

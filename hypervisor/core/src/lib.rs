@@ -5,18 +5,24 @@
 //! validate what it hands the kernel, and guests use the ABI modules.
 #![no_std]
 
+#[cfg(feature = "alloc")]
 extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+#[cfg(feature = "alloc")]
 pub mod bootcfg;
+#[cfg(feature = "alloc")]
 pub mod elf_load;
 pub mod ept;
 pub mod exits;
 pub mod frames;
 pub mod guest_abi;
 pub mod guest_boot;
+#[cfg(feature = "alloc")]
 pub mod manifest;
+#[cfg(feature = "alloc")]
 pub mod ramdisk;
+#[cfg(feature = "alloc")]
 pub mod summary;
 pub mod vmx;

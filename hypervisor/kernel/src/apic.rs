@@ -20,7 +20,8 @@ const REG_ICR_LO: u32 = 0x300;
 const REG_ICR_HI: u32 = 0x310;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 
-/// ICR delivery modes and flags (SDM Vol. 3A §12.6.1).
+/// ICR delivery modes and flags (SDM Vol. 3A §12.6.1). Fixed delivery is mode 0.
+pub const ICR_FIXED: u32 = 0;
 pub const ICR_INIT: u32 = 0b101 << 8;
 pub const ICR_STARTUP: u32 = 0b110 << 8;
 pub const ICR_LEVEL_ASSERT: u32 = 1 << 14;
@@ -102,7 +103,6 @@ pub fn send_ipi(dest: u32, icr_low: u32) {
     }
 }
 
-#[allow(dead_code, reason = "interrupt handling arrives with interrupt virtualization")]
 pub fn eoi() {
     write(REG_EOI, 0);
 }

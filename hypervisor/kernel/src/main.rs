@@ -17,16 +17,20 @@ mod memory;
 mod report;
 mod smp;
 mod time;
+mod vm;
 mod vmx;
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use bootloader_api::config::Mapping;
 use bootloader_api::{BootInfo, BootloaderConfig, entry_point};
 use hvcore::bootcfg::{BootConfig, FaultInjection};
-use hvcore::summary::{CpuReport, HvSummary};
+use hvcore::elf_load::LoadPlan;
+use hvcore::manifest::{Machine, Manifest};
+use hvcore::ramdisk::Archive;
+use hvcore::summary::{CpuReport, HvSummary, RunResult};
 use hvcore::vmx::caps::{VmxCaps, VmxMsrs};
 use log::{error, info, warn};
 use spin::{Mutex, Once};
@@ -49,27 +53,47 @@ static REPORTS: Mutex<Vec<CpuReport>> = Mutex::new(Vec::new());
 /// The BSP's decoded capabilities; `None` when VMX is unusable on this platform.
 static BSP_CAPS: Once<Option<VmxCaps>> = Once::new();
 static CONFIG: Once<BootConfig> = Once::new();
+/// APIC ID of each CPU index, for kicks.
+static APIC_IDS: Once<Vec<u32>> = Once::new();
+/// The VMs, built by the BSP once every CPU is in VMX operation.
+static VMS: Once<Vec<vm::Vm>> = Once::new();
+/// The manifest, validated; which vCPU runs on which CPU.
+static MANIFEST: Once<Manifest> = Once::new();
+/// TSC ticks per second, measured against the PIT (watchdog deadlines).
+static TSC_HZ_MEASURED: AtomicU64 = AtomicU64::new(0);
 /// APs that finished their VMXON attempt, and those that finished VMXOFF.
 static APS_VMX_DONE: AtomicU32 = AtomicU32::new(0);
 static APS_OFF_DONE: AtomicU32 = AtomicU32::new(0);
+/// Set by the BSP when the VMs are built (or will not be): vCPUs may start.
+static VMS_READY: AtomicBool = AtomicBool::new(false);
 /// Set by the BSP when every CPU may leave VMX operation.
 static RELEASE: AtomicBool = AtomicBool::new(false);
 
+/// Host vector that pulls a CPU out of its guest so it notices its VM is stopping.
+pub const KICK_VECTOR: u8 = 0xf1;
+
 const AP_REPORT_TIMEOUT_US: u64 = 2_000_000;
+
+/// Makes CPU `index` leave guest mode soon (an external-interrupt exit).
+pub fn kick_cpu(index: u32) {
+    if let Some(&id) = APIC_IDS.get().and_then(|ids| ids.get(index as usize)) {
+        apic::send_ipi(id, apic::ICR_FIXED | KICK_VECTOR as u32);
+    }
+}
 
 fn kmain(boot_info: &'static mut BootInfo) -> ! {
     console::init(log::LevelFilter::Info);
-    let config = boot_config(boot_info);
-    report::set_exit_mode(config.exit);
-    console::init(config.log_level);
-    CONFIG.call_once(|| config);
-    info!("ipiv-hv {} starting", env!("CARGO_PKG_VERSION"));
-
     let phys_offset = boot_info.physical_memory_offset.into_option().unwrap_or_else(|| {
         report::fatal(format_args!("bootloader did not map physical memory"));
     });
     let low = memory::init(phys_offset, &boot_info.memory_regions, smp::trampoline::PAGES)
         .unwrap_or_else(|e| report::fatal(format_args!("memory: {e}")));
+    let ramdisk = ramdisk(boot_info);
+    let (config, manifest) = boot_config(ramdisk.as_ref());
+    report::set_exit_mode(config.exit);
+    console::init(config.log_level);
+    CONFIG.call_once(|| config);
+    info!("ipiv-hv {} starting", env!("CARGO_PKG_VERSION"));
     info!("memory: {} MiB free, trampoline at {low:#x}", memory::free_bytes() >> 20);
 
     apic::init_this_cpu();
@@ -81,16 +105,16 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     let procs = acpi::processors(rsdp).unwrap_or_else(|e| report::fatal(format_args!("ACPI MADT: {e:?}")));
     let expected = 1 + procs.aps.len() as u32;
     report::CPUS_EXPECTED.store(expected, Ordering::Relaxed);
-    info!(
-        "ACPI: {expected} CPUs enabled (BSP APIC {}, APs {:?}), {} disabled",
-        procs.bsp_apic_id, procs.aps, procs.disabled
-    );
+    info!("ACPI: {expected} CPUs enabled (BSP APIC {}, APs {:?}), {} disabled", procs.bsp_apic_id, procs.aps, procs.disabled);
     if procs.bsp_apic_id != bsp_apic {
         warn!("MADT says the BSP has APIC ID {}, the APIC says {bsp_apic}", procs.bsp_apic_id);
     }
+    APIC_IDS.call_once(|| core::iter::once(bsp_apic).chain(procs.aps.iter().copied()).collect());
 
     let (tsc_hz, source) = time::tsc_hz();
-    info!("TSC {} kHz (from {source:?})", tsc_hz / 1000);
+    let measured = time::measure_tsc_hz();
+    TSC_HZ_MEASURED.store(measured, Ordering::Relaxed);
+    info!("TSC {} kHz (from {source:?}); measured against the PIT: {} kHz", tsc_hz / 1000, measured / 1000);
 
     let msrs = vmx::read_msrs();
     log_msrs(&msrs);
@@ -118,7 +142,6 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
         panic!("deliberate panic (boot config fault = bsp-panic)");
     }
 
-    // SAFETY: reading CR3 has no side effects.
     let kernel_cr3 = x86_64::registers::control::Cr3::read_raw().0.start_address().as_u64();
     let mut tramp = smp::trampoline::Trampoline::install(low, kernel_cr3);
     let mut started = 0u32;
@@ -136,6 +159,20 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
 
     let bsp_vmx = vmx_bring_up(0, &msrs);
     wait_for(|| APS_VMX_DONE.load(Ordering::Acquire) >= started, "APs to finish VMXON");
+
+    // Every CPU is in VMX operation (or reported why not): build the VMs, or refuse the
+    // manifest before any of them starts.
+    let vm_error = prepare_vms(manifest, ramdisk.as_ref(), expected, caps.is_some() && bsp_vmx.is_some());
+    VMS_READY.store(true, Ordering::Release);
+    if bsp_vmx.is_some() {
+        run_vcpu_here(0);
+    }
+    if let Some(vms) = VMS.get() {
+        while !vms.iter().all(|v| v.all_done()) {
+            core::hint::spin_loop();
+        }
+    }
+
     RELEASE.store(true, Ordering::Release);
     if let Some(v) = bsp_vmx {
         v.off();
@@ -145,19 +182,76 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     let reports = REPORTS.lock().clone();
     let unsupported = match caps {
         Some(_) => None,
-        None => Some(hvcore::vmx::caps::VmxCaps::decode(&msrs).err().map(|u| u.to_string()).unwrap_or_default()),
+        None => Some(VmxCaps::decode(&msrs).err().map(|u| u.to_string()).unwrap_or_default()),
     };
     let features = caps.map(|c| c.features()).unwrap_or_default();
-    let summary = HvSummary::judge(expected, unsupported, features, tsc_hz, reports);
+    let vm_reports = VMS.get().map(|vms| vms.iter().map(|v| v.report()).collect()).unwrap_or_default();
+    let mut summary = HvSummary::judge(expected, unsupported, features, tsc_hz, reports, vm_reports);
+    if let Some(e) = vm_error {
+        summary.result = RunResult::Fail;
+        summary.reason = Some(e);
+    }
     info!("result: {}", summary.result.as_str());
     report::finish(&summary)
 }
 
-/// The boot config from the ramdisk; without one (real hardware), the defaults.
-fn boot_config(boot_info: &BootInfo) -> BootConfig {
-    let Some(addr) = boot_info.ramdisk_addr.into_option() else { return BootConfig::default() };
-    // SAFETY: the bootloader mapped the ramdisk at this address with this length.
+/// Validates the manifest against this machine and builds every VM; on any problem no VM is
+/// built and the reason is returned.
+fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32, vmx_ok: bool) -> Option<String> {
+    if manifest.vms.is_empty() {
+        return None;
+    }
+    if !vmx_ok {
+        return Some("the manifest asks for VMs but VMX is not available".into());
+    }
+    let images = |name: &str| ramdisk.and_then(|a| a.get(name));
+    let check = |name: &str, ram_mib: u32, vcpus: u32| -> Result<(), String> {
+        let img = images(name).ok_or("not in the ramdisk")?;
+        LoadPlan::new(img, ram_mib as u64 * 1024 * 1024, vcpus).map(|_| ())
+    };
+    // Leave a margin for EPT tables, VMCSs and stacks.
+    let budget = (memory::free_bytes() >> 20).saturating_sub(16);
+    let machine = Machine { cpus, ram_budget_mib: budget, check_image: &check };
+    if let Err(e) = manifest.validate(&machine) {
+        error!("manifest refused: {e}");
+        return Some(alloc::format!("manifest: {e}"));
+    }
+    let tsc = TSC_HZ_MEASURED.load(Ordering::Relaxed);
+    let mut vms = Vec::new();
+    for spec in &manifest.vms {
+        match vm::Vm::create(spec, images(&spec.image).unwrap_or(&[]), tsc) {
+            Ok(v) => {
+                info!("VM {}: {} vCPUs on CPUs {:?}, {} MiB at {:#x}", spec.name, spec.vcpus, spec.cpus, spec.ram_mib, v.ram_pa);
+                vms.push(v);
+            }
+            Err(e) => return Some(alloc::format!("VM {}: {e}", spec.name)),
+        }
+    }
+    MANIFEST.call_once(|| manifest);
+    VMS.call_once(|| vms);
+    None
+}
+
+/// Runs the vCPU pinned to this CPU, if the manifest gives it one.
+fn run_vcpu_here(cpu: u32) {
+    let (Some(manifest), Some(vms), Some(Some(caps))) = (MANIFEST.get(), VMS.get(), BSP_CAPS.get()) else { return };
+    let Some((vm_index, vcpu)) = manifest.vcpu_on(cpu) else { return };
+    let tsc = TSC_HZ_MEASURED.load(Ordering::Relaxed);
+    vm::vcpu::Vcpu::run(&vms[vm_index], vcpu, caps, tsc);
+}
+
+fn ramdisk(boot_info: &BootInfo) -> Option<Archive<'static>> {
+    let addr = boot_info.ramdisk_addr.into_option()?;
+    // SAFETY: the bootloader mapped the ramdisk at this address with this length, for good.
     let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, boot_info.ramdisk_len as usize) };
+    Some(Archive::parse(bytes).unwrap_or_else(|e| report::fatal(format_args!("{e}"))))
+}
+
+/// The boot config and manifest from the ramdisk; without one (real hardware), the defaults.
+fn boot_config(ramdisk: Option<&Archive<'_>>) -> (BootConfig, Manifest) {
+    let Some(bytes) = ramdisk.and_then(|a| a.get(hvcore::ramdisk::CONFIG_FILE)) else {
+        return (BootConfig::default(), Manifest::default());
+    };
     let text = core::str::from_utf8(bytes).unwrap_or_else(|_| report::fatal(format_args!("boot config is not UTF-8")));
     BootConfig::parse(text).unwrap_or_else(|e| report::fatal(format_args!("{e}")))
 }
@@ -165,7 +259,7 @@ fn boot_config(boot_info: &BootInfo) -> BootConfig {
 fn log_msrs(m: &VmxMsrs) {
     log::debug!(
         "VMX MSRs: cpuid_vmx={} feature_control={:#x} basic={:#x} pin={:#x} proc={:#x} exit={:#x} entry={:#x} \
-         proc2={:x?} proc3={:x?} ept_vpid={:x?} cr0_fixed={:#x}/{:#x} cr4_fixed={:#x}/{:#x}",
+         proc2={:x?} proc3={:x?} ept_vpid={:x?} misc={:#x} cr0_fixed={:#x}/{:#x} cr4_fixed={:#x}/{:#x}",
         m.cpuid_vmx,
         m.feature_control,
         m.basic,
@@ -176,6 +270,7 @@ fn log_msrs(m: &VmxMsrs) {
         m.procbased2,
         m.procbased3,
         m.ept_vpid_cap,
+        m.misc,
         m.cr0_fixed0,
         m.cr0_fixed1,
         m.cr4_fixed0,
@@ -239,6 +334,12 @@ extern "C" fn ap_entry(arg: u64) -> ! {
     let msrs = vmx::read_msrs();
     let vmx = vmx_bring_up(index, &msrs);
     APS_VMX_DONE.fetch_add(1, Ordering::Release);
+    while !VMS_READY.load(Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    if vmx.is_some() {
+        run_vcpu_here(index);
+    }
     while !RELEASE.load(Ordering::Acquire) {
         core::hint::spin_loop();
     }

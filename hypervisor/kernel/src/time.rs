@@ -32,12 +32,21 @@ pub fn tsc_hz() -> (u64, TscSource) {
             return (mhz as u64 * 1_000_000, TscSource::Cpuid16);
         }
     }
-    // SAFETY: reading the TSC has no side effects.
-    let t0 = unsafe { _rdtsc() };
+    (measure_tsc_hz(), TscSource::Pit)
+}
+
+/// The TSC rate measured over 10 ms of PIT time. Deadlines use this rather than CPUID: under
+/// Bochs the TSC counts instructions, whatever CPUID 0x15 claims.
+pub fn measure_tsc_hz() -> u64 {
+    let t0 = rdtsc();
     pit_delay_us(10_000);
-    // SAFETY: as above.
-    let t1 = unsafe { _rdtsc() };
-    ((t1 - t0) * 100, TscSource::Pit)
+    (rdtsc() - t0) * 100
+}
+
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: reading the TSC has no side effects.
+    unsafe { _rdtsc() }
 }
 
 /// Busy-waits `us` microseconds on PIT channel 2 (gate through port 0x61, mode 0). Only the

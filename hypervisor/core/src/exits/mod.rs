@@ -3,6 +3,7 @@
 
 pub mod counters;
 pub mod cpuid;
+#[cfg(feature = "alloc")]
 pub mod hypercall;
 pub mod io;
 pub mod msr;

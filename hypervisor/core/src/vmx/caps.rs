@@ -54,6 +54,8 @@ pub struct VmxMsrs {
     pub procbased3: Option<u64>,
     /// IA32_VMX_EPT_VPID_CAP, present when secondary allowed-1 has EPT (bit 1) or VPID (bit 5).
     pub ept_vpid_cap: Option<u64>,
+    /// IA32_VMX_MISC (SDM Vol. 3D §A.6).
+    pub misc: u64,
     /// IA32_VMX_CR0_FIXED0/1 and IA32_VMX_CR4_FIXED0/1 (SDM Vol. 3D §A.7, §A.8).
     pub cr0_fixed0: u64,
     pub cr0_fixed1: u64,
@@ -94,6 +96,7 @@ impl VmxMsrs {
         if primary.allows(primary_bits::ACTIVATE_TERTIARY_CONTROLS) {
             m.procbased3 = Some(rdmsr(msr::IA32_VMX_PROCBASED_CTLS3));
         }
+        m.misc = rdmsr(msr::IA32_VMX_MISC);
         m.cr0_fixed0 = rdmsr(msr::IA32_VMX_CR0_FIXED0);
         m.cr0_fixed1 = rdmsr(msr::IA32_VMX_CR0_FIXED1);
         m.cr4_fixed0 = rdmsr(msr::IA32_VMX_CR4_FIXED0);
@@ -225,6 +228,8 @@ pub struct VmxCaps {
     pub entry: ControlCaps,
     /// IA32_VMX_EPT_VPID_CAP, 0 when absent.
     pub ept_vpid: u64,
+    /// IA32_VMX_MISC.
+    pub misc: u64,
     pub cr0_fixed0: u64,
     pub cr0_fixed1: u64,
     pub cr4_fixed0: u64,
@@ -268,6 +273,7 @@ impl VmxCaps {
             exit: ControlCaps::from_msr(m.exit),
             entry: ControlCaps::from_msr(m.entry),
             ept_vpid: m.ept_vpid_cap.unwrap_or(0),
+            misc: m.misc,
             cr0_fixed0: m.cr0_fixed0,
             cr0_fixed1: m.cr0_fixed1,
             cr4_fixed0: m.cr4_fixed0,
@@ -326,6 +332,12 @@ impl VmxCaps {
             // SDM Vol. 3C §26.2.1.1: unrestricted guest requires EPT.
             unrestricted_guest: ept && self.secondary_allows(UNRESTRICTED_GUEST),
         }
+    }
+
+    /// The VMX-preemption timer counts down once every 2^N TSC ticks; this is N (IA32_VMX_MISC
+    /// bits 4:0, SDM Vol. 3D §A.6).
+    pub fn preemption_timer_shift(&self) -> u32 {
+        (self.misc & 0x1f) as u32
     }
 
     /// CR0 adjusted to the VMX fixed bits (SDM Vol. 3D §A.7): fixed-0 ones set, fixed-1 zeros

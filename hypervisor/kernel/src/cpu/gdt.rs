@@ -18,6 +18,7 @@ pub struct CpuTables {
     pub code: SegmentSelector,
     pub data: SegmentSelector,
     pub tss_sel: SegmentSelector,
+    pub tss: &'static TaskStateSegment,
 }
 
 fn leak_stack() -> VirtAddr {
@@ -37,7 +38,7 @@ impl CpuTables {
         let code = gdt.append(Descriptor::kernel_code_segment());
         let data = gdt.append(Descriptor::kernel_data_segment());
         let tss_sel = gdt.append(Descriptor::tss_segment(tss));
-        Self { gdt: Box::leak(Box::new(gdt)), code, data, tss_sel }
+        Self { gdt: Box::leak(Box::new(gdt)), code, data, tss_sel, tss }
     }
 
     pub fn load(&self) {

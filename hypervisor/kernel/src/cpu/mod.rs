@@ -44,6 +44,13 @@ impl PerCpu {
     }
 }
 
+/// The running CPU's TSS address (HOST_TR_BASE for VMCS host state).
+pub fn tss_base() -> u64 {
+    let pc: *const PerCpu = GsBase::read().as_ptr();
+    // SAFETY: GS base points at this CPU's PerCpu once `activate` ran (before any VM exists).
+    unsafe { (*pc).gdt.tss as *const _ as u64 }
+}
+
 /// Makes `pc` the running CPU's block: GS base, GDT, TSS and IDT. First thing on every CPU.
 pub fn activate(pc: &'static PerCpu) {
     GsBase::write(VirtAddr::from_ptr(pc as *const PerCpu));

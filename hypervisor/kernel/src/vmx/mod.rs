@@ -1,6 +1,9 @@
 //! VMX operation on this CPU: discovery (decoded by `hvcore::vmx::caps`), IA32_FEATURE_CONTROL,
 //! VMXON and VMXOFF.
 
+pub mod entry;
+pub mod vmcs;
+
 use core::arch::asm;
 use core::fmt;
 

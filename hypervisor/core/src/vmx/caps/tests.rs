@@ -16,6 +16,7 @@ fn bochs_sapphire_rapids() -> BTreeMap<u32, u64> {
         (IA32_VMX_PROCBASED_CTLS2, 0x06d7_7fff_0000_0000),
         (IA32_VMX_PROCBASED_CTLS3, 0x80),
         (IA32_VMX_EPT_VPID_CAP, 0xf01_06f3_4141),
+        (IA32_VMX_MISC, 0x6004_01e0),
         (IA32_VMX_CR0_FIXED0, 0x8000_0021),
         (IA32_VMX_CR0_FIXED1, 0xffff_ffff),
         (IA32_VMX_CR4_FIXED0, 0x2000),
@@ -46,6 +47,7 @@ fn bochs_sapphire_rapids_has_everything_but_ipiv() {
     let caps = VmxCaps::decode(&m).unwrap();
     assert_eq!(caps.revision_id, 4);
     assert_eq!(caps.region_size, 0x1000);
+    assert_eq!(caps.preemption_timer_shift(), 0);
     assert!(caps.true_ctls);
     assert_eq!(
         caps.features(),

@@ -14,6 +14,7 @@ fn bochs() -> VmxCaps {
         procbased2: Some(0x06d7_7fff_0000_0000),
         procbased3: Some(0x80),
         ept_vpid_cap: Some(0xf01_06f3_4141),
+        misc: 0x6004_01e0,
         cr0_fixed0: 0x8000_0021,
         cr0_fixed1: 0xffff_ffff,
         cr4_fixed0: 0x2000,

@@ -1,0 +1,14 @@
+//! Never finishes: the watchdog must end the VM as "timeout".
+#![no_std]
+#![no_main]
+
+use guest_tests::{entry, println, BootInfo};
+
+entry!(main);
+
+fn main(vcpu: u32, _info: &'static BootInfo) {
+    println!("vCPU {vcpu}: spinning forever");
+    loop {
+        core::hint::spin_loop();
+    }
+}

@@ -1,0 +1,31 @@
+//! Writes and checks all free RAM (everything but the boot area, the image and the stacks),
+//! each vCPU its own slice.
+#![no_std]
+#![no_main]
+
+use guest_tests::{entry, image_end, println, report, BootInfo};
+use hvcore::guest_abi::STACK_SIZE;
+
+entry!(main);
+
+fn main(vcpu: u32, info: &'static BootInfo) {
+    let start = image_end().next_multiple_of(4096);
+    let end = info.ram_size - info.vcpu_count as u64 * STACK_SIZE;
+    let per = ((end - start) / info.vcpu_count as u64) & !7;
+    let lo = start + per * vcpu as u64;
+    let hi = if vcpu + 1 == info.vcpu_count { end } else { lo + per };
+    let words = (hi - lo) / 8;
+    let base = lo as *mut u64;
+    let pattern = |i: u64| (lo + i * 8) ^ 0x5a5a_5a5a_5a5a_5a5a;
+    for i in 0..words {
+        // SAFETY: [lo, hi) is free guest RAM owned by this vCPU, identity-mapped.
+        unsafe { base.add(i as usize).write_volatile(pattern(i)) };
+    }
+    for i in 0..words {
+        // SAFETY: as above.
+        let v = unsafe { base.add(i as usize).read_volatile() };
+        assert_eq!(v, pattern(i), "RAM word at {:#x}", lo + i * 8);
+    }
+    println!("vCPU {vcpu}: checked {:#x}..{hi:#x} ({} KiB)", lo, (hi - lo) / 1024);
+    report!(r#"{{"test":"memory","vcpu":{vcpu},"from":{lo},"to":{hi}}}"#);
+}

@@ -1,0 +1,11 @@
+//! Panics: the VM must end as "fail" with the panic message in its reason.
+#![no_std]
+#![no_main]
+
+use guest_tests::{entry, BootInfo};
+
+entry!(main);
+
+fn main(vcpu: u32, _info: &'static BootInfo) {
+    panic!("deliberate guest panic on vCPU {vcpu}");
+}

@@ -1,0 +1,43 @@
+//! Hypercalls (VMCALL; ABI in hvcore::guest_abi::hypercall).
+
+use hvcore::guest_abi::hypercall::*;
+use hvcore::vmx::exit_reason;
+
+fn vmcall(nr: u64, a: u64, b: u64) -> i64 {
+    let ret: u64;
+    // SAFETY: VMCALL exits to the hypervisor, which reads RAX/RDI/RSI and writes RAX.
+    unsafe { core::arch::asm!("vmcall", inlateout("rax") nr => ret, in("rdi") a, in("rsi") b, options(nostack)) };
+    ret as i64
+}
+
+/// Prints bytes on the host console, prefixed with this VM and vCPU.
+pub fn print(s: &[u8]) -> i64 {
+    vmcall(PRINT, s.as_ptr() as u64, s.len() as u64)
+}
+
+/// Attaches a JSON value to this VM's `reports`; returns E_INVAL if it is not JSON.
+pub fn report(json: &str) -> i64 {
+    vmcall(REPORT, json.as_ptr() as u64, json.len() as u64)
+}
+
+/// Ends this vCPU: 0 = passed, anything else = the VM failed.
+pub fn exit(code: u64) -> ! {
+    vmcall(EXIT, code, 0);
+    // The hypervisor never resumes a vCPU that exited.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// This vCPU's VM-exit counters by basic exit reason.
+pub fn exit_counters() -> [u64; exit_reason::COUNT] {
+    let mut c = [0u64; exit_reason::COUNT];
+    let n = vmcall(EXIT_COUNTERS, c.as_mut_ptr() as u64, c.len() as u64);
+    assert_eq!(n, c.len() as i64, "EXIT_COUNTERS hypercall failed");
+    c
+}
+
+/// A raw hypercall, for tests of bad arguments.
+pub fn raw(nr: u64, a: u64, b: u64) -> i64 {
+    vmcall(nr, a, b)
+}

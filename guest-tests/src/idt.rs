@@ -1,0 +1,70 @@
+//! The guest IDT: every exception prints vector, RIP and error code and fails the VM, except
+//! a #GP the test announced with [`expect_gp`] (then the faulting RDMSR/WRMSR is skipped).
+
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use spin::Lazy;
+use x86_64::registers::control::Cr2;
+use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
+
+static EXPECT_GP: AtomicBool = AtomicBool::new(false);
+static GP_SEEN: AtomicU32 = AtomicU32::new(0);
+
+static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
+    let mut idt = InterruptDescriptorTable::new();
+    idt.divide_error.set_handler_fn(de);
+    idt.invalid_opcode.set_handler_fn(ud);
+    idt.double_fault.set_handler_fn(df);
+    idt.general_protection_fault.set_handler_fn(gp);
+    idt.page_fault.set_handler_fn(pf);
+    idt.breakpoint.set_handler_fn(bp);
+    idt
+});
+
+pub fn load() {
+    IDT.load();
+}
+
+/// The next #GP is expected: skip the 2-byte RDMSR/WRMSR that raises it.
+pub fn expect_gp() {
+    EXPECT_GP.store(true, Ordering::SeqCst);
+}
+
+/// How many expected #GPs were taken.
+pub fn gp_seen() -> u32 {
+    GP_SEEN.load(Ordering::SeqCst)
+}
+
+fn fail(name: &str, f: &InterruptStackFrame, code: Option<u64>) -> ! {
+    crate::println!(
+        "guest exception {name} at RIP {:#x}, error code {:?}, CR2 {:#x}",
+        f.instruction_pointer.as_u64(),
+        code,
+        Cr2::read_raw()
+    );
+    crate::hypercall::exit(2)
+}
+
+extern "x86-interrupt" fn de(f: InterruptStackFrame) {
+    fail("#DE", &f, None)
+}
+extern "x86-interrupt" fn ud(f: InterruptStackFrame) {
+    fail("#UD", &f, None)
+}
+extern "x86-interrupt" fn bp(f: InterruptStackFrame) {
+    fail("#BP", &f, None)
+}
+extern "x86-interrupt" fn df(f: InterruptStackFrame, code: u64) -> ! {
+    fail("#DF", &f, Some(code))
+}
+extern "x86-interrupt" fn pf(f: InterruptStackFrame, code: PageFaultErrorCode) {
+    fail("#PF", &f, Some(code.bits()))
+}
+extern "x86-interrupt" fn gp(mut f: InterruptStackFrame, code: u64) {
+    if EXPECT_GP.swap(false, Ordering::SeqCst) {
+        GP_SEEN.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: the announced instruction is a 2-byte RDMSR/WRMSR; resume after it.
+        unsafe { f.as_mut().update(|s| s.instruction_pointer += 2u64) };
+        return;
+    }
+    fail("#GP", &f, Some(code))
+}

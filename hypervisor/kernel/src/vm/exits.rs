@@ -1,0 +1,274 @@
+//! VM-exit handlers, one function per exit reason; anything unexpected stops the VM with a
+//! report. Decisions come from `hvcore::exits`; this file applies them to the VMCS and guest.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+
+use hvcore::exits::cpuid::{self, VcpuIdentity};
+use hvcore::exits::hypercall::{self, Call};
+use hvcore::exits::io::{self, IoAction, IoExit};
+use hvcore::exits::msr;
+use hvcore::guest_abi::hypercall::{E_INVAL, E_NOSYS, MAX_LEN};
+use hvcore::manifest::VmResult;
+use hvcore::vmx::exit_reason::{self as er, ExitReason};
+use hvcore::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
+
+use super::vcpu::Vcpu;
+use crate::vmx::vmcs::{self, Access};
+
+/// What the run loop does next.
+pub enum Flow {
+    Continue,
+    /// This vCPU finished (EXIT hypercall with code 0).
+    VcpuDone,
+    /// The VM ends with this result and reason.
+    Stop(VmResult, String),
+}
+
+pub fn handle(v: &mut Vcpu<'_>, reason: u16) -> Flow {
+    match reason {
+        er::CPUID => cpuid(v),
+        er::HLT => hlt(v),
+        er::VMCALL => vmcall(v),
+        er::IO_INSTRUCTION => io(v),
+        er::RDMSR => rdmsr(v),
+        er::WRMSR => wrmsr(v),
+        er::EXTERNAL_INTERRUPT => external_interrupt(v),
+        er::EXCEPTION_NMI => Flow::Continue, // host NMIs are not used; nothing to forward
+        er::PREEMPTION_TIMER => preemption_timer(v),
+        er::EPT_VIOLATION => ept_violation(),
+        er::EPT_MISCONFIG => {
+            let gpa = vmcs::read64(Vmcs64::GuestPhysicalAddress);
+            Flow::Stop(VmResult::Killed, format!("EPT misconfiguration at GPA {gpa:#x}"))
+        }
+        er::TRIPLE_FAULT => {
+            Flow::Stop(VmResult::Killed, format!("triple fault at RIP {:#x}", vmcs::read_natural(VmcsNatural::GuestRip)))
+        }
+        other => Flow::Stop(
+            VmResult::Killed,
+            format!(
+                "unexpected VM exit {} ({other}) at RIP {:#x}, qualification {:#x}",
+                er::name(other),
+                vmcs::read_natural(VmcsNatural::GuestRip),
+                vmcs::read_natural(VmcsNatural::ExitQualification)
+            ),
+        ),
+    }
+}
+
+fn cpuid(v: &mut Vcpu<'_>) -> Flow {
+    let (leaf, sub) = (v.regs.rax as u32, v.regs.rcx as u32);
+    let n = core::arch::x86_64::__cpuid_count(leaf, sub);
+    let who = VcpuIdentity { apic_id: v.index, vcpu_count: v.vm.spec.vcpus };
+    let [a, b, c, d] = cpuid::filter(leaf, sub, [n.eax, n.ebx, n.ecx, n.edx], who);
+    (v.regs.rax, v.regs.rbx, v.regs.rcx, v.regs.rdx) = (a as u64, b as u64, c as u64, d as u64);
+    v.skip_instruction();
+    Flow::Continue
+}
+
+/// HLT without interrupt virtualization: nothing can wake the vCPU but the VM stopping or its
+/// watchdog, so wait for either.
+fn hlt(v: &mut Vcpu<'_>) -> Flow {
+    v.skip_instruction();
+    while !v.vm.is_stopping() {
+        if v.watchdog_expired() {
+            return timeout(v);
+        }
+        core::hint::spin_loop();
+    }
+    Flow::Continue
+}
+
+fn timeout(v: &Vcpu<'_>) -> Flow {
+    Flow::Stop(VmResult::Timeout, format!("watchdog: still running after {} ms", v.vm.spec.timeout_ms))
+}
+
+fn preemption_timer(v: &mut Vcpu<'_>) -> Flow {
+    if v.watchdog_expired() {
+        return timeout(v);
+    }
+    v.arm_watchdog();
+    Flow::Continue
+}
+
+fn external_interrupt(v: &mut Vcpu<'_>) -> Flow {
+    // "Acknowledge interrupt on exit": the vector is in the exit interruption information and
+    // the local APIC is waiting for our EOI (SDM Vol. 3C §28.2.2).
+    let info = vmcs::read32(Vmcs32::VmExitInterruptionInfo);
+    crate::apic::eoi();
+    let vector = info as u8;
+    if info & (1 << 31) != 0 && vector != crate::KICK_VECTOR {
+        log::warn!("vCPU {}: unexpected host interrupt vector {vector:#x}", v.index);
+    }
+    Flow::Continue
+}
+
+fn ept_violation() -> Flow {
+    // SDM Vol. 3C Table 29-7: bits 0/1/2 = the access was a read / write / instruction fetch.
+    let q = vmcs::read_natural(VmcsNatural::ExitQualification);
+    let gpa = vmcs::read64(Vmcs64::GuestPhysicalAddress);
+    let access = if q & 4 != 0 {
+        "instruction fetch"
+    } else if q & 2 != 0 {
+        "write"
+    } else {
+        "read"
+    };
+    let rip = vmcs::read_natural(VmcsNatural::GuestRip);
+    Flow::Stop(VmResult::Killed, format!("EPT violation: {access} at GPA {gpa:#x}, guest RIP {rip:#x}"))
+}
+
+fn rdmsr(v: &mut Vcpu<'_>) -> Flow {
+    let m = v.regs.rcx as u32;
+    match msr::read(m, v.index) {
+        Some(val) => {
+            v.regs.rax = val & 0xffff_ffff;
+            v.regs.rdx = val >> 32;
+            v.skip_instruction();
+        }
+        None => v.inject_exception(13, Some(0)),
+    }
+    Flow::Continue
+}
+
+fn wrmsr(v: &mut Vcpu<'_>) -> Flow {
+    let m = v.regs.rcx as u32;
+    let val = (v.regs.rdx << 32) | (v.regs.rax & 0xffff_ffff);
+    if msr::write_ok(m, v.index, val) {
+        v.skip_instruction();
+    } else {
+        v.inject_exception(13, Some(0));
+    }
+    Flow::Continue
+}
+
+fn io(v: &mut Vcpu<'_>) -> Flow {
+    let q = IoExit::decode(vmcs::read_natural(VmcsNatural::ExitQualification));
+    if q.string {
+        return Flow::Stop(VmResult::Killed, format!("string I/O on port {:#x} is not supported", q.port));
+    }
+    match io::decide(q, v.regs.rax as u32) {
+        IoAction::ConsoleByte(b) => {
+            let (name, index) = (&v.vm.spec.name, v.index);
+            if let Some(line) = v.console_line.push(b) {
+                crate::console::print(format_args!("[{name}/{index}] {line}\n"));
+            }
+        }
+        IoAction::Read(val) => {
+            if q.input {
+                v.regs.rax = io::merge_in(v.regs.rax, q.size, val);
+            }
+        }
+        IoAction::Accepted => {}
+        IoAction::Ignored => v.vm.exits[v.index as usize].lock().ignored_io += 1,
+    }
+    v.skip_instruction();
+    Flow::Continue
+}
+
+fn vmcall(v: &mut Vcpu<'_>) -> Flow {
+    let ram_size = v.vm.ram_size;
+    let ret: i64 = match hypercall::decode(v.regs.rax, v.regs.rdi, v.regs.rsi) {
+        Call::Print { gpa, len } => match hypercall::check_buffer(gpa, len, MAX_LEN, ram_size) {
+            Ok(r) => {
+                let bytes = &v.vm.ram()[r];
+                let text = core::str::from_utf8(bytes).unwrap_or("<non-UTF-8 output>");
+                let (name, index) = (&v.vm.spec.name, v.index);
+                for line in text.lines() {
+                    crate::console::print(format_args!("[{name}/{index}] {line}\n"));
+                }
+                if let Some(last) = text.lines().rev().find(|l| !l.trim().is_empty()) {
+                    v.last_line = last.to_string();
+                }
+                0
+            }
+            Err(e) => e,
+        },
+        Call::Report { gpa, len } => match hypercall::check_buffer(gpa, len, MAX_LEN, ram_size) {
+            Ok(r) => {
+                let bytes = &v.vm.ram()[r];
+                match core::str::from_utf8(bytes) {
+                    Ok(s) if hypercall::is_json(bytes) => {
+                        v.vm.reports.lock().push(s.to_string());
+                        0
+                    }
+                    _ => E_INVAL,
+                }
+            }
+            Err(e) => e,
+        },
+        Call::Exit { code: 0 } => return Flow::VcpuDone,
+        Call::Exit { code } => {
+            let after = if v.last_line.is_empty() { String::new() } else { format!(" after: {}", v.last_line) };
+            return Flow::Stop(VmResult::Fail, format!("exited with code {code}{after}"));
+        }
+        Call::ExitCounters { gpa, count } => {
+            let n = count.min(er::COUNT as u64);
+            match hypercall::check_buffer(gpa, n * 8, er::COUNT as u64 * 8, ram_size) {
+                Ok(r) => {
+                    let counters = v.vm.exits[v.index as usize].lock().by_reason;
+                    for (i, chunk) in v.vm.ram()[r].chunks_exact_mut(8).enumerate() {
+                        chunk.copy_from_slice(&counters[i].to_le_bytes());
+                    }
+                    n as i64
+                }
+                Err(e) => e,
+            }
+        }
+        Call::Unknown(_) => E_NOSYS,
+    };
+    v.regs.rax = ret as u64;
+    v.skip_instruction();
+    Flow::Continue
+}
+
+/// A VM-entry failure exit (reasons 33, 34, 41): what the SDM says it means, the
+/// qualification, and the guest-state field most likely at fault (SDM Vol. 3C §27.8).
+pub fn entry_failure(reason: ExitReason) -> String {
+    let q = vmcs::read_natural(VmcsNatural::ExitQualification);
+    let what = match reason.basic() {
+        er::ENTRY_FAIL_GUEST_STATE => match q {
+            2 => "invalid guest state: PDPTE loading failed",
+            3 => "invalid guest state: NMI injection blocked",
+            4 => "invalid guest state: invalid VMCS link pointer",
+            _ => "invalid guest state",
+        },
+        er::ENTRY_FAIL_MSR_LOAD => "MSR loading failed (qualification = failing entry index + 1)",
+        _ => "machine-check event during VM entry",
+    };
+    format!("VM-entry failure (exit reason {}): {what}, qualification {q}; {}", reason.basic(), describe_entry_state())
+}
+
+/// The guest-state fields VM-entry checks most often reject, named by SDM field name, plus
+/// the first rule they break (a subset of SDM Vol. 3C §27.3.1).
+pub fn describe_entry_state() -> String {
+    let read = |f: VmcsNatural| f.read().unwrap_or(u64::MAX);
+    let cr0 = read(VmcsNatural::GuestCr0);
+    let cr4 = read(VmcsNatural::GuestCr4);
+    let rip = read(VmcsNatural::GuestRip);
+    let rflags = read(VmcsNatural::GuestRflags);
+    let efer = Vmcs64::GuestIa32Efer.read().unwrap_or(u64::MAX);
+    let cs_ar = Vmcs32::GuestCsAccessRights.read().unwrap_or(u32::MAX);
+    let tr_ar = Vmcs32::GuestTrAccessRights.read().unwrap_or(u32::MAX);
+    let entry = Vmcs32::VmEntryControls.read().unwrap_or(0);
+    let ia32e = entry & (1 << 9) != 0;
+    let suspect = if cr0 & 0x8000_0001 != 0x8000_0001 {
+        "GuestCr0: PE and PG must be set"
+    } else if cr4 & (1 << 13) == 0 {
+        "GuestCr4: VMXE must be set (CR4 fixed-0 bits)"
+    } else if ia32e != (efer & (1 << 10) != 0) {
+        "GuestIa32Efer: LMA must equal the \"IA-32e mode guest\" entry control"
+    } else if ia32e && cs_ar & (1 << 13) == 0 {
+        "GuestCsAccessRights: L must be set for a 64-bit guest"
+    } else if rflags & 2 == 0 {
+        "GuestRflags: bit 1 must be set"
+    } else if tr_ar & 0xf != 11 && tr_ar & 0xf != 3 {
+        "GuestTrAccessRights: TR must be a busy TSS"
+    } else {
+        "no field identified by the quick checks"
+    };
+    format!(
+        "GuestCr0={cr0:#x} GuestCr4={cr4:#x} GuestIa32Efer={efer:#x} GuestRip={rip:#x} GuestRflags={rflags:#x} \
+         GuestCsAccessRights={cs_ar:#x} GuestTrAccessRights={tr_ar:#x} VmEntryControls={entry:#x}; suspect: {suspect}"
+    )
+}

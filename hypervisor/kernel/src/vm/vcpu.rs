@@ -1,0 +1,292 @@
+//! One vCPU on the physical CPU it is pinned to: VMCS set-up (controls, host state, guest
+//! state) and the run loop that enters the guest and dispatches exits.
+
+use alloc::format;
+use alloc::string::String;
+use core::sync::atomic::{AtomicU16, Ordering};
+
+use hvcore::guest_abi::{CODE_SELECTOR, DATA_SELECTOR};
+use hvcore::guest_boot::{vcpu_start, VcpuStart};
+use hvcore::manifest::VmResult;
+use hvcore::vmx::caps::VmxCaps;
+use hvcore::vmx::controls::{vcpu_controls, Controls, VcpuControlOptions};
+use hvcore::vmx::exit_reason::ExitReason;
+use hvcore::vmx::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsNatural};
+use x86_64::instructions::tables::{sgdt, sidt};
+use x86_64::registers::control::{Cr0, Cr3, Cr4};
+use x86_64::registers::model_specific::{Efer, GsBase, Msr};
+
+use super::exits::{self, Flow};
+use super::Vm;
+use crate::vmx::entry::{self, Entry, GuestRegs};
+use crate::vmx::vmcs::{self, Access, Vmcs, VmxInstrError};
+
+/// VPIDs: one per vCPU, never reused within a run (so no INVVPID is needed).
+static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
+
+const IA32_PAT: u32 = 0x277;
+const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+const HOST_TR_SELECTOR: u16 = 0x18;
+
+pub struct Vcpu<'a> {
+    pub vm: &'a Vm,
+    pub index: u32,
+    pub regs: GuestRegs,
+    pub controls: Controls,
+    launched: bool,
+    /// TSC value at which the watchdog ends the VM.
+    pub deadline_tsc: u64,
+    pub timer_shift: u32,
+    /// COM1 output collected until a newline.
+    pub console_line: heapless_line::Line,
+    /// The last line this vCPU printed (quoted in failure reasons).
+    pub last_line: String,
+}
+
+/// A fixed-size line buffer (no allocation on the I/O exit path).
+pub mod heapless_line {
+    pub struct Line {
+        buf: [u8; 160],
+        len: usize,
+    }
+
+    impl Line {
+        pub const fn new() -> Self {
+            Self { buf: [0; 160], len: 0 }
+        }
+        /// Appends a byte; returns the full line when it ends or the buffer fills.
+        pub fn push(&mut self, b: u8) -> Option<&str> {
+            if b != b'\n' {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+            if b == b'\n' || self.len == self.buf.len() {
+                let n = core::mem::take(&mut self.len);
+                return Some(core::str::from_utf8(&self.buf[..n]).unwrap_or("<non-UTF-8 output>"));
+            }
+            None
+        }
+    }
+}
+
+impl<'a> Vcpu<'a> {
+    /// Runs vCPU `index` of `vm` on this CPU until the VM stops or this vCPU exits.
+    pub fn run(vm: &'a Vm, index: u32, caps: &VmxCaps, tsc_hz: u64) {
+        let Some(vmcs) = Vmcs::new(caps.revision_id) else {
+            vm.stop(VmResult::Fail, format!("vCPU {index}: no memory for its VMCS"));
+            vm.vcpu_done();
+            return;
+        };
+        let controls = match vcpu_controls(caps, VcpuControlOptions::default()) {
+            Ok(c) => c,
+            Err(e) => {
+                vm.stop(VmResult::Fail, format!("vCPU {index}: {e}"));
+                vmcs.release();
+                vm.vcpu_done();
+                return;
+            }
+        };
+        let now = crate::time::rdtsc();
+        let mut vcpu = Vcpu {
+            vm,
+            index,
+            regs: GuestRegs::default(),
+            controls,
+            launched: false,
+            deadline_tsc: now + vm.spec.timeout_ms * (tsc_hz / 1000),
+            timer_shift: caps.preemption_timer_shift(),
+            console_line: heapless_line::Line::new(),
+            last_line: String::new(),
+        };
+        let start = vcpu_start(vm.entry, vm.ram_size, index);
+        match vmcs.load().and_then(|_| vcpu.setup(caps, &start)) {
+            Ok(()) => vcpu.run_loop(),
+            Err(e) => vm.stop(VmResult::Fail, format!("vCPU {index}: VMCS set-up: {e}")),
+        }
+        vmcs.release();
+        vm.vcpu_done();
+    }
+
+    fn setup(&mut self, caps: &VmxCaps, start: &VcpuStart) -> Result<(), VmxInstrError> {
+        let c = &self.controls;
+        Vmcs32::PinBasedVmExecControl.write(c.pin)?;
+        Vmcs32::PrimaryProcBasedVmExecControl.write(c.primary)?;
+        Vmcs32::SecondaryProcBasedVmExecControl.write(c.secondary)?;
+        if c.tertiary != 0 {
+            Vmcs64::TertiaryVmExecControl.write(c.tertiary)?;
+        }
+        Vmcs32::VmExitControls.write(c.exit)?;
+        Vmcs32::VmEntryControls.write(c.entry)?;
+        Vmcs32::ExceptionBitmap.write(0)?;
+        Vmcs32::Cr3TargetCount.write(0)?;
+        Vmcs32::VmExitMsrStoreCount.write(0)?;
+        Vmcs32::VmExitMsrLoadCount.write(0)?;
+        Vmcs32::VmEntryMsrLoadCount.write(0)?;
+        Vmcs32::VmEntryInterruptionInfo.write(0)?;
+        Vmcs64::MsrBitmap.write(self.vm.msr_bitmap)?;
+        Vmcs64::EptPointer.write(self.vm.eptp)?;
+        Vmcs16::Vpid.write(NEXT_VPID.fetch_add(1, Ordering::Relaxed))?;
+        Vmcs64::VmcsLinkPointer.write(u64::MAX)?;
+
+        // Host state: this CPU as it runs now (SDM Vol. 3C §25.5).
+        Vmcs16::HostCsSelector.write(0x08)?;
+        for f in [Vmcs16::HostSsSelector, Vmcs16::HostDsSelector, Vmcs16::HostEsSelector] {
+            f.write(0x10)?;
+        }
+        Vmcs16::HostFsSelector.write(0)?;
+        Vmcs16::HostGsSelector.write(0)?;
+        Vmcs16::HostTrSelector.write(HOST_TR_SELECTOR)?;
+        VmcsNatural::HostCr0.write(Cr0::read_raw())?;
+        VmcsNatural::HostCr3.write(Cr3::read_raw().0.start_address().as_u64() | Cr3::read_raw().1 as u64)?;
+        VmcsNatural::HostCr4.write(Cr4::read_raw())?;
+        VmcsNatural::HostFsBase.write(0)?;
+        VmcsNatural::HostGsBase.write(GsBase::read().as_u64())?;
+        VmcsNatural::HostTrBase.write(crate::cpu::tss_base())?;
+        VmcsNatural::HostGdtrBase.write(sgdt().base.as_u64())?;
+        VmcsNatural::HostIdtrBase.write(sidt().base.as_u64())?;
+        VmcsNatural::HostIa32SysenterEsp.write(0)?;
+        VmcsNatural::HostIa32SysenterEip.write(0)?;
+        Vmcs32::HostIa32SysenterCs.write(0)?;
+        // SAFETY: IA32_PAT exists on every CPU with VMX.
+        Vmcs64::HostIa32Pat.write(unsafe { Msr::new(IA32_PAT).read() })?;
+        Vmcs64::HostIa32Efer.write(Efer::read_raw())?;
+        VmcsNatural::HostRip.write(entry::exit_landing())?;
+
+        // Guest state: 64-bit mode at the ELF entry (SDM Vol. 3C §25.4, checks in §27.3.1).
+        const CR0_PE_MP_ET_NE_WP_PG: u64 = 0x8001_0033;
+        VmcsNatural::GuestCr0.write(caps.fix_cr0(CR0_PE_MP_ET_NE_WP_PG))?;
+        const CR4_PAE_OSFXSR_OSXMMEXCPT: u64 = (1 << 5) | (1 << 9) | (1 << 10);
+        let cr4 = caps.fix_cr4(CR4_PAE_OSFXSR_OSXMMEXCPT);
+        VmcsNatural::GuestCr4.write(cr4)?;
+        // Hide CR4.VMXE (forced on by the fixed bits) from the guest.
+        const CR4_VMXE: u64 = 1 << 13;
+        VmcsNatural::Cr4GuestHostMask.write(CR4_VMXE)?;
+        VmcsNatural::Cr4ReadShadow.write(cr4 & !CR4_VMXE)?;
+        VmcsNatural::Cr0GuestHostMask.write(0)?;
+        VmcsNatural::Cr0ReadShadow.write(0)?;
+        VmcsNatural::GuestCr3.write(start.cr3)?;
+        const EFER_LME_LMA_NXE: u64 = (1 << 8) | (1 << 10) | (1 << 11);
+        Vmcs64::GuestIa32Efer.write(EFER_LME_LMA_NXE)?;
+        Vmcs64::GuestIa32Pat.write(DEFAULT_PAT)?;
+        Vmcs64::GuestIa32Debugctl.write(0)?;
+
+        const AR_CODE64: u32 = 0xa09b; // P, S, exec/read/accessed, L, G
+        const AR_DATA: u32 = 0xc093; // P, S, read/write/accessed, D/B, G
+        const AR_TSS64_BUSY: u32 = 0x8b;
+        const AR_UNUSABLE: u32 = 1 << 16;
+        Vmcs16::GuestCsSelector.write(CODE_SELECTOR)?;
+        VmcsNatural::GuestCsBase.write(0)?;
+        Vmcs32::GuestCsLimit.write(0xffff_ffff)?;
+        Vmcs32::GuestCsAccessRights.write(AR_CODE64)?;
+        for (sel, base, limit, ar) in [
+            (Vmcs16::GuestSsSelector, VmcsNatural::GuestSsBase, Vmcs32::GuestSsLimit, Vmcs32::GuestSsAccessRights),
+            (Vmcs16::GuestDsSelector, VmcsNatural::GuestDsBase, Vmcs32::GuestDsLimit, Vmcs32::GuestDsAccessRights),
+            (Vmcs16::GuestEsSelector, VmcsNatural::GuestEsBase, Vmcs32::GuestEsLimit, Vmcs32::GuestEsAccessRights),
+            (Vmcs16::GuestFsSelector, VmcsNatural::GuestFsBase, Vmcs32::GuestFsLimit, Vmcs32::GuestFsAccessRights),
+            (Vmcs16::GuestGsSelector, VmcsNatural::GuestGsBase, Vmcs32::GuestGsLimit, Vmcs32::GuestGsAccessRights),
+        ] {
+            sel.write(DATA_SELECTOR)?;
+            base.write(0)?;
+            limit.write(0xffff_ffff)?;
+            ar.write(AR_DATA)?;
+        }
+        Vmcs16::GuestTrSelector.write(0)?;
+        VmcsNatural::GuestTrBase.write(0)?;
+        Vmcs32::GuestTrLimit.write(0x67)?;
+        Vmcs32::GuestTrAccessRights.write(AR_TSS64_BUSY)?;
+        Vmcs16::GuestLdtrSelector.write(0)?;
+        VmcsNatural::GuestLdtrBase.write(0)?;
+        Vmcs32::GuestLdtrLimit.write(0)?;
+        Vmcs32::GuestLdtrAccessRights.write(AR_UNUSABLE)?;
+        VmcsNatural::GuestGdtrBase.write(start.gdt_base)?;
+        Vmcs32::GuestGdtrLimit.write(start.gdt_limit as u32)?;
+        VmcsNatural::GuestIdtrBase.write(0)?;
+        Vmcs32::GuestIdtrLimit.write(0)?;
+        VmcsNatural::GuestDr7.write(0x400)?;
+        VmcsNatural::GuestRsp.write(start.rsp)?;
+        VmcsNatural::GuestRip.write(start.rip)?;
+        VmcsNatural::GuestRflags.write(0x2)?;
+        VmcsNatural::GuestPendingDebugExceptions.write(0)?;
+        VmcsNatural::GuestIa32SysenterEsp.write(0)?;
+        VmcsNatural::GuestIa32SysenterEip.write(0)?;
+        Vmcs32::GuestIa32SysenterCs.write(0)?;
+        Vmcs32::GuestInterruptibilityState.write(0)?;
+        Vmcs32::GuestActivityState.write(0)?;
+        self.regs.rdi = start.rdi;
+        self.regs.rsi = start.rsi;
+        self.arm_watchdog();
+        Ok(())
+    }
+
+    /// Sets the VMX-preemption timer to the time left before the deadline (it keeps counting
+    /// across exits: "save VMX-preemption timer value").
+    pub fn arm_watchdog(&self) {
+        let left = self.deadline_tsc.saturating_sub(crate::time::rdtsc()) >> self.timer_shift;
+        let _ = Vmcs32::VmxPreemptionTimerValue.write(left.min(u32::MAX as u64) as u32);
+    }
+
+    pub fn watchdog_expired(&self) -> bool {
+        crate::time::rdtsc() >= self.deadline_tsc
+    }
+
+    fn run_loop(&mut self) {
+        loop {
+            if self.vm.is_stopping() {
+                return;
+            }
+            // SAFETY: this vCPU's VMCS is current with complete host state and HOST_RIP.
+            match unsafe { entry::enter(&mut self.regs, self.launched) } {
+                Entry::Exited => {}
+                failed => {
+                    let error = match failed {
+                        Entry::FailValid => {
+                            let n = vmcs::read32(Vmcs32::VmInstructionError);
+                            format!("VM-instruction error {n} ({})", hvcore::vmx::instruction_error::describe(n))
+                        }
+                        _ => String::from("VMfailInvalid"),
+                    };
+                    let what = if self.launched { "VMRESUME" } else { "VMLAUNCH" };
+                    let detail = exits::describe_entry_state();
+                    log::error!("vCPU {}: {what} failed: {error}; {detail}", self.index);
+                    self.vm.stop(VmResult::Fail, format!("vCPU {}: {what} failed: {error}; {detail}", self.index));
+                    return;
+                }
+            }
+            self.launched = true;
+            let reason = ExitReason(vmcs::read32(Vmcs32::ExitReason));
+            self.vm.exits[self.index as usize].lock().count(reason.basic());
+            if reason.entry_failure() {
+                let why = exits::entry_failure(reason);
+                log::error!("vCPU {}: {why}", self.index);
+                self.vm.stop(VmResult::Fail, format!("vCPU {}: {why}", self.index));
+                return;
+            }
+            match exits::handle(self, reason.basic()) {
+                Flow::Continue => {}
+                Flow::VcpuDone => return,
+                Flow::Stop(result, why) => {
+                    self.vm.stop(result, format!("vCPU {}: {why}", self.index));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Skips the instruction that caused the exit.
+    pub fn skip_instruction(&self) {
+        let rip = vmcs::read_natural(VmcsNatural::GuestRip);
+        let len = vmcs::read32(Vmcs32::VmExitInstructionLength) as u64;
+        let _ = VmcsNatural::GuestRip.write(rip + len);
+    }
+
+    /// Injects a hardware exception with an error code (#GP etc.) at the next entry.
+    pub fn inject_exception(&self, vector: u8, error_code: Option<u32>) {
+        // SDM Vol. 3C §25.8.3: vector, type 3 (hardware exception), deliver-error-code, valid.
+        let mut info = vector as u32 | (3 << 8) | (1 << 31);
+        if let Some(code) = error_code {
+            info |= 1 << 11;
+            let _ = Vmcs32::VmEntryExceptionErrorCode.write(code);
+        }
+        let _ = Vmcs32::VmEntryInterruptionInfo.write(info);
+    }
+}

@@ -1,0 +1,140 @@
+//! The VMCS: region allocation, VMCLEAR/VMPTRLD, and width-typed VMREAD/VMWRITE over the field
+//! enums of `hvcore::vmx::fields`. A failing VMX instruction reports the decoded
+//! VM-instruction error (SDM Vol. 3C §31.4) and the field involved.
+
+use core::arch::asm;
+use core::fmt;
+
+use hvcore::vmx::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsNatural};
+use hvcore::vmx::instruction_error;
+
+use crate::memory;
+
+/// A failed VMX instruction.
+#[derive(Clone, Copy, Debug)]
+pub struct VmxInstrError {
+    pub instruction: &'static str,
+    /// The field involved (VMREAD/VMWRITE), by SDM name.
+    pub field: Option<&'static str>,
+    /// `None` for VMfailInvalid (no current VMCS to hold an error number).
+    pub error: Option<u32>,
+}
+
+impl fmt::Display for VmxInstrError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.instruction)?;
+        if let Some(field) = self.field {
+            write!(f, " {field}")?;
+        }
+        match self.error {
+            Some(n) => write!(f, " failed: VM-instruction error {n} ({})", instruction_error::describe(n)),
+            None => write!(f, " failed: VMfailInvalid (no current VMCS or bad pointer)"),
+        }
+    }
+}
+
+/// Reads RFLAGS after a VMX instruction: CF = VMfailInvalid, ZF = VMfailValid.
+fn check(rflags: u64, instruction: &'static str, field: Option<&'static str>) -> Result<(), VmxInstrError> {
+    if rflags & 1 != 0 {
+        return Err(VmxInstrError { instruction, field, error: None });
+    }
+    if rflags & (1 << 6) != 0 {
+        return Err(VmxInstrError { instruction, field, error: Some(read_raw(Vmcs32::VmInstructionError.encoding()) as u32) });
+    }
+    Ok(())
+}
+
+fn read_raw(encoding: u32) -> u64 {
+    let v: u64;
+    // SAFETY: VMREAD only reads the current VMCS; a bad encoding sets flags, it does not fault.
+    unsafe { asm!("vmread {v}, {e}", v = out(reg) v, e = in(reg) encoding as u64, options(nostack)) };
+    v
+}
+
+fn vmread(encoding: u32, name: &'static str) -> Result<u64, VmxInstrError> {
+    let (v, rflags): (u64, u64);
+    // SAFETY: as in read_raw; the flags are captured to report failures.
+    unsafe {
+        asm!("vmread {v}, {e}", "pushfq", "pop {f}", v = out(reg) v, e = in(reg) encoding as u64, f = out(reg) rflags)
+    };
+    check(rflags, "VMREAD", Some(name)).map(|_| v)
+}
+
+fn vmwrite(encoding: u32, name: &'static str, value: u64) -> Result<(), VmxInstrError> {
+    let rflags: u64;
+    // SAFETY: VMWRITE changes only the current VMCS, which this CPU owns.
+    unsafe { asm!("vmwrite {e}, {v}", "pushfq", "pop {f}", e = in(reg) encoding as u64, v = in(reg) value, f = out(reg) rflags) };
+    check(rflags, "VMWRITE", Some(name))
+}
+
+macro_rules! accessors {
+    ($ty:ty, $val:ty) => {
+        impl Access for $ty {
+            type Value = $val;
+            fn read(self) -> Result<$val, VmxInstrError> {
+                vmread(self.encoding(), self.name()).map(|v| v as $val)
+            }
+            fn write(self, value: $val) -> Result<(), VmxInstrError> {
+                vmwrite(self.encoding(), self.name(), value as u64)
+            }
+        }
+    };
+}
+
+/// Typed access to the current VMCS: a field's width fixes the value type.
+pub trait Access: Copy {
+    type Value;
+    fn read(self) -> Result<Self::Value, VmxInstrError>;
+    fn write(self, value: Self::Value) -> Result<(), VmxInstrError>;
+}
+
+accessors!(Vmcs16, u16);
+accessors!(Vmcs32, u32);
+accessors!(Vmcs64, u64);
+accessors!(VmcsNatural, u64);
+
+/// Reads a read-only field whose failure would only mean "no current VMCS" (a bug): exit
+/// handling reads these on the hot path, so a failure is fatal instead of a `Result`.
+pub fn read32(f: Vmcs32) -> u32 {
+    read_raw(f.encoding()) as u32
+}
+
+pub fn read_natural(f: VmcsNatural) -> u64 {
+    read_raw(f.encoding())
+}
+
+pub fn read64(f: Vmcs64) -> u64 {
+    read_raw(f.encoding())
+}
+
+/// A VMCS region (4 KiB, revision id at offset 0).
+pub struct Vmcs {
+    pa: u64,
+}
+
+impl Vmcs {
+    pub fn new(revision_id: u32) -> Option<Self> {
+        let pa = memory::alloc_zeroed(0x1000, 0x1000)?;
+        // SAFETY: fresh frame; bits 30:0 of the first word are the revision identifier.
+        unsafe { *(memory::phys_to_virt(pa) as *mut u32) = revision_id };
+        Some(Self { pa })
+    }
+
+    /// VMCLEAR then VMPTRLD: this VMCS becomes current (and clear, so VMLAUNCH is next).
+    pub fn load(&self) -> Result<(), VmxInstrError> {
+        let mut rflags: u64;
+        // SAFETY: VMCLEAR/VMPTRLD take the physical address of our VMCS region.
+        unsafe { asm!("vmclear [{p}]", "pushfq", "pop {f}", p = in(reg) &self.pa, f = out(reg) rflags) };
+        check(rflags, "VMCLEAR", None)?;
+        // SAFETY: as above.
+        unsafe { asm!("vmptrld [{p}]", "pushfq", "pop {f}", p = in(reg) &self.pa, f = out(reg) rflags) };
+        check(rflags, "VMPTRLD", None)
+    }
+
+    /// VMCLEAR (flushes the VMCS to memory; it is no longer current) and frees the region.
+    pub fn release(self) {
+        // SAFETY: as in load.
+        unsafe { asm!("vmclear [{p}]", p = in(reg) &self.pa, options(nostack)) };
+        memory::free(self.pa, 0x1000);
+    }
+}

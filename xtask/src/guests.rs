@@ -1,0 +1,106 @@
+//! Guest images: building `guest-tests`, the catalogue of tests with what each expects, and
+//! turning `--guest NAME[:vcpus],...` or `--manifest FILE` into the manifest the kernel reads,
+//! validated before any emulator starts.
+
+use anyhow::{bail, Context, Result};
+use hvcore::bootcfg::BootConfig;
+use hvcore::elf_load::LoadPlan;
+use hvcore::manifest::{Machine, Manifest};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::image::KERNEL_TARGET;
+
+/// The guest tests, with the result each is written to produce and its watchdog.
+pub const CATALOGUE: &[(&str, &str, u64)] = &[
+    ("hello", "pass", 30_000),
+    ("memory", "pass", 60_000),
+    ("cpuid-msr", "pass", 30_000),
+    ("escape", "killed", 30_000),
+    ("panic", "fail", 30_000),
+    ("hang", "timeout", 2_000),
+];
+
+/// Builds every guest (static executables at the ABI's image base) and returns them by name.
+pub fn build() -> Result<BTreeMap<String, Vec<u8>>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target_dir = PathBuf::from("target/guest");
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--release", "--package", "guest-tests", "--target", KERNEL_TARGET])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Static relocation: guests are loaded at their link address, no relocations needed.
+        .env("CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS", "-C relocation-model=static")
+        .status()
+        .context("running cargo build for the guests")?;
+    if !status.success() {
+        bail!("guest build failed");
+    }
+    let dir = target_dir.join(KERNEL_TARGET).join("release");
+    CATALOGUE
+        .iter()
+        .map(|(name, _, _)| Ok((name.to_string(), std::fs::read(dir.join(name)).with_context(|| format!("guest {name}"))?)))
+        .collect()
+}
+
+/// `[vm]` sections for `--guest hello:2,escape` (VMs named `<image>-<position>`).
+pub fn manifest_from_list(list: &str) -> Result<String> {
+    let mut out = String::new();
+    for (i, item) in list.split(',').map(str::trim).filter(|s| !s.is_empty()).enumerate() {
+        let (name, vcpus) = match item.split_once(':') {
+            Some((n, v)) => (n, v.parse::<u32>().with_context(|| format!("--guest {item}: vCPU count must be a number"))?),
+            None => (item, 1),
+        };
+        let Some((_, expect, timeout)) = CATALOGUE.iter().find(|(n, _, _)| *n == name) else {
+            let known: Vec<_> = CATALOGUE.iter().map(|c| c.0).collect();
+            bail!("--guest: unknown guest `{name}` (known: {})", known.join(", "));
+        };
+        out += &format!(
+            "\n[vm]\nname = {name}-{i}\nimage = {name}\nvcpus = {vcpus}\nexpect = {expect}\ntimeout_ms = {timeout}\n"
+        );
+    }
+    Ok(out)
+}
+
+/// Parses and validates the config text as the kernel will, against `cpus` CPUs and
+/// `memory_mib` of machine memory, with the images at hand. Errors name the problem.
+pub fn validate(config: &str, images: &BTreeMap<String, Vec<u8>>, cpus: u32, memory_mib: u32) -> Result<Manifest> {
+    let (_, mut manifest) = BootConfig::parse(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let check = |name: &str, ram_mib: u32, vcpus: u32| -> Result<(), String> {
+        let img = images.get(name).ok_or_else(|| format!("no guest image named `{name}`"))?;
+        LoadPlan::new(img, ram_mib as u64 * 1024 * 1024, vcpus).map(|_| ())
+    };
+    // The kernel keeps some memory for itself (heap, tables, trampoline); see its prepare_vms.
+    let budget = (memory_mib as u64).saturating_sub(64);
+    let machine = Machine { cpus, ram_budget_mib: budget, check_image: &check };
+    manifest.validate(&machine).map_err(|e| anyhow::anyhow!("manifest refused: {e}"))?;
+    Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_lists_become_vm_sections() {
+        let m = manifest_from_list("hello:2, escape").unwrap();
+        let (_, parsed) = BootConfig::parse(&m).unwrap();
+        assert_eq!(parsed.vms.len(), 2);
+        assert_eq!((parsed.vms[0].name.as_str(), parsed.vms[0].vcpus), ("hello-0", 2));
+        assert_eq!(parsed.vms[1].expect.as_str(), "killed");
+        assert!(manifest_from_list("nope").unwrap_err().to_string().contains("unknown guest `nope`"));
+        assert!(manifest_from_list("hello:x").is_err());
+    }
+
+    #[test]
+    fn validation_refuses_bad_manifests_before_launch() {
+        let images = BTreeMap::from([("hello".to_string(), b"not an elf".to_vec())]);
+        let e = validate(&manifest_from_list("hello").unwrap(), &images, 4, 512).unwrap_err();
+        assert!(e.to_string().contains("image `hello`"), "{e}");
+        let e = validate("[vm]\nname = a\nimage = hello\nvcpus = 8\n", &images, 4, 512).unwrap_err();
+        assert!(e.to_string().contains("8 vCPUs but the machine has 4 CPUs"), "{e}");
+        let e = validate("[vm]\nname = a\nimage = hello\nbogus = 1\n", &images, 4, 512).unwrap_err();
+        assert!(e.to_string().contains("unknown VM key `bogus`"), "{e}");
+    }
+}
