@@ -2,12 +2,18 @@
 //! a #GP the test announced with [`expect_gp`] (then the faulting RDMSR/WRMSR is skipped).
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use hvcore::guest_abi::MAX_VCPUS;
 use spin::Lazy;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
-static EXPECT_GP: AtomicBool = AtomicBool::new(false);
-static GP_SEEN: AtomicU32 = AtomicU32::new(0);
+/// Per vCPU (indexed by APIC ID = vCPU index): the next #GP is announced, and how many were.
+static EXPECT_GP: [AtomicBool; MAX_VCPUS] = [const { AtomicBool::new(false) }; MAX_VCPUS];
+static GP_SEEN: [AtomicU32; MAX_VCPUS] = [const { AtomicU32::new(0) }; MAX_VCPUS];
+
+fn me() -> usize {
+    (crate::cpuid(1, 0)[1] >> 24) as usize % MAX_VCPUS
+}
 
 static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     let mut idt = InterruptDescriptorTable::new();
@@ -26,12 +32,12 @@ pub fn load() {
 
 /// The next #GP is expected: skip the 2-byte RDMSR/WRMSR that raises it.
 pub fn expect_gp() {
-    EXPECT_GP.store(true, Ordering::SeqCst);
+    EXPECT_GP[me()].store(true, Ordering::SeqCst);
 }
 
-/// How many expected #GPs were taken.
+/// How many expected #GPs this vCPU took.
 pub fn gp_seen() -> u32 {
-    GP_SEEN.load(Ordering::SeqCst)
+    GP_SEEN[me()].load(Ordering::SeqCst)
 }
 
 fn fail(name: &str, f: &InterruptStackFrame, code: Option<u64>) -> ! {
@@ -60,8 +66,9 @@ extern "x86-interrupt" fn pf(f: InterruptStackFrame, code: PageFaultErrorCode) {
     fail("#PF", &f, Some(code.bits()))
 }
 extern "x86-interrupt" fn gp(mut f: InterruptStackFrame, code: u64) {
-    if EXPECT_GP.swap(false, Ordering::SeqCst) {
-        GP_SEEN.fetch_add(1, Ordering::SeqCst);
+    let me = me();
+    if EXPECT_GP[me].swap(false, Ordering::SeqCst) {
+        GP_SEEN[me].fetch_add(1, Ordering::SeqCst);
         // SAFETY: the announced instruction is a 2-byte RDMSR/WRMSR; resume after it.
         unsafe { f.as_mut().update(|s| s.instruction_pointer += 2u64) };
         return;

@@ -52,6 +52,40 @@ fn no_vmx_boot(o: &Outcome, cpus: u32) -> Result<()> {
     Ok(())
 }
 
+/// The VM called `name` in the summary.
+fn vm<'a>(o: &'a Outcome, name: &str) -> Result<&'a Value> {
+    field(o, &["vms"])
+        .as_array()
+        .and_then(|vms| vms.iter().find(|v| v["name"] == name))
+        .ok_or_else(|| anyhow::anyhow!("no VM {name} in the summary"))
+}
+
+fn vm_result(o: &Outcome, name: &str, want: &str) -> Result<()> {
+    let v = vm(o, name)?;
+    if v["result"] != want {
+        bail!("VM {name}: result {} ({}), expected {want}", v["result"], v["reason"]);
+    }
+    Ok(())
+}
+
+/// Each vCPU of `name` reported once, with its own index.
+fn every_vcpu_reported(o: &Outcome, name: &str, vcpus: u64) -> Result<()> {
+    let v = vm(o, name)?;
+    let mut seen: Vec<u64> = v["reports"].as_array().into_iter().flatten().filter_map(|r| r["vcpu"].as_u64()).collect();
+    seen.sort();
+    if seen != (0..vcpus).collect::<Vec<_>>() {
+        bail!("VM {name}: vCPU reports {seen:?}, expected one from each of {vcpus}");
+    }
+    if v["vcpu_exits"].as_array().map(Vec::len) != Some(vcpus as usize) {
+        bail!("VM {name}: vcpu_exits should have {vcpus} entries: {}", v["vcpu_exits"]);
+    }
+    Ok(())
+}
+
+fn bochs_guests(list: &str) -> RunArgs {
+    RunArgs { timeout: 300, ..RunArgs::new(Platform::Bochs, 4) }.with_guests(list)
+}
+
 fn cases() -> Vec<Case> {
     let qemu = |cpus, uefi| RunArgs {
         uefi,
@@ -111,6 +145,103 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "bochs-vms-hello-2x2",
+            args: bochs_guests("hello:2,hello:2"),
+            check: |o| {
+                expect_eq(o, &["result"], "pass".into())?;
+                for name in ["hello-0", "hello-1"] {
+                    vm_result(o, name, "pass")?;
+                    every_vcpu_reported(o, name, 2)?;
+                    let v = vm(o, name)?;
+                    if v["exits"]["cpuid"].as_u64().unwrap_or(0) < 2 || v["exits"]["vmcall"].as_u64().unwrap_or(0) < 2 {
+                        bail!("VM {name}: exit counters missing: {}", v["exits"]);
+                    }
+                    for r in v["reports"].as_array().unwrap() {
+                        if r["apic_id"] != r["vcpu"] {
+                            bail!("VM {name}: vCPU {} saw APIC ID {}", r["vcpu"], r["apic_id"]);
+                        }
+                    }
+                }
+                Ok(())
+            },
+        },
+        Case {
+            name: "bochs-vms-escape-is-killed",
+            args: bochs_guests("escape,hello"),
+            check: |o| {
+                expect_eq(o, &["result"], "pass".into())?;
+                vm_result(o, "escape-0", "killed")?;
+                let reason = vm(o, "escape-0")?["reason"].as_str().unwrap_or("");
+                if !reason.contains("EPT violation") || !reason.contains("GPA 0x1100000") {
+                    bail!("escape reason lacks the EPT violation and GPA: {reason}");
+                }
+                vm_result(o, "hello-1", "pass")
+            },
+        },
+        Case {
+            name: "bochs-vms-panic-fails",
+            args: bochs_guests("panic,hello"),
+            check: |o| {
+                vm_result(o, "panic-0", "fail")?;
+                let reason = vm(o, "panic-0")?["reason"].as_str().unwrap_or("");
+                if !reason.contains("deliberate guest panic") {
+                    bail!("panic reason lacks the guest's message: {reason}");
+                }
+                vm_result(o, "hello-1", "pass")
+            },
+        },
+        Case {
+            name: "bochs-vms-hang-times-out",
+            args: bochs_guests("hang,hello"),
+            check: |o| {
+                vm_result(o, "hang-0", "timeout")?;
+                vm_result(o, "hello-1", "pass")?;
+                if vm(o, "hang-0")?["exits"]["preemption_timer"].as_u64().unwrap_or(0) == 0 {
+                    bail!("the watchdog should have fired through the VMX-preemption timer");
+                }
+                Ok(())
+            },
+        },
+        Case {
+            name: "bochs-vms-memory",
+            args: bochs_guests("memory:2"),
+            check: |o| {
+                vm_result(o, "memory-0", "pass")?;
+                every_vcpu_reported(o, "memory-0", 2)
+            },
+        },
+        Case {
+            name: "bochs-vms-cpuid-msr",
+            args: bochs_guests("cpuid-msr:2,hello:2"),
+            check: |o| {
+                vm_result(o, "cpuid-msr-0", "pass")?;
+                every_vcpu_reported(o, "cpuid-msr-0", 2)?;
+                let v = vm(o, "cpuid-msr-0")?;
+                if v["exits"]["ignored_io"].as_u64().unwrap_or(0) < 2 {
+                    bail!("reads of unknown ports should be counted: {}", v["exits"]);
+                }
+                vm_result(o, "hello-1", "pass")
+            },
+        },
+        Case {
+            name: "bochs-kernel-refuses-bad-manifest",
+            args: RunArgs {
+                manifest: Some("xtask/tests/overlapping-cpus.manifest".into()),
+                skip_manifest_check: true,
+                expect: Some("fail".into()),
+                timeout: 300,
+                ..RunArgs::new(Platform::Bochs, 4)
+            },
+            check: |o| {
+                expect_eq(o, &["result"], "fail".into())?;
+                let reason = field(o, &["reason"]).as_str().unwrap_or("");
+                if !reason.contains("manifest") || !reason.contains("already pinned") {
+                    bail!("reason should name the manifest problem: {reason}");
+                }
+                expect_eq(o, &["vms"], serde_json::json!([]))
+            },
+        },
+        Case {
             name: "bochs-vmx-4cpu",
             args: RunArgs { timeout: 600, ..RunArgs::new(Platform::Bochs, 4) },
             check: |o| {
@@ -136,9 +267,35 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// A bad manifest is refused by xtask before any emulator starts.
+fn refuses_bad_manifest_before_launch() -> Result<()> {
+    let args = RunArgs {
+        manifest: Some("xtask/tests/overlapping-cpus.manifest".into()),
+        ..RunArgs::new(Platform::Bochs, 4)
+    };
+    match run::run(&args) {
+        Ok(_) => bail!("the run started"),
+        Err(e) if format!("{e:#}").contains("already pinned to VM `a`") => Ok(()),
+        Err(e) => bail!("refused for the wrong reason: {e:#}"),
+    }
+}
+
 pub fn run_all(args: &TestArgs) -> Result<()> {
     let mut passed = 0;
     let mut failed = Vec::new();
+    if args.filter.as_deref().is_none_or(|f| "xtask-refuses-bad-manifest".contains(f)) {
+        eprintln!("xtask test: xtask-refuses-bad-manifest ...");
+        match refuses_bad_manifest_before_launch() {
+            Ok(()) => {
+                passed += 1;
+                eprintln!("xtask test: xtask-refuses-bad-manifest ok");
+            }
+            Err(e) => {
+                eprintln!("xtask test: xtask-refuses-bad-manifest FAILED: {e:#}");
+                failed.push("xtask-refuses-bad-manifest".to_string());
+            }
+        }
+    }
     if !args.no_unit {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         eprintln!("xtask test: host unit tests (cargo test)");

@@ -16,6 +16,8 @@ const X2APIC_MSR_BASE: u32 = 0x800;
 const REG_ID: u32 = 0x20;
 const REG_EOI: u32 = 0xb0;
 const REG_SVR: u32 = 0xf0;
+const REG_LVT_LINT0: u32 = 0x350;
+const REG_LVT_LINT1: u32 = 0x360;
 const REG_ICR_LO: u32 = 0x300;
 const REG_ICR_HI: u32 = 0x310;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
@@ -32,6 +34,16 @@ const MODE_X2APIC: u64 = 1;
 
 pub fn is_x2apic() -> bool {
     MODE.load(Ordering::Relaxed) == MODE_X2APIC
+}
+
+/// Masks every line of the legacy 8259 PICs: firmware leaves the PIT wired to the BSP through
+/// them, and a host interrupt nobody asked for would become a VM exit in some guest.
+pub fn mask_legacy_pic() {
+    // SAFETY: writing the interrupt mask registers (OCW1) of both PICs only masks lines.
+    unsafe {
+        x86_64::instructions::port::Port::<u8>::new(0x21).write(0xff);
+        x86_64::instructions::port::Port::<u8>::new(0xa1).write(0xff);
+    }
 }
 
 /// Enables this CPU's local APIC (x2APIC mode when available) with the spurious vector set.
@@ -60,6 +72,10 @@ pub fn init_this_cpu() {
         MODE.store(mmio, Ordering::Release);
     }
     write(REG_SVR, 0x100 | SPURIOUS_VECTOR as u32);
+    // LINT0 (ExtINT from the PIC) and LINT1 (NMI) masked: this kernel takes no legacy
+    // interrupts (SDM Vol. 3A §12.5.1, LVT mask bit 16).
+    write(REG_LVT_LINT0, 1 << 16);
+    write(REG_LVT_LINT1, 1 << 16);
 }
 
 fn read(reg: u32) -> u32 {

@@ -96,6 +96,7 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     info!("ipiv-hv {} starting", env!("CARGO_PKG_VERSION"));
     info!("memory: {} MiB free, trampoline at {low:#x}", memory::free_bytes() >> 20);
 
+    apic::mask_legacy_pic();
     apic::init_this_cpu();
     let bsp_apic = apic::id();
     cpu::activate(cpu::PerCpu::new(0, bsp_apic));

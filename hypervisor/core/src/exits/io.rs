@@ -36,7 +36,7 @@ pub enum IoAction {
     Read(u32),
     /// A write to one of COM1's other registers: accepted, nothing to do.
     Accepted,
-    /// An access nobody handles: reads all-ones, writes dropped.
+    /// An access to a port nobody emulates: reads return all-ones, writes are dropped.
     Ignored,
 }
 
@@ -47,8 +47,7 @@ pub fn decide(io: IoExit, value: u32) -> IoAction {
         (p, true) if p == COM1 + 5 => IoAction::Read(0x60),
         (p, true) if (COM1..COM1 + 8).contains(&p) => IoAction::Read(0),
         (p, false) if (COM1..COM1 + 8).contains(&p) => IoAction::Accepted,
-        (_, true) => IoAction::Read(u32::MAX),
-        (_, false) => IoAction::Ignored,
+        _ => IoAction::Ignored,
     }
 }
 
@@ -80,7 +79,7 @@ mod tests {
         let inp = |port| IoExit { port, size: 1, input: true, string: false, rep: false };
         assert_eq!(decide(out(COM1), 0x41), IoAction::ConsoleByte(b'A'));
         assert_eq!(decide(inp(COM1 + 5), 0), IoAction::Read(0x60));
-        assert_eq!(decide(inp(0x60), 0), IoAction::Read(u32::MAX));
+        assert_eq!(decide(inp(0x60), 0), IoAction::Ignored);
         assert_eq!(decide(out(COM1 + 3), 3), IoAction::Accepted);
         assert_eq!(decide(out(0x80), 1), IoAction::Ignored);
     }

@@ -160,7 +160,12 @@ fn io(v: &mut Vcpu<'_>) -> Flow {
             }
         }
         IoAction::Accepted => {}
-        IoAction::Ignored => v.vm.exits[v.index as usize].lock().ignored_io += 1,
+        IoAction::Ignored => {
+            if q.input {
+                v.regs.rax = io::merge_in(v.regs.rax, q.size, u32::MAX);
+            }
+            v.vm.exits[v.index as usize].lock().ignored_io += 1;
+        }
     }
     v.skip_instruction();
     Flow::Continue
