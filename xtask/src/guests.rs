@@ -2,7 +2,7 @@
 //! turning `--guest NAME[:vcpus],...` or `--manifest FILE` into the manifest the kernel reads,
 //! validated before any emulator starts.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use hvcore::bootcfg::BootConfig;
 use hvcore::elf_load::LoadPlan;
 use hvcore::manifest::{Machine, Manifest};
@@ -40,7 +40,9 @@ pub fn build() -> Result<BTreeMap<String, Vec<u8>>> {
     let dir = target_dir.join(KERNEL_TARGET).join("release");
     CATALOGUE
         .iter()
-        .map(|(name, _, _)| Ok((name.to_string(), std::fs::read(dir.join(name)).with_context(|| format!("guest {name}"))?)))
+        .map(|(name, _, _)| {
+            Ok((name.to_string(), std::fs::read(dir.join(name)).with_context(|| format!("guest {name}"))?))
+        })
         .collect()
 }
 
@@ -49,7 +51,9 @@ pub fn manifest_from_list(list: &str) -> Result<String> {
     let mut out = String::new();
     for (i, item) in list.split(',').map(str::trim).filter(|s| !s.is_empty()).enumerate() {
         let (name, vcpus) = match item.split_once(':') {
-            Some((n, v)) => (n, v.parse::<u32>().with_context(|| format!("--guest {item}: vCPU count must be a number"))?),
+            Some((n, v)) => {
+                (n, v.parse::<u32>().with_context(|| format!("--guest {item}: vCPU count must be a number"))?)
+            }
             None => (item, 1),
         };
         let Some((_, expect, timeout)) = CATALOGUE.iter().find(|(n, _, _)| *n == name) else {

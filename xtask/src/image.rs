@@ -19,9 +19,12 @@ pub fn build_kernel() -> Result<PathBuf> {
     Ok(PathBuf::from("target").join(KERNEL_TARGET).join("release/hypervisor"))
 }
 
+/// A guest image by name, as packed into the ramdisk.
+pub type GuestImage = (String, Vec<u8>);
+
 /// Writes a disk image with the kernel and a ramdisk holding `config` (boot config and
 /// manifest text) and the guest images.
-pub fn make_image(kernel: &Path, config: &str, guests: &[(String, Vec<u8>)], uefi: bool, out: &Path) -> Result<()> {
+pub fn make_image(kernel: &Path, config: &str, guests: &[GuestImage], uefi: bool, out: &Path) -> Result<()> {
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -57,7 +57,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "info", value_parser = ["off", "error", "warn", "info", "debug", "trace"])]
     pub log_level: String,
     /// Inject a fault, to check that faults are reported and fail the run.
-    #[arg(long, default_value = "none", value_parser = ["none", "ap-page-fault", "bsp-page-fault", "bsp-panic"])]
+    #[arg(long, default_value = "none", value_parser = ["none", "ap-page-fault", "bsp-page-fault", "bsp-panic", "bad-guest-state"])]
     pub fault: String,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 512)]
@@ -238,8 +238,9 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
 
 /// The boot config text (global keys, then the manifest's `[vm]` sections) and the guest
 /// images it needs, validated as the kernel will validate them, before anything boots.
-pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<(String, Vec<u8>)>)> {
-    let mut config = format!("# written by cargo xtask\nlog = {}\nexit = {exit}\nfault = {}\n", args.log_level, args.fault);
+pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestImage>)> {
+    let mut config =
+        format!("# written by cargo xtask\nlog = {}\nexit = {exit}\nfault = {}\n", args.log_level, args.fault);
     match (&args.guest, &args.manifest) {
         (Some(list), _) => config += &guests::manifest_from_list(list)?,
         (None, Some(file)) => {
@@ -253,7 +254,7 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<(String, Vec<u
         return Ok((config, images.into_iter().collect()));
     }
     let manifest = guests::validate(&config, &images, args.cpus, args.memory)?;
-    let needed: Vec<(String, Vec<u8>)> =
+    let needed: Vec<image::GuestImage> =
         images.into_iter().filter(|(name, _)| manifest.vms.iter().any(|v| &v.image == name)).collect();
     Ok((config, needed))
 }

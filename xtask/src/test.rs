@@ -224,6 +224,29 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "bochs-vm-entry-failure-is-decoded",
+            args: RunArgs {
+                fault: "bad-guest-state".into(),
+                expect: Some("fail".into()),
+                ..bochs_guests("hello,hello")
+            },
+            check: |o| {
+                vm_result(o, "hello-0", "fail")?;
+                let reason = vm(o, "hello-0")?["reason"].as_str().unwrap_or("");
+                for part in [
+                    "VM-entry failure (exit reason 33)",
+                    "invalid guest state",
+                    "qualification",
+                    "suspect: GuestRflags",
+                ] {
+                    if !reason.contains(part) {
+                        bail!("entry-failure report lacks {part:?}: {reason}");
+                    }
+                }
+                vm_result(o, "hello-1", "fail")
+            },
+        },
+        Case {
             name: "bochs-kernel-refuses-bad-manifest",
             args: RunArgs {
                 manifest: Some("xtask/tests/overlapping-cpus.manifest".into()),
@@ -269,10 +292,8 @@ fn cases() -> Vec<Case> {
 
 /// A bad manifest is refused by xtask before any emulator starts.
 fn refuses_bad_manifest_before_launch() -> Result<()> {
-    let args = RunArgs {
-        manifest: Some("xtask/tests/overlapping-cpus.manifest".into()),
-        ..RunArgs::new(Platform::Bochs, 4)
-    };
+    let args =
+        RunArgs { manifest: Some("xtask/tests/overlapping-cpus.manifest".into()), ..RunArgs::new(Platform::Bochs, 4) };
     match run::run(&args) {
         Ok(_) => bail!("the run started"),
         Err(e) if format!("{e:#}").contains("already pinned to VM `a`") => Ok(()),

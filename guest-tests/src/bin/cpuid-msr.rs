@@ -4,8 +4,8 @@
 #![no_std]
 #![no_main]
 
-use guest_tests::{console, cpuid, entry, hypercall, idt, println, report, BootInfo};
-use hvcore::guest_abi::{hypercall as hc, CPUID_SIGNATURE};
+use guest_tests::{BootInfo, console, cpuid, entry, hypercall, idt, println, report};
+use hvcore::guest_abi::{CPUID_SIGNATURE, hypercall as hc};
 
 entry!(main);
 
@@ -18,7 +18,9 @@ fn rdmsr(msr: u32) -> u64 {
 
 fn wrmsr(msr: u32, v: u64) {
     // SAFETY: as in rdmsr.
-    unsafe { core::arch::asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nostack)) };
+    unsafe {
+        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nostack))
+    };
 }
 
 fn main(vcpu: u32, info: &'static BootInfo) {

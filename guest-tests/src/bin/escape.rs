@@ -3,7 +3,7 @@
 #![no_std]
 #![no_main]
 
-use guest_tests::{entry, println, BootInfo};
+use guest_tests::{BootInfo, entry, println};
 
 entry!(main);
 

@@ -2,7 +2,7 @@
 #![no_std]
 #![no_main]
 
-use guest_tests::{cpuid, entry, println, report, BootInfo};
+use guest_tests::{BootInfo, cpuid, entry, println, report};
 
 entry!(main);
 

@@ -3,7 +3,7 @@
 #![no_std]
 #![no_main]
 
-use guest_tests::{entry, image_end, println, report, BootInfo};
+use guest_tests::{BootInfo, entry, image_end, println, report};
 use hvcore::guest_abi::STACK_SIZE;
 
 entry!(main);

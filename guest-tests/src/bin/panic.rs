@@ -2,7 +2,7 @@
 #![no_std]
 #![no_main]
 
-use guest_tests::{entry, BootInfo};
+use guest_tests::{BootInfo, entry};
 
 entry!(main);
 

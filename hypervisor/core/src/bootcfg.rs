@@ -31,6 +31,9 @@ pub enum FaultInjection {
     BspPageFault,
     /// The bootstrap processor panics.
     BspPanic,
+    /// vCPU 0 of every VM starts with an invalid guest state (RFLAGS bit 1 clear), to show how
+    /// a VM-entry failure is reported.
+    BadGuestState,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +81,8 @@ impl BootConfig {
                 }
                 continue;
             }
-            let (key, value) = line.split_once('=').ok_or_else(|| err(format!("expected `key = value`, got `{line}`")))?;
+            let (key, value) =
+                line.split_once('=').ok_or_else(|| err(format!("expected `key = value`, got `{line}`")))?;
             let (key, value) = (key.trim(), value.trim());
             if let Some(vm) = manifest.vms.last_mut() {
                 vm.set(key, value).map_err(err)?;
@@ -102,7 +106,12 @@ impl BootConfig {
                         "ap-page-fault" => FaultInjection::ApPageFault,
                         "bsp-page-fault" => FaultInjection::BspPageFault,
                         "bsp-panic" => FaultInjection::BspPanic,
-                        _ => return Err(err(format!("fault must be none|ap-page-fault|bsp-page-fault|bsp-panic, not `{value}`"))),
+                        "bad-guest-state" => FaultInjection::BadGuestState,
+                        _ => {
+                            return Err(err(format!(
+                                "fault must be none|ap-page-fault|bsp-page-fault|bsp-panic|bad-guest-state, not `{value}`"
+                            )));
+                        }
                     }
                 }
                 _ => return Err(err(format!("unknown key `{key}`"))),

@@ -5,9 +5,9 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use elf::ElfBytes;
 use elf::abi::{EM_X86_64, ET_EXEC, PT_LOAD};
 use elf::endian::LittleEndian;
-use elf::ElfBytes;
 
 use crate::guest_abi::{IMAGE_BASE, STACK_SIZE};
 
@@ -30,7 +30,8 @@ impl LoadPlan {
     /// Checks `image` and plans loading it into a guest with `ram_size` bytes and `vcpus`
     /// stacks at the top of RAM.
     pub fn new(image: &[u8], ram_size: u64, vcpus: u32) -> Result<Self, String> {
-        let f = ElfBytes::<LittleEndian>::minimal_parse(image).map_err(|e| format!("not a 64-bit little-endian ELF: {e}"))?;
+        let f = ElfBytes::<LittleEndian>::minimal_parse(image)
+            .map_err(|e| format!("not a 64-bit little-endian ELF: {e}"))?;
         if f.ehdr.class != elf::file::Class::ELF64 {
             return Err("not a 64-bit ELF".into());
         }

@@ -57,8 +57,15 @@ impl Ept {
 
     /// Maps guest-physical `[gpa, gpa + size)` to host-physical `[hpa, ...)` with `perms`, using
     /// 2 MiB pages wherever both addresses and the remaining size allow.
-    pub fn map(&mut self, mem: &mut impl TableMemory, gpa: u64, hpa: u64, size: u64, perms: u64) -> Result<(), EptError> {
-        if (gpa | hpa | size) % SIZE_4K != 0 {
+    pub fn map(
+        &mut self,
+        mem: &mut impl TableMemory,
+        gpa: u64,
+        hpa: u64,
+        size: u64,
+        perms: u64,
+    ) -> Result<(), EptError> {
+        if !(gpa | hpa | size).is_multiple_of(SIZE_4K) {
             return Err(EptError::Unaligned);
         }
         let mut off = 0;
@@ -71,7 +78,14 @@ impl Ept {
         Ok(())
     }
 
-    fn map_one(&mut self, mem: &mut impl TableMemory, gpa: u64, hpa: u64, perms: u64, large: bool) -> Result<(), EptError> {
+    fn map_one(
+        &mut self,
+        mem: &mut impl TableMemory,
+        gpa: u64,
+        hpa: u64,
+        perms: u64,
+        large: bool,
+    ) -> Result<(), EptError> {
         let leaf_level = if large { 1 } else { 0 };
         let mut table = self.root;
         for level in (leaf_level + 1..=3).rev() {

@@ -43,9 +43,8 @@ pub fn build(ram: &mut [u8], info: &BootInfo) {
     put_u64(ram, GDT_GPA + CODE_SELECTOR as u64, GDT_CODE64);
     put_u64(ram, GDT_GPA + DATA_SELECTOR as u64, GDT_DATA);
     // SAFETY: BootInfo is plain old data (repr(C), integers only) and fits the boot area.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(info as *const BootInfo as *const u8, core::mem::size_of::<BootInfo>())
-    };
+    let bytes =
+        unsafe { core::slice::from_raw_parts(info as *const BootInfo as *const u8, core::mem::size_of::<BootInfo>()) };
     ram[BOOT_INFO_GPA as usize..BOOT_INFO_GPA as usize + bytes.len()].copy_from_slice(bytes);
 }
 
@@ -58,7 +57,15 @@ pub fn boot_info(name: &str, vcpus: u32, ram_size: u64, tsc_hz: u64) -> BootInfo
     let mut vm_name = [0u8; 32];
     let n = name.len().min(32);
     vm_name[..n].copy_from_slice(&name.as_bytes()[..n]);
-    BootInfo { magic: BOOT_INFO_MAGIC, version: BOOT_INFO_VERSION, vcpu_count: vcpus, ram_size, tsc_hz, apic_ids, vm_name }
+    BootInfo {
+        magic: BOOT_INFO_MAGIC,
+        version: BOOT_INFO_VERSION,
+        vcpu_count: vcpus,
+        ram_size,
+        tsc_hz,
+        apic_ids,
+        vm_name,
+    }
 }
 
 /// Where vCPU `index` starts.

@@ -75,12 +75,15 @@ impl VmSpec {
             "ram_mib" => self.ram_mib = num("ram_mib")? as u32,
             "timeout_ms" => self.timeout_ms = num("timeout_ms")?,
             "expect" => {
-                self.expect = VmResult::parse(value).ok_or_else(|| format!("expect must be pass|fail|killed|timeout, not `{value}`"))?
+                self.expect = VmResult::parse(value)
+                    .ok_or_else(|| format!("expect must be pass|fail|killed|timeout, not `{value}`"))?
             }
             "cpus" => {
                 self.cpus = value
                     .split(',')
-                    .map(|c| c.trim().parse::<u32>().map_err(|_| format!("cpus must be a list like `1, 2`, not `{value}`")))
+                    .map(|c| {
+                        c.trim().parse::<u32>().map_err(|_| format!("cpus must be a list like `1, 2`, not `{value}`"))
+                    })
                     .collect::<Result<_, _>>()?
             }
             _ => return Err(format!("unknown VM key `{key}`")),
@@ -111,7 +114,11 @@ impl Manifest {
         let mut used: Vec<Option<&str>> = alloc::vec![None; m.cpus as usize];
         let mut total_ram = 0u64;
         for (i, vm) in self.vms.iter().enumerate() {
-            let who = if vm.name.is_empty() { format!("VM #{} (line {})", i + 1, vm.line) } else { format!("VM `{}`", vm.name) };
+            let who = if vm.name.is_empty() {
+                format!("VM #{} (line {})", i + 1, vm.line)
+            } else {
+                format!("VM `{}`", vm.name)
+            };
             if vm.name.is_empty() {
                 return Err(format!("{who}: needs a name"));
             }
@@ -150,9 +157,13 @@ impl Manifest {
             }
             total_ram += vm.ram_mib as u64;
             if total_ram > m.ram_budget_mib {
-                return Err(format!("{who}: guest RAM adds up to {total_ram} MiB, more than the {} MiB available", m.ram_budget_mib));
+                return Err(format!(
+                    "{who}: guest RAM adds up to {total_ram} MiB, more than the {} MiB available",
+                    m.ram_budget_mib
+                ));
             }
-            (m.check_image)(&vm.image, vm.ram_mib, vm.vcpus).map_err(|e| format!("{who}: image `{}`: {e}", vm.image))?;
+            (m.check_image)(&vm.image, vm.ram_mib, vm.vcpus)
+                .map_err(|e| format!("{who}: image `{}`: {e}", vm.image))?;
         }
         // Pin the rest to the lowest free CPUs, in order.
         let mut free = (0..m.cpus).filter(|&c| used[c as usize].is_none()).collect::<Vec<_>>().into_iter();

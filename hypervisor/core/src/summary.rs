@@ -160,7 +160,12 @@ impl HvSummary {
             let why = vm.reason.as_deref().map(|r| alloc::format!(" ({r})")).unwrap_or_default();
             (
                 RunResult::Fail,
-                Some(alloc::format!("VM {}: expected {}, got {}{why}", vm.name, vm.expect.as_str(), vm.result.as_str())),
+                Some(alloc::format!(
+                    "VM {}: expected {}, got {}{why}",
+                    vm.name,
+                    vm.expect.as_str(),
+                    vm.result.as_str()
+                )),
             )
         } else {
             (RunResult::Pass, None)
@@ -318,7 +323,8 @@ mod tests {
 
     #[test]
     fn all_cpus_with_vmxon_pass_and_json_has_the_interface_fields() {
-        let s = HvSummary::judge(2, None, all_features(), 50_000_000, vec![cpu(0, true, true), cpu(1, true, true)], vec![]);
+        let s =
+            HvSummary::judge(2, None, all_features(), 50_000_000, vec![cpu(0, true, true), cpu(1, true, true)], vec![]);
         assert_eq!(s.result, RunResult::Pass);
         let v: serde_json::Value = serde_json::from_str(&s.to_string()).unwrap();
         assert_eq!(v["result"], "pass");

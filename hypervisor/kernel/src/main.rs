@@ -74,6 +74,16 @@ pub const KICK_VECTOR: u8 = 0xf1;
 
 const AP_REPORT_TIMEOUT_US: u64 = 2_000_000;
 
+/// The BSP's VMX capabilities, once decoded (None without VMX).
+pub fn bsp_caps() -> Option<&'static VmxCaps> {
+    BSP_CAPS.get().and_then(|c| c.as_ref())
+}
+
+/// The fault the boot config asks to inject.
+pub fn fault_injection() -> FaultInjection {
+    CONFIG.get().map(|c| c.fault).unwrap_or(FaultInjection::None)
+}
+
 /// Makes CPU `index` leave guest mode soon (an external-interrupt exit).
 pub fn kick_cpu(index: u32) {
     if let Some(&id) = APIC_IDS.get().and_then(|ids| ids.get(index as usize)) {
@@ -106,7 +116,10 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     let procs = acpi::processors(rsdp).unwrap_or_else(|e| report::fatal(format_args!("ACPI MADT: {e:?}")));
     let expected = 1 + procs.aps.len() as u32;
     report::CPUS_EXPECTED.store(expected, Ordering::Relaxed);
-    info!("ACPI: {expected} CPUs enabled (BSP APIC {}, APs {:?}), {} disabled", procs.bsp_apic_id, procs.aps, procs.disabled);
+    info!(
+        "ACPI: {expected} CPUs enabled (BSP APIC {}, APs {:?}), {} disabled",
+        procs.bsp_apic_id, procs.aps, procs.disabled
+    );
     if procs.bsp_apic_id != bsp_apic {
         warn!("MADT says the BSP has APIC ID {}, the APIC says {bsp_apic}", procs.bsp_apic_id);
     }
@@ -222,7 +235,10 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
     for spec in &manifest.vms {
         match vm::Vm::create(spec, images(&spec.image).unwrap_or(&[]), tsc) {
             Ok(v) => {
-                info!("VM {}: {} vCPUs on CPUs {:?}, {} MiB at {:#x}", spec.name, spec.vcpus, spec.cpus, spec.ram_mib, v.ram_pa);
+                info!(
+                    "VM {}: {} vCPUs on CPUs {:?}, {} MiB at {:#x}",
+                    spec.name, spec.vcpus, spec.cpus, spec.ram_mib, v.ram_pa
+                );
                 vms.push(v);
             }
             Err(e) => return Some(alloc::format!("VM {}: {e}", spec.name)),

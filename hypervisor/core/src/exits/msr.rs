@@ -56,7 +56,7 @@ pub fn rule(msr: u32, vcpu: u32) -> Rule {
         IA32_FEATURE_CONTROL => Rule::Fixed(1),
         IA32_MISC_ENABLE => Rule::Fixed(1), // fast strings
         IA32_MTRRCAP => Rule::Fixed(0),
-        IA32_MTRR_DEF_TYPE => Rule::Fixed(6 << 0 | 1 << 11), // enabled, default WB
+        IA32_MTRR_DEF_TYPE => Rule::Fixed(6 | 1 << 11), // enabled, default type WB
         IA32_PLATFORM_ID => Rule::Fixed(0),
         IA32_BIOS_SIGN_ID => Rule::ReadValueIgnoreWrite(0),
         _ => Rule::Gp,

@@ -4,9 +4,7 @@
 
 use core::fmt;
 
-use super::caps::{
-    exit_bits, pin_bits, primary_bits, secondary_bits, tertiary_bits, ControlCaps, VmxCaps,
-};
+use super::caps::{ControlCaps, VmxCaps, exit_bits, pin_bits, primary_bits, secondary_bits, tertiary_bits};
 
 /// One control word of the VMCS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,12 +92,9 @@ impl ControlWord {
                 (21, "load IA32_EFER"),
                 (22, "save VMX-preemption timer value"),
             ],
-            Self::Entry => &[
-                (2, "load debug controls"),
-                (9, "IA-32e mode guest"),
-                (14, "load IA32_PAT"),
-                (15, "load IA32_EFER"),
-            ],
+            Self::Entry => {
+                &[(2, "load debug controls"), (9, "IA-32e mode guest"), (14, "load IA32_PAT"), (15, "load IA32_EFER")]
+            }
         };
         table.iter().find(|(b, _)| *b == bit).map(|(_, n)| *n).unwrap_or("(unnamed control)")
     }

@@ -10,6 +10,7 @@ use hvcore::exits::io::{self, IoAction, IoExit};
 use hvcore::exits::msr;
 use hvcore::guest_abi::hypercall::{E_INVAL, E_NOSYS, MAX_LEN};
 use hvcore::manifest::VmResult;
+use hvcore::vmx::entry_checks::{GuestState, suspect};
 use hvcore::vmx::exit_reason::{self as er, ExitReason};
 use hvcore::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
 
@@ -41,9 +42,10 @@ pub fn handle(v: &mut Vcpu<'_>, reason: u16) -> Flow {
             let gpa = vmcs::read64(Vmcs64::GuestPhysicalAddress);
             Flow::Stop(VmResult::Killed, format!("EPT misconfiguration at GPA {gpa:#x}"))
         }
-        er::TRIPLE_FAULT => {
-            Flow::Stop(VmResult::Killed, format!("triple fault at RIP {:#x}", vmcs::read_natural(VmcsNatural::GuestRip)))
-        }
+        er::TRIPLE_FAULT => Flow::Stop(
+            VmResult::Killed,
+            format!("triple fault at RIP {:#x}", vmcs::read_natural(VmcsNatural::GuestRip)),
+        ),
         other => Flow::Stop(
             VmResult::Killed,
             format!(
@@ -212,8 +214,8 @@ fn vmcall(v: &mut Vcpu<'_>) -> Flow {
             match hypercall::check_buffer(gpa, n * 8, er::COUNT as u64 * 8, ram_size) {
                 Ok(r) => {
                     let counters = v.vm.exits[v.index as usize].lock().by_reason;
-                    for (i, chunk) in v.vm.ram()[r].chunks_exact_mut(8).enumerate() {
-                        chunk.copy_from_slice(&counters[i].to_le_bytes());
+                    for (i, chunk) in v.vm.ram()[r].as_chunks_mut::<8>().0.iter_mut().enumerate() {
+                        *chunk = counters[i].to_le_bytes();
                     }
                     n as i64
                 }
@@ -244,36 +246,35 @@ pub fn entry_failure(reason: ExitReason) -> String {
     format!("VM-entry failure (exit reason {}): {what}, qualification {q}; {}", reason.basic(), describe_entry_state())
 }
 
-/// The guest-state fields VM-entry checks most often reject, named by SDM field name, plus
-/// the first rule they break (a subset of SDM Vol. 3C §27.3.1).
+/// The guest-state fields VM-entry checks most often reject, by SDM field name, and the first
+/// rule they break (hvcore::vmx::entry_checks).
 pub fn describe_entry_state() -> String {
     let read = |f: VmcsNatural| f.read().unwrap_or(u64::MAX);
-    let cr0 = read(VmcsNatural::GuestCr0);
-    let cr4 = read(VmcsNatural::GuestCr4);
-    let rip = read(VmcsNatural::GuestRip);
-    let rflags = read(VmcsNatural::GuestRflags);
-    let efer = Vmcs64::GuestIa32Efer.read().unwrap_or(u64::MAX);
-    let cs_ar = Vmcs32::GuestCsAccessRights.read().unwrap_or(u32::MAX);
-    let tr_ar = Vmcs32::GuestTrAccessRights.read().unwrap_or(u32::MAX);
-    let entry = Vmcs32::VmEntryControls.read().unwrap_or(0);
-    let ia32e = entry & (1 << 9) != 0;
-    let suspect = if cr0 & 0x8000_0001 != 0x8000_0001 {
-        "GuestCr0: PE and PG must be set"
-    } else if cr4 & (1 << 13) == 0 {
-        "GuestCr4: VMXE must be set (CR4 fixed-0 bits)"
-    } else if ia32e != (efer & (1 << 10) != 0) {
-        "GuestIa32Efer: LMA must equal the \"IA-32e mode guest\" entry control"
-    } else if ia32e && cs_ar & (1 << 13) == 0 {
-        "GuestCsAccessRights: L must be set for a 64-bit guest"
-    } else if rflags & 2 == 0 {
-        "GuestRflags: bit 1 must be set"
-    } else if tr_ar & 0xf != 11 && tr_ar & 0xf != 3 {
-        "GuestTrAccessRights: TR must be a busy TSS"
-    } else {
-        "no field identified by the quick checks"
+    let caps = crate::bsp_caps();
+    let s = GuestState {
+        cr0: read(VmcsNatural::GuestCr0),
+        cr4: read(VmcsNatural::GuestCr4),
+        efer: Vmcs64::GuestIa32Efer.read().unwrap_or(u64::MAX),
+        rflags: read(VmcsNatural::GuestRflags),
+        cs_ar: Vmcs32::GuestCsAccessRights.read().unwrap_or(u32::MAX),
+        tr_ar: Vmcs32::GuestTrAccessRights.read().unwrap_or(u32::MAX),
+        entry_controls: Vmcs32::VmEntryControls.read().unwrap_or(0),
+        cr0_fixed0: caps.map_or(0, |c| c.cr0_fixed0),
+        cr0_fixed1: caps.map_or(u64::MAX, |c| c.cr0_fixed1),
+        cr4_fixed0: caps.map_or(0, |c| c.cr4_fixed0),
+        cr4_fixed1: caps.map_or(u64::MAX, |c| c.cr4_fixed1),
     };
     format!(
-        "GuestCr0={cr0:#x} GuestCr4={cr4:#x} GuestIa32Efer={efer:#x} GuestRip={rip:#x} GuestRflags={rflags:#x} \
-         GuestCsAccessRights={cs_ar:#x} GuestTrAccessRights={tr_ar:#x} VmEntryControls={entry:#x}; suspect: {suspect}"
+        "GuestCr0={:#x} GuestCr4={:#x} GuestIa32Efer={:#x} GuestRip={:#x} GuestRflags={:#x} GuestCsAccessRights={:#x} \
+         GuestTrAccessRights={:#x} VmEntryControls={:#x}; suspect: {}",
+        s.cr0,
+        s.cr4,
+        s.efer,
+        read(VmcsNatural::GuestRip),
+        s.rflags,
+        s.cs_ar,
+        s.tr_ar,
+        s.entry_controls,
+        suspect(&s).unwrap_or("no field identified by the quick checks (see SDM Vol. 3C §27.3)")
     )
 }

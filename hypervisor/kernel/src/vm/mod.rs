@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use hvcore::elf_load::LoadPlan;
-use hvcore::ept::{Ept, TableMemory, RWX};
+use hvcore::ept::{Ept, RWX, TableMemory};
 use hvcore::exits::counters::ExitCounters;
 use hvcore::exits::msr;
 use hvcore::guest_boot;

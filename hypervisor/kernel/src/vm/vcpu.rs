@@ -5,19 +5,20 @@ use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::{AtomicU16, Ordering};
 
+use hvcore::bootcfg::FaultInjection;
 use hvcore::guest_abi::{CODE_SELECTOR, DATA_SELECTOR};
-use hvcore::guest_boot::{vcpu_start, VcpuStart};
+use hvcore::guest_boot::{VcpuStart, vcpu_start};
 use hvcore::manifest::VmResult;
 use hvcore::vmx::caps::VmxCaps;
-use hvcore::vmx::controls::{vcpu_controls, Controls, VcpuControlOptions};
+use hvcore::vmx::controls::{Controls, VcpuControlOptions, vcpu_controls};
 use hvcore::vmx::exit_reason::ExitReason;
 use hvcore::vmx::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsNatural};
 use x86_64::instructions::tables::{sgdt, sidt};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, GsBase, Msr};
 
-use super::exits::{self, Flow};
 use super::Vm;
+use super::exits::{self, Flow};
 use crate::vmx::entry::{self, Entry, GuestRegs};
 use crate::vmx::vmcs::{self, Access, Vmcs, VmxInstrError};
 
@@ -212,6 +213,10 @@ impl<'a> Vcpu<'a> {
         Vmcs32::GuestIa32SysenterCs.write(0)?;
         Vmcs32::GuestInterruptibilityState.write(0)?;
         Vmcs32::GuestActivityState.write(0)?;
+        if self.index == 0 && crate::fault_injection() == FaultInjection::BadGuestState {
+            log::warn!("injecting an invalid guest state (boot config fault = bad-guest-state)");
+            VmcsNatural::GuestRflags.write(0)?;
+        }
         self.regs.rdi = start.rdi;
         self.regs.rsi = start.rsi;
         self.arm_watchdog();

@@ -39,7 +39,11 @@ fn check(rflags: u64, instruction: &'static str, field: Option<&'static str>) ->
         return Err(VmxInstrError { instruction, field, error: None });
     }
     if rflags & (1 << 6) != 0 {
-        return Err(VmxInstrError { instruction, field, error: Some(read_raw(Vmcs32::VmInstructionError.encoding()) as u32) });
+        return Err(VmxInstrError {
+            instruction,
+            field,
+            error: Some(read_raw(Vmcs32::VmInstructionError.encoding()) as u32),
+        });
     }
     Ok(())
 }
@@ -63,7 +67,9 @@ fn vmread(encoding: u32, name: &'static str) -> Result<u64, VmxInstrError> {
 fn vmwrite(encoding: u32, name: &'static str, value: u64) -> Result<(), VmxInstrError> {
     let rflags: u64;
     // SAFETY: VMWRITE changes only the current VMCS, which this CPU owns.
-    unsafe { asm!("vmwrite {e}, {v}", "pushfq", "pop {f}", e = in(reg) encoding as u64, v = in(reg) value, f = out(reg) rflags) };
+    unsafe {
+        asm!("vmwrite {e}, {v}", "pushfq", "pop {f}", e = in(reg) encoding as u64, v = in(reg) value, f = out(reg) rflags)
+    };
     check(rflags, "VMWRITE", Some(name))
 }
 
