@@ -11,6 +11,8 @@ extern crate alloc;
 extern crate std;
 
 #[cfg(feature = "alloc")]
+pub mod apic;
+#[cfg(feature = "alloc")]
 pub mod bootcfg;
 #[cfg(feature = "alloc")]
 pub mod elf_load;

@@ -1,0 +1,90 @@
+use super::*;
+
+fn vm(n: u32) -> std::vec::Vec<Target> {
+    (0..n).map(|i| Target { apic_id: i, ldr: 0, dfr: 0xffff_ffff }).collect()
+}
+
+#[test]
+fn xapic_fixed_physical() {
+    let icr = Icr::xapic(0x0000_4041, 2 << 24);
+    assert_eq!((icr.vector, icr.mode, icr.logical, icr.dest), (0x41, DeliveryMode::Fixed, false, 2));
+    assert_eq!(decide(&icr, 0, &vm(4)), Action::Fixed { vector: 0x41, targets: 0b0100 });
+    assert!(ipiv_covers(&icr));
+}
+
+#[test]
+fn x2apic_layout_and_reserved_bits() {
+    let icr = Icr::x2apic((3u64 << 32) | 0x4050).unwrap();
+    assert_eq!((icr.vector, icr.dest, icr.x2apic), (0x50, 3, true));
+    assert_eq!(Icr::x2apic(1 << 12 | 0x50), None, "bit 12 (delivery status) is reserved in x2APIC");
+    assert_eq!(Icr::x2apic(1 << 20 | 0x50), None);
+    assert_eq!(decide(&icr, 0, &vm(4)), Action::Fixed { vector: 0x50, targets: 0b1000 });
+}
+
+#[test]
+fn shorthands() {
+    let t = vm(4);
+    let self_ipi = Icr::xapic(0x0004_0060, 0);
+    assert_eq!(decide(&self_ipi, 2, &t), Action::Fixed { vector: 0x60, targets: 0b0100 });
+    let all = Icr::xapic(0x0008_0060, 0);
+    assert_eq!(destinations(&all, 2, &t), 0b1111);
+    let others = Icr::xapic(0x000c_0060, 0);
+    assert_eq!(destinations(&others, 2, &t), 0b1011);
+    assert!(!ipiv_covers(&others));
+}
+
+#[test]
+fn physical_broadcast_and_missing_destination() {
+    let t = vm(3);
+    assert_eq!(destinations(&Icr::xapic(0x60, 0xff << 24), 0, &t), 0b111);
+    assert_eq!(destinations(&Icr::x2apic(0xffff_ffff_0000_0060).unwrap(), 0, &t), 0b111);
+    // APIC ID 9 is not in this VM: nothing delivered, never an out-of-bounds index.
+    assert_eq!(decide(&Icr::xapic(0x60, 9 << 24), 0, &t), Action::Drop(Dropped::NoSuchDestination));
+    assert_eq!(decide(&Icr::x2apic((1000u64 << 32) | 0x60).unwrap(), 0, &t), Action::Drop(Dropped::NoSuchDestination));
+}
+
+#[test]
+fn xapic_logical_flat_and_cluster() {
+    let mut t = vm(4);
+    for (i, x) in t.iter_mut().enumerate() {
+        x.ldr = 1 << (24 + i);
+    }
+    let flat = Icr::xapic(0x0800 | 0x70, 0b1010 << 24);
+    assert_eq!(destinations(&flat, 0, &t), 0b1010);
+    assert!(!ipiv_covers(&flat));
+    // Cluster model: cluster 1, members 0 and 1 = LDR 0x11 and 0x12.
+    for (i, x) in t.iter_mut().enumerate() {
+        x.dfr = 0x0fff_ffff;
+        x.ldr = (0x10 | (1 << i)) << 24;
+    }
+    assert_eq!(destinations(&Icr::xapic(0x0870, 0x13 << 24), 0, &t), 0b0011);
+    assert_eq!(destinations(&Icr::xapic(0x0870, 0x23 << 24), 0, &t), 0, "other cluster");
+    assert_eq!(destinations(&Icr::xapic(0x0870, 0xf1 << 24), 0, &t), 0b0001, "all clusters, member 0");
+}
+
+#[test]
+fn x2apic_logical_cluster() {
+    assert_eq!(x2apic_logical_id(0), 0x0000_0001);
+    assert_eq!(x2apic_logical_id(17), 0x0001_0002);
+    let t = vm(4);
+    let icr = Icr::x2apic((0b0110u64 << 32) | 0x0870).unwrap();
+    assert_eq!(destinations(&icr, 0, &t), 0b0110);
+    let other_cluster = Icr::x2apic(((1u64 << 16 | 0b0110) << 32) | 0x0870).unwrap();
+    assert_eq!(destinations(&other_cluster, 0, &t), 0);
+}
+
+#[test]
+fn modes_and_illegal_vectors() {
+    let t = vm(2);
+    assert_eq!(decide(&Icr::xapic(0x0000_000f, 1 << 24), 0, &t), Action::Drop(Dropped::IllegalVector));
+    assert_eq!(decide(&Icr::xapic(0x0000_0400, 1 << 24), 0, &t), Action::Nmi { targets: 0b10 });
+    assert_eq!(decide(&Icr::xapic(0x0000_4500, 1 << 24), 0, &t), Action::Init { targets: 0b10 });
+    assert_eq!(decide(&Icr::xapic(0x0000_8500, 1 << 24), 0, &t), Action::Drop(Dropped::UnsupportedMode));
+    assert_eq!(decide(&Icr::xapic(0x0000_0608, 1 << 24), 0, &t), Action::StartUp { vector: 8, targets: 0b10 });
+    assert_eq!(decide(&Icr::xapic(0x0000_0200, 1 << 24), 0, &t), Action::Drop(Dropped::UnsupportedMode));
+    // Lowest priority picks one vCPU.
+    assert_eq!(decide(&Icr::xapic(0x0008_0150, 0), 1, &t), Action::Fixed { vector: 0x50, targets: 0b01 });
+    // NMIs and level-triggered IPIs are not IPIv's.
+    assert!(!ipiv_covers(&Icr::xapic(0x0400, 0)));
+    assert!(!ipiv_covers(&Icr::xapic(0x8050, 0)));
+}

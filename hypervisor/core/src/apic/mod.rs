@@ -1,0 +1,7 @@
+//! Virtual local APIC logic: ICR decoding and IPI destinations, posted-interrupt descriptors,
+//! the PID-pointer table, the virtual-APIC page layout, and the MSR-bitmap policy for x2APIC
+//! virtualization (SDM Vol. 3C ch. 30 "APIC Virtualization and Virtual Interrupts").
+
+pub mod icr;
+pub mod pid;
+pub mod vapic;

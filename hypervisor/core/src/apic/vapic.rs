@@ -1,0 +1,134 @@
+//! The virtual-APIC page (SDM Vol. 3C §30.1.1): register offsets, initial values, and the VIRR
+//! and RVI updates the hypervisor makes when it delivers an interrupt itself (self-IPIs, and
+//! folding a descriptor's PIR in before a VM entry, §30.6).
+
+pub const ID: usize = 0x20;
+pub const VERSION: usize = 0x30;
+pub const TPR: usize = 0x80;
+pub const EOI: usize = 0xb0;
+pub const LDR: usize = 0xd0;
+pub const DFR: usize = 0xe0;
+pub const SVR: usize = 0xf0;
+pub const ISR: usize = 0x100;
+pub const IRR: usize = 0x200;
+pub const ESR: usize = 0x280;
+pub const ICR_LO: usize = 0x300;
+pub const ICR_HI: usize = 0x310;
+pub const SELF_IPI: usize = 0x3f0;
+
+/// Version register: version 0x14 (integrated APIC), 6 LVT entries (max LVT index 5).
+pub const VERSION_VALUE: u32 = 0x0005_0014;
+
+/// The page as 32-bit registers (1024 of them; each APIC register sits at a 16-byte offset).
+pub struct VirtualApicPage<'a>(pub &'a mut [u32; 1024]);
+
+impl VirtualApicPage<'_> {
+    pub fn read(&self, offset: usize) -> u32 {
+        self.0[offset / 4]
+    }
+
+    pub fn write(&mut self, offset: usize, v: u32) {
+        self.0[offset / 4] = v;
+    }
+
+    /// Resets the page to the power-on values of a vCPU with virtual APIC ID `id`, in xAPIC or
+    /// x2APIC format (SDM Vol. 3A §12.4.7.1; x2APIC: §12.12.5.1).
+    pub fn reset(&mut self, id: u32, x2apic: bool) {
+        self.0.fill(0);
+        self.write(VERSION, VERSION_VALUE);
+        self.write(DFR, 0xffff_ffff);
+        self.write(SVR, 0xff);
+        for lvt in [0x320, 0x330, 0x340, 0x350, 0x360, 0x370] {
+            self.write(lvt, 1 << 16); // masked
+        }
+        self.set_mode(id, x2apic);
+    }
+
+    /// Rewrites the ID (and, for x2APIC, the read-only LDR) for a mode switch.
+    pub fn set_mode(&mut self, id: u32, x2apic: bool) {
+        if x2apic {
+            self.write(ID, id);
+            self.write(LDR, super::icr::x2apic_logical_id(id));
+        } else {
+            self.write(ID, id << 24);
+        }
+    }
+
+    /// Sets VIRR bit `vector` (SDM Vol. 3C §30.1.1: IRR at 0x200, 8 registers of 32 bits).
+    pub fn set_irr(&mut self, vector: u8) {
+        let off = IRR + (vector as usize / 32) * 0x10;
+        let v = self.read(off) | 1 << (vector % 32);
+        self.write(off, v);
+    }
+
+    /// ORs a descriptor's PIR (256 bits) into VIRR; returns the highest vector set, if any.
+    pub fn merge_pir(&mut self, pir: [u64; 4]) -> Option<u8> {
+        for (i, word) in pir.iter().enumerate() {
+            for half in 0..2 {
+                let bits = (word >> (32 * half)) as u32;
+                if bits != 0 {
+                    let off = IRR + (i * 2 + half) * 0x10;
+                    let v = self.read(off) | bits;
+                    self.write(off, v);
+                }
+            }
+        }
+        self.highest_irr()
+    }
+
+    /// The highest vector pending in VIRR.
+    pub fn highest_irr(&self) -> Option<u8> {
+        (0..8).rev().find_map(|r| {
+            let bits = self.read(IRR + r * 0x10);
+            (bits != 0).then(|| (r * 32 + 31 - bits.leading_zeros() as usize) as u8)
+        })
+    }
+}
+
+/// The guest-interrupt-status field with RVI raised to at least `vector` (SVI kept).
+pub fn raise_rvi(status: u16, vector: u8) -> u16 {
+    let rvi = (status & 0xff) as u8;
+    (status & 0xff00) | rvi.max(vector) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_values_by_mode() {
+        let mut regs = [0u32; 1024];
+        let mut p = VirtualApicPage(&mut regs);
+        p.reset(3, false);
+        assert_eq!(p.read(ID), 3 << 24);
+        assert_eq!(p.read(VERSION), VERSION_VALUE);
+        assert_eq!(p.read(DFR), 0xffff_ffff);
+        assert_eq!(p.read(0x350), 1 << 16);
+        p.set_mode(17, true);
+        assert_eq!(p.read(ID), 17);
+        assert_eq!(p.read(LDR), 0x0001_0002);
+    }
+
+    #[test]
+    fn irr_bits_and_pir_merge() {
+        let mut regs = [0u32; 1024];
+        let mut p = VirtualApicPage(&mut regs);
+        assert_eq!(p.highest_irr(), None);
+        p.set_irr(0x41);
+        assert_eq!(p.read(IRR + 0x20), 1 << 1);
+        assert_eq!(p.highest_irr(), Some(0x41));
+        let mut pir = [0u64; 4];
+        pir[1] = 1 << 63; // vector 127
+        pir[0] = 1 << 33; // vector 33
+        assert_eq!(p.merge_pir(pir), Some(127));
+        assert_eq!(p.read(IRR + 0x30), 1 << 31);
+        assert_eq!(p.read(IRR + 0x10), 1 << 1);
+        assert_eq!(p.read(IRR + 0x20), 1 << 1, "earlier bits kept");
+    }
+
+    #[test]
+    fn rvi_only_rises() {
+        assert_eq!(raise_rvi(0x3040, 0x41), 0x3041);
+        assert_eq!(raise_rvi(0x3050, 0x41), 0x3050);
+    }
+}
