@@ -20,7 +20,7 @@ pub const STACK_SIZE: u64 = 64 * 1024;
 pub const BOOT_AREA_END: u64 = 0x10000;
 
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"IPIVHVBI");
-pub const BOOT_INFO_VERSION: u32 = 1;
+pub const BOOT_INFO_VERSION: u32 = 2;
 pub const MAX_VCPUS: usize = 64;
 
 /// The boot-info page (at [`BOOT_INFO_GPA`]).
@@ -37,6 +37,14 @@ pub struct BootInfo {
     pub apic_ids: [u32; MAX_VCPUS],
     /// The VM's name, NUL-padded.
     pub vm_name: [u8; 32],
+    /// The APIC mode the runtime switches to at start: 0 xAPIC, 1 x2APIC.
+    pub apic_mode: u32,
+    /// 1 if IPI virtualization is on for this VM.
+    pub ipiv: u32,
+    /// 1 if HLT passes through (halts in the guest), 0 if it exits.
+    pub hlt_passthrough: u32,
+    /// Physical CPU each vCPU is pinned to (for reports).
+    pub pinned_cpus: [u32; MAX_VCPUS],
 }
 
 const _: () = assert!(core::mem::size_of::<BootInfo>() <= 4096);
@@ -65,6 +73,9 @@ pub mod hypercall {
     pub const E_INVAL: i64 = -22;
     pub const E_NOSYS: i64 = -38;
 }
+
+/// The guest's local APIC, xAPIC mode: the MMIO page (virtualized by the APIC-access page).
+pub const APIC_MMIO_GPA: u64 = 0xfee0_0000;
 
 /// The hypervisor's CPUID signature at leaf 0x4000_0000 (EBX, ECX, EDX).
 pub const CPUID_SIGNATURE: &[u8; 12] = b"IPIvHV-Rust!";

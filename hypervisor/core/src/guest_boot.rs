@@ -48,8 +48,17 @@ pub fn build(ram: &mut [u8], info: &BootInfo) {
     ram[BOOT_INFO_GPA as usize..BOOT_INFO_GPA as usize + bytes.len()].copy_from_slice(bytes);
 }
 
+/// Interrupt set-up a VM's boot info reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InterruptInfo<'a> {
+    pub x2apic: bool,
+    pub ipiv: bool,
+    pub hlt_passthrough: bool,
+    pub pinned_cpus: &'a [u32],
+}
+
 /// The boot info for a VM.
-pub fn boot_info(name: &str, vcpus: u32, ram_size: u64, tsc_hz: u64) -> BootInfo {
+pub fn boot_info(name: &str, vcpus: u32, ram_size: u64, tsc_hz: u64, irq: InterruptInfo<'_>) -> BootInfo {
     let mut apic_ids = [0u32; MAX_VCPUS];
     for (i, id) in apic_ids.iter_mut().enumerate().take(vcpus as usize) {
         *id = i as u32;
@@ -57,6 +66,10 @@ pub fn boot_info(name: &str, vcpus: u32, ram_size: u64, tsc_hz: u64) -> BootInfo
     let mut vm_name = [0u8; 32];
     let n = name.len().min(32);
     vm_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let mut pinned_cpus = [0u32; MAX_VCPUS];
+    for (p, c) in pinned_cpus.iter_mut().zip(irq.pinned_cpus) {
+        *p = *c;
+    }
     BootInfo {
         magic: BOOT_INFO_MAGIC,
         version: BOOT_INFO_VERSION,
@@ -65,6 +78,10 @@ pub fn boot_info(name: &str, vcpus: u32, ram_size: u64, tsc_hz: u64) -> BootInfo
         tsc_hz,
         apic_ids,
         vm_name,
+        apic_mode: irq.x2apic as u32,
+        ipiv: irq.ipiv as u32,
+        hlt_passthrough: irq.hlt_passthrough as u32,
+        pinned_cpus,
     }
 }
 
@@ -110,7 +127,7 @@ mod tests {
     #[test]
     fn identity_map_covers_4_gib_and_nothing_more() {
         let mut ram = vec![0xaau8; 16 << 20];
-        build(&mut ram, &boot_info("t", 2, 16 << 20, 1000));
+        build(&mut ram, &boot_info("t", 2, 16 << 20, 1000, InterruptInfo::default()));
         for va in [0u64, IMAGE_BASE + 0x1234, (16 << 20) - 8, 0xfee0_0000, 0xffff_ffff] {
             assert_eq!(translate(&ram, va), Some(va), "{va:#x}");
         }
@@ -120,7 +137,8 @@ mod tests {
     #[test]
     fn gdt_and_boot_info_are_in_place() {
         let mut ram = vec![0u8; 8 << 20];
-        build(&mut ram, &boot_info("hello-a", 3, 8 << 20, 2_000_000));
+        let irq = InterruptInfo { x2apic: true, ipiv: false, hlt_passthrough: true, pinned_cpus: &[1, 2, 3] };
+        build(&mut ram, &boot_info("hello-a", 3, 8 << 20, 2_000_000, irq));
         assert_eq!(u64_at(&ram, GDT_GPA), 0);
         assert_eq!(u64_at(&ram, GDT_GPA + 8), GDT_CODE64);
         assert_eq!(u64_at(&ram, GDT_GPA + 16), GDT_DATA);
@@ -130,6 +148,8 @@ mod tests {
         assert_eq!((bi.vcpu_count, bi.ram_size, bi.tsc_hz), (3, 8 << 20, 2_000_000));
         assert_eq!(&bi.apic_ids[..4], &[0, 1, 2, 0]);
         assert_eq!(&bi.vm_name[..8], b"hello-a\0");
+        assert_eq!((bi.apic_mode, bi.ipiv, bi.hlt_passthrough), (1, 0, 1));
+        assert_eq!(&bi.pinned_cpus[..4], &[1, 2, 3, 0]);
     }
 
     #[test]

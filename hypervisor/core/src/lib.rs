@@ -10,7 +10,6 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
-#[cfg(feature = "alloc")]
 pub mod apic;
 #[cfg(feature = "alloc")]
 pub mod bootcfg;

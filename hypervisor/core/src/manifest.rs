@@ -36,6 +36,60 @@ impl VmResult {
     }
 }
 
+/// Whether to use IPI virtualization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpivSetting {
+    /// On where the CPU has it.
+    Auto,
+    /// Required: the VM fails to start where the CPU lacks it.
+    On,
+    Off,
+}
+
+/// The APIC mode the guest runtime switches to at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApicMode {
+    XApic,
+    X2Apic,
+}
+
+/// What guest HLT does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HltMode {
+    /// No exit: the vCPU halts in the guest; a posted interrupt wakes it with no exit.
+    PassThrough,
+    /// Exit; the vCPU waits in the hypervisor with interrupts on until an interrupt is posted.
+    Exit,
+}
+
+impl IpivSetting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        }
+    }
+}
+
+impl ApicMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::XApic => "xapic",
+            Self::X2Apic => "x2apic",
+        }
+    }
+}
+
+impl HltMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PassThrough => "passthrough",
+            Self::Exit => "exit",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSpec {
     pub name: String,
@@ -47,6 +101,12 @@ pub struct VmSpec {
     pub cpus: Vec<u32>,
     pub expect: VmResult,
     pub timeout_ms: u64,
+    pub ipiv: IpivSetting,
+    pub apic: ApicMode,
+    pub hlt: HltMode,
+    /// Debugging (issue 5's rules test): the PID-pointer table entry of this vCPU is left
+    /// invalid, so IPIs to it take the exit path.
+    pub invalid_pid_entry: Option<u32>,
     /// Line of the `[vm]` header, for messages.
     pub line: usize,
 }
@@ -61,6 +121,10 @@ impl VmSpec {
             cpus: Vec::new(),
             expect: VmResult::Pass,
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            ipiv: IpivSetting::Auto,
+            apic: ApicMode::XApic,
+            hlt: HltMode::PassThrough,
+            invalid_pid_entry: None,
             line,
         }
     }
@@ -78,6 +142,29 @@ impl VmSpec {
                 self.expect = VmResult::parse(value)
                     .ok_or_else(|| format!("expect must be pass|fail|killed|timeout, not `{value}`"))?
             }
+            "ipiv" => {
+                self.ipiv = match value {
+                    "auto" => IpivSetting::Auto,
+                    "on" => IpivSetting::On,
+                    "off" => IpivSetting::Off,
+                    _ => return Err(format!("ipiv must be auto|on|off, not `{value}`")),
+                }
+            }
+            "apic" => {
+                self.apic = match value {
+                    "xapic" => ApicMode::XApic,
+                    "x2apic" => ApicMode::X2Apic,
+                    _ => return Err(format!("apic must be xapic|x2apic, not `{value}`")),
+                }
+            }
+            "hlt" => {
+                self.hlt = match value {
+                    "passthrough" => HltMode::PassThrough,
+                    "exit" => HltMode::Exit,
+                    _ => return Err(format!("hlt must be passthrough|exit, not `{value}`")),
+                }
+            }
+            "debug_invalid_pid_entry" => self.invalid_pid_entry = Some(num("debug_invalid_pid_entry")? as u32),
             "cpus" => {
                 self.cpus = value
                     .split(',')
@@ -142,6 +229,9 @@ impl Manifest {
             }
             if vm.timeout_ms == 0 || vm.timeout_ms > 3_600_000 {
                 return Err(format!("{who}: timeout_ms must be 1..=3600000"));
+            }
+            if vm.invalid_pid_entry.is_some_and(|v| v >= vm.vcpus) {
+                return Err(format!("{who}: debug_invalid_pid_entry names a vCPU it does not have"));
             }
             if !vm.cpus.is_empty() && vm.cpus.len() != vm.vcpus as usize {
                 return Err(format!("{who}: {} vCPUs but {} CPUs listed in cpus", vm.vcpus, vm.cpus.len()));

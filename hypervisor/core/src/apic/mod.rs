@@ -5,3 +5,4 @@
 pub mod icr;
 pub mod pid;
 pub mod vapic;
+pub mod x2apic_msr;

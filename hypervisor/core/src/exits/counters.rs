@@ -9,11 +9,19 @@ pub struct ExitCounters {
     pub by_reason: [u64; exit_reason::COUNT],
     /// I/O accesses to ports nobody emulates (read all-ones / write dropped).
     pub ignored_io: u64,
+    /// WRMSR exits that were x2APIC ICR writes (the exit path of an x2APIC IPI); also counted
+    /// under `wrmsr`.
+    pub msr_write_icr: u64,
+    /// IPIs this vCPU sent that reached no vCPU (destination outside the VM, illegal vector,
+    /// unsupported delivery mode).
+    pub ipi_dropped: u64,
+    /// IPIs this vCPU sent through the hypervisor (the exit path), by delivery.
+    pub ipi_sent_by_exit: u64,
 }
 
 impl Default for ExitCounters {
     fn default() -> Self {
-        Self { by_reason: [0; exit_reason::COUNT], ignored_io: 0 }
+        Self { by_reason: [0; exit_reason::COUNT], ignored_io: 0, msr_write_icr: 0, ipi_dropped: 0, ipi_sent_by_exit: 0 }
     }
 }
 
@@ -34,10 +42,14 @@ impl ExitCounters {
             *a += b;
         }
         self.ignored_io += other.ignored_io;
+        self.msr_write_icr += other.msr_write_icr;
+        self.ipi_dropped += other.ipi_dropped;
+        self.ipi_sent_by_exit += other.ipi_sent_by_exit;
     }
 }
 
-/// `{"cpuid": 3, "hlt": 1, ...}`: the non-zero counters by name (plus `ignored_io` if any).
+/// `{"cpuid": 3, "hlt": 1, ...}`: the non-zero counters by name, then the non-zero extra
+/// counters (`ignored_io`, `msr_write_icr`, `ipi_dropped`, `ipi_sent_by_exit`).
 impl fmt::Display for ExitCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_char('{')?;
@@ -52,8 +64,15 @@ impl fmt::Display for ExitCounters {
         for (i, &n) in self.by_reason.iter().enumerate().filter(|(_, n)| **n != 0) {
             item(f, exit_reason::NAMES[i], n)?;
         }
-        if self.ignored_io != 0 {
-            item(f, "ignored_io", self.ignored_io)?;
+        for (k, v) in [
+            ("ignored_io", self.ignored_io),
+            ("msr_write_icr", self.msr_write_icr),
+            ("ipi_dropped", self.ipi_dropped),
+            ("ipi_sent_by_exit", self.ipi_sent_by_exit),
+        ] {
+            if v != 0 {
+                item(f, k, v)?;
+            }
         }
         f.write_char('}')
     }
@@ -74,10 +93,11 @@ mod tests {
         let mut b = ExitCounters::default();
         b.count(exit_reason::CPUID);
         b.ignored_io = 2;
+        b.msr_write_icr = 1;
         a.add(&b);
         assert_eq!(a.total(), 4);
         let v: serde_json::Value = serde_json::from_str(&a.to_string()).unwrap();
-        assert_eq!(v, serde_json::json!({"cpuid": 3, "hlt": 1, "ignored_io": 2}));
+        assert_eq!(v, serde_json::json!({"cpuid": 3, "hlt": 1, "ignored_io": 2, "msr_write_icr": 1}));
         assert_eq!(ExitCounters::default().to_string(), "{}");
     }
 }

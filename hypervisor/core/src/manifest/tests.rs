@@ -80,3 +80,19 @@ fn keys_are_checked_when_set() {
     assert!(v.set("expect", "maybe").is_err());
     assert!(v.set("cpu", "1").unwrap_err().contains("unknown VM key `cpu`"));
 }
+
+#[test]
+fn interrupt_options() {
+    let mut v = VmSpec::new(1);
+    assert_eq!((v.ipiv, v.apic, v.hlt), (IpivSetting::Auto, ApicMode::XApic, HltMode::PassThrough));
+    v.set("ipiv", "off").unwrap();
+    v.set("apic", "x2apic").unwrap();
+    v.set("hlt", "exit").unwrap();
+    assert_eq!((v.ipiv, v.apic, v.hlt), (IpivSetting::Off, ApicMode::X2Apic, HltMode::Exit));
+    assert!(v.set("ipiv", "yes").unwrap_err().contains("auto|on|off"));
+    assert!(v.set("apic", "x3apic").is_err());
+    assert!(v.set("hlt", "spin").is_err());
+    let mut a = vm("a", 2, &[]);
+    a.invalid_pid_entry = Some(2);
+    assert!(Manifest { vms: vec![a] }.validate(&machine(4)).unwrap_err().contains("debug_invalid_pid_entry"));
+}

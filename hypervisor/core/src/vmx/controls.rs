@@ -205,40 +205,72 @@ pub mod secondary_more_bits {
 /// Options that change the controls a vCPU gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VcpuControlOptions {
-    /// Ask for IPI virtualization (tertiary bit 4): required when `Some(true)`, never set when
-    /// `Some(false)`, set if the CPU allows it when `None`.
-    pub ipiv: Option<bool>,
+    /// IPI virtualization (tertiary bit 4), already resolved against the CPU.
+    pub ipiv: bool,
+    /// The guest's APIC is in x2APIC mode (virtualize x2APIC mode) rather than xAPIC mode
+    /// (virtualize APIC accesses).
+    pub x2apic: bool,
+    /// HLT exits (the "exit" halt mode) instead of halting inside the guest.
+    pub hlt_exiting: bool,
 }
 
-/// The controls of a 64-bit guest vCPU: EPT + VPID, exits on HLT, I/O, MSRs (through the
-/// bitmap), external interrupts (acknowledged on exit) and the VMX-preemption timer watchdog.
+/// Resolves the manifest's `ipiv` against what the CPU offers.
+pub fn resolve_ipiv(setting: crate::manifest::IpivSetting, caps: &VmxCaps) -> Result<bool, MissingControl> {
+    use crate::manifest::IpivSetting::*;
+    let ipiv = 1 << tertiary_bits::IPI_VIRTUALIZATION;
+    match setting {
+        Off => Ok(false),
+        Auto => Ok(caps.features().ipiv),
+        On => {
+            negotiate_tertiary(if caps.features().ipiv { caps.tertiary } else { 0 }, ipiv, 0)?;
+            Ok(true)
+        }
+    }
+}
+
+/// The controls of a 64-bit guest vCPU (SDM Vol. 3C §25.6): EPT + VPID; exits on I/O, MSRs
+/// (through the bitmap), external interrupts (acknowledged on exit) and the VMX-preemption
+/// timer watchdog; and APIC virtualization (ch. 30): TPR shadow, APIC-register virtualization,
+/// virtual-interrupt delivery, posted interrupts, the APIC mode's virtualization, and IPI
+/// virtualization when asked.
 pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Controls, MissingControl> {
     use ControlWord::*;
     let pin = negotiate(
         Pin,
         caps.pin,
-        bits(&[pin_bits::EXTERNAL_INTERRUPT_EXITING, pin_bits::NMI_EXITING, pin_bits::ACTIVATE_VMX_PREEMPTION_TIMER]),
+        bits(&[
+            pin_bits::EXTERNAL_INTERRUPT_EXITING,
+            pin_bits::NMI_EXITING,
+            pin_bits::ACTIVATE_VMX_PREEMPTION_TIMER,
+            pin_bits::PROCESS_POSTED_INTERRUPTS,
+        ]),
         0,
     )?;
     let mut primary_req = bits(&[
-        primary_bits::HLT_EXITING,
         primary_more_bits::UNCONDITIONAL_IO_EXITING,
         primary_bits::USE_MSR_BITMAPS,
+        primary_bits::USE_TPR_SHADOW,
         primary_bits::ACTIVATE_SECONDARY_CONTROLS,
     ]);
-    let tertiary = match opts.ipiv {
-        Some(true) => negotiate_tertiary(caps.tertiary, 1 << tertiary_bits::IPI_VIRTUALIZATION, 0)?,
-        Some(false) => 0,
-        None => negotiate_tertiary(caps.tertiary, 0, 1 << tertiary_bits::IPI_VIRTUALIZATION)?,
-    };
+    if opts.hlt_exiting {
+        primary_req |= 1 << primary_bits::HLT_EXITING;
+    }
+    let tertiary = if opts.ipiv { negotiate_tertiary(caps.tertiary, 1 << tertiary_bits::IPI_VIRTUALIZATION, 0)? } else { 0 };
     if tertiary != 0 {
         primary_req |= 1 << primary_bits::ACTIVATE_TERTIARY_CONTROLS;
     }
     let primary = negotiate(Primary, caps.primary, primary_req, 0)?;
+    let apic_access = if opts.x2apic { secondary_bits::VIRTUALIZE_X2APIC_MODE } else { secondary_bits::VIRTUALIZE_APIC_ACCESSES };
     let secondary = negotiate(
         Secondary,
         caps.secondary,
-        bits(&[secondary_bits::ENABLE_EPT, secondary_bits::ENABLE_VPID]),
+        bits(&[
+            secondary_bits::ENABLE_EPT,
+            secondary_bits::ENABLE_VPID,
+            secondary_bits::APIC_REGISTER_VIRTUALIZATION,
+            secondary_bits::VIRTUAL_INTERRUPT_DELIVERY,
+            apic_access,
+        ]),
         bits(&[
             secondary_more_bits::ENABLE_RDTSCP,
             secondary_more_bits::ENABLE_INVPCID,
@@ -266,6 +298,19 @@ pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Control
         0,
     )?;
     Ok(Controls { pin, primary, secondary, tertiary, exit, entry })
+}
+
+impl Controls {
+    /// The secondary controls for the other APIC mode: "virtualize x2APIC mode" and "virtualize
+    /// APIC accesses" are exclusive (SDM Vol. 3C §26.2.1.1).
+    pub fn secondary_for(&self, x2apic: bool) -> u32 {
+        let (on, off) = if x2apic {
+            (secondary_bits::VIRTUALIZE_X2APIC_MODE, secondary_bits::VIRTUALIZE_APIC_ACCESSES)
+        } else {
+            (secondary_bits::VIRTUALIZE_APIC_ACCESSES, secondary_bits::VIRTUALIZE_X2APIC_MODE)
+        };
+        (self.secondary | 1 << on) & !(1 << off)
+    }
 }
 
 #[cfg(test)]

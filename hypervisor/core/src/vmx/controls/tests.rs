@@ -40,32 +40,59 @@ fn missing_required_control_is_named() {
 }
 
 #[test]
-fn tertiary_ipiv_required_fails_without_it_and_auto_skips_it() {
+fn ipiv_resolution() {
+    use crate::manifest::IpivSetting;
     let caps = bochs();
-    let e = vcpu_controls(&caps, VcpuControlOptions { ipiv: Some(true) }).unwrap_err();
+    let e = resolve_ipiv(IpivSetting::On, &caps).unwrap_err();
     assert_eq!(e.word, ControlWord::Tertiary);
     assert!(std::format!("{e}").contains("IPI virtualization"));
-    let auto = vcpu_controls(&caps, VcpuControlOptions { ipiv: None }).unwrap();
-    assert_eq!(auto.tertiary, 0);
-    assert_eq!(auto.primary & (1 << 17), 0, "no tertiary controls when none are used");
+    assert_eq!(resolve_ipiv(IpivSetting::Auto, &caps), Ok(false));
+    let mut with = bochs();
+    with.tertiary |= 1 << 4;
+    assert_eq!(resolve_ipiv(IpivSetting::Auto, &with), Ok(true));
+    assert_eq!(resolve_ipiv(IpivSetting::On, &with), Ok(true));
+    assert_eq!(resolve_ipiv(IpivSetting::Off, &with), Ok(false));
 }
 
 #[test]
-fn ipiv_capable_cpu_gets_tertiary_bit_4_and_activation() {
+fn ipiv_gets_tertiary_bit_4_and_activation() {
     let mut caps = bochs();
     caps.tertiary |= 1 << 4;
-    let c = vcpu_controls(&caps, VcpuControlOptions { ipiv: None }).unwrap();
+    let c = vcpu_controls(&caps, VcpuControlOptions { ipiv: true, ..Default::default() }).unwrap();
     assert_eq!(c.tertiary, 1 << 4);
     assert_ne!(c.primary & (1 << 17), 0);
-    let off = vcpu_controls(&caps, VcpuControlOptions { ipiv: Some(false) }).unwrap();
+    let off = vcpu_controls(&caps, VcpuControlOptions::default()).unwrap();
     assert_eq!(off.tertiary, 0);
+    assert_eq!(off.primary & (1 << 17), 0, "no tertiary controls when none are used");
+    assert!(vcpu_controls(&bochs(), VcpuControlOptions { ipiv: true, ..Default::default() }).is_err());
+}
+
+#[test]
+fn apic_modes_and_hlt() {
+    let x = vcpu_controls(&bochs(), VcpuControlOptions::default()).unwrap();
+    assert_ne!(x.secondary & 1, 0, "xAPIC: virtualize APIC accesses");
+    assert_eq!(x.secondary & (1 << 4), 0);
+    assert_eq!(x.primary & (1 << 7), 0, "HLT passes through");
+    let x2 = vcpu_controls(&bochs(), VcpuControlOptions { x2apic: true, hlt_exiting: true, ..Default::default() }).unwrap();
+    assert_ne!(x2.secondary & (1 << 4), 0);
+    assert_eq!(x2.secondary & 1, 0);
+    assert_ne!(x2.primary & (1 << 7), 0);
+    assert_eq!(x.secondary_for(true), x2.secondary);
+    assert_eq!(x2.secondary_for(false), x.secondary);
 }
 
 #[test]
 fn vcpu_controls_on_bochs() {
-    let c = vcpu_controls(&bochs(), VcpuControlOptions::default()).unwrap();
+    let c = vcpu_controls(&bochs(), VcpuControlOptions { hlt_exiting: true, ..Default::default() }).unwrap();
     let names = |w| c.names(w).collect::<std::vec::Vec<_>>();
     assert!(names(ControlWord::Pin).contains(&"external-interrupt exiting"));
+    assert!(names(ControlWord::Pin).contains(&"process posted interrupts"));
+    for n in ["use TPR shadow"] {
+        assert!(names(ControlWord::Primary).contains(&n), "{n}");
+    }
+    for n in ["APIC-register virtualization", "virtual-interrupt delivery", "virtualize APIC accesses"] {
+        assert!(names(ControlWord::Secondary).contains(&n), "{n}");
+    }
     assert!(names(ControlWord::Pin).contains(&"activate VMX-preemption timer"));
     for n in ["HLT exiting", "unconditional I/O exiting", "use MSR bitmaps", "activate secondary controls"] {
         assert!(names(ControlWord::Primary).contains(&n), "{n}");

@@ -1,0 +1,108 @@
+//! x2APIC MSRs (0x800–0x8FF) under "virtualize x2APIC mode" (SDM Vol. 3C §30.5): which pass
+//! through the MSR bitmap, and what an intercepted write means. And IA32_APIC_BASE writes, the
+//! guest's way from xAPIC to x2APIC mode (SDM Vol. 3A §12.12.5).
+
+pub const X2APIC_MSR_FIRST: u32 = 0x800;
+pub const X2APIC_MSR_LAST: u32 = 0x8ff;
+pub const MSR_ID: u32 = 0x802;
+pub const MSR_VERSION: u32 = 0x803;
+pub const MSR_TPR: u32 = 0x808;
+pub const MSR_PPR: u32 = 0x80a;
+pub const MSR_EOI: u32 = 0x80b;
+pub const MSR_LDR: u32 = 0x80d;
+pub const MSR_ICR: u32 = 0x830;
+pub const MSR_SELF_IPI: u32 = 0x83f;
+
+/// MSRs whose writes go straight to the virtual APIC without an exit: TPR, EOI and self-IPI
+/// are virtualized by virtual-interrupt delivery; the ICR only when IPI virtualization is on,
+/// because otherwise the write would reach the *physical* ICR (SDM Vol. 3C §30.5).
+pub fn write_passes_through(msr: u32, ipiv: bool) -> bool {
+    matches!(msr, MSR_TPR | MSR_EOI | MSR_SELF_IPI) || (ipiv && msr == MSR_ICR)
+}
+
+/// Reads of the whole range pass through in x2APIC mode: with APIC-register virtualization,
+/// RDMSR of 0x800–0x8FF reads the virtual-APIC page at `(msr & 0xff) << 4` (SDM Vol. 3C §30.5).
+pub fn read_passes_through(msr: u32) -> bool {
+    (X2APIC_MSR_FIRST..=X2APIC_MSR_LAST).contains(&msr)
+}
+
+/// An intercepted x2APIC-mode WRMSR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum X2apicWrite {
+    /// Send an IPI (the exit path for WRMSR 0x830).
+    Icr(u64),
+    /// Store the low 32 bits at this virtual-APIC page offset (LVTs, SVR, timer, ESR...).
+    Store(usize),
+    /// Read-only, reserved or nonexistent: #GP.
+    Gp,
+}
+
+pub fn write_action(msr: u32, value: u64) -> X2apicWrite {
+    match msr {
+        MSR_ICR => X2apicWrite::Icr(value),
+        // Registers with 32 significant bits: upper half reserved (#GP if set).
+        _ if value >> 32 != 0 => X2apicWrite::Gp,
+        // SVR, ESR, LVT CMCI, LVTs, timer initial count, divide configuration.
+        0x80f | 0x828 | 0x82f | 0x832..=0x837 | 0x838 | 0x83e => X2apicWrite::Store(((msr & 0xff) << 4) as usize),
+        _ => X2apicWrite::Gp,
+    }
+}
+
+/// What a WRMSR to IA32_APIC_BASE does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApicBaseWrite {
+    /// Same value as now: nothing to do.
+    Unchanged,
+    /// xAPIC → x2APIC (EN = 1, EXTD = 1).
+    EnterX2apic,
+    /// Anything else (moving the base, disabling the APIC, x2APIC → xAPIC, reserved bits): #GP.
+    Gp,
+}
+
+const EN: u64 = 1 << 11;
+const EXTD: u64 = 1 << 10;
+
+pub fn apic_base_write(current: u64, value: u64) -> ApicBaseWrite {
+    if value == current {
+        ApicBaseWrite::Unchanged
+    } else if current & EXTD == 0 && value == current | EXTD | EN {
+        ApicBaseWrite::EnterX2apic
+    } else {
+        ApicBaseWrite::Gp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icr_passes_through_only_with_ipiv() {
+        assert!(write_passes_through(MSR_EOI, false));
+        assert!(write_passes_through(MSR_SELF_IPI, false));
+        assert!(!write_passes_through(MSR_ICR, false));
+        assert!(write_passes_through(MSR_ICR, true));
+        assert!(!write_passes_through(0x838, true));
+        assert!(read_passes_through(MSR_ICR) && read_passes_through(MSR_ID) && !read_passes_through(0x900));
+    }
+
+    #[test]
+    fn intercepted_writes() {
+        assert_eq!(write_action(MSR_ICR, 0x3_0000_0041), X2apicWrite::Icr(0x3_0000_0041));
+        assert_eq!(write_action(0x80f, 0x1ff), X2apicWrite::Store(0xf0));
+        assert_eq!(write_action(0x832, 0x10000), X2apicWrite::Store(0x320));
+        assert_eq!(write_action(0x80f, 1 << 40), X2apicWrite::Gp);
+        assert_eq!(write_action(MSR_ID, 5), X2apicWrite::Gp, "the x2APIC ID is read-only");
+        assert_eq!(write_action(MSR_LDR, 5), X2apicWrite::Gp, "the x2APIC LDR is read-only");
+    }
+
+    #[test]
+    fn apic_base_transitions() {
+        let xapic = 0xfee0_0900;
+        assert_eq!(apic_base_write(xapic, xapic), ApicBaseWrite::Unchanged);
+        assert_eq!(apic_base_write(xapic, xapic | EXTD), ApicBaseWrite::EnterX2apic);
+        assert_eq!(apic_base_write(xapic | EXTD, xapic), ApicBaseWrite::Gp, "x2APIC to xAPIC is illegal");
+        assert_eq!(apic_base_write(xapic, 0xfed0_0900), ApicBaseWrite::Gp);
+        assert_eq!(apic_base_write(xapic, 0xfee0_0100), ApicBaseWrite::Gp, "disabling is not offered");
+    }
+}
