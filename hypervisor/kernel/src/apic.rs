@@ -19,6 +19,9 @@ const REG_SVR: u32 = 0xf0;
 const REG_LVT_LINT0: u32 = 0x350;
 const REG_LVT_LINT1: u32 = 0x360;
 const REG_ICR_LO: u32 = 0x300;
+const REG_LVT_TIMER: u32 = 0x320;
+const REG_TIMER_INITIAL: u32 = 0x380;
+const REG_TIMER_DIVIDE: u32 = 0x3e0;
 const REG_ICR_HI: u32 = 0x310;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 
@@ -117,6 +120,19 @@ pub fn send_ipi(dest: u32, icr_low: u32) {
             core::hint::spin_loop();
         }
     }
+}
+
+/// Halts with interrupts enabled until one arrives (its handler EOIs), with the local APIC
+/// timer as a backstop so the caller re-checks its conditions (watchdogs) now and then.
+pub fn sleep_until_interrupt() {
+    // One-shot timer on the kick vector; divide by 1 (SDM Vol. 3A §12.5.4).
+    write(REG_LVT_TIMER, crate::KICK_VECTOR as u32);
+    write(REG_TIMER_DIVIDE, 0b1011);
+    write(REG_TIMER_INITIAL, 1_000_000);
+    // SAFETY: STI's one-instruction shadow makes STI;HLT atomic: an interrupt that arrives
+    // after the caller's last check still ends the HLT. Interrupts are off again right after.
+    unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    write(REG_TIMER_INITIAL, 0);
 }
 
 pub fn eoi() {

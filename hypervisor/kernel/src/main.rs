@@ -231,13 +231,22 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
         return Some(alloc::format!("manifest: {e}"));
     }
     let tsc = TSC_HZ_MEASURED.load(Ordering::Relaxed);
+    let caps = bsp_caps().expect("VMX checked above");
+    let host_ids = APIC_IDS.get().expect("set before the APs start");
     let mut vms = Vec::new();
     for spec in &manifest.vms {
-        match vm::Vm::create(spec, images(&spec.image).unwrap_or(&[]), tsc) {
+        match vm::Vm::create(spec, images(&spec.image).unwrap_or(&[]), tsc, caps, host_ids) {
             Ok(v) => {
                 info!(
-                    "VM {}: {} vCPUs on CPUs {:?}, {} MiB at {:#x}",
-                    spec.name, spec.vcpus, spec.cpus, spec.ram_mib, v.ram_pa
+                    "VM {}: {} vCPUs on CPUs {:?}, {} MiB at {:#x}, {} APIC, IPIv {}, HLT {}",
+                    spec.name,
+                    spec.vcpus,
+                    spec.cpus,
+                    spec.ram_mib,
+                    v.ram_pa,
+                    spec.apic.as_str(),
+                    if v.ipiv { "on" } else { "off" },
+                    spec.hlt.as_str()
                 );
                 vms.push(v);
             }

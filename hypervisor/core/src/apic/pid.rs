@@ -53,7 +53,12 @@ impl PostedInterruptDesc {
             HostApicMode::XApic => (host_apic_id & 0xff) << 8,
         };
         let fields = ((nv as u64) << NV_SHIFT) | ((ndst as u64) << NDST_SHIFT);
-        let _ = self.control.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some((c & (ON | SN)) | fields));
+        let mut c = self.control.load(Ordering::Acquire);
+        while let Err(now) =
+            self.control.compare_exchange_weak(c, (c & (ON | SN)) | fields, Ordering::AcqRel, Ordering::Acquire)
+        {
+            c = now;
+        }
     }
 
     pub fn control(&self) -> u64 {
@@ -77,9 +82,16 @@ impl PostedInterruptDesc {
     /// send the notification IPI (NV to NDST).
     pub fn post(&self, vector: u8) -> bool {
         self.pir[(vector / 64) as usize].fetch_or(1 << (vector % 64), Ordering::AcqRel);
-        self.control
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| if c & (ON | SN) == 0 { Some(c | ON) } else { None })
-            .is_ok()
+        let mut c = self.control.load(Ordering::Acquire);
+        loop {
+            if c & (ON | SN) != 0 {
+                return false;
+            }
+            match self.control.compare_exchange_weak(c, c | ON, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now) => c = now,
+            }
+        }
     }
 
     /// Sets or clears SN (suppress notification).

@@ -215,6 +215,7 @@ pub struct VcpuControlOptions {
 }
 
 /// Resolves the manifest's `ipiv` against what the CPU offers.
+#[cfg(feature = "alloc")]
 pub fn resolve_ipiv(setting: crate::manifest::IpivSetting, caps: &VmxCaps) -> Result<bool, MissingControl> {
     use crate::manifest::IpivSetting::*;
     let ipiv = 1 << tertiary_bits::IPI_VIRTUALIZATION;

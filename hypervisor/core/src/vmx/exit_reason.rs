@@ -99,6 +99,7 @@ pub const WRMSR: u16 = 32;
 pub const ENTRY_FAIL_GUEST_STATE: u16 = 33;
 pub const ENTRY_FAIL_MSR_LOAD: u16 = 34;
 pub const ENTRY_FAIL_MACHINE_CHECK: u16 = 41;
+pub const APIC_ACCESS: u16 = 44;
 pub const EPT_VIOLATION: u16 = 48;
 pub const EPT_MISCONFIG: u16 = 49;
 pub const PREEMPTION_TIMER: u16 = 52;

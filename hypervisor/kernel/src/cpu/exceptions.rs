@@ -41,6 +41,10 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
         idt.machine_check.set_handler_fn(mc).set_stack_index(IST_MACHINE_CHECK);
     }
     idt[SPURIOUS_VECTOR].set_handler_fn(spurious);
+    // Kicks and posted-interrupt notifications reach the host only while a CPU waits for them
+    // with interrupts on (HLT with `hlt = exit`); the waiter looks at its descriptor itself.
+    idt[crate::KICK_VECTOR].set_handler_fn(eoi_only);
+    idt[crate::vm::vapic::POSTED_INTR_VECTOR].set_handler_fn(eoi_only);
     idt
 });
 
@@ -132,6 +136,10 @@ extern "x86-interrupt" fn pf(f: InterruptStackFrame, code: PageFaultErrorCode) {
         Some(bits),
         &f,
     )
+}
+
+extern "x86-interrupt" fn eoi_only(_f: InterruptStackFrame) {
+    crate::apic::eoi();
 }
 
 extern "x86-interrupt" fn spurious(_f: InterruptStackFrame) {

@@ -4,6 +4,9 @@
 use alloc::format;
 use alloc::string::{String, ToString};
 
+use hvcore::apic::icr::Icr;
+use hvcore::apic::vapic::{self, raise_rvi};
+use hvcore::apic::x2apic_msr::{self, ApicBaseWrite, X2apicWrite};
 use hvcore::exits::cpuid::{self, VcpuIdentity};
 use hvcore::exits::hypercall::{self, Call};
 use hvcore::exits::io::{self, IoAction, IoExit};
@@ -12,8 +15,9 @@ use hvcore::guest_abi::hypercall::{E_INVAL, E_NOSYS, MAX_LEN};
 use hvcore::manifest::VmResult;
 use hvcore::vmx::entry_checks::{GuestState, suspect};
 use hvcore::vmx::exit_reason::{self as er, ExitReason};
-use hvcore::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
+use hvcore::vmx::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsNatural};
 
+use super::ipi;
 use super::vcpu::Vcpu;
 use crate::vmx::vmcs::{self, Access};
 
@@ -38,6 +42,8 @@ pub fn handle(v: &mut Vcpu<'_>, reason: u16) -> Flow {
         er::EXCEPTION_NMI => Flow::Continue, // host NMIs are not used; nothing to forward
         er::PREEMPTION_TIMER => preemption_timer(v),
         er::EPT_VIOLATION => ept_violation(),
+        er::APIC_WRITE => apic_write(v),
+        er::APIC_ACCESS => apic_access(),
         er::EPT_MISCONFIG => {
             let gpa = vmcs::read64(Vmcs64::GuestPhysicalAddress);
             Flow::Stop(VmResult::Killed, format!("EPT misconfiguration at GPA {gpa:#x}"))
@@ -68,17 +74,33 @@ fn cpuid(v: &mut Vcpu<'_>) -> Flow {
     Flow::Continue
 }
 
-/// HLT without interrupt virtualization: nothing can wake the vCPU but the VM stopping or its
-/// watchdog, so wait for either.
+/// HLT with `hlt = exit`: wait in the hypervisor with interrupts on until something is posted
+/// to this vCPU (the notification vector wakes the CPU), the VM stops, or the watchdog fires.
+/// What was posted is folded into VIRR/RVI before the next entry, so nothing is lost.
 fn hlt(v: &mut Vcpu<'_>) -> Flow {
     v.skip_instruction();
-    while !v.vm.is_stopping() {
+    // A virtual interrupt already pending (RVI) ends the halt at once.
+    if Vmcs16::GuestInterruptStatus.read().unwrap_or(0) & 0xff != 0 {
+        return Flow::Continue;
+    }
+    let pid = v.apic.pid();
+    loop {
+        if pid.outstanding() || pid.pir_pending() {
+            let pir = pid.take();
+            if let Some(top) = v.apic.page().merge_pir(pir) {
+                let status = Vmcs16::GuestInterruptStatus.read().unwrap_or(0);
+                let _ = Vmcs16::GuestInterruptStatus.write(raise_rvi(status, top));
+            }
+            return Flow::Continue;
+        }
+        if v.vm.is_stopping() || v.apic.pending_nmi.load(core::sync::atomic::Ordering::Acquire) {
+            return Flow::Continue;
+        }
         if v.watchdog_expired() {
             return timeout(v);
         }
-        core::hint::spin_loop();
+        crate::apic::sleep_until_interrupt();
     }
-    Flow::Continue
 }
 
 fn timeout(v: &Vcpu<'_>) -> Flow {
@@ -122,7 +144,11 @@ fn ept_violation() -> Flow {
 
 fn rdmsr(v: &mut Vcpu<'_>) -> Flow {
     let m = v.regs.rcx as u32;
-    match msr::read(m, v.index) {
+    let value = match m {
+        msr::IA32_APIC_BASE => Some(v.apic.apic_base.load(core::sync::atomic::Ordering::Relaxed)),
+        _ => msr::read(m, v.index),
+    };
+    match value {
         Some(val) => {
             v.regs.rax = val & 0xffff_ffff;
             v.regs.rdx = val >> 32;
@@ -136,12 +162,99 @@ fn rdmsr(v: &mut Vcpu<'_>) -> Flow {
 fn wrmsr(v: &mut Vcpu<'_>) -> Flow {
     let m = v.regs.rcx as u32;
     let val = (v.regs.rdx << 32) | (v.regs.rax & 0xffff_ffff);
-    if msr::write_ok(m, v.index, val) {
+    let ok = match m {
+        // x2APIC registers the MSR bitmap intercepts (only reachable in x2APIC mode: in xAPIC
+        // mode they do not exist, and the allow-list answers #GP).
+        x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST if v.x2apic => match x2apic_msr::write_action(m, val) {
+            X2apicWrite::Icr(value) => {
+                v.counters.msr_write_icr += 1;
+                match Icr::x2apic(value) {
+                    Some(icr) => {
+                        // The virtual ICR holds what the guest wrote, as with virtualized writes.
+                        let mut page = v.apic.page();
+                        page.write(vapic::ICR_LO, value as u32);
+                        page.write(vapic::ICR_LO + 4, (value >> 32) as u32);
+                        ipi::send(v, icr);
+                        true
+                    }
+                    None => false,
+                }
+            }
+            X2apicWrite::Store(offset) => {
+                v.apic.page().write(offset, val as u32);
+                true
+            }
+            X2apicWrite::Gp => false,
+        },
+        msr::IA32_APIC_BASE => {
+            let current = v.apic.apic_base.load(core::sync::atomic::Ordering::Relaxed);
+            match x2apic_msr::apic_base_write(current, val) {
+                ApicBaseWrite::Unchanged => true,
+                ApicBaseWrite::EnterX2apic => match v.enter_x2apic() {
+                    Ok(()) => {
+                        v.apic.apic_base.store(val, core::sync::atomic::Ordering::Relaxed);
+                        true
+                    }
+                    Err(e) => return Flow::Stop(VmResult::Fail, format!("switching to x2APIC mode: {e}")),
+                },
+                ApicBaseWrite::Gp => false,
+            }
+        }
+        _ => msr::write_ok(m, v.index, val),
+    };
+    if ok {
         v.skip_instruction();
     } else {
         v.inject_exception(13, Some(0));
     }
     Flow::Continue
+}
+
+/// APIC-write exit (trap-like: the write already reached the virtual-APIC page; SDM Vol. 3C
+/// §30.4.3.3). The ICR is the exit path of an IPI; the ID is read-only for guests here; other
+/// registers (LDR, DFR, SVR, LVTs, timer) need nothing more than the stored value.
+fn apic_write(v: &mut Vcpu<'_>) -> Flow {
+    let offset = (vmcs::read_natural(VmcsNatural::ExitQualification) & 0xfff) as usize;
+    let mut page = v.apic.page();
+    match offset {
+        vapic::ICR_LO => {
+            let low = page.read(vapic::ICR_LO);
+            let icr = if v.x2apic {
+                // x2APIC: the 64-bit virtual ICR is at 0x300 (SDM Vol. 3C §30.5).
+                Icr::x2apic(((page.read(vapic::ICR_LO + 4) as u64) << 32) | low as u64)
+            } else {
+                Some(Icr::xapic(low, page.read(vapic::ICR_HI)))
+            };
+            match icr {
+                Some(icr) => ipi::send(v, icr),
+                None => v.counters.ipi_dropped += 1,
+            }
+        }
+        vapic::ID => page.set_mode(v.index, v.x2apic),
+        _ => {}
+    }
+    Flow::Continue
+}
+
+/// APIC-access exit: an access virtualization does not cover (a reserved offset, a partial or
+/// wide access). Real guests do not make them; stop the VM and say where.
+fn apic_access() -> Flow {
+    let q = vmcs::read_natural(VmcsNatural::ExitQualification);
+    let kind = match (q >> 12) & 0xf {
+        0 => "linear read",
+        1 => "linear write",
+        2 => "instruction fetch",
+        3 => "event delivery",
+        _ => "guest-physical access",
+    };
+    Flow::Stop(
+        VmResult::Killed,
+        format!(
+            "unsupported APIC access: {kind} at offset {:#x}, guest RIP {:#x}",
+            q & 0xfff,
+            vmcs::read_natural(VmcsNatural::GuestRip)
+        ),
+    )
 }
 
 fn io(v: &mut Vcpu<'_>) -> Flow {
@@ -166,7 +279,7 @@ fn io(v: &mut Vcpu<'_>) -> Flow {
             if q.input {
                 v.regs.rax = io::merge_in(v.regs.rax, q.size, u32::MAX);
             }
-            v.vm.exits[v.index as usize].lock().ignored_io += 1;
+            v.counters.ignored_io += 1;
         }
     }
     v.skip_instruction();
@@ -213,7 +326,7 @@ fn vmcall(v: &mut Vcpu<'_>) -> Flow {
             let n = count.min(er::COUNT as u64);
             match hypercall::check_buffer(gpa, n * 8, er::COUNT as u64 * 8, ram_size) {
                 Ok(r) => {
-                    let counters = v.vm.exits[v.index as usize].lock().by_reason;
+                    let counters = v.counters.by_reason;
                     for (i, chunk) in v.vm.ram()[r].as_chunks_mut::<8>().0.iter_mut().enumerate() {
                         *chunk = counters[i].to_le_bytes();
                     }

@@ -2,6 +2,8 @@
 //! the shared state the VM's vCPUs (each pinned to its own physical CPU) report into.
 
 pub mod exits;
+pub mod ipi;
+pub mod vapic;
 pub mod vcpu;
 
 use alloc::format;
@@ -12,9 +14,11 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use hvcore::elf_load::LoadPlan;
 use hvcore::ept::{Ept, RWX, TableMemory};
 use hvcore::exits::counters::ExitCounters;
-use hvcore::exits::msr;
-use hvcore::guest_boot;
-use hvcore::manifest::{VmResult, VmSpec};
+use hvcore::guest_abi::APIC_MMIO_GPA;
+use hvcore::guest_boot::{self, InterruptInfo};
+use hvcore::manifest::{ApicMode, HltMode, VmResult, VmSpec};
+use hvcore::vmx::caps::VmxCaps;
+use hvcore::vmx::controls::resolve_ipiv;
 use hvcore::summary::VmReport;
 use spin::Mutex;
 
@@ -46,9 +50,10 @@ pub struct Vm {
     pub ram_pa: u64,
     pub ram_size: u64,
     pub eptp: u64,
-    /// Host-physical address of the MSR bitmap shared by the VM's vCPUs.
-    pub msr_bitmap: u64,
     pub entry: u64,
+    /// IPI virtualization, as resolved for this CPU.
+    pub ipiv: bool,
+    pub apic: vapic::VmApic,
     stopping: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
     vcpus_done: AtomicU32,
@@ -57,27 +62,38 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Builds a VM: RAM (2 MiB-aligned, zeroed), the ELF image, the boot area, EPT mapping RAM
-    /// and nothing else, and the MSR bitmap.
-    pub fn create(spec: &VmSpec, image: &[u8], tsc_hz: u64) -> Result<Self, String> {
+    /// Builds a VM: RAM (2 MiB-aligned, zeroed), the ELF image, the boot area, the APIC
+    /// structures, and an EPT that maps RAM and the APIC-access page and nothing else.
+    pub fn create(spec: &VmSpec, image: &[u8], tsc_hz: u64, caps: &VmxCaps, host_apic_ids: &[u32]) -> Result<Self, String> {
         let ram_size = spec.ram_mib as u64 * 1024 * 1024;
         let plan = LoadPlan::new(image, ram_size, spec.vcpus)?;
+        let ipiv = resolve_ipiv(spec.ipiv, caps).map_err(|e| format!("ipiv = {}: {e}", spec.ipiv.as_str()))?;
         let ram_pa = memory::alloc_zeroed(ram_size, 0x20_0000)
             .ok_or_else(|| format!("no {} MiB of contiguous memory for guest RAM", spec.ram_mib))?;
         let ram = guest_ram(ram_pa, ram_size);
         plan.load(image, ram);
-        guest_boot::build(ram, &guest_boot::boot_info(&spec.name, spec.vcpus, ram_size, tsc_hz));
+        let irq = InterruptInfo {
+            x2apic: spec.apic == ApicMode::X2Apic,
+            ipiv,
+            hlt_passthrough: spec.hlt == HltMode::PassThrough,
+            pinned_cpus: &spec.cpus,
+        };
+        guest_boot::build(ram, &guest_boot::boot_info(&spec.name, spec.vcpus, ram_size, tsc_hz, irq));
+        let apic = vapic::VmApic::new(spec, ipiv, host_apic_ids)?;
         let mut frames = Frames;
         let mut ept = Ept::new(&mut frames).map_err(|e| format!("EPT: {e:?}"))?;
         ept.map(&mut frames, 0, ram_pa, ram_size, RWX).map_err(|e| format!("EPT: {e:?}"))?;
-        let msr_bitmap = build_msr_bitmap().ok_or("no memory for the MSR bitmap")?;
+        // xAPIC accesses hit the APIC-access page, which APIC virtualization redirects to the
+        // vCPU's virtual-APIC page (SDM Vol. 3C §30.4).
+        ept.map(&mut frames, APIC_MMIO_GPA, apic.apic_access_pa, 0x1000, RWX).map_err(|e| format!("EPT: {e:?}"))?;
         Ok(Self {
             spec: spec.clone(),
             ram_pa,
             ram_size,
             eptp: ept.eptp(),
-            msr_bitmap,
             entry: plan.entry,
+            ipiv,
+            apic,
             stopping: AtomicBool::new(false),
             outcome: Mutex::new(None),
             vcpus_done: AtomicU32::new(0),
@@ -144,20 +160,4 @@ fn guest_ram(pa: u64, size: u64) -> &'static mut [u8] {
     // SAFETY: the range was allocated for this VM's RAM and is mapped by the physical window;
     // the guest may change it at any time, which byte access tolerates.
     unsafe { core::slice::from_raw_parts_mut(memory::phys_to_virt(pa), size as usize) }
-}
-
-/// A 4 KiB MSR bitmap: every MSR intercepted except the pass-through list.
-fn build_msr_bitmap() -> Option<u64> {
-    let pa = memory::alloc_zeroed(0x1000, 0x1000)?;
-    // SAFETY: fresh frame, mapped by the physical window.
-    let bm = unsafe { core::slice::from_raw_parts_mut(memory::phys_to_virt(pa), 0x1000) };
-    bm.fill(0xff);
-    for &m in msr::PASS_THROUGH {
-        for write in [false, true] {
-            if let Some((byte, bit)) = msr::bitmap_position(m, write) {
-                bm[byte] &= !(1 << bit);
-            }
-        }
-    }
-    Some(pa)
 }

@@ -8,7 +8,8 @@ use core::sync::atomic::{AtomicU16, Ordering};
 use hvcore::bootcfg::FaultInjection;
 use hvcore::guest_abi::{CODE_SELECTOR, DATA_SELECTOR};
 use hvcore::guest_boot::{VcpuStart, vcpu_start};
-use hvcore::manifest::VmResult;
+use hvcore::exits::counters::ExitCounters;
+use hvcore::manifest::{HltMode, VmResult};
 use hvcore::vmx::caps::VmxCaps;
 use hvcore::vmx::controls::{Controls, VcpuControlOptions, vcpu_controls};
 use hvcore::vmx::exit_reason::ExitReason;
@@ -19,6 +20,7 @@ use x86_64::registers::model_specific::{Efer, GsBase, Msr};
 
 use super::Vm;
 use super::exits::{self, Flow};
+use super::vapic::{VcpuApic, POSTED_INTR_VECTOR};
 use crate::vmx::entry::{self, Entry, GuestRegs};
 use crate::vmx::vmcs::{self, Access, Vmcs, VmxInstrError};
 
@@ -33,7 +35,13 @@ pub struct Vcpu<'a> {
     pub vm: &'a Vm,
     pub index: u32,
     pub regs: GuestRegs,
+    /// The controls as last written to the VMCS (a shadow: mode switches change them).
     pub controls: Controls,
+    pub apic: &'a VcpuApic,
+    /// The guest's APIC is in x2APIC mode.
+    pub x2apic: bool,
+    /// Exit counters, owned by this vCPU while it runs; published to the VM when it ends.
+    pub counters: ExitCounters,
     launched: bool,
     /// TSC value at which the watchdog ends the VM.
     pub deadline_tsc: u64,
@@ -78,7 +86,9 @@ impl<'a> Vcpu<'a> {
             vm.vcpu_done();
             return;
         };
-        let controls = match vcpu_controls(caps, VcpuControlOptions::default()) {
+        let opts =
+            VcpuControlOptions { ipiv: vm.ipiv, x2apic: false, hlt_exiting: vm.spec.hlt == HltMode::Exit };
+        let controls = match vcpu_controls(caps, opts) {
             Ok(c) => c,
             Err(e) => {
                 vm.stop(VmResult::Fail, format!("vCPU {index}: {e}"));
@@ -93,6 +103,9 @@ impl<'a> Vcpu<'a> {
             index,
             regs: GuestRegs::default(),
             controls,
+            apic: &vm.apic.vcpus[index as usize],
+            x2apic: false,
+            counters: ExitCounters::default(),
             launched: false,
             deadline_tsc: now + vm.spec.timeout_ms * (tsc_hz / 1000),
             timer_shift: caps.preemption_timer_shift(),
@@ -105,6 +118,7 @@ impl<'a> Vcpu<'a> {
             Err(e) => vm.stop(VmResult::Fail, format!("vCPU {index}: VMCS set-up: {e}")),
         }
         vmcs.release();
+        *vm.exits[index as usize].lock() = vcpu.counters;
         vm.vcpu_done();
     }
 
@@ -124,7 +138,22 @@ impl<'a> Vcpu<'a> {
         Vmcs32::VmExitMsrLoadCount.write(0)?;
         Vmcs32::VmEntryMsrLoadCount.write(0)?;
         Vmcs32::VmEntryInterruptionInfo.write(0)?;
-        Vmcs64::MsrBitmap.write(self.vm.msr_bitmap)?;
+        Vmcs64::MsrBitmap.write(self.vm.apic.msr_bitmap_xapic)?;
+        // APIC virtualization (SDM Vol. 3C §25.6.8, ch. 30): virtual-APIC page, APIC-access
+        // page (xAPIC mode), posted interrupts, no EOI exits, and IPIv's PID-pointer table.
+        Vmcs64::VirtualApicPageAddr.write(self.apic.page_pa)?;
+        Vmcs64::ApicAccessAddr.write(self.vm.apic.apic_access_pa)?;
+        Vmcs16::PostedIntrNv.write(POSTED_INTR_VECTOR as u16)?;
+        Vmcs64::PostedIntrDescAddr.write(self.apic.pid_pa)?;
+        Vmcs32::TprThreshold.write(0)?;
+        for f in [Vmcs64::EoiExitBitmap0, Vmcs64::EoiExitBitmap1, Vmcs64::EoiExitBitmap2, Vmcs64::EoiExitBitmap3] {
+            f.write(0)?;
+        }
+        Vmcs16::GuestInterruptStatus.write(0)?;
+        if self.vm.ipiv {
+            Vmcs64::PidPointerTable.write(self.vm.apic.pid_table_pa)?;
+            Vmcs16::LastPidPointerIndex.write(self.vm.apic.last_pid_index)?;
+        }
         Vmcs64::EptPointer.write(self.vm.eptp)?;
         Vmcs16::Vpid.write(NEXT_VPID.fetch_add(1, Ordering::Relaxed))?;
         Vmcs64::VmcsLinkPointer.write(u64::MAX)?;
@@ -234,10 +263,28 @@ impl<'a> Vcpu<'a> {
         crate::time::rdtsc() >= self.deadline_tsc
     }
 
+    /// Switches the vCPU's virtual APIC to x2APIC mode (the guest set IA32_APIC_BASE.EXTD):
+    /// "virtualize x2APIC mode" instead of "virtualize APIC accesses", the x2APIC MSR bitmap,
+    /// and the x2APIC ID and LDR in the virtual-APIC page.
+    pub fn enter_x2apic(&mut self) -> Result<(), VmxInstrError> {
+        let secondary = self.controls.secondary_for(true);
+        Vmcs32::SecondaryProcBasedVmExecControl.write(secondary)?;
+        Vmcs64::MsrBitmap.write(self.vm.apic.msr_bitmap_x2apic)?;
+        self.controls.secondary = secondary;
+        self.x2apic = true;
+        self.apic.x2apic.store(true, Ordering::Release);
+        self.apic.page().set_mode(self.index, true);
+        Ok(())
+    }
+
     fn run_loop(&mut self) {
         loop {
             if self.vm.is_stopping() {
                 return;
+            }
+            if self.apic.pending_nmi.load(Ordering::Acquire) && self.apic.pending_nmi.swap(false, Ordering::AcqRel) {
+                // SDM Vol. 3C §25.8.3: vector 2, type 2 (NMI), valid.
+                let _ = Vmcs32::VmEntryInterruptionInfo.write(2 | (2 << 8) | (1 << 31));
             }
             // SAFETY: this vCPU's VMCS is current with complete host state and HOST_RIP.
             match unsafe { entry::enter(&mut self.regs, self.launched) } {
@@ -259,7 +306,7 @@ impl<'a> Vcpu<'a> {
             }
             self.launched = true;
             let reason = ExitReason(vmcs::read32(Vmcs32::ExitReason));
-            self.vm.exits[self.index as usize].lock().count(reason.basic());
+            self.counters.count(reason.basic());
             if reason.entry_failure() {
                 let why = exits::entry_failure(reason);
                 log::error!("vCPU {}: {why}", self.index);

@@ -1,0 +1,77 @@
+//! The exit path of an IPI: the guest's ICR write reached the hypervisor (APIC-write exit at
+//! offset 0x300, or an intercepted WRMSR 0x830), and the hypervisor delivers it. Fixed
+//! interrupts to other vCPUs are posted to their descriptors, so a running target takes them
+//! without a VM exit; self-IPIs go straight into this vCPU's VIRR and RVI.
+
+use hvcore::apic::icr::{self, Action, DeliveryMode, Dropped, Icr, Shorthand, Target};
+use hvcore::apic::vapic::raise_rvi;
+use hvcore::vmx::fields::Vmcs16;
+
+use super::vcpu::Vcpu;
+use crate::vmx::vmcs::Access;
+
+/// Delivers one ICR write made by vCPU `v`.
+pub fn send(v: &mut Vcpu<'_>, icr: Icr) {
+    let vm = v.vm;
+    let n = vm.spec.vcpus as usize;
+    let me = v.index as usize;
+    v.counters.ipi_sent_by_exit += 1;
+    // The common case first, without building the target table: fixed, physical, no shorthand.
+    let action = if icr.mode == DeliveryMode::Fixed
+        && !icr.logical
+        && icr.shorthand == Shorthand::None
+        && icr.vector >= 16
+        && icr.dest != icr.broadcast()
+    {
+        // Virtual APIC IDs are the vCPU indices.
+        if (icr.dest as usize) < n {
+            Action::Fixed { vector: icr.vector, targets: 1 << icr.dest }
+        } else {
+            Action::Drop(Dropped::NoSuchDestination)
+        }
+    } else {
+        let mut targets = [Target { apic_id: 0, ldr: 0, dfr: 0 }; 64];
+        for (i, t) in targets.iter_mut().enumerate().take(n) {
+            *t = vm.apic.vcpus[i].target(i as u32);
+        }
+        icr::decide(&icr, me, &targets[..n])
+    };
+    match action {
+        Action::Fixed { vector, targets } => each(targets, |t| {
+            if t == me {
+                deliver_self(v, vector)
+            } else {
+                vm.apic.vcpus[t].post(vector)
+            }
+        }),
+        Action::Nmi { targets } => each(targets, |t| {
+            vm.apic.vcpus[t].pending_nmi.store(true, core::sync::atomic::Ordering::Release);
+            if t != me {
+                crate::kick_cpu(vm.spec.cpus[t]);
+            }
+        }),
+        // Guests start all their vCPUs at once (guest ABI); INIT and SIPI are recorded only.
+        Action::Init { targets } => each(targets, |t| {
+            vm.apic.vcpus[t].inits.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }),
+        Action::StartUp { targets, .. } => each(targets, |t| {
+            vm.apic.vcpus[t].sipis.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }),
+        Action::Drop(_) => v.counters.ipi_dropped += 1,
+    }
+}
+
+fn each(mut set: u64, mut f: impl FnMut(usize)) {
+    while set != 0 {
+        f(set.trailing_zeros() as usize);
+        set &= set - 1;
+    }
+}
+
+/// A self-IPI from the exit path: VIRR bit and RVI, evaluated at the next VM entry
+/// (SDM Vol. 3C §30.2.1).
+pub fn deliver_self(v: &mut Vcpu<'_>, vector: u8) {
+    v.apic.page().set_irr(vector);
+    let status = Vmcs16::GuestInterruptStatus.read().unwrap_or(0);
+    let _ = Vmcs16::GuestInterruptStatus.write(raise_rvi(status, vector));
+}

@@ -1,0 +1,147 @@
+//! The virtual local APIC of each vCPU: its virtual-APIC page and posted-interrupt descriptor,
+//! the per-VM APIC-access page, PID-pointer table and MSR bitmaps, and interrupt delivery by the
+//! hypervisor (the exit path): posting to another vCPU, self-IPIs, NMIs (SDM Vol. 3C ch. 30).
+
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+
+use hvcore::apic::icr::Target;
+use hvcore::apic::pid::{last_pid_pointer_index, pid_table_entry, HostApicMode, PostedInterruptDesc};
+use hvcore::apic::vapic::{self, VirtualApicPage};
+use hvcore::apic::x2apic_msr;
+use hvcore::exits::msr;
+use hvcore::manifest::VmSpec;
+
+use crate::memory;
+
+/// Host vector of posted-interrupt notifications (POSTED_INTR_NV).
+pub const POSTED_INTR_VECTOR: u8 = 0xf2;
+
+/// One vCPU's virtual APIC, shared: other vCPUs post to it.
+pub struct VcpuApic {
+    pub page_pa: u64,
+    pub pid_pa: u64,
+    /// Host APIC ID of the physical CPU this vCPU is pinned to (the notification destination).
+    pub host_apic_id: u32,
+    pub x2apic: AtomicBool,
+    /// IA32_APIC_BASE as the guest last set it.
+    pub apic_base: AtomicU64,
+    pub pending_nmi: AtomicBool,
+    pub inits: AtomicU32,
+    pub sipis: AtomicU32,
+}
+
+impl VcpuApic {
+    pub fn pid(&self) -> &'static PostedInterruptDesc {
+        // SAFETY: pid_pa is a page allocated for this descriptor (VmApic::new), mapped by the
+        // physical window, and lives as long as the run; all access is atomic.
+        unsafe { &*(memory::phys_to_virt(self.pid_pa) as *const PostedInterruptDesc) }
+    }
+
+    /// The virtual-APIC page. Only this vCPU's CPU writes it (other CPUs read LDR/DFR for
+    /// logical destinations; a torn read there only misroutes an IPI the guest raced with).
+    pub fn page(&self) -> VirtualApicPage<'static> {
+        // SAFETY: page_pa is this vCPU's 4 KiB virtual-APIC page, mapped by the physical window.
+        VirtualApicPage(unsafe { &mut *(memory::phys_to_virt(self.page_pa) as *mut [u32; 1024]) })
+    }
+
+    pub fn target(&self, index: u32) -> Target {
+        let p = self.page();
+        Target { apic_id: index, ldr: p.read(vapic::LDR), dfr: p.read(vapic::DFR) }
+    }
+
+    /// Posts `vector` and notifies the vCPU's CPU if the descriptor asks for it (SDM Vol. 3C
+    /// §30.6): the target takes it without a VM exit if it is running.
+    pub fn post(&self, vector: u8) {
+        if self.pid().post(vector) {
+            crate::apic::send_ipi(self.host_apic_id, crate::apic::ICR_FIXED | POSTED_INTR_VECTOR as u32);
+        }
+    }
+}
+
+/// The per-VM APIC structures.
+pub struct VmApic {
+    pub vcpus: Vec<VcpuApic>,
+    pub apic_access_pa: u64,
+    pub pid_table_pa: u64,
+    pub last_pid_index: u16,
+    /// MSR bitmaps for vCPUs in xAPIC and in x2APIC mode.
+    pub msr_bitmap_xapic: u64,
+    pub msr_bitmap_x2apic: u64,
+}
+
+fn page() -> Result<u64, &'static str> {
+    memory::alloc_zeroed(0x1000, 0x1000).ok_or("out of memory for APIC virtualization pages")
+}
+
+impl VmApic {
+    pub fn new(spec: &VmSpec, ipiv: bool, host_apic_ids: &[u32]) -> Result<Self, &'static str> {
+        let host_mode = if crate::apic::is_x2apic() { HostApicMode::X2Apic } else { HostApicMode::XApic };
+        let mut vcpus = Vec::new();
+        for i in 0..spec.vcpus {
+            let page_pa = page()?;
+            // Bochs 3.0 requires a page-aligned descriptor (the SDM asks 64 bytes): one page
+            // each keeps both happy.
+            let pid_pa = page()?;
+            let host_apic_id = host_apic_ids[spec.cpus[i as usize] as usize];
+            let v = VcpuApic {
+                page_pa,
+                pid_pa,
+                host_apic_id,
+                x2apic: AtomicBool::new(false),
+                apic_base: AtomicU64::new(msr::apic_base(i)),
+                pending_nmi: AtomicBool::new(false),
+                inits: AtomicU32::new(0),
+                sipis: AtomicU32::new(0),
+            };
+            v.page().reset(i, false);
+            v.pid().set_notification(POSTED_INTR_VECTOR, host_apic_id, host_mode);
+            vcpus.push(v);
+        }
+        let pid_table_pa = page()?;
+        // SAFETY: a fresh page; entries 0..vcpus, 8 bytes each (at most 64 of them).
+        let table = unsafe { &mut *(memory::phys_to_virt(pid_table_pa) as *mut [u64; 512]) };
+        for (i, v) in vcpus.iter().enumerate() {
+            if spec.invalid_pid_entry != Some(i as u32) {
+                table[i] = pid_table_entry(v.pid_pa).ok_or("PID not 64-byte aligned")?;
+            }
+        }
+        Ok(Self {
+            vcpus,
+            apic_access_pa: page()?,
+            pid_table_pa,
+            last_pid_index: last_pid_pointer_index(spec.vcpus),
+            msr_bitmap_xapic: msr_bitmap(false, ipiv)?,
+            msr_bitmap_x2apic: msr_bitmap(true, ipiv)?,
+        })
+    }
+}
+
+/// A 4 KiB MSR bitmap: everything intercepted except the pass-through list and, in x2APIC
+/// mode, the x2APIC MSRs that APIC virtualization handles (hvcore::apic::x2apic_msr).
+fn msr_bitmap(x2apic: bool, ipiv: bool) -> Result<u64, &'static str> {
+    let pa = page()?;
+    // SAFETY: fresh frame, mapped by the physical window.
+    let bm = unsafe { core::slice::from_raw_parts_mut(memory::phys_to_virt(pa), 0x1000) };
+    bm.fill(0xff);
+    let mut clear = |m: u32, write: bool| {
+        if let Some((byte, bit)) = msr::bitmap_position(m, write) {
+            bm[byte] &= !(1 << bit);
+        }
+    };
+    for &m in msr::PASS_THROUGH {
+        clear(m, false);
+        clear(m, true);
+    }
+    if x2apic {
+        for m in x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST {
+            if x2apic_msr::read_passes_through(m) {
+                clear(m, false);
+            }
+            if x2apic_msr::write_passes_through(m, ipiv) {
+                clear(m, true);
+            }
+        }
+    }
+    Ok(pa)
+}
