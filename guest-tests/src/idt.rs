@@ -23,6 +23,11 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     idt.general_protection_fault.set_handler_fn(gp);
     idt.page_fault.set_handler_fn(pf);
     idt.breakpoint.set_handler_fn(bp);
+    idt.non_maskable_interrupt.set_handler_fn(nmi);
+    for v in 32..=255u8 {
+        // SAFETY: each stub is a complete interrupt handler ending in IRETQ (irq.rs).
+        unsafe { idt[v].set_handler_addr(x86_64::VirtAddr::new(crate::irq::stub(v))) };
+    }
     idt
 });
 
@@ -48,6 +53,10 @@ fn fail(name: &str, f: &InterruptStackFrame, code: Option<u64>) -> ! {
         Cr2::read_raw()
     );
     crate::hypercall::exit(2)
+}
+
+extern "x86-interrupt" fn nmi(_f: InterruptStackFrame) {
+    crate::irq::nmi();
 }
 
 extern "x86-interrupt" fn de(f: InterruptStackFrame) {

@@ -4,9 +4,12 @@
 #![no_std]
 #![feature(abi_x86_interrupt)]
 
+pub mod apic;
 pub mod console;
 pub mod hypercall;
 pub mod idt;
+pub mod irq;
+pub mod sync;
 
 pub use hvcore::guest_abi::BootInfo;
 
@@ -36,10 +39,12 @@ macro_rules! entry {
 
 /// Runs `main` on this vCPU with exceptions reported, then ends the vCPU as passed.
 pub fn start(vcpu: u32, info: &'static BootInfo, main: fn(u32, &'static BootInfo)) -> ! {
+    irq::set_this_vcpu(vcpu);
     idt::load();
-    if info.magic != hvcore::guest_abi::BOOT_INFO_MAGIC {
-        panic!("boot info magic {:#x} is wrong", info.magic);
+    if info.magic != hvcore::guest_abi::BOOT_INFO_MAGIC || info.version != hvcore::guest_abi::BOOT_INFO_VERSION {
+        panic!("boot info magic {:#x} version {} is not what this runtime knows", info.magic, info.version);
     }
+    apic::init(info.apic_mode == 1);
     main(vcpu, info);
     hypercall::exit(0)
 }
@@ -61,6 +66,30 @@ pub fn rdtsc() -> u64 {
 pub fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
     let r = core::arch::x86_64::__cpuid_count(leaf, sub);
     [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+/// Enables interrupts.
+pub fn sti() {
+    // SAFETY: the IDT handles every vector.
+    unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+}
+
+/// `sti; hlt`: waits for an interrupt (the STI shadow keeps a wake-up from slipping in
+/// between).
+pub fn sti_hlt() {
+    // SAFETY: as in sti.
+    unsafe { core::arch::asm!("sti", "hlt", options(nomem, nostack)) };
+}
+
+/// Spins until `cond` holds or `seconds` of TSC time pass; panics naming `what` on timeout.
+pub fn wait_until(info: &BootInfo, seconds: u64, what: &str, cond: impl Fn() -> bool) {
+    let deadline = rdtsc() + seconds * info.tsc_hz;
+    while !cond() {
+        if rdtsc() > deadline {
+            panic!("timed out after {seconds} s waiting for {what}");
+        }
+        core::hint::spin_loop();
+    }
 }
 
 /// The first byte past the loaded image (from the linker script).

@@ -20,6 +20,8 @@ pub const CATALOGUE: &[(&str, &str, u64)] = &[
     ("escape", "killed", 30_000),
     ("panic", "fail", 30_000),
     ("hang", "timeout", 2_000),
+    ("ipi-basic", "pass", 60_000),
+    ("ipi-storm", "pass", 120_000),
 ];
 
 /// Builds every guest (static executables at the ABI's image base) and returns them by name.
@@ -46,8 +48,9 @@ pub fn build() -> Result<BTreeMap<String, Vec<u8>>> {
         .collect()
 }
 
-/// `[vm]` sections for `--guest hello:2,escape` (VMs named `<image>-<position>`).
-pub fn manifest_from_list(list: &str) -> Result<String> {
+/// `[vm]` sections for `--guest hello:2,escape` (VMs named `<image>-<position>`), each with the
+/// `extra` keys (`apic`, `ipiv`, `hlt`).
+pub fn manifest_from_list(list: &str, extra: &[(&str, &str)]) -> Result<String> {
     let mut out = String::new();
     for (i, item) in list.split(',').map(str::trim).filter(|s| !s.is_empty()).enumerate() {
         let (name, vcpus) = match item.split_once(':') {
@@ -63,6 +66,9 @@ pub fn manifest_from_list(list: &str) -> Result<String> {
         out += &format!(
             "\n[vm]\nname = {name}-{i}\nimage = {name}\nvcpus = {vcpus}\nexpect = {expect}\ntimeout_ms = {timeout}\n"
         );
+        for (k, v) in extra {
+            out += &format!("{k} = {v}\n");
+        }
     }
     Ok(out)
 }
@@ -88,19 +94,20 @@ mod tests {
 
     #[test]
     fn guest_lists_become_vm_sections() {
-        let m = manifest_from_list("hello:2, escape").unwrap();
+        let m = manifest_from_list("hello:2, escape", &[("apic", "x2apic")]).unwrap();
         let (_, parsed) = BootConfig::parse(&m).unwrap();
         assert_eq!(parsed.vms.len(), 2);
         assert_eq!((parsed.vms[0].name.as_str(), parsed.vms[0].vcpus), ("hello-0", 2));
         assert_eq!(parsed.vms[1].expect.as_str(), "killed");
-        assert!(manifest_from_list("nope").unwrap_err().to_string().contains("unknown guest `nope`"));
-        assert!(manifest_from_list("hello:x").is_err());
+        assert_eq!(parsed.vms[1].apic.as_str(), "x2apic");
+        assert!(manifest_from_list("nope", &[]).unwrap_err().to_string().contains("unknown guest `nope`"));
+        assert!(manifest_from_list("hello:x", &[]).is_err());
     }
 
     #[test]
     fn validation_refuses_bad_manifests_before_launch() {
         let images = BTreeMap::from([("hello".to_string(), b"not an elf".to_vec())]);
-        let e = validate(&manifest_from_list("hello").unwrap(), &images, 4, 512).unwrap_err();
+        let e = validate(&manifest_from_list("hello", &[]).unwrap(), &images, 4, 512).unwrap_err();
         assert!(e.to_string().contains("image `hello`"), "{e}");
         let e = validate("[vm]\nname = a\nimage = hello\nvcpus = 8\n", &images, 4, 512).unwrap_err();
         assert!(e.to_string().contains("8 vCPUs but the machine has 4 CPUs"), "{e}");

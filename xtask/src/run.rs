@@ -68,6 +68,15 @@ pub struct RunArgs {
     /// Guests to run, one VM each: `NAME[:vcpus][,NAME...]` (see guest-tests/).
     #[arg(long, conflicts_with = "manifest")]
     pub guest: Option<String>,
+    /// APIC mode of the VMs given with --guest.
+    #[arg(long, value_parser = ["xapic", "x2apic"])]
+    pub apic: Option<String>,
+    /// IPI virtualization for the VMs given with --guest (`auto`: where the CPU has it).
+    #[arg(long, value_parser = ["auto", "on", "off"])]
+    pub ipiv: Option<String>,
+    /// What guest HLT does in the VMs given with --guest.
+    #[arg(long, value_parser = ["passthrough", "exit"])]
+    pub hlt: Option<String>,
     /// A manifest file with `[vm]` sections (docs/guest-abi.md).
     #[arg(long)]
     pub manifest: Option<PathBuf>,
@@ -91,6 +100,9 @@ impl RunArgs {
             memory: 512,
             quiet: true,
             guest: None,
+            apic: None,
+            ipiv: None,
+            hlt: None,
             manifest: None,
             skip_manifest_check: false,
         }
@@ -104,7 +116,14 @@ impl RunArgs {
     fn slug(&self) -> String {
         let fw = if self.uefi { "uefi" } else { "bios" };
         let guests = match (&self.guest, &self.manifest) {
-            (Some(g), _) => format!("-{}", g.replace([',', ':'], "_")),
+            (Some(g), _) => {
+                let opts: String = [&self.apic, &self.ipiv, &self.hlt]
+                    .iter()
+                    .filter_map(|o| o.as_deref())
+                    .map(|o| format!("-{o}"))
+                    .collect();
+                format!("-{}{opts}", g.replace([',', ':'], "_"))
+            }
             (None, Some(m)) => format!("-{}", m.file_stem().unwrap_or_default().to_string_lossy()),
             (None, None) => String::new(),
         };
@@ -242,7 +261,14 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
     let mut config =
         format!("# written by cargo xtask\nlog = {}\nexit = {exit}\nfault = {}\n", args.log_level, args.fault);
     match (&args.guest, &args.manifest) {
-        (Some(list), _) => config += &guests::manifest_from_list(list)?,
+        (Some(list), _) => {
+            let opts = [("apic", &args.apic), ("ipiv", &args.ipiv), ("hlt", &args.hlt)];
+            let extra: Vec<(&str, &str)> = opts.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))).collect();
+            config += &guests::manifest_from_list(list, &extra)?
+        }
+        (None, Some(_)) if args.apic.is_some() || args.ipiv.is_some() || args.hlt.is_some() => {
+            anyhow::bail!("--apic, --ipiv and --hlt apply to --guest; put them in the manifest's [vm] sections instead")
+        }
         (None, Some(file)) => {
             config += "\n";
             config += &fs::read_to_string(file).with_context(|| format!("reading manifest {}", file.display()))?;

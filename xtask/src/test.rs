@@ -82,6 +82,38 @@ fn every_vcpu_reported(o: &Outcome, name: &str, vcpus: u64) -> Result<()> {
     Ok(())
 }
 
+/// ipi-basic / ipi-storm with IPIv off: every vCPU reported; the ICR writes exited (at least
+/// one apic_write / msr_write_icr exit per IPI the hypervisor sent); receivers took posted
+/// interrupts with no external-interrupt exit.
+fn ipi_exit_path(o: &Outcome, name: &str, vcpus: u64, icr_exit: &str) -> Result<()> {
+    vm_result(o, name, "pass")?;
+    every_vcpu_reported(o, name, vcpus)?;
+    let v = vm(o, name)?;
+    if v["ipiv"] != false {
+        bail!("VM {name}: IPIv should be off, summary says {}", v["ipiv"]);
+    }
+    for (i, c) in v["vcpu_exits"].as_array().unwrap().iter().enumerate() {
+        let sent = c["ipi_sent_by_exit"].as_u64().unwrap_or(0);
+        let exits = c[icr_exit].as_u64().unwrap_or(0);
+        if sent == 0 || exits < sent {
+            bail!("VM {name} vCPU {i}: {exits} {icr_exit} exits for {sent} IPIs sent by the exit path");
+        }
+        if c["external_interrupt"].as_u64().unwrap_or(0) != 0 {
+            bail!("VM {name} vCPU {i}: external-interrupt exits while receiving IPIs: {c}");
+        }
+    }
+    Ok(())
+}
+
+fn ipi_storm_counts(o: &Outcome, name: &str) -> Result<()> {
+    for r in vm(o, name)?["reports"].as_array().into_iter().flatten() {
+        if r["sent"] != r["received"] || r["sent"].as_u64().unwrap_or(0) == 0 {
+            bail!("ipi-storm vCPU {}: sent {} received {}", r["vcpu"], r["sent"], r["received"]);
+        }
+    }
+    Ok(())
+}
+
 fn bochs_guests(list: &str) -> RunArgs {
     RunArgs { timeout: 300, ..RunArgs::new(Platform::Bochs, 4) }.with_guests(list)
 }
@@ -221,6 +253,56 @@ fn cases() -> Vec<Case> {
                     bail!("reads of unknown ports should be counted: {}", v["exits"]);
                 }
                 vm_result(o, "hello-1", "pass")
+            },
+        },
+        Case {
+            name: "bochs-ipi-basic-xapic",
+            args: RunArgs { apic: Some("xapic".into()), ipiv: Some("off".into()), ..bochs_guests("ipi-basic:4") },
+            check: |o| {
+                ipi_exit_path(o, "ipi-basic-0", 4, "apic_write")?;
+                if vm(o, "ipi-basic-0")?["apic_mode"] != "xapic" {
+                    bail!("apic_mode should be xapic");
+                }
+                Ok(())
+            },
+        },
+        Case {
+            name: "bochs-ipi-basic-x2apic",
+            args: RunArgs { apic: Some("x2apic".into()), ipiv: Some("off".into()), ..bochs_guests("ipi-basic:4") },
+            check: |o| {
+                ipi_exit_path(o, "ipi-basic-0", 4, "msr_write_icr")?;
+                if vm(o, "ipi-basic-0")?["apic_mode"] != "x2apic" {
+                    bail!("apic_mode should be x2apic");
+                }
+                Ok(())
+            },
+        },
+        Case {
+            name: "bochs-ipi-basic-hlt-exit",
+            args: RunArgs { apic: Some("xapic".into()), hlt: Some("exit".into()), ..bochs_guests("ipi-basic:4") },
+            check: |o| {
+                ipi_exit_path(o, "ipi-basic-0", 4, "apic_write")?;
+                let v = vm(o, "ipi-basic-0")?;
+                if v["hlt"] != "exit" || v["exits"]["hlt"].as_u64().unwrap_or(0) == 0 {
+                    bail!("the halted receiver should have exited on HLT: {}", v["exits"]);
+                }
+                Ok(())
+            },
+        },
+        Case {
+            name: "bochs-ipi-storm-xapic",
+            args: RunArgs { apic: Some("xapic".into()), ipiv: Some("off".into()), ..bochs_guests("ipi-storm:4") },
+            check: |o| {
+                ipi_exit_path(o, "ipi-storm-0", 4, "apic_write")?;
+                ipi_storm_counts(o, "ipi-storm-0")
+            },
+        },
+        Case {
+            name: "bochs-ipi-storm-x2apic",
+            args: RunArgs { apic: Some("x2apic".into()), ipiv: Some("off".into()), ..bochs_guests("ipi-storm:4") },
+            check: |o| {
+                ipi_exit_path(o, "ipi-storm-0", 4, "msr_write_icr")?;
+                ipi_storm_counts(o, "ipi-storm-0")
             },
         },
         Case {

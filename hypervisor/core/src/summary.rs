@@ -77,6 +77,12 @@ pub struct VmReport {
     pub result: VmResult,
     pub reason: Option<String>,
     pub expect: VmResult,
+    /// The APIC mode the guest was set up for ("xapic" / "x2apic").
+    pub apic_mode: &'static str,
+    /// Whether IPI virtualization was really enabled.
+    pub ipiv: bool,
+    /// "passthrough" or "exit".
+    pub hlt: &'static str,
     pub vcpu_exits: Vec<ExitCounters>,
     /// JSON values the guest reported (checked well-formed when reported).
     pub reports: Vec<String>,
@@ -96,12 +102,16 @@ impl fmt::Display for VmReport {
         }
         write!(
             f,
-            "{{\"name\":{},\"vcpus\":{},\"result\":\"{}\",\"reason\":{},\"expect\":\"{}\",\"exits\":{total},\"vcpu_exits\":[",
+            "{{\"name\":{},\"vcpus\":{},\"result\":\"{}\",\"reason\":{},\"expect\":\"{}\",\"apic_mode\":\"{}\",\
+             \"ipiv\":{},\"hlt\":\"{}\",\"exits\":{total},\"vcpu_exits\":[",
             JsonStr(&self.name),
             self.vcpus,
             self.result.as_str(),
             OptStr(self.reason.as_deref()),
-            self.expect.as_str()
+            self.expect.as_str(),
+            self.apic_mode,
+            self.ipiv,
+            self.hlt
         )?;
         for (i, c) in self.vcpu_exits.iter().enumerate() {
             if i > 0 {
@@ -390,6 +400,9 @@ mod tests {
             result,
             reason: Some("EPT violation at GPA 0x4000000".into()),
             expect,
+            apic_mode: "x2apic",
+            ipiv: false,
+            hlt: "exit",
             vcpu_exits: vec![exits.clone(), exits.clone()],
             reports: vec!["{\"vcpu\":0}".into()],
         };
@@ -401,6 +414,8 @@ mod tests {
         assert_eq!(v["vms"][0]["name"], "a");
         assert_eq!(v["vms"][0]["result"], "killed");
         assert_eq!(v["vms"][0]["exits"]["vmcall"], 2);
+        assert_eq!((v["vms"][0]["apic_mode"].as_str(), v["vms"][0]["ipiv"].as_bool()), (Some("x2apic"), Some(false)));
+        assert_eq!(v["vms"][0]["hlt"], "exit");
         assert_eq!(v["vms"][0]["vcpu_exits"][1]["vmcall"], 1);
         assert_eq!(v["vms"][1]["reports"][0]["vcpu"], 0);
         let bad = vec![vm("a", VmResult::Killed, VmResult::Pass)];

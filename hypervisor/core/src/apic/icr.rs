@@ -147,10 +147,20 @@ pub enum Dropped {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Deliver `vector` to every vCPU in the bitmask `targets` (bit i = vCPU i).
-    Fixed { vector: u8, targets: u64 },
-    Nmi { targets: u64 },
-    Init { targets: u64 },
-    StartUp { vector: u8, targets: u64 },
+    Fixed {
+        vector: u8,
+        targets: u64,
+    },
+    Nmi {
+        targets: u64,
+    },
+    Init {
+        targets: u64,
+    },
+    StartUp {
+        vector: u8,
+        targets: u64,
+    },
     Drop(Dropped),
 }
 
@@ -163,9 +173,7 @@ pub fn destinations(icr: &Icr, sender: usize, targets: &[Target]) -> u64 {
         Shorthand::AllIncludingSelf => all,
         Shorthand::AllExcludingSelf => all & !(1 << sender),
         Shorthand::None if !icr.logical && icr.dest == icr.broadcast() => all,
-        Shorthand::None if !icr.logical => {
-            targets.iter().position(|t| t.apic_id == icr.dest).map_or(0, |i| 1 << i)
-        }
+        Shorthand::None if !icr.logical => targets.iter().position(|t| t.apic_id == icr.dest).map_or(0, |i| 1 << i),
         Shorthand::None => {
             targets.iter().enumerate().filter(|(_, t)| logical_match(icr, t)).fold(0, |m, (i, _)| m | 1 << i)
         }

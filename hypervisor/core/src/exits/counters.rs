@@ -21,7 +21,13 @@ pub struct ExitCounters {
 
 impl Default for ExitCounters {
     fn default() -> Self {
-        Self { by_reason: [0; exit_reason::COUNT], ignored_io: 0, msr_write_icr: 0, ipi_dropped: 0, ipi_sent_by_exit: 0 }
+        Self {
+            by_reason: [0; exit_reason::COUNT],
+            ignored_io: 0,
+            msr_write_icr: 0,
+            ipi_dropped: 0,
+            ipi_sent_by_exit: 0,
+        }
     }
 }
 

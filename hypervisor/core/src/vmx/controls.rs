@@ -256,12 +256,14 @@ pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Control
     if opts.hlt_exiting {
         primary_req |= 1 << primary_bits::HLT_EXITING;
     }
-    let tertiary = if opts.ipiv { negotiate_tertiary(caps.tertiary, 1 << tertiary_bits::IPI_VIRTUALIZATION, 0)? } else { 0 };
+    let tertiary =
+        if opts.ipiv { negotiate_tertiary(caps.tertiary, 1 << tertiary_bits::IPI_VIRTUALIZATION, 0)? } else { 0 };
     if tertiary != 0 {
         primary_req |= 1 << primary_bits::ACTIVATE_TERTIARY_CONTROLS;
     }
     let primary = negotiate(Primary, caps.primary, primary_req, 0)?;
-    let apic_access = if opts.x2apic { secondary_bits::VIRTUALIZE_X2APIC_MODE } else { secondary_bits::VIRTUALIZE_APIC_ACCESSES };
+    let apic_access =
+        if opts.x2apic { secondary_bits::VIRTUALIZE_X2APIC_MODE } else { secondary_bits::VIRTUALIZE_APIC_ACCESSES };
     let secondary = negotiate(
         Secondary,
         caps.secondary,

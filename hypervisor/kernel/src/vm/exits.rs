@@ -165,27 +165,29 @@ fn wrmsr(v: &mut Vcpu<'_>) -> Flow {
     let ok = match m {
         // x2APIC registers the MSR bitmap intercepts (only reachable in x2APIC mode: in xAPIC
         // mode they do not exist, and the allow-list answers #GP).
-        x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST if v.x2apic => match x2apic_msr::write_action(m, val) {
-            X2apicWrite::Icr(value) => {
-                v.counters.msr_write_icr += 1;
-                match Icr::x2apic(value) {
-                    Some(icr) => {
-                        // The virtual ICR holds what the guest wrote, as with virtualized writes.
-                        let mut page = v.apic.page();
-                        page.write(vapic::ICR_LO, value as u32);
-                        page.write(vapic::ICR_LO + 4, (value >> 32) as u32);
-                        ipi::send(v, icr);
-                        true
+        x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST if v.x2apic => {
+            match x2apic_msr::write_action(m, val) {
+                X2apicWrite::Icr(value) => {
+                    v.counters.msr_write_icr += 1;
+                    match Icr::x2apic(value) {
+                        Some(icr) => {
+                            // The virtual ICR holds what the guest wrote, as with virtualized writes.
+                            let mut page = v.apic.page();
+                            page.write(vapic::ICR_LO, value as u32);
+                            page.write(vapic::ICR_LO + 4, (value >> 32) as u32);
+                            ipi::send(v, icr);
+                            true
+                        }
+                        None => false,
                     }
-                    None => false,
                 }
+                X2apicWrite::Store(offset) => {
+                    v.apic.page().write(offset, val as u32);
+                    true
+                }
+                X2apicWrite::Gp => false,
             }
-            X2apicWrite::Store(offset) => {
-                v.apic.page().write(offset, val as u32);
-                true
-            }
-            X2apicWrite::Gp => false,
-        },
+        }
         msr::IA32_APIC_BASE => {
             let current = v.apic.apic_base.load(core::sync::atomic::Ordering::Relaxed);
             match x2apic_msr::apic_base_write(current, val) {

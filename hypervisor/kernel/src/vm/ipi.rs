@@ -37,13 +37,9 @@ pub fn send(v: &mut Vcpu<'_>, icr: Icr) {
         icr::decide(&icr, me, &targets[..n])
     };
     match action {
-        Action::Fixed { vector, targets } => each(targets, |t| {
-            if t == me {
-                deliver_self(v, vector)
-            } else {
-                vm.apic.vcpus[t].post(vector)
-            }
-        }),
+        Action::Fixed { vector, targets } => {
+            each(targets, |t| if t == me { deliver_self(v, vector) } else { vm.apic.vcpus[t].post(vector) })
+        }
         Action::Nmi { targets } => each(targets, |t| {
             vm.apic.vcpus[t].pending_nmi.store(true, core::sync::atomic::Ordering::Release);
             if t != me {

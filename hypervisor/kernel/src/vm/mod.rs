@@ -17,9 +17,9 @@ use hvcore::exits::counters::ExitCounters;
 use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::guest_boot::{self, InterruptInfo};
 use hvcore::manifest::{ApicMode, HltMode, VmResult, VmSpec};
+use hvcore::summary::VmReport;
 use hvcore::vmx::caps::VmxCaps;
 use hvcore::vmx::controls::resolve_ipiv;
-use hvcore::summary::VmReport;
 use spin::Mutex;
 
 use crate::memory;
@@ -64,7 +64,13 @@ pub struct Vm {
 impl Vm {
     /// Builds a VM: RAM (2 MiB-aligned, zeroed), the ELF image, the boot area, the APIC
     /// structures, and an EPT that maps RAM and the APIC-access page and nothing else.
-    pub fn create(spec: &VmSpec, image: &[u8], tsc_hz: u64, caps: &VmxCaps, host_apic_ids: &[u32]) -> Result<Self, String> {
+    pub fn create(
+        spec: &VmSpec,
+        image: &[u8],
+        tsc_hz: u64,
+        caps: &VmxCaps,
+        host_apic_ids: &[u32],
+    ) -> Result<Self, String> {
         let ram_size = spec.ram_mib as u64 * 1024 * 1024;
         let plan = LoadPlan::new(image, ram_size, spec.vcpus)?;
         let ipiv = resolve_ipiv(spec.ipiv, caps).map_err(|e| format!("ipiv = {}: {e}", spec.ipiv.as_str()))?;
@@ -150,6 +156,9 @@ impl Vm {
             result,
             reason,
             expect: self.spec.expect,
+            apic_mode: self.spec.apic.as_str(),
+            ipiv: self.ipiv,
+            hlt: self.spec.hlt.as_str(),
             vcpu_exits: self.exits.iter().map(|c| c.lock().clone()).collect(),
             reports: self.reports.lock().clone(),
         }

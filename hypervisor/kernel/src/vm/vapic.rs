@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 
 use hvcore::apic::icr::Target;
-use hvcore::apic::pid::{last_pid_pointer_index, pid_table_entry, HostApicMode, PostedInterruptDesc};
+use hvcore::apic::pid::{HostApicMode, PostedInterruptDesc, last_pid_pointer_index, pid_table_entry};
 use hvcore::apic::vapic::{self, VirtualApicPage};
 use hvcore::apic::x2apic_msr;
 use hvcore::exits::msr;

@@ -6,9 +6,9 @@ use alloc::string::String;
 use core::sync::atomic::{AtomicU16, Ordering};
 
 use hvcore::bootcfg::FaultInjection;
+use hvcore::exits::counters::ExitCounters;
 use hvcore::guest_abi::{CODE_SELECTOR, DATA_SELECTOR};
 use hvcore::guest_boot::{VcpuStart, vcpu_start};
-use hvcore::exits::counters::ExitCounters;
 use hvcore::manifest::{HltMode, VmResult};
 use hvcore::vmx::caps::VmxCaps;
 use hvcore::vmx::controls::{Controls, VcpuControlOptions, vcpu_controls};
@@ -20,7 +20,7 @@ use x86_64::registers::model_specific::{Efer, GsBase, Msr};
 
 use super::Vm;
 use super::exits::{self, Flow};
-use super::vapic::{VcpuApic, POSTED_INTR_VECTOR};
+use super::vapic::{POSTED_INTR_VECTOR, VcpuApic};
 use crate::vmx::entry::{self, Entry, GuestRegs};
 use crate::vmx::vmcs::{self, Access, Vmcs, VmxInstrError};
 
@@ -86,8 +86,7 @@ impl<'a> Vcpu<'a> {
             vm.vcpu_done();
             return;
         };
-        let opts =
-            VcpuControlOptions { ipiv: vm.ipiv, x2apic: false, hlt_exiting: vm.spec.hlt == HltMode::Exit };
+        let opts = VcpuControlOptions { ipiv: vm.ipiv, x2apic: false, hlt_exiting: vm.spec.hlt == HltMode::Exit };
         let controls = match vcpu_controls(caps, opts) {
             Ok(c) => c,
             Err(e) => {

@@ -73,7 +73,8 @@ fn apic_modes_and_hlt() {
     assert_ne!(x.secondary & 1, 0, "xAPIC: virtualize APIC accesses");
     assert_eq!(x.secondary & (1 << 4), 0);
     assert_eq!(x.primary & (1 << 7), 0, "HLT passes through");
-    let x2 = vcpu_controls(&bochs(), VcpuControlOptions { x2apic: true, hlt_exiting: true, ..Default::default() }).unwrap();
+    let x2 =
+        vcpu_controls(&bochs(), VcpuControlOptions { x2apic: true, hlt_exiting: true, ..Default::default() }).unwrap();
     assert_ne!(x2.secondary & (1 << 4), 0);
     assert_eq!(x2.secondary & 1, 0);
     assert_ne!(x2.primary & (1 << 7), 0);

@@ -1,0 +1,112 @@
+//! The guest's local APIC: xAPIC through the MMIO page at 0xFEE00000 or x2APIC through MSRs,
+//! whichever the VM's boot info asks for (the runtime switches at start, like an OS would, by
+//! setting IA32_APIC_BASE.EXTD).
+
+use core::sync::atomic::{AtomicBool, Ordering};
+use hvcore::guest_abi::APIC_MMIO_GPA;
+
+static X2APIC: AtomicBool = AtomicBool::new(false);
+
+pub const ICR_FIXED: u32 = 0;
+pub const ICR_NMI: u32 = 0b100 << 8;
+pub const ICR_LOGICAL: u32 = 1 << 11;
+pub const ICR_ASSERT: u32 = 1 << 14;
+pub const SHORTHAND_SELF: u32 = 1 << 18;
+pub const SHORTHAND_ALL: u32 = 2 << 18;
+pub const SHORTHAND_OTHERS: u32 = 3 << 18;
+
+pub fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: the MSRs used here exist for the guest (allow-list or APIC virtualization).
+    unsafe { core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack)) };
+    ((hi as u64) << 32) | lo as u64
+}
+
+pub fn wrmsr(msr: u32, v: u64) {
+    // SAFETY: as in rdmsr.
+    unsafe {
+        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32, options(nostack))
+    };
+}
+
+fn mmio(offset: u32) -> *mut u32 {
+    (APIC_MMIO_GPA + offset as u64) as *mut u32
+}
+
+fn read(offset: u32) -> u32 {
+    if is_x2apic() {
+        rdmsr(0x800 + (offset >> 4)) as u32
+    } else {
+        // SAFETY: the APIC page is identity-mapped; APIC virtualization serves the access.
+        unsafe { mmio(offset).read_volatile() }
+    }
+}
+
+fn write(offset: u32, v: u32) {
+    if is_x2apic() {
+        wrmsr(0x800 + (offset >> 4), v as u64)
+    } else {
+        // SAFETY: as in read.
+        unsafe { mmio(offset).write_volatile(v) }
+    }
+}
+
+pub fn is_x2apic() -> bool {
+    X2APIC.load(Ordering::Relaxed)
+}
+
+/// Switches to x2APIC mode if asked, then software-enables the APIC (SVR bit 8).
+pub fn init(x2apic: bool) {
+    if x2apic {
+        let base = rdmsr(0x1b);
+        wrmsr(0x1b, base | (1 << 10) | (1 << 11));
+        X2APIC.store(true, Ordering::Relaxed);
+    }
+    write(0xf0, 0x1ff);
+}
+
+pub fn id() -> u32 {
+    if is_x2apic() { read(0x20) } else { read(0x20) >> 24 }
+}
+
+pub fn eoi() {
+    write(0xb0, 0);
+}
+
+/// Sends an IPI: `low` = vector | delivery mode | flags; `dest` = APIC ID or logical mask.
+pub fn send(low: u32, dest: u32) {
+    if is_x2apic() {
+        wrmsr(0x830, ((dest as u64) << 32) | low as u64);
+    } else {
+        write(0x310, dest << 24);
+        write(0x300, low);
+    }
+}
+
+/// A fixed, physical IPI to the vCPU with APIC ID `dest`.
+pub fn send_fixed(dest: u32, vector: u8) {
+    send(ICR_FIXED | ICR_ASSERT | vector as u32, dest);
+}
+
+/// The x2APIC SELF IPI register (x2APIC mode only).
+pub fn self_ipi_msr(vector: u8) {
+    wrmsr(0x83f, vector as u64);
+}
+
+/// xAPIC: flat logical model with one bit per vCPU (up to 8). x2APIC: logical IDs are fixed.
+pub fn set_flat_logical_id(vcpu: u32) {
+    if !is_x2apic() {
+        write(0xe0, 0xffff_ffff);
+        write(0xd0, 1 << (24 + vcpu));
+    }
+}
+
+/// The logical destination that selects exactly `vcpu`.
+pub fn logical_dest(vcpu: u32) -> u32 {
+    if is_x2apic() { hvcore::apic::icr::x2apic_logical_id(vcpu) } else { 1 << vcpu }
+}
+
+/// The physical broadcast destination.
+pub fn broadcast() -> u32 {
+    if is_x2apic() { u32::MAX } else { 0xff }
+}

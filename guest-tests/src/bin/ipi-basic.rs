@@ -1,0 +1,147 @@
+//! IPIs in the VM's APIC mode: fixed unicast between every pair (distinct vectors, so each
+//! receiver knows the sender), self-IPIs, broadcasts with a shorthand and to the physical
+//! broadcast ID, a logical destination, a halted receiver woken by an IPI, and an IPI to an APIC
+//! ID outside the VM that must reach nobody. Each vCPU checks what it received.
+#![no_std]
+#![no_main]
+
+use core::sync::atomic::{AtomicU32, Ordering};
+use guest_tests::apic::{self, ICR_ASSERT, ICR_LOGICAL, SHORTHAND_OTHERS, SHORTHAND_SELF};
+use guest_tests::irq::{IRQS, count};
+use guest_tests::sync::Barrier;
+use guest_tests::{BootInfo, entry, hypercall, println, report, sti, sti_hlt, wait_until};
+
+entry!(main);
+
+static BARRIER: Barrier = Barrier::new();
+static HALTING: AtomicU32 = AtomicU32::new(0);
+
+const UNICAST_BASE: u8 = 0x40; // + sender * 8 + receiver (up to 8 vCPUs)
+const SELF_VECTOR: u8 = 0x90;
+const SELF_MSR_VECTOR: u8 = 0x91;
+const SHORTHAND_VECTOR: u8 = 0xa0;
+const BROADCAST_VECTOR: u8 = 0xa1;
+const LOGICAL_BASE: u8 = 0xb0; // + sender
+const WAKE_VECTOR: u8 = 0xc0;
+const OUTSIDE_VECTOR: u8 = 0xd0;
+
+fn unicast(sender: u32, receiver: u32) -> u8 {
+    UNICAST_BASE + (sender * 8 + receiver) as u8
+}
+
+fn main(me: u32, info: &'static BootInfo) {
+    let n = info.vcpu_count;
+    assert!(n <= 8, "ipi-basic runs on up to 8 vCPUs");
+    assert_eq!(apic::id(), me, "APIC ID");
+    apic::set_flat_logical_id(me);
+    sti();
+    let mut sent = 0u32;
+    let sync = || BARRIER.wait(n);
+    sync();
+
+    // 1. Fixed, physical, to every other vCPU.
+    for r in (0..n).filter(|&r| r != me) {
+        apic::send_fixed(r, unicast(me, r));
+        sent += 1;
+    }
+    for s in (0..n).filter(|&s| s != me) {
+        wait_until(info, 5, "a unicast IPI from every other vCPU", || count(me as usize, unicast(s, me)) == 1);
+    }
+    sync();
+    // Exactly one from each other sender, nothing else in the unicast range.
+    for v in UNICAST_BASE..UNICAST_BASE + 64 {
+        let (s, r) = ((v - UNICAST_BASE) / 8, (v - UNICAST_BASE) % 8);
+        let want = u32::from(r == me as u8 && s != me as u8 && s < n as u8);
+        assert_eq!(count(me as usize, v), want, "vector {v:#x}: received {} times", count(me as usize, v));
+    }
+
+    // 2. Self-IPIs: the shorthand, and in x2APIC mode the SELF IPI register.
+    apic::send(ICR_ASSERT | SHORTHAND_SELF | SELF_VECTOR as u32, 0);
+    sent += 1;
+    wait_until(info, 5, "the self-IPI", || count(me as usize, SELF_VECTOR) == 1);
+    if apic::is_x2apic() {
+        apic::self_ipi_msr(SELF_MSR_VECTOR);
+        wait_until(info, 5, "the SELF IPI MSR interrupt", || count(me as usize, SELF_MSR_VECTOR) == 1);
+    }
+    sync();
+
+    // 3. Broadcasts, one sender per round so the same vector never coalesces: the
+    //    all-excluding-self shorthand, then the physical broadcast ID (which includes the sender).
+    for round in 0..n {
+        if me == round {
+            apic::send(ICR_ASSERT | SHORTHAND_OTHERS | SHORTHAND_VECTOR as u32, 0);
+            sent += 1;
+        }
+        let expected = (0..=round).filter(|&s| s != me).count() as u32;
+        wait_until(info, 5, "the shorthand broadcast", || count(me as usize, SHORTHAND_VECTOR) == expected);
+        sync();
+        if me == round {
+            apic::send(ICR_ASSERT | BROADCAST_VECTOR as u32, apic::broadcast());
+            sent += 1;
+        }
+        wait_until(info, 5, "the physical broadcast", || count(me as usize, BROADCAST_VECTOR) == round + 1);
+        sync();
+    }
+
+    // 4. A logical destination: each vCPU to the next one.
+    let next = (me + 1) % n;
+    if n > 1 {
+        apic::send(ICR_ASSERT | ICR_LOGICAL | (LOGICAL_BASE + me as u8) as u32, apic::logical_dest(next));
+        sent += 1;
+        let prev = (me + n - 1) % n;
+        wait_until(info, 5, "the logical-destination IPI", || count(me as usize, LOGICAL_BASE + prev as u8) == 1);
+    }
+    sync();
+
+    // 5. A halted receiver woken by an IPI: vCPU 1 halts, vCPU 0 wakes it.
+    let mut woken = false;
+    if n > 1 {
+        if me == 1 {
+            HALTING.store(1, Ordering::Release);
+            while count(1, WAKE_VECTOR) == 0 {
+                sti_hlt();
+            }
+            woken = true;
+        } else if me == 0 {
+            wait_until(info, 5, "vCPU 1 to halt", || HALTING.load(Ordering::Acquire) == 1);
+            // Give it time to reach HLT.
+            let until = guest_tests::rdtsc() + info.tsc_hz / 100;
+            while guest_tests::rdtsc() < until {
+                core::hint::spin_loop();
+            }
+            apic::send_fixed(1, WAKE_VECTOR);
+            sent += 1;
+        }
+    }
+    sync();
+
+    // 6. An APIC ID this VM does not have: nobody receives it.
+    if me == 0 {
+        apic::send_fixed(n + 3, OUTSIDE_VECTOR);
+        sent += 1;
+    }
+    sync();
+    let until = guest_tests::rdtsc() + info.tsc_hz / 100;
+    while guest_tests::rdtsc() < until {
+        core::hint::spin_loop();
+    }
+    assert_eq!(count(me as usize, OUTSIDE_VECTOR), 0, "an IPI to an APIC ID outside the VM arrived");
+    sync();
+
+    let exits = hypercall::exit_counters();
+    let (apic_write, wrmsr, ext_int, hlt) = (exits[56], exits[32], exits[1], exits[12]);
+    let received: u32 = IRQS[me as usize].count.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+    println!(
+        "vCPU {me}: sent {sent} IPIs, received {received}; exits: apic_write {apic_write}, wrmsr {wrmsr}, \
+         external_interrupt {ext_int}, hlt {hlt}"
+    );
+    if info.ipiv == 0 {
+        assert!(apic_write + wrmsr >= sent as u64, "every ICR write should exit without IPIv");
+    }
+    assert_eq!(ext_int, 0, "receivers take posted interrupts without external-interrupt exits");
+    report!(
+        r#"{{"test":"ipi-basic","vcpu":{me},"apic":"{}","ipiv":{},"sent":{sent},"received":{received},"woken_from_hlt":{woken},"exits":{{"apic_write":{apic_write},"wrmsr":{wrmsr},"external_interrupt":{ext_int},"hlt":{hlt}}}}}"#,
+        if apic::is_x2apic() { "x2apic" } else { "xapic" },
+        info.ipiv != 0
+    );
+}

@@ -1,0 +1,118 @@
+//! Interrupts in the guest: one stub per vector 32..255 into a common handler that counts the
+//! vector for this vCPU and EOIs; NMIs are counted too. Per-vCPU data sits behind GS.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use hvcore::guest_abi::MAX_VCPUS;
+
+/// Per vCPU: how many times each vector arrived, and NMIs.
+pub struct VcpuIrqs {
+    pub count: [AtomicU32; 256],
+    pub nmis: AtomicU32,
+    /// TSC at the last interrupt.
+    pub last_tsc: AtomicU64,
+}
+
+/// Indexed by vCPU.
+pub static IRQS: [VcpuIrqs; MAX_VCPUS] = [const {
+    VcpuIrqs { count: [const { AtomicU32::new(0) }; 256], nmis: AtomicU32::new(0), last_tsc: AtomicU64::new(0) }
+}; MAX_VCPUS];
+
+/// Per-vCPU block reached through GS (offset 0: the vCPU index).
+#[repr(C)]
+struct PerVcpu {
+    index: u64,
+}
+
+static PER_VCPU: [PerVcpu; MAX_VCPUS] = {
+    let mut a = [const { PerVcpu { index: 0 } }; MAX_VCPUS];
+    let mut i = 0;
+    while i < MAX_VCPUS {
+        a[i].index = i as u64;
+        i += 1;
+    }
+    a
+};
+
+/// Points GS at this vCPU's block (IA32_GS_BASE passes through to the guest).
+pub fn set_this_vcpu(vcpu: u32) {
+    crate::apic::wrmsr(0xc000_0101, &PER_VCPU[vcpu as usize] as *const PerVcpu as u64);
+}
+
+/// This vCPU's index.
+#[inline]
+pub fn this_vcpu() -> usize {
+    let i: u64;
+    // SAFETY: GS base points at a PerVcpu whose first field is the index (set_this_vcpu).
+    unsafe { core::arch::asm!("mov {}, gs:[0]", out(reg) i, options(nostack, readonly, preserves_flags)) };
+    i as usize
+}
+
+pub fn count(vcpu: usize, vector: u8) -> u32 {
+    IRQS[vcpu].count[vector as usize].load(Ordering::Acquire)
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn irq_dispatch(vector: u64) {
+    let me = &IRQS[this_vcpu()];
+    me.count[vector as usize & 0xff].fetch_add(1, Ordering::AcqRel);
+    me.last_tsc.store(crate::rdtsc(), Ordering::Relaxed);
+    crate::apic::eoi();
+}
+
+pub(crate) fn nmi() {
+    IRQS[this_vcpu()].nmis.fetch_add(1, Ordering::AcqRel);
+}
+
+core::arch::global_asm!(
+    r#"
+    .section .text.irq_stubs, "ax"
+    .global irq_stubs
+    .p2align 4
+irq_stubs:
+    .set vec, 32
+    .rept 224
+    .p2align 4
+    pushq $vec
+    jmp irq_common
+    .set vec, vec + 1
+    .endr
+
+irq_common:
+    # The CPU pushed 5 words after aligning RSP to 16, the stub one: RSP is 16-aligned here.
+    pushq %rax
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    movq 72(%rsp), %rdi
+    cld
+    subq $8, %rsp
+    call irq_dispatch
+    addq $8, %rsp
+    popq %r11
+    popq %r10
+    popq %r9
+    popq %r8
+    popq %rdi
+    popq %rsi
+    popq %rdx
+    popq %rcx
+    popq %rax
+    addq $8, %rsp
+    iretq
+    "#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static irq_stubs: u8;
+}
+
+/// Address of the stub for `vector` (32..=255): stubs are 16 bytes apart.
+pub fn stub(vector: u8) -> u64 {
+    &raw const irq_stubs as u64 + (vector as u64 - 32) * 16
+}
