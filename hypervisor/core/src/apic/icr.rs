@@ -188,7 +188,7 @@ pub fn decide(icr: &Icr, sender: usize, targets: &[Target]) -> Action {
         _ if set == 0 => Action::Drop(Dropped::NoSuchDestination),
         DeliveryMode::Fixed => Action::Fixed { vector: icr.vector, targets: set },
         // Arbitration among the set is model-specific; the lowest vCPU index wins here.
-        DeliveryMode::LowestPriority => Action::Fixed { vector: icr.vector, targets: set & set.wrapping_neg() },
+        DeliveryMode::LowestPriority => Action::Fixed { vector: icr.vector, targets: set.isolate_lowest_one() },
         DeliveryMode::Nmi => Action::Nmi { targets: set },
         // INIT level de-assert (level-triggered, level 0) has no effect on modern CPUs.
         DeliveryMode::Init if icr.level_triggered && !icr.assert => Action::Drop(Dropped::UnsupportedMode),

@@ -120,7 +120,7 @@ impl PostedInterruptDesc {
 /// A PID-pointer table entry (SDM Vol. 3C §30.1.6): the descriptor's physical address with
 /// bit 0 (valid) set; bits 5:1 must be 0, so the address must be 64-byte aligned.
 pub fn pid_table_entry(pid_pa: u64) -> Option<u64> {
-    (pid_pa % 64 == 0 && pid_pa != 0).then_some(pid_pa | 1)
+    (pid_pa.is_multiple_of(64) && pid_pa != 0).then_some(pid_pa | 1)
 }
 
 /// LAST_PID_POINTER_INDEX for a VM of `vcpus` vCPUs (entries 0..vcpus−1, indexed by virtual
