@@ -1,7 +1,7 @@
 //! IPIs in the VM's APIC mode: fixed unicast between every pair (distinct vectors, so each
 //! receiver knows the sender), self-IPIs, broadcasts with a shorthand and to the physical
-//! broadcast ID, a logical destination, a halted receiver woken by an IPI, and an IPI to an APIC
-//! ID outside the VM that must reach nobody. Each vCPU checks what it received.
+//! broadcast ID, a logical destination, a halted receiver woken by an IPI, an NMI, and an IPI to
+//! an APIC ID outside the VM that must reach nobody. Each vCPU checks what it received.
 #![no_std]
 #![no_main]
 
@@ -115,7 +115,20 @@ fn main(me: u32, info: &'static BootInfo) {
     }
     sync();
 
-    // 6. An APIC ID this VM does not have: nobody receives it.
+    // 6. An NMI from vCPU 0 to the last vCPU.
+    if n > 1 {
+        let last = n - 1;
+        if me == 0 {
+            apic::send(apic::ICR_NMI | ICR_ASSERT, last);
+            sent += 1;
+        }
+        if me == last {
+            wait_until(info, 5, "the NMI", || IRQS[me as usize].nmis.load(Ordering::Acquire) == 1);
+        }
+    }
+    sync();
+
+    // 7. An APIC ID this VM does not have: nobody receives it.
     if me == 0 {
         apic::send_fixed(n + 3, OUTSIDE_VECTOR);
         sent += 1;
@@ -130,7 +143,8 @@ fn main(me: u32, info: &'static BootInfo) {
 
     let exits = hypercall::exit_counters();
     let (apic_write, wrmsr, ext_int, hlt) = (exits[56], exits[32], exits[1], exits[12]);
-    let received: u32 = IRQS[me as usize].count.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+    let received: u32 = IRQS[me as usize].count.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u32>()
+        + IRQS[me as usize].nmis.load(Ordering::Relaxed);
     println!(
         "vCPU {me}: sent {sent} IPIs, received {received}; exits: apic_write {apic_write}, wrmsr {wrmsr}, \
          external_interrupt {ext_int}, hlt {hlt}"

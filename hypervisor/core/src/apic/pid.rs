@@ -123,6 +123,19 @@ pub fn pid_table_entry(pid_pa: u64) -> Option<u64> {
     (pid_pa.is_multiple_of(64) && pid_pa != 0).then_some(pid_pa | 1)
 }
 
+/// Fills a PID-pointer table: entry i (virtual APIC ID i) points at `pids[i]`; the entry of
+/// `invalid` (a debugging option) and every entry past the vCPUs stay 0, so IPIs to them take
+/// the exit path. Fails if a descriptor address cannot be an entry.
+pub fn build_pid_table(pids: &[u64], invalid: Option<usize>, table: &mut [u64]) -> Result<(), u64> {
+    table.fill(0);
+    for (i, &pa) in pids.iter().enumerate() {
+        if invalid != Some(i) {
+            table[i] = pid_table_entry(pa).ok_or(pa)?;
+        }
+    }
+    Ok(())
+}
+
 /// LAST_PID_POINTER_INDEX for a VM of `vcpus` vCPUs (entries 0..vcpus−1, indexed by virtual
 /// APIC ID).
 pub fn last_pid_pointer_index(vcpus: u32) -> u16 {
@@ -197,6 +210,14 @@ mod tests {
         }
         assert_eq!(d.take(), [u64::MAX; 4]);
         assert_eq!(notified.load(Ordering::Relaxed), 1, "one notification until ON is cleared");
+    }
+
+    #[test]
+    fn table_builder() {
+        let mut t = [0xdead_u64; 8];
+        build_pid_table(&[0x1000, 0x2000, 0x3040], Some(1), &mut t).unwrap();
+        assert_eq!(t, [0x1001, 0, 0x3041, 0, 0, 0, 0, 0]);
+        assert_eq!(build_pid_table(&[0x1008], None, &mut t), Err(0x1008));
     }
 
     #[test]

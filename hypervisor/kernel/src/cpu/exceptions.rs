@@ -96,7 +96,6 @@ macro_rules! with_code {
 no_code! {
     de, 0, "#DE divide error";
     db, 1, "#DB debug";
-    nmi, 2, "NMI";
     bp, 3, "#BP breakpoint";
     of, 4, "#OF overflow";
     br, 5, "#BR bound range";
@@ -137,6 +136,10 @@ extern "x86-interrupt" fn pf(f: InterruptStackFrame, code: PageFaultErrorCode) {
         &f,
     )
 }
+
+/// Host NMIs are wake-ups from other CPUs (a virtual NMI is pending for the vCPU here, see
+/// vm/ipi.rs); the vCPU's run loop injects it before its next entry.
+extern "x86-interrupt" fn nmi(_f: InterruptStackFrame) {}
 
 extern "x86-interrupt" fn eoi_only(_f: InterruptStackFrame) {
     crate::apic::eoi();

@@ -39,7 +39,9 @@ pub fn handle(v: &mut Vcpu<'_>, reason: u16) -> Flow {
         er::RDMSR => rdmsr(v),
         er::WRMSR => wrmsr(v),
         er::EXTERNAL_INTERRUPT => external_interrupt(v),
-        er::EXCEPTION_NMI => Flow::Continue, // host NMIs are not used; nothing to forward
+        // The exception bitmap is 0, so this is an NMI: another CPU's wake-up for a pending
+        // virtual NMI, injected by the run loop before the next entry.
+        er::EXCEPTION_NMI => Flow::Continue,
         er::PREEMPTION_TIMER => preemption_timer(v),
         er::EPT_VIOLATION => ept_violation(),
         er::APIC_WRITE => apic_write(v),

@@ -40,10 +40,13 @@ pub fn send(v: &mut Vcpu<'_>, icr: Icr) {
         Action::Fixed { vector, targets } => {
             each(targets, |t| if t == me { deliver_self(v, vector) } else { vm.apic.vcpus[t].post(vector) })
         }
+        // A virtual NMI is injected at the target's next VM entry; a physical NMI to its CPU
+        // forces that entry to come soon (an NMI exit, not an external-interrupt exit).
         Action::Nmi { targets } => each(targets, |t| {
-            vm.apic.vcpus[t].pending_nmi.store(true, core::sync::atomic::Ordering::Release);
+            let target = &vm.apic.vcpus[t];
+            target.pending_nmi.store(true, core::sync::atomic::Ordering::Release);
             if t != me {
-                crate::kick_cpu(vm.spec.cpus[t]);
+                crate::apic::send_ipi(target.host_apic_id, crate::apic::ICR_NMI);
             }
         }),
         // Guests start all their vCPUs at once (guest ABI); INIT and SIPI are recorded only.

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 
 use hvcore::apic::icr::Target;
-use hvcore::apic::pid::{HostApicMode, PostedInterruptDesc, last_pid_pointer_index, pid_table_entry};
+use hvcore::apic::pid::{HostApicMode, PostedInterruptDesc, build_pid_table, last_pid_pointer_index};
 use hvcore::apic::vapic::{self, VirtualApicPage};
 use hvcore::apic::x2apic_msr;
 use hvcore::exits::msr;
@@ -99,13 +99,11 @@ impl VmApic {
             vcpus.push(v);
         }
         let pid_table_pa = page()?;
-        // SAFETY: a fresh page; entries 0..vcpus, 8 bytes each (at most 64 of them).
+        // SAFETY: a fresh page: 512 entries of 8 bytes, at most 64 of them used.
         let table = unsafe { &mut *(memory::phys_to_virt(pid_table_pa) as *mut [u64; 512]) };
-        for (i, v) in vcpus.iter().enumerate() {
-            if spec.invalid_pid_entry != Some(i as u32) {
-                table[i] = pid_table_entry(v.pid_pa).ok_or("PID not 64-byte aligned")?;
-            }
-        }
+        let pids: Vec<u64> = vcpus.iter().map(|v| v.pid_pa).collect();
+        build_pid_table(&pids, spec.invalid_pid_entry.map(|i| i as usize), table)
+            .map_err(|_| "posted-interrupt descriptor not 64-byte aligned")?;
         Ok(Self {
             vcpus,
             apic_access_pa: page()?,
