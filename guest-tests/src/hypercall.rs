@@ -41,3 +41,16 @@ pub fn exit_counters() -> [u64; exit_reason::COUNT] {
 pub fn raw(nr: u64, a: u64, b: u64) -> i64 {
     vmcall(nr, a, b)
 }
+
+/// PID_OP: an operation on vCPU `vcpu`'s posted-interrupt descriptor (test support).
+pub fn pid_op(vcpu: u32, op: u64) -> u64 {
+    let r = vmcall(PID_OP, vcpu as u64, op);
+    assert!(r >= 0 || op == PID_READ_CONTROL || op >= PID_READ_PIR0, "PID_OP {op} failed: {r}");
+    r as u64
+}
+
+/// This vCPU's VM exits so far, not counting VMCALLs (the hypercalls a test makes to look).
+pub fn exits_except_vmcall() -> u64 {
+    let c = exit_counters();
+    c.iter().sum::<u64>() - c[exit_reason::VMCALL as usize]
+}

@@ -12,16 +12,18 @@ use std::process::Command;
 
 use crate::image::KERNEL_TARGET;
 
-/// The guest tests, with the result each is written to produce and its watchdog.
-pub const CATALOGUE: &[(&str, &str, u64)] = &[
-    ("hello", "pass", 30_000),
-    ("memory", "pass", 60_000),
-    ("cpuid-msr", "pass", 30_000),
-    ("escape", "killed", 30_000),
-    ("panic", "fail", 30_000),
-    ("hang", "timeout", 2_000),
-    ("ipi-basic", "pass", 60_000),
-    ("ipi-storm", "pass", 120_000),
+/// The guest tests, with the result each is written to produce, its watchdog, and manifest
+/// keys it always needs.
+pub const CATALOGUE: &[(&str, &str, u64, &str)] = &[
+    ("hello", "pass", 30_000, ""),
+    ("memory", "pass", 60_000, ""),
+    ("cpuid-msr", "pass", 30_000, ""),
+    ("escape", "killed", 30_000, ""),
+    ("panic", "fail", 30_000, ""),
+    ("hang", "timeout", 2_000, ""),
+    ("ipi-basic", "pass", 60_000, ""),
+    ("ipi-storm", "pass", 120_000, ""),
+    ("ipiv-rules", "pass", 60_000, "ipiv = on\ndebug_invalid_pid_entry = 3\n"),
 ];
 
 /// Builds every guest (static executables at the ABI's image base) and returns them by name.
@@ -42,7 +44,7 @@ pub fn build() -> Result<BTreeMap<String, Vec<u8>>> {
     let dir = target_dir.join(KERNEL_TARGET).join("release");
     CATALOGUE
         .iter()
-        .map(|(name, _, _)| {
+        .map(|(name, ..)| {
             Ok((name.to_string(), std::fs::read(dir.join(name)).with_context(|| format!("guest {name}"))?))
         })
         .collect()
@@ -59,13 +61,14 @@ pub fn manifest_from_list(list: &str, extra: &[(&str, &str)]) -> Result<String> 
             }
             None => (item, 1),
         };
-        let Some((_, expect, timeout)) = CATALOGUE.iter().find(|(n, _, _)| *n == name) else {
+        let Some((_, expect, timeout, always)) = CATALOGUE.iter().find(|(n, ..)| *n == name) else {
             let known: Vec<_> = CATALOGUE.iter().map(|c| c.0).collect();
             bail!("--guest: unknown guest `{name}` (known: {})", known.join(", "));
         };
         out += &format!(
             "\n[vm]\nname = {name}-{i}\nimage = {name}\nvcpus = {vcpus}\nexpect = {expect}\ntimeout_ms = {timeout}\n"
         );
+        out += always;
         for (k, v) in extra {
             out += &format!("{k} = {v}\n");
         }

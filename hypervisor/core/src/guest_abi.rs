@@ -66,6 +66,19 @@ pub mod hypercall {
     /// of them; returns how many were written.
     pub const EXIT_COUNTERS: u64 = 4;
 
+    /// Test support for the IPIv rules (docs/guest-abi.md): `ptr` = target vCPU index, `count`
+    /// = operation on its posted-interrupt descriptor (the PID_* constants); returns the
+    /// control word or PIR word read, or 0.
+    pub const PID_OP: u64 = 5;
+
+    pub const PID_READ_CONTROL: u64 = 0;
+    pub const PID_SET_SN: u64 = 1;
+    pub const PID_CLEAR_SN: u64 = 2;
+    pub const PID_SET_ON: u64 = 3;
+    pub const PID_CLEAR_ON: u64 = 4;
+    /// 5..=8: read PIR word 0..3.
+    pub const PID_READ_PIR0: u64 = 5;
+
     /// Most bytes PRINT and REPORT take at once.
     pub const MAX_LEN: u64 = 4096;
 

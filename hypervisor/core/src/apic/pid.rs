@@ -103,6 +103,20 @@ impl PostedInterruptDesc {
         }
     }
 
+    /// Sets or clears ON without touching PIR (test support: "ON already set").
+    pub fn set_outstanding(&self, on: bool) {
+        if on {
+            self.control.fetch_or(ON, Ordering::AcqRel);
+        } else {
+            self.control.fetch_and(!ON, Ordering::AcqRel);
+        }
+    }
+
+    /// PIR word `i` (vectors 64i..64i+63).
+    pub fn pir_word(&self, i: usize) -> u64 {
+        self.pir[i & 3].load(Ordering::Acquire)
+    }
+
     /// Takes every posted vector: clears ON, then swaps each PIR word with 0 (the order the
     /// processor uses in posted-interrupt processing, SDM Vol. 3C §30.6, so a vector posted
     /// meanwhile either stays in PIR with ON set again, or is taken now).
@@ -187,6 +201,12 @@ mod tests {
         assert!(!d.outstanding());
         d.set_suppress(false);
         assert!(d.post(0x51));
+        assert_eq!(d.pir_word(1), (1 << (0x50 - 64)) | (1 << (0x51 - 64)));
+        d.take();
+        d.set_outstanding(true);
+        assert!(!d.post(0x60), "ON already set: no notification");
+        d.set_outstanding(false);
+        assert!(d.post(0x61));
     }
 
     #[test]

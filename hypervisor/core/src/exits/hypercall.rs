@@ -9,6 +9,7 @@ pub enum Call {
     Report { gpa: u64, len: u64 },
     Exit { code: u64 },
     ExitCounters { gpa: u64, count: u64 },
+    PidOp { vcpu: u64, op: u64 },
     Unknown(u64),
 }
 
@@ -19,6 +20,7 @@ pub fn decode(rax: u64, rdi: u64, rsi: u64) -> Call {
         REPORT => Call::Report { gpa: rdi, len: rsi },
         EXIT => Call::Exit { code: rdi },
         EXIT_COUNTERS => Call::ExitCounters { gpa: rdi, count: rsi },
+        PID_OP => Call::PidOp { vcpu: rdi, op: rsi },
         n => Call::Unknown(n),
     }
 }
@@ -48,6 +50,7 @@ mod tests {
     fn decodes_numbers() {
         assert_eq!(decode(PRINT, 0x1000, 5), Call::Print { gpa: 0x1000, len: 5 });
         assert_eq!(decode(EXIT, 1, 0), Call::Exit { code: 1 });
+        assert_eq!(decode(PID_OP, 2, PID_SET_SN), Call::PidOp { vcpu: 2, op: PID_SET_SN });
         assert_eq!(decode(99, 0, 0), Call::Unknown(99));
     }
 

@@ -339,11 +339,41 @@ fn vmcall(v: &mut Vcpu<'_>) -> Flow {
                 Err(e) => e,
             }
         }
+        Call::PidOp { vcpu, op } => pid_op(v, vcpu, op),
         Call::Unknown(_) => E_NOSYS,
     };
     v.regs.rax = ret as u64;
     v.skip_instruction();
     Flow::Continue
+}
+
+/// PID_OP: lets a test set or clear SN/ON on a vCPU's posted-interrupt descriptor and read it
+/// back, to check IPI virtualization's rules from inside the guest.
+fn pid_op(v: &Vcpu<'_>, vcpu: u64, op: u64) -> i64 {
+    use hvcore::guest_abi::hypercall::*;
+    let Some(target) = v.vm.apic.vcpus.get(vcpu as usize) else { return E_INVAL };
+    let pid = target.pid();
+    match op {
+        PID_READ_CONTROL => pid.control() as i64,
+        PID_SET_SN => {
+            pid.set_suppress(true);
+            0
+        }
+        PID_CLEAR_SN => {
+            pid.set_suppress(false);
+            0
+        }
+        PID_SET_ON => {
+            pid.set_outstanding(true);
+            0
+        }
+        PID_CLEAR_ON => {
+            pid.set_outstanding(false);
+            0
+        }
+        5..=8 => pid.pir_word((op - PID_READ_PIR0) as usize) as i64,
+        _ => E_INVAL,
+    }
 }
 
 /// A VM-entry failure exit (reasons 33, 34, 41): what the SDM says it means, the
