@@ -24,6 +24,7 @@ pub const CATALOGUE: &[(&str, &str, u64, &str)] = &[
     ("ipi-basic", "pass", 60_000, ""),
     ("ipi-storm", "pass", 120_000, ""),
     ("ipiv-rules", "pass", 60_000, "ipiv = on\ndebug_invalid_pid_entry = 3\n"),
+    ("ipi-bench", "pass", 600_000, ""),
 ];
 
 /// Builds every guest (static executables at the ABI's image base) and returns them by name.

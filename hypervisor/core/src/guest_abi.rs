@@ -20,7 +20,7 @@ pub const STACK_SIZE: u64 = 64 * 1024;
 pub const BOOT_AREA_END: u64 = 0x10000;
 
 pub const BOOT_INFO_MAGIC: u64 = u64::from_le_bytes(*b"IPIVHVBI");
-pub const BOOT_INFO_VERSION: u32 = 2;
+pub const BOOT_INFO_VERSION: u32 = 3;
 pub const MAX_VCPUS: usize = 64;
 
 /// The boot-info page (at [`BOOT_INFO_GPA`]).
@@ -45,6 +45,21 @@ pub struct BootInfo {
     pub hlt_passthrough: u32,
     /// Physical CPU each vCPU is pinned to (for reports).
     pub pinned_cpus: [u32; MAX_VCPUS],
+    /// The manifest's `args` for the guest program, NUL-padded (e.g. `iterations=1000`).
+    pub args: [u8; 64],
+}
+
+impl BootInfo {
+    /// The `args` string.
+    pub fn args(&self) -> &str {
+        let n = self.args.iter().position(|&b| b == 0).unwrap_or(self.args.len());
+        core::str::from_utf8(&self.args[..n]).unwrap_or("")
+    }
+
+    /// The value of `key=value` in `args`.
+    pub fn arg(&self, key: &str) -> Option<&str> {
+        self.args().split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<BootInfo>() <= 4096);

@@ -55,6 +55,8 @@ pub struct InterruptInfo<'a> {
     pub ipiv: bool,
     pub hlt_passthrough: bool,
     pub pinned_cpus: &'a [u32],
+    /// The manifest's `args` (at most 63 bytes kept).
+    pub args: &'a str,
 }
 
 /// The boot info for a VM.
@@ -82,6 +84,12 @@ pub fn boot_info(name: &str, vcpus: u32, ram_size: u64, tsc_hz: u64, irq: Interr
         ipiv: irq.ipiv as u32,
         hlt_passthrough: irq.hlt_passthrough as u32,
         pinned_cpus,
+        args: {
+            let mut a = [0u8; 64];
+            let n = irq.args.len().min(63);
+            a[..n].copy_from_slice(&irq.args.as_bytes()[..n]);
+            a
+        },
     }
 }
 
@@ -137,7 +145,13 @@ mod tests {
     #[test]
     fn gdt_and_boot_info_are_in_place() {
         let mut ram = vec![0u8; 8 << 20];
-        let irq = InterruptInfo { x2apic: true, ipiv: false, hlt_passthrough: true, pinned_cpus: &[1, 2, 3] };
+        let irq = InterruptInfo {
+            x2apic: true,
+            ipiv: false,
+            hlt_passthrough: true,
+            pinned_cpus: &[1, 2, 3],
+            args: "iterations=10 target=halt",
+        };
         build(&mut ram, &boot_info("hello-a", 3, 8 << 20, 2_000_000, irq));
         assert_eq!(u64_at(&ram, GDT_GPA), 0);
         assert_eq!(u64_at(&ram, GDT_GPA + 8), GDT_CODE64);
@@ -150,6 +164,8 @@ mod tests {
         assert_eq!(&bi.vm_name[..8], b"hello-a\0");
         assert_eq!((bi.apic_mode, bi.ipiv, bi.hlt_passthrough), (1, 0, 1));
         assert_eq!(&bi.pinned_cpus[..4], &[1, 2, 3, 0]);
+        assert_eq!(bi.args(), "iterations=10 target=halt");
+        assert_eq!((bi.arg("iterations"), bi.arg("target"), bi.arg("iter")), (Some("10"), Some("halt"), None));
     }
 
     #[test]

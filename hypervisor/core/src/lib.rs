@@ -24,6 +24,7 @@ pub mod guest_boot;
 pub mod manifest;
 #[cfg(feature = "alloc")]
 pub mod ramdisk;
+pub mod stats;
 #[cfg(feature = "alloc")]
 pub mod summary;
 pub mod vmx;

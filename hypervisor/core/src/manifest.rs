@@ -107,6 +107,8 @@ pub struct VmSpec {
     /// Debugging (issue 5's rules test): the PID-pointer table entry of this vCPU is left
     /// invalid, so IPIs to it take the exit path.
     pub invalid_pid_entry: Option<u32>,
+    /// Arguments for the guest program (boot info `args`), at most 63 bytes.
+    pub args: String,
     /// Line of the `[vm]` header, for messages.
     pub line: usize,
 }
@@ -125,6 +127,7 @@ impl VmSpec {
             apic: ApicMode::XApic,
             hlt: HltMode::PassThrough,
             invalid_pid_entry: None,
+            args: String::new(),
             line,
         }
     }
@@ -163,6 +166,12 @@ impl VmSpec {
                     "exit" => HltMode::Exit,
                     _ => return Err(format!("hlt must be passthrough|exit, not `{value}`")),
                 }
+            }
+            "args" => {
+                if value.len() > 63 {
+                    return Err(format!("args is {} bytes, at most 63", value.len()));
+                }
+                self.args = value.to_string()
             }
             "debug_invalid_pid_entry" => self.invalid_pid_entry = Some(num("debug_invalid_pid_entry")? as u32),
             "cpus" => {

@@ -17,6 +17,9 @@ pub struct ExitCounters {
     pub ipi_dropped: u64,
     /// IPIs this vCPU sent through the hypervisor (the exit path), by delivery.
     pub ipi_sent_by_exit: u64,
+    /// TSC ticks the hypervisor spent on those exits, from just after the VM exit to just before
+    /// the next VM entry (under Bochs: instructions).
+    pub ipi_exit_ticks: u64,
 }
 
 impl Default for ExitCounters {
@@ -27,6 +30,7 @@ impl Default for ExitCounters {
             msr_write_icr: 0,
             ipi_dropped: 0,
             ipi_sent_by_exit: 0,
+            ipi_exit_ticks: 0,
         }
     }
 }
@@ -51,6 +55,7 @@ impl ExitCounters {
         self.msr_write_icr += other.msr_write_icr;
         self.ipi_dropped += other.ipi_dropped;
         self.ipi_sent_by_exit += other.ipi_sent_by_exit;
+        self.ipi_exit_ticks += other.ipi_exit_ticks;
     }
 }
 
@@ -75,6 +80,7 @@ impl fmt::Display for ExitCounters {
             ("msr_write_icr", self.msr_write_icr),
             ("ipi_dropped", self.ipi_dropped),
             ("ipi_sent_by_exit", self.ipi_sent_by_exit),
+            ("ipi_exit_ticks", self.ipi_exit_ticks),
         ] {
             if v != 0 {
                 item(f, k, v)?;

@@ -83,6 +83,7 @@ impl Vm {
             ipiv,
             hlt_passthrough: spec.hlt == HltMode::PassThrough,
             pinned_cpus: &spec.cpus,
+            args: &spec.args,
         };
         guest_boot::build(ram, &guest_boot::boot_info(&spec.name, spec.vcpus, ram_size, tsc_hz, irq));
         let apic = vapic::VmApic::new(spec, ipiv, host_apic_ids)?;

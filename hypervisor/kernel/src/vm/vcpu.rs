@@ -277,6 +277,8 @@ impl<'a> Vcpu<'a> {
     }
 
     fn run_loop(&mut self) {
+        // TSC at the last exit that sent an IPI, until the entry that follows it.
+        let mut ipi_exit_at: Option<u64> = None;
         loop {
             if self.vm.is_stopping() {
                 return;
@@ -285,8 +287,13 @@ impl<'a> Vcpu<'a> {
                 // SDM Vol. 3C §25.8.3: vector 2, type 2 (NMI), valid.
                 let _ = Vmcs32::VmEntryInterruptionInfo.write(2 | (2 << 8) | (1 << 31));
             }
+            if let Some(t) = ipi_exit_at.take() {
+                self.counters.ipi_exit_ticks += crate::time::rdtsc() - t;
+            }
             // SAFETY: this vCPU's VMCS is current with complete host state and HOST_RIP.
-            match unsafe { entry::enter(&mut self.regs, self.launched) } {
+            let entered = unsafe { entry::enter(&mut self.regs, self.launched) };
+            let exit_tsc = crate::time::rdtsc();
+            match entered {
                 Entry::Exited => {}
                 failed => {
                     let error = match failed {
@@ -312,7 +319,12 @@ impl<'a> Vcpu<'a> {
                 self.vm.stop(VmResult::Fail, format!("vCPU {}: {why}", self.index));
                 return;
             }
-            match exits::handle(self, reason.basic()) {
+            let sent = self.counters.ipi_sent_by_exit;
+            let flow = exits::handle(self, reason.basic());
+            if self.counters.ipi_sent_by_exit != sent {
+                ipi_exit_at = Some(exit_tsc);
+            }
+            match flow {
                 Flow::Continue => {}
                 Flow::VcpuDone => return,
                 Flow::Stop(result, why) => {

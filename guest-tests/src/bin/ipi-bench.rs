@@ -1,0 +1,112 @@
+//! The IPI round trip in the style of kvm-unit-tests' vmexit "ipi" test: vCPU 0 writes the ICR
+//! for a fixed IPI; the target's handler counts it (the flag) and EOIs; vCPU 0 spins until it
+//! sees the flag. RDTSC around each round trip after a warm-up; the samples are summarized in
+//! the guest. `args`: `iterations=N target=spin|halt pattern=unicast|broadcast`.
+//! Nothing is printed or counted through the hypervisor inside the timed loop.
+#![no_std]
+#![no_main]
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use guest_tests::apic::{self, ICR_ASSERT, SHORTHAND_OTHERS};
+use guest_tests::hypercall::exits_except_vmcall;
+use guest_tests::irq::count;
+use guest_tests::sync::Barrier;
+use guest_tests::{entry, println, rdtsc, report, sti, sti_hlt, BootInfo};
+use hvcore::stats::summarize;
+
+entry!(main);
+
+static BARRIER: Barrier = Barrier::new();
+static DONE: AtomicBool = AtomicBool::new(false);
+/// Exits each receiver took during the timed loop.
+static RECEIVER_EXITS: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+const VECTOR: u8 = 0x60;
+const MAX_SAMPLES: usize = 20_000;
+static mut SAMPLES: [u64; MAX_SAMPLES] = [0; MAX_SAMPLES];
+
+fn main(me: u32, info: &'static BootInfo) {
+    let n = info.vcpu_count;
+    assert!(n >= 2, "ipi-bench needs a sender and a receiver");
+    let iterations: usize = info.arg("iterations").and_then(|v| v.parse().ok()).unwrap_or(1000).min(MAX_SAMPLES);
+    let halt = info.arg("target") == Some("halt");
+    let broadcast = info.arg("pattern") == Some("broadcast");
+    let warmup = (iterations / 10).max(10);
+    sti();
+    BARRIER.wait(n);
+
+    if me != 0 {
+        let start = exits_except_vmcall();
+        while !DONE.load(Ordering::Acquire) {
+            if halt {
+                sti_hlt();
+            } else {
+                core::hint::spin_loop();
+            }
+        }
+        RECEIVER_EXITS[me as usize].store(exits_except_vmcall() - start, Ordering::Release);
+        BARRIER.wait(n);
+        return;
+    }
+
+    // Let the receivers reach their loop (and HLT).
+    let until = rdtsc() + info.tsc_hz / 100;
+    while rdtsc() < until {
+        core::hint::spin_loop();
+    }
+    let receivers = if broadcast { n - 1 } else { 1 };
+    // SAFETY: only vCPU 0 touches SAMPLES.
+    let samples = unsafe { &mut *(&raw mut SAMPLES) };
+    let mut exits_start = 0;
+    for i in 0..warmup + iterations {
+        if i == warmup {
+            exits_start = exits_except_vmcall();
+        }
+        let before: u32 = (1..=receivers).map(|t| count(t as usize, VECTOR)).sum();
+        let t0 = rdtsc();
+        if broadcast {
+            apic::send(ICR_ASSERT | SHORTHAND_OTHERS | VECTOR as u32, 0);
+        } else {
+            apic::send_fixed(1, VECTOR);
+        }
+        while (1..=receivers).map(|t| count(t as usize, VECTOR)).sum::<u32>() != before + receivers {
+            core::hint::spin_loop();
+        }
+        let t1 = rdtsc();
+        if i >= warmup {
+            samples[i - warmup] = t1 - t0;
+        }
+    }
+    let sender_exits = exits_except_vmcall() - exits_start;
+    DONE.store(true, Ordering::Release);
+    // Wake halted receivers so they see DONE.
+    for t in 1..n {
+        apic::send_fixed(t, VECTOR + 1);
+    }
+    BARRIER.wait(n);
+    let receiver_exits: u64 = (1..n).map(|t| RECEIVER_EXITS[t as usize].load(Ordering::Acquire)).max().unwrap_or(0);
+    let st = summarize(&mut samples[..iterations]);
+    // Exits per IPI, in thousandths (no floating point here).
+    let per = |e: u64| e * 1000 / iterations as u64;
+    println!(
+        "{} {} {}: median {} min {} p99 {} mean {} ({} iterations); exits per IPI: sender {}/1000, receiver {}/1000",
+        if apic::is_x2apic() { "x2apic" } else { "xapic" },
+        if broadcast { "broadcast" } else { "unicast" },
+        if halt { "halt" } else { "spin" },
+        st.median,
+        st.min,
+        st.p99,
+        st.mean,
+        iterations,
+        per(sender_exits),
+        per(receiver_exits)
+    );
+    report!(
+        r#"{{"test":"ipi-bench","apic":"{}","ipiv":{},"target":"{}","pattern":"{}","iterations":{iterations},"cycles":{st},"exits_milli_per_ipi":{{"sender":{},"receiver":{}}}}}"#,
+        if apic::is_x2apic() { "x2apic" } else { "xapic" },
+        info.ipiv != 0,
+        if halt { "halt" } else { "spin" },
+        if broadcast { "broadcast" } else { "unicast" },
+        per(sender_exits),
+        per(receiver_exits)
+    );
+}
