@@ -80,6 +80,15 @@ pub struct RunArgs {
     /// A manifest file with `[vm]` sections (docs/guest-abi.md).
     #[arg(long)]
     pub manifest: Option<PathBuf>,
+    /// Measure the native IPI round trip (CPU 0 → CPU 1) for this many iterations before any VM.
+    #[arg(long, default_value_t = 0)]
+    pub native_bench: u32,
+    /// The native round trip's target spins or halts.
+    #[arg(long, default_value = "spin", value_parser = ["spin", "halt"])]
+    pub native_target: String,
+    /// Host APIC mode: x2APIC where available (auto), or xAPIC.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "xapic"])]
+    pub host_apic: String,
     /// Debugging: hand the manifest to the kernel without checking it first (to see the
     /// kernel refuse it).
     #[arg(long, hide = true)]
@@ -104,6 +113,9 @@ impl RunArgs {
             ipiv: None,
             hlt: None,
             manifest: None,
+            native_bench: 0,
+            native_target: "spin".into(),
+            host_apic: "auto".into(),
             skip_manifest_check: false,
         }
     }
@@ -127,7 +139,12 @@ impl RunArgs {
             (None, Some(m)) => format!("-{}", m.file_stem().unwrap_or_default().to_string_lossy()),
             (None, None) => String::new(),
         };
-        format!("{}-{fw}-{}cpu-{}{guests}", self.platform.name(), self.cpus, self.fault)
+        let native = if self.native_bench > 0 {
+            format!("-native-{}-{}", self.host_apic, self.native_target)
+        } else {
+            String::new()
+        };
+        format!("{}-{fw}-{}cpu-{}{guests}{native}", self.platform.name(), self.cpus, self.fault)
     }
 }
 
@@ -258,8 +275,10 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
 /// The boot config text (global keys, then the manifest's `[vm]` sections) and the guest
 /// images it needs, validated as the kernel will validate them, before anything boots.
 pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestImage>)> {
-    let mut config =
-        format!("# written by cargo xtask\nlog = {}\nexit = {exit}\nfault = {}\n", args.log_level, args.fault);
+    let mut config = format!(
+        "# written by cargo xtask\nlog = {}\nexit = {exit}\nfault = {}\nhost_apic = {}\nnative_bench = {}\nnative_target = {}\n",
+        args.log_level, args.fault, args.host_apic, args.native_bench, args.native_target
+    );
     match (&args.guest, &args.manifest) {
         (Some(list), _) => {
             let opts = [("apic", &args.apic), ("ipiv", &args.ipiv), ("hlt", &args.hlt)];

@@ -11,7 +11,7 @@ use guest_tests::apic::{self, ICR_ASSERT, SHORTHAND_OTHERS};
 use guest_tests::hypercall::exits_except_vmcall;
 use guest_tests::irq::count;
 use guest_tests::sync::Barrier;
-use guest_tests::{entry, println, rdtsc, report, sti, sti_hlt, BootInfo};
+use guest_tests::{BootInfo, entry, println, rdtsc, report, sti, sti_hlt};
 use hvcore::stats::summarize;
 
 entry!(main);

@@ -41,11 +41,25 @@ pub struct BootConfig {
     pub log_level: LevelFilter,
     pub exit: ExitMode,
     pub fault: FaultInjection,
+    /// Use the host APIC in xAPIC mode even where x2APIC is available (for native baselines
+    /// in both modes).
+    pub host_xapic: bool,
+    /// Iterations of the native IPI round trip (CPU 0 → CPU 1) run before any VM; 0 = none.
+    pub native_bench: u32,
+    /// The native round trip's target halts (HLT) instead of spinning.
+    pub native_halt: bool,
 }
 
 impl Default for BootConfig {
     fn default() -> Self {
-        Self { log_level: LevelFilter::Info, exit: ExitMode::Halt, fault: FaultInjection::None }
+        Self {
+            log_level: LevelFilter::Info,
+            exit: ExitMode::Halt,
+            fault: FaultInjection::None,
+            host_xapic: false,
+            native_bench: 0,
+            native_halt: false,
+        }
     }
 }
 
@@ -114,6 +128,24 @@ impl BootConfig {
                         }
                     }
                 }
+                "host_apic" => {
+                    cfg.host_xapic = match value {
+                        "auto" => false,
+                        "xapic" => true,
+                        _ => return Err(err(format!("host_apic must be auto|xapic, not `{value}`"))),
+                    }
+                }
+                "native_bench" => {
+                    cfg.native_bench =
+                        value.parse().map_err(|_| err(format!("native_bench must be a number, not `{value}`")))?
+                }
+                "native_target" => {
+                    cfg.native_halt = match value {
+                        "spin" => false,
+                        "halt" => true,
+                        _ => return Err(err(format!("native_target must be spin|halt, not `{value}`"))),
+                    }
+                }
                 _ => return Err(err(format!("unknown key `{key}`"))),
             }
         }
@@ -132,8 +164,17 @@ mod tests {
         let (cfg, m) = BootConfig::parse(text).unwrap();
         assert_eq!(
             cfg,
-            BootConfig { log_level: LevelFilter::Debug, exit: ExitMode::DebugPort, fault: FaultInjection::ApPageFault }
+            BootConfig {
+                log_level: LevelFilter::Debug,
+                exit: ExitMode::DebugPort,
+                fault: FaultInjection::ApPageFault,
+                ..BootConfig::default()
+            }
         );
+        let (cfg, _) = BootConfig::parse("host_apic = xapic\nnative_bench = 500\nnative_target = halt\n").unwrap();
+        assert!(cfg.host_xapic && cfg.native_halt);
+        assert_eq!(cfg.native_bench, 500);
+        assert!(BootConfig::parse("native_bench = lots").is_err());
         assert_eq!(m.vms.len(), 2);
         assert_eq!((m.vms[0].name.as_str(), m.vms[0].vcpus, m.vms[0].line), ("a", 2, 7));
         assert_eq!(m.vms[1].image, "memory");

@@ -130,6 +130,27 @@ impl fmt::Display for VmReport {
     }
 }
 
+/// The native IPI round trip the hypervisor measured on two physical CPUs before any VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NativeBench {
+    pub x2apic: bool,
+    pub halt: bool,
+    pub cycles: crate::stats::CycleStats,
+}
+
+impl fmt::Display for NativeBench {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{{\"apic\":\"{}\",\"target\":\"{}\",\"iterations\":{},\"cycles\":{}}}",
+            if self.x2apic { "x2apic" } else { "xapic" },
+            if self.halt { "halt" } else { "spin" },
+            self.cycles.samples,
+            self.cycles
+        )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HvSummary {
     pub result: RunResult,
@@ -141,6 +162,8 @@ pub struct HvSummary {
     pub tsc_hz: u64,
     pub cpus: Vec<CpuReport>,
     pub vms: Vec<VmReport>,
+    /// Set after `judge` when a native round trip was measured.
+    pub native: Option<NativeBench>,
 }
 
 impl HvSummary {
@@ -180,7 +203,17 @@ impl HvSummary {
         } else {
             (RunResult::Pass, None)
         };
-        Self { result, reason, cpus_expected, vmx_supported: unsupported.is_none(), features, tsc_hz, cpus, vms }
+        Self {
+            result,
+            reason,
+            cpus_expected,
+            vmx_supported: unsupported.is_none(),
+            features,
+            tsc_hz,
+            cpus,
+            vms,
+            native: None,
+        }
     }
 
     pub fn cpus_online(&self) -> u32 {
@@ -297,7 +330,12 @@ impl fmt::Display for HvSummary {
                 OptStr(c.error.as_deref())
             )?;
         }
-        f.write_str("],\"vms\":[")?;
+        f.write_str("],\"native\":")?;
+        match &self.native {
+            Some(n) => write!(f, "{n}")?,
+            None => f.write_str("null")?,
+        }
+        f.write_str(",\"vms\":[")?;
         for (i, vm) in self.vms.iter().enumerate() {
             if i > 0 {
                 f.write_char(',')?;
@@ -350,6 +388,17 @@ mod tests {
         }
         assert_eq!(v["vms"], serde_json::json!([]));
         assert_eq!(v["cpus"][1]["apic_id"], 1);
+        assert!(v["native"].is_null());
+        let mut s = s;
+        s.native = Some(NativeBench {
+            x2apic: true,
+            halt: false,
+            cycles: crate::stats::CycleStats { min: 1, median: 2, p99: 3, mean: 2, samples: 100 },
+        });
+        let v: serde_json::Value = serde_json::from_str(&s.to_string()).unwrap();
+        assert_eq!(v["native"]["apic"], "x2apic");
+        assert_eq!(v["native"]["cycles"]["median"], 2);
+        assert_eq!(v["native"]["iterations"], 100);
     }
 
     #[test]

@@ -50,11 +50,11 @@ pub fn mask_legacy_pic() {
     }
 }
 
-/// Enables this CPU's local APIC (x2APIC mode when available) with the spurious vector set.
-/// The BSP calls it first and so picks the mode for everyone.
-pub fn init_this_cpu() {
+/// Enables this CPU's local APIC (x2APIC mode when available and not `force_xapic`) with the
+/// spurious vector set. The BSP calls it first and so picks the mode for everyone.
+pub fn init_this_cpu(force_xapic: bool) {
     let x2 = match MODE.load(Ordering::Acquire) {
-        0 => core::arch::x86_64::__cpuid(1).ecx & (1 << 21) != 0,
+        0 => !force_xapic && core::arch::x86_64::__cpuid(1).ecx & (1 << 21) != 0,
         m => m == MODE_X2APIC,
     };
     let mut base_msr = Msr::new(IA32_APIC_BASE);

@@ -11,6 +11,7 @@ extern crate alloc;
 
 mod acpi;
 mod apic;
+mod bench;
 mod console;
 mod cpu;
 mod memory;
@@ -66,6 +67,9 @@ static APS_VMX_DONE: AtomicU32 = AtomicU32::new(0);
 static APS_OFF_DONE: AtomicU32 = AtomicU32::new(0);
 /// Set by the BSP when the VMs are built (or will not be): vCPUs may start.
 static VMS_READY: AtomicBool = AtomicBool::new(false);
+/// Whether the BSP runs the native round trip (CPU 1 takes part), once decided.
+static NATIVE_PLANNED: AtomicBool = AtomicBool::new(false);
+static NATIVE_DECIDED: AtomicBool = AtomicBool::new(false);
 /// Set by the BSP when every CPU may leave VMX operation.
 static RELEASE: AtomicBool = AtomicBool::new(false);
 
@@ -107,7 +111,7 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     info!("memory: {} MiB free, trampoline at {low:#x}", memory::free_bytes() >> 20);
 
     apic::mask_legacy_pic();
-    apic::init_this_cpu();
+    apic::init_this_cpu(config.host_xapic);
     let bsp_apic = apic::id();
     cpu::activate(cpu::PerCpu::new(0, bsp_apic));
     info!("local APIC {} in {} mode", bsp_apic, if apic::is_x2apic() { "x2APIC" } else { "xAPIC" });
@@ -174,6 +178,25 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     let bsp_vmx = vmx_bring_up(0, &msrs);
     wait_for(|| APS_VMX_DONE.load(Ordering::Acquire) >= started, "APs to finish VMXON");
 
+    // The native baseline, before any VM: CPU 0 → CPU 1.
+    let native = match (config.native_bench, started) {
+        (0, _) => None,
+        (_, 0) => {
+            warn!("native_bench needs a second CPU");
+            None
+        }
+        (n, _) => {
+            NATIVE_PLANNED.store(true, Ordering::Release);
+            let r = bench::run_sender(n, config.native_halt, procs.aps[0]);
+            match &r {
+                Some(b) => info!("native IPI round trip: {:?}", b.cycles),
+                None => error!("native IPI round trip: CPU 1 never got ready"),
+            }
+            r
+        }
+    };
+    NATIVE_DECIDED.store(true, Ordering::Release);
+
     // Every CPU is in VMX operation (or reported why not): build the VMs, or refuse the
     // manifest before any of them starts.
     let vm_error = prepare_vms(manifest, ramdisk.as_ref(), expected, caps.is_some() && bsp_vmx.is_some());
@@ -201,6 +224,7 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     let features = caps.map(|c| c.features()).unwrap_or_default();
     let vm_reports = VMS.get().map(|vms| vms.iter().map(|v| v.report()).collect()).unwrap_or_default();
     let mut summary = HvSummary::judge(expected, unsupported, features, tsc_hz, reports, vm_reports);
+    summary.native = native;
     if let Some(e) = vm_error {
         summary.result = RunResult::Fail;
         summary.reason = Some(e);
@@ -344,7 +368,7 @@ extern "C" fn ap_entry(arg: u64) -> ! {
     let pc: &'static cpu::PerCpu = unsafe { &*(arg as *const cpu::PerCpu) };
     cpu::activate(pc);
     smp::ap_started();
-    apic::init_this_cpu();
+    apic::init_this_cpu(false);
     let index = pc.index;
     let id = apic::id();
     if id != pc.apic_id {
@@ -360,6 +384,9 @@ extern "C" fn ap_entry(arg: u64) -> ! {
     let msrs = vmx::read_msrs();
     let vmx = vmx_bring_up(index, &msrs);
     APS_VMX_DONE.fetch_add(1, Ordering::Release);
+    if index == 1 {
+        bench::target_loop(|| NATIVE_DECIDED.load(Ordering::Acquire) && !NATIVE_PLANNED.load(Ordering::Acquire));
+    }
     while !VMS_READY.load(Ordering::Acquire) {
         core::hint::spin_loop();
     }

@@ -1,0 +1,78 @@
+//! The native IPI round trip: the same algorithm as the `ipi-bench` guest, run by the
+//! hypervisor itself on CPU 0 (sender) and CPU 1 (target) before any VM starts: the physical
+//! limit on this platform, in the host's APIC mode.
+
+use alloc::vec;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use hvcore::stats::summarize;
+use hvcore::summary::NativeBench;
+
+use crate::apic;
+
+/// Host vector the native round trip uses.
+pub const NATIVE_VECTOR: u8 = 0xe0;
+
+static GO: AtomicBool = AtomicBool::new(false);
+static DONE: AtomicBool = AtomicBool::new(false);
+static HALT: AtomicBool = AtomicBool::new(false);
+static READY: AtomicBool = AtomicBool::new(false);
+/// Incremented by CPU 1's interrupt handler: the "flag" of the round trip.
+pub static RECEIVED: AtomicU32 = AtomicU32::new(0);
+
+/// Measures `iterations` round trips to the CPU with `target_apic_id` (CPU 1, which must be
+/// waiting in [`target_loop`]). Returns `None` if CPU 1 never got ready.
+pub fn run_sender(iterations: u32, halt: bool, target_apic_id: u32) -> Option<NativeBench> {
+    HALT.store(halt, Ordering::Relaxed);
+    GO.store(true, Ordering::Release);
+    let deadline = crate::time::rdtsc() + crate::time::measure_tsc_hz();
+    while !READY.load(Ordering::Acquire) {
+        if crate::time::rdtsc() > deadline {
+            DONE.store(true, Ordering::Release);
+            return None;
+        }
+        core::hint::spin_loop();
+    }
+    // Let the target reach HLT.
+    crate::time::pit_delay_us(1000);
+    let warmup = (iterations / 10).max(10);
+    let mut samples = vec![0u64; iterations as usize];
+    for i in 0..warmup + iterations {
+        let before = RECEIVED.load(Ordering::Acquire);
+        let t0 = crate::time::rdtsc();
+        apic::send_ipi(target_apic_id, apic::ICR_FIXED | NATIVE_VECTOR as u32);
+        while RECEIVED.load(Ordering::Acquire) == before {
+            core::hint::spin_loop();
+        }
+        let t1 = crate::time::rdtsc();
+        if i >= warmup {
+            samples[(i - warmup) as usize] = t1 - t0;
+        }
+    }
+    DONE.store(true, Ordering::Release);
+    // Wake a halted target so it sees DONE.
+    apic::send_ipi(target_apic_id, apic::ICR_FIXED | NATIVE_VECTOR as u32);
+    Some(NativeBench { x2apic: apic::is_x2apic(), halt, cycles: summarize(&mut samples) })
+}
+
+/// CPU 1: if the BSP starts a native run, take its IPIs (spinning or halted, interrupts on)
+/// until it is done. Returns when `stop_waiting` says the run will not happen.
+pub fn target_loop(stop_waiting: impl Fn() -> bool) {
+    while !GO.load(Ordering::Acquire) {
+        if stop_waiting() {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    let halt = HALT.load(Ordering::Relaxed);
+    READY.store(true, Ordering::Release);
+    x86_64::instructions::interrupts::enable();
+    while !DONE.load(Ordering::Acquire) {
+        if halt {
+            x86_64::instructions::hlt();
+        } else {
+            core::hint::spin_loop();
+        }
+    }
+    x86_64::instructions::interrupts::disable();
+}
