@@ -1,9 +1,11 @@
 //! `cargo xtask`: builds the hypervisor, provisions the project's Bochs, and runs and tests
 //! the hypervisor under QEMU and Bochs.
 
+mod bench;
 mod bochs;
 mod guests;
 mod image;
+mod plot;
 mod run;
 mod summary;
 mod test;
@@ -25,6 +27,8 @@ enum Cmd {
     Run(run::RunArgs),
     /// Run every test: host unit tests, QEMU boots, Bochs with VMX.
     Test(test::TestArgs),
+    /// Measure IPI round trips: APIC modes x {native, ipiv-on, ipiv-off} x targets.
+    Bench(bench::BenchArgs),
     /// Build a bootable disk image for real hardware (halts at the end instead of exiting).
     /// Takes the run flags that shape the image (--uefi, --cpus, --memory, --guest, --manifest,
     /// --log-level).
@@ -48,6 +52,10 @@ fn main() -> Result<()> {
             std::process::exit(if outcome.accepted { 0 } else { 1 })
         }
         Cmd::Test(args) => test::run_all(&args),
+        Cmd::Bench(args) => {
+            let targets_met = bench::run(&args)?;
+            std::process::exit(if targets_met { 0 } else { 1 })
+        }
         Cmd::Image { args, out } => {
             let (config, guests) = run::compose(&args, "halt")?;
             let kernel = image::build_kernel()?;

@@ -383,6 +383,39 @@ fn refuses_bad_manifest_before_launch() -> Result<()> {
     }
 }
 
+/// A short bench run: the exit counts per IPI it reports must meet the targets (timings are
+/// not checked here; they are `cargo xtask bench`'s business).
+fn bench_exit_counts() -> Result<()> {
+    use crate::bench::{self, BenchArgs, Cell};
+    let a = BenchArgs {
+        platform: Platform::Bochs,
+        cpus: 4,
+        iterations: Some(50),
+        full: false,
+        json: None,
+        plot: None,
+        timeout: 300,
+    };
+    let cells: Vec<Cell> = bench::matrix(4)
+        .into_iter()
+        .filter(|c| c.pattern == "unicast" && c.config != "native" && c.target != "halt-exit")
+        .collect();
+    let (records, skipped) = bench::measure(&a, &cells, 50)?;
+    for s in &skipped {
+        eprintln!("xtask test: bench cell not measured: {s}");
+    }
+    let checks = bench::check_targets(&records, 500, false);
+    let failed: Vec<_> =
+        checks.iter().filter(|c| c.met == Some(false)).map(|c| format!("{} ({})", c.what, c.detail)).collect();
+    if !failed.is_empty() {
+        bail!("exit-count targets not met: {}", failed.join("; "));
+    }
+    if checks.iter().all(|c| c.met.is_none()) {
+        bail!("no exit-count target was measured");
+    }
+    Ok(())
+}
+
 pub fn run_all(args: &TestArgs) -> Result<()> {
     let mut passed = 0;
     let mut failed = Vec::new();
@@ -429,6 +462,19 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
             Err(e) => {
                 eprintln!("xtask test: {} FAILED: {e:#}", case.name);
                 failed.push(case.name.to_string());
+            }
+        }
+    }
+    if args.filter.as_deref().is_none_or(|f| "bench-exit-counts".contains(f)) {
+        eprintln!("xtask test: bench-exit-counts ...");
+        match bench_exit_counts() {
+            Ok(()) => {
+                passed += 1;
+                eprintln!("xtask test: bench-exit-counts ok");
+            }
+            Err(e) => {
+                eprintln!("xtask test: bench-exit-counts FAILED: {e:#}");
+                failed.push("bench-exit-counts".to_string());
             }
         }
     }

@@ -1,0 +1,364 @@
+//! `cargo xtask bench`: the IPI round trip in every configuration — APIC mode × {native,
+//! ipiv-on, ipiv-off} × target {spin, halt-passthrough, halt-exit}, plus a one-to-all broadcast
+//! — with exits per IPI and the hypervisor's cost of an exit-path IPI. Each cell is one boot:
+//! the `ipi-bench` guest in a VM, or the hypervisor's own native run. Prints the table, checks
+//! the targets, writes JSON and an SVG plot.
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::{Value, json};
+use std::fs;
+use std::path::PathBuf;
+
+use crate::run::{self, Platform, RunArgs};
+
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "bochs")]
+    pub platform: Platform,
+    /// CPUs (the broadcast cell needs 4).
+    #[arg(long, default_value_t = 4)]
+    pub cpus: u32,
+    /// Round trips per cell (after a warm-up of a tenth); default 200, or 2000 with --full.
+    #[arg(long)]
+    pub iterations: Option<u32>,
+    /// The whole matrix at full length.
+    #[arg(long)]
+    pub full: bool,
+    /// Write `{"platform", "cycles_unit", "records": [...]}` here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG plot of median cycles (p99 whiskers) here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Per-boot timeout in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// One cell of the matrix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cell {
+    pub apic: &'static str,
+    pub config: &'static str,
+    pub target: &'static str,
+    pub pattern: &'static str,
+}
+
+/// The matrix, in the order the table shows it.
+pub fn matrix(cpus: u32) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    for apic in ["xapic", "x2apic"] {
+        for (config, targets) in [
+            ("native", &["spin", "halt-passthrough"][..]),
+            ("ipiv-on", &["spin", "halt-passthrough", "halt-exit"][..]),
+            ("ipiv-off", &["spin", "halt-passthrough", "halt-exit"][..]),
+        ] {
+            for &target in targets {
+                cells.push(Cell { apic, config, target, pattern: "unicast" });
+            }
+        }
+        if cpus >= 4 {
+            for config in ["ipiv-on", "ipiv-off"] {
+                cells.push(Cell { apic, config, target: "spin", pattern: "broadcast" });
+            }
+        }
+    }
+    cells
+}
+
+impl Cell {
+    fn name(&self) -> String {
+        format!("{} {} {} {}", self.apic, self.config, self.target, self.pattern)
+    }
+
+    /// The run that measures this cell.
+    fn run_args(&self, a: &BenchArgs, iterations: u32, dir: &std::path::Path) -> Result<RunArgs> {
+        let mut r = RunArgs { timeout: a.timeout, ..RunArgs::new(a.platform, a.cpus) };
+        if self.config == "native" {
+            r.native_bench = iterations;
+            r.native_target = if self.target == "spin" { "spin" } else { "halt" }.into();
+            r.host_apic = if self.apic == "xapic" { "xapic" } else { "auto" }.into();
+            return Ok(r);
+        }
+        let vcpus = if self.pattern == "broadcast" { 4 } else { 2 };
+        let manifest = format!(
+            "[vm]\nname = bench\nimage = ipi-bench\nvcpus = {vcpus}\napic = {}\nipiv = {}\nhlt = {}\ntimeout_ms = {}\n\
+             args = iterations={iterations} target={} pattern={}\n",
+            self.apic,
+            if self.config == "ipiv-on" { "on" } else { "off" },
+            if self.target == "halt-exit" { "exit" } else { "passthrough" },
+            a.timeout * 1000,
+            if self.target == "spin" { "spin" } else { "halt" },
+            self.pattern
+        );
+        let file = dir.join(format!("{}.manifest", self.name().replace(' ', "-")));
+        fs::write(&file, manifest)?;
+        r.manifest = Some(file);
+        Ok(r)
+    }
+}
+
+/// A measured cell, as written to the JSON file.
+pub fn record(cell: &Cell, summary: &Value) -> Result<Value> {
+    let mut rec = json!({"apic": cell.apic, "config": cell.config, "target": cell.target, "pattern": cell.pattern});
+    if cell.config == "native" {
+        let n = &summary["native"];
+        if n.is_null() {
+            bail!("the hypervisor reported no native measurement");
+        }
+        rec["cycles"] = n["cycles"].clone();
+        rec["iterations"] = n["iterations"].clone();
+        rec["exits_per_ipi"] = json!({"sender": 0.0, "receiver": 0.0});
+        return Ok(rec);
+    }
+    let vm = &summary["vms"][0];
+    let report = vm["reports"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["test"] == "ipi-bench"))
+        .with_context(|| format!("no ipi-bench report (VM {}: {})", vm["result"], vm["reason"]))?;
+    rec["cycles"] = report["cycles"].clone();
+    rec["iterations"] = report["iterations"].clone();
+    let milli = |k: &str| report["exits_milli_per_ipi"][k].as_u64().unwrap_or(0) as f64 / 1000.0;
+    rec["exits_per_ipi"] = json!({"sender": milli("sender"), "receiver": milli("receiver")});
+    let sender = &vm["vcpu_exits"][0];
+    if let (Some(ticks), Some(n)) = (sender["ipi_exit_ticks"].as_u64(), sender["ipi_sent_by_exit"].as_u64()) {
+        if n > 0 {
+            rec["hypervisor_ticks_per_exit_ipi"] = json!(ticks / n);
+        }
+    }
+    Ok(rec)
+}
+
+fn median(r: &Value) -> Option<u64> {
+    r["cycles"]["median"].as_u64()
+}
+
+/// One target and whether the measurements meet it.
+#[derive(Debug)]
+pub struct TargetCheck {
+    pub what: String,
+    /// `None`: a cell it needs was not measured (e.g. no IPIv on this CPU).
+    pub met: Option<bool>,
+    pub detail: String,
+}
+
+fn find<'a>(records: &'a [Value], apic: &str, config: &str, target: &str, pattern: &str) -> Option<&'a Value> {
+    records
+        .iter()
+        .find(|r| r["apic"] == apic && r["config"] == config && r["target"] == target && r["pattern"] == pattern)
+}
+
+/// The issue's targets: exits per IPI for ipiv-on and ipiv-off, ipiv-on within 10 % of native,
+/// and the exit path at most 500 hypervisor instructions (`exit_path_limit`).
+pub fn check_targets(records: &[Value], exit_path_limit: u64, timing_targets: bool) -> Vec<TargetCheck> {
+    let mut out = Vec::new();
+    let exits = |r: &Value, k: &str| r["exits_per_ipi"][k].as_f64().unwrap_or(f64::NAN);
+    for apic in ["xapic", "x2apic"] {
+        for target in ["spin", "halt-passthrough"] {
+            let r = find(records, apic, "ipiv-on", target, "unicast");
+            out.push(TargetCheck {
+                what: format!("{apic} ipiv-on {target}: 0 exits per IPI on sender and receiver"),
+                met: r.map(|r| exits(r, "sender") == 0.0 && exits(r, "receiver") == 0.0),
+                detail: r
+                    .map(|r| format!("sender {}, receiver {}", exits(r, "sender"), exits(r, "receiver")))
+                    .unwrap_or_default(),
+            });
+        }
+        let r = find(records, apic, "ipiv-off", "spin", "unicast");
+        out.push(TargetCheck {
+            what: format!("{apic} ipiv-off spin: exactly 1 exit per IPI on the sender, 0 on a running receiver"),
+            met: r.map(|r| exits(r, "sender") == 1.0 && exits(r, "receiver") == 0.0),
+            detail: r
+                .map(|r| format!("sender {}, receiver {}", exits(r, "sender"), exits(r, "receiver")))
+                .unwrap_or_default(),
+        });
+        if timing_targets {
+            let (on, native) =
+                (find(records, apic, "ipiv-on", "spin", "unicast"), find(records, apic, "native", "spin", "unicast"));
+            let pair = on.and_then(median).zip(native.and_then(median));
+            out.push(TargetCheck {
+                what: format!("{apic} ipiv-on spin median <= 1.10 x native median"),
+                met: pair.map(|(on, nat)| on as f64 <= 1.10 * nat as f64),
+                detail: pair
+                    .map(|(on, nat)| format!("{on} vs native {nat} ({:.2}x)", on as f64 / nat as f64))
+                    .unwrap_or_default(),
+            });
+            let ticks = find(records, apic, "ipiv-off", "spin", "unicast")
+                .and_then(|r| r["hypervisor_ticks_per_exit_ipi"].as_u64());
+            out.push(TargetCheck {
+                what: format!("{apic} exit-path IPI: <= {exit_path_limit} hypervisor ticks from VM exit to VM entry"),
+                met: ticks.map(|t| t <= exit_path_limit),
+                detail: ticks.map(|t| format!("{t}")).unwrap_or_default(),
+            });
+        }
+    }
+    out
+}
+
+pub fn table(records: &[Value], unit: &str) -> String {
+    let mut s = format!(
+        "{:<7} {:<9} {:<17} {:<10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>8}\n",
+        "apic", "config", "target", "pattern", "median", "min", "p99", "mean", "iters", "exits/S", "exits/R", "hv-path"
+    );
+    for r in records {
+        let c = &r["cycles"];
+        let n = |v: &Value| v.as_u64().map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+        s += &format!(
+            "{:<7} {:<9} {:<17} {:<10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>8}\n",
+            r["apic"].as_str().unwrap_or(""),
+            r["config"].as_str().unwrap_or(""),
+            r["target"].as_str().unwrap_or(""),
+            r["pattern"].as_str().unwrap_or(""),
+            n(&c["median"]),
+            n(&c["min"]),
+            n(&c["p99"]),
+            n(&c["mean"]),
+            n(&r["iterations"]),
+            r["exits_per_ipi"]["sender"].as_f64().map(|x| format!("{x:.2}")).unwrap_or_default(),
+            r["exits_per_ipi"]["receiver"].as_f64().map(|x| format!("{x:.2}")).unwrap_or_default(),
+            n(&r["hypervisor_ticks_per_exit_ipi"]),
+        );
+    }
+    s += &format!(
+        "cycles in {unit}; exits/S, exits/R: VM exits per IPI on sender and receiver; hv-path: hypervisor ticks per exit-path IPI\n"
+    );
+    s
+}
+
+/// "bochs-instructions" under Bochs (its TSC counts instructions per CPU), "tsc" elsewhere.
+pub fn cycles_unit(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Bochs => "bochs-instructions",
+        _ => "tsc",
+    }
+}
+
+/// Runs the cells, one boot each, showing progress; ipiv-on cells on a CPU without IPIv are
+/// listed as not measured.
+pub fn measure(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec<Value>, Vec<String>)> {
+    let dir = PathBuf::from("target/xtask/bench");
+    fs::create_dir_all(&dir)?;
+    let mut records = Vec::new();
+    let mut skipped = Vec::new();
+    for (i, cell) in cells.iter().enumerate() {
+        eprintln!("xtask bench: [{}/{}] {} ({iterations} iterations)", i + 1, cells.len(), cell.name());
+        let args = cell.run_args(a, iterations, &dir)?;
+        let outcome = match run::run(&args) {
+            Ok(o) => o,
+            Err(e) if cell.config == "ipiv-on" && format!("{e:#}").contains("IPI virtualization") => {
+                skipped.push(format!("{}: {e:#}", cell.name()));
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("bench cell {}", cell.name()))),
+        };
+        let summary = outcome.summary.with_context(|| format!("bench cell {}: no summary", cell.name()))?;
+        let reason = summary["reason"].as_str().unwrap_or("");
+        if cell.config == "ipiv-on" && reason.contains("IPI virtualization") {
+            skipped.push(format!("{}: {reason}", cell.name()));
+            continue;
+        }
+        if !outcome.accepted {
+            bail!("bench cell {} failed: {}", cell.name(), summary["reason"]);
+        }
+        records.push(record(cell, &summary)?);
+    }
+    Ok((records, skipped))
+}
+
+pub fn run(a: &BenchArgs) -> Result<bool> {
+    let iterations = a.iterations.unwrap_or(if a.full { 2000 } else { 200 });
+    let cells = matrix(a.cpus);
+    let (records, skipped) = measure(a, &cells, iterations)?;
+    let unit = cycles_unit(a.platform);
+    println!("\nIPI round trip on {} ({} CPUs)\n{}", a.platform.name(), a.cpus, table(&records, unit));
+    for s in &skipped {
+        println!("not measured: {s}");
+    }
+    let checks = check_targets(&records, 500, true);
+    let mut ok = true;
+    println!("\ntargets:");
+    for c in &checks {
+        let mark = match c.met {
+            Some(true) => "met",
+            Some(false) => {
+                ok = false;
+                "NOT MET"
+            }
+            None => "not measured",
+        };
+        println!("  [{mark}] {} ({})", c.what, c.detail);
+    }
+    if let Some(path) = &a.json {
+        let doc = json!({"platform": a.platform.name(), "cycles_unit": unit, "records": records,
+            "targets": checks.iter().map(|c| json!({"target": c.what, "met": c.met, "detail": c.detail})).collect::<Vec<_>>()});
+        fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
+        eprintln!("xtask bench: wrote {}", path.display());
+    }
+    if let Some(path) = &a.plot {
+        crate::plot::bars(path, &records, unit, a.platform.name())?;
+        eprintln!("xtask bench: wrote {}", path.display());
+    }
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm_summary(median: u64, sender_milli: u64, receiver_milli: u64) -> Value {
+        json!({"native": null, "vms": [{"result": "pass", "reason": null,
+            "vcpu_exits": [{"ipi_exit_ticks": 1400, "ipi_sent_by_exit": 10}, {}],
+            "reports": [{"test": "ipi-bench", "iterations": 100,
+                "cycles": {"min": 1, "median": median, "p99": 3, "mean": 2},
+                "exits_milli_per_ipi": {"sender": sender_milli, "receiver": receiver_milli}}]}]})
+    }
+
+    #[test]
+    fn matrix_covers_every_cell_once() {
+        let m = matrix(4);
+        assert_eq!(m.len(), 2 * (2 + 3 + 3 + 2));
+        assert!(m.iter().any(|c| c.apic == "x2apic" && c.config == "ipiv-off" && c.target == "halt-exit"));
+        assert_eq!(matrix(2).iter().filter(|c| c.pattern == "broadcast").count(), 0);
+    }
+
+    #[test]
+    fn records_come_from_the_guest_report_and_the_counters() {
+        let cell = Cell { apic: "xapic", config: "ipiv-off", target: "spin", pattern: "unicast" };
+        let r = record(&cell, &vm_summary(226, 1000, 0)).unwrap();
+        assert_eq!(r["cycles"]["median"], 226);
+        assert_eq!(r["exits_per_ipi"]["sender"], 1.0);
+        assert_eq!(r["hypervisor_ticks_per_exit_ipi"], 140);
+        let native = Cell { config: "native", ..cell.clone() };
+        let s = json!({"native": {"cycles": {"min": 20, "median": 24, "p99": 25, "mean": 24}, "iterations": 100}});
+        assert_eq!(record(&native, &s).unwrap()["cycles"]["median"], 24);
+        assert!(record(&native, &json!({"native": null})).is_err());
+    }
+
+    #[test]
+    fn targets_are_checked_and_missing_cells_are_not_measured() {
+        let off = |apic| {
+            let c = Cell { apic, config: "ipiv-off", target: "spin", pattern: "unicast" };
+            record(&c, &vm_summary(226, 1000, 0)).unwrap()
+        };
+        let on = |apic, median| {
+            let c = Cell { apic, config: "ipiv-on", target: "spin", pattern: "unicast" };
+            record(&c, &vm_summary(median, 0, 0)).unwrap()
+        };
+        let native = json!({"apic": "xapic", "config": "native", "target": "spin", "pattern": "unicast",
+            "cycles": {"median": 40}, "exits_per_ipi": {"sender": 0.0, "receiver": 0.0}});
+        let records = vec![off("xapic"), on("xapic", 43), native];
+        let checks = check_targets(&records, 500, true);
+        let get = |s: &str| checks.iter().find(|c| c.what.starts_with(s)).unwrap();
+        assert_eq!(get("xapic ipiv-off spin").met, Some(true));
+        assert_eq!(get("xapic ipiv-on spin:").met, Some(true));
+        assert_eq!(get("xapic ipiv-on spin median").met, Some(true), "43 <= 1.1 * 40");
+        assert_eq!(get("xapic exit-path").met, Some(true));
+        assert_eq!(get("xapic ipiv-on halt-passthrough").met, None);
+        assert_eq!(get("x2apic ipiv-off").met, None);
+        let slow = vec![on("xapic", 45), records[2].clone()];
+        let checks = check_targets(&slow, 500, true);
+        assert_eq!(checks.iter().find(|c| c.what.starts_with("xapic ipiv-on spin median")).unwrap().met, Some(false));
+        assert!(table(&records, "bochs-instructions").contains("cycles in bochs-instructions"));
+    }
+}

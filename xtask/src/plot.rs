@@ -1,0 +1,98 @@
+//! The benchmark plot (plotters, SVG): one horizontal bar per cell, median cycles, with a
+//! whisker to p99, grouped by APIC mode.
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+use serde_json::Value;
+use std::path::Path;
+
+pub fn bars(path: &Path, records: &[Value], unit: &str, platform: &str) -> Result<()> {
+    let rows: Vec<(String, f64, f64, bool)> = records
+        .iter()
+        .map(|r| {
+            let label = format!(
+                "{} {} {} {}",
+                r["apic"].as_str().unwrap_or(""),
+                r["config"].as_str().unwrap_or(""),
+                r["target"].as_str().unwrap_or(""),
+                r["pattern"].as_str().unwrap_or("")
+            );
+            let median = r["cycles"]["median"].as_f64().unwrap_or(0.0);
+            let p99 = r["cycles"]["p99"].as_f64().unwrap_or(median);
+            (label, median, p99, r["apic"] == "x2apic")
+        })
+        .collect();
+    let max = rows.iter().map(|r| r.2).fold(1.0, f64::max) * 1.15;
+    let height = 120 + 26 * rows.len() as u32;
+    let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("IPI round trip, median with p99 whisker ({platform}, {unit})"), ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(260)
+        .build_cartesian_2d(0.0..max, (0..rows.len()).into_segmented())
+        .map_err(|e| anyhow!("{e}"))?;
+    let labels: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(rows.len())
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .x_desc(unit)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    let blue = RGBColor(70, 110, 190);
+    let orange = RGBColor(220, 130, 40);
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, r)| {
+            let mut bar = Rectangle::new(
+                [(0.0, SegmentValue::Exact(i)), (r.1, SegmentValue::Exact(i + 1))],
+                (if r.3 { orange } else { blue }).filled(),
+            );
+            bar.set_margin(4, 4, 0, 0);
+            bar
+        }))
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, r)| {
+            PathElement::new(
+                vec![(r.1, SegmentValue::CenterOf(i)), (r.2, SegmentValue::CenterOf(i))],
+                BLACK.stroke_width(2),
+            )
+        }))
+        .map_err(|e| anyhow!("{e}"))?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, r)| {
+            Text::new(format!("{:.0}", r.1), (r.2 + max * 0.01, SegmentValue::CenterOf(i)), ("sans-serif", 12))
+        }))
+        .map_err(|e| anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_an_svg_with_every_cell() {
+        let recs: Vec<Value> = serde_json::from_str(
+            r#"[{"apic":"xapic","config":"native","target":"spin","pattern":"unicast","cycles":{"median":38,"p99":40}},
+                {"apic":"x2apic","config":"ipiv-off","target":"halt-exit","pattern":"unicast","cycles":{"median":423,"p99":430}}]"#,
+        )
+        .unwrap();
+        let path = std::env::temp_dir().join(format!("ipiv-hv-plot-{}.svg", std::process::id()));
+        bars(&path, &recs, "bochs-instructions", "bochs").unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"));
+        for s in ["xapic native spin unicast", "x2apic ipiv-off halt-exit unicast", "423", "bochs-instructions"] {
+            assert!(svg.contains(s), "{s}");
+        }
+        let _ = std::fs::copy(&path, std::env::temp_dir().join("ipiv-hv-plot-last.svg"));
+        std::fs::remove_file(path).unwrap();
+    }
+}
