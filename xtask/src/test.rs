@@ -114,6 +114,36 @@ fn ipi_storm_counts(o: &Outcome, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// ipiv-rules passed on every vCPU, with IPIv really on.
+fn ipiv_rules(o: &Outcome) -> Result<()> {
+    vm_result(o, "ipiv-rules-0", "pass")?;
+    every_vcpu_reported(o, "ipiv-rules-0", 4)?;
+    if vm(o, "ipiv-rules-0")?["ipiv"] != true {
+        bail!("ipiv-rules ran without IPIv");
+    }
+    Ok(())
+}
+
+/// ipi-basic with IPIv on: the covered IPIs (fixed, physical) exited 0 times on every vCPU;
+/// the uncovered ones took the fallback path.
+fn ipiv_covered(o: &Outcome, name: &str) -> Result<()> {
+    vm_result(o, name, "pass")?;
+    every_vcpu_reported(o, name, 4)?;
+    let v = vm(o, name)?;
+    if v["ipiv"] != true {
+        bail!("VM {name}: IPIv should be on");
+    }
+    for r in v["reports"].as_array().unwrap() {
+        if r["covered_exits"] != 0 || r["covered_sent"].as_u64().unwrap_or(0) == 0 {
+            bail!("vCPU {}: {} exits for {} covered IPIs", r["vcpu"], r["covered_exits"], r["covered_sent"]);
+        }
+        if r["exits"]["external_interrupt"] != 0 {
+            bail!("vCPU {}: external-interrupt exits: {}", r["vcpu"], r["exits"]);
+        }
+    }
+    Ok(())
+}
+
 fn bochs_guests(list: &str) -> RunArgs {
     RunArgs { timeout: 300, ..RunArgs::new(Platform::Bochs, 4) }.with_guests(list)
 }
@@ -279,7 +309,12 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "bochs-ipi-basic-hlt-exit",
-            args: RunArgs { apic: Some("xapic".into()), hlt: Some("exit".into()), ..bochs_guests("ipi-basic:4") },
+            args: RunArgs {
+                apic: Some("xapic".into()),
+                ipiv: Some("off".into()),
+                hlt: Some("exit".into()),
+                ..bochs_guests("ipi-basic:4")
+            },
             check: |o| {
                 ipi_exit_path(o, "ipi-basic-0", 4, "apic_write")?;
                 let v = vm(o, "ipi-basic-0")?;
@@ -303,6 +338,38 @@ fn cases() -> Vec<Case> {
             check: |o| {
                 ipi_exit_path(o, "ipi-storm-0", 4, "msr_write_icr")?;
                 ipi_storm_counts(o, "ipi-storm-0")
+            },
+        },
+        Case {
+            name: "bochs-ipiv-rules-xapic",
+            args: RunArgs { apic: Some("xapic".into()), ..bochs_guests("ipiv-rules:4") },
+            check: |o| ipiv_rules(o),
+        },
+        Case {
+            name: "bochs-ipiv-rules-x2apic",
+            args: RunArgs { apic: Some("x2apic".into()), ..bochs_guests("ipiv-rules:4") },
+            check: |o| ipiv_rules(o),
+        },
+        Case {
+            name: "bochs-ipi-basic-ipiv-xapic",
+            args: RunArgs { apic: Some("xapic".into()), ipiv: Some("on".into()), ..bochs_guests("ipi-basic:4") },
+            check: |o| ipiv_covered(o, "ipi-basic-0"),
+        },
+        Case {
+            name: "bochs-ipi-basic-ipiv-x2apic",
+            args: RunArgs { apic: Some("x2apic".into()), ipiv: Some("on".into()), ..bochs_guests("ipi-basic:4") },
+            check: |o| ipiv_covered(o, "ipi-basic-0"),
+        },
+        Case {
+            name: "bochs-ipi-storm-ipiv-x2apic",
+            args: RunArgs { apic: Some("x2apic".into()), ipiv: Some("on".into()), ..bochs_guests("ipi-storm:4") },
+            check: |o| {
+                ipi_storm_counts(o, "ipi-storm-0")?;
+                let e = &vm(o, "ipi-storm-0")?["exits"];
+                if e["msr_write_icr"].as_u64().unwrap_or(0) + e["apic_write"].as_u64().unwrap_or(0) != 0 {
+                    bail!("with IPIv the storm's IPIs must not exit: {e}");
+                }
+                Ok(())
             },
         },
         Case {
@@ -365,8 +432,8 @@ fn cases() -> Vec<Case> {
                 ] {
                     expect_eq(o, &["vmx", f], true.into())?;
                 }
-                // Stock Bochs 3.0 lacks IPI virtualization until the project's patch adds it.
-                expect_eq(o, &["vmx", "ipiv"], false.into())
+                // The project's Bochs patches (xtask/patches/0002-0008) add IPI virtualization.
+                expect_eq(o, &["vmx", "ipiv"], true.into())
             },
         },
     ]
