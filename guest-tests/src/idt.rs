@@ -1,4 +1,5 @@
-//! The guest IDT: every exception prints vector, RIP and error code and fails the VM, except
+//! The guest IDT (built at the first load, after the APIC mode is chosen): every exception
+//! prints vector, RIP and error code and fails the VM, except
 //! a #GP the test announced with [`expect_gp`] (then the faulting RDMSR/WRMSR is skipped).
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -25,8 +26,9 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     idt.breakpoint.set_handler_fn(bp);
     idt.non_maskable_interrupt.set_handler_fn(nmi);
     for v in 32..=255u8 {
+        let handler = if v == crate::irq::FAST_VECTOR { crate::irq::fast_isr() } else { crate::irq::stub(v) };
         // SAFETY: each stub is a complete interrupt handler ending in IRETQ (irq.rs).
-        unsafe { idt[v].set_handler_addr(x86_64::VirtAddr::new(crate::irq::stub(v))) };
+        unsafe { idt[v].set_handler_addr(x86_64::VirtAddr::new(handler)) };
     }
     idt
 });

@@ -40,11 +40,12 @@ macro_rules! entry {
 /// Runs `main` on this vCPU with exceptions reported, then ends the vCPU as passed.
 pub fn start(vcpu: u32, info: &'static BootInfo, main: fn(u32, &'static BootInfo)) -> ! {
     irq::set_this_vcpu(vcpu);
+    // The APIC mode first: the IDT picks handlers by mode.
+    apic::init(info.apic_mode == 1);
     idt::load();
     if info.magic != hvcore::guest_abi::BOOT_INFO_MAGIC || info.version != hvcore::guest_abi::BOOT_INFO_VERSION {
         panic!("boot info magic {:#x} version {} is not what this runtime knows", info.magic, info.version);
     }
-    apic::init(info.apic_mode == 1);
     main(vcpu, info);
     hypercall::exit(0)
 }

@@ -11,6 +11,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod apic;
+pub mod bench_isr;
 #[cfg(feature = "alloc")]
 pub mod bootcfg;
 #[cfg(feature = "alloc")]

@@ -74,6 +74,7 @@ pub fn init_this_cpu(force_xapic: bool) {
     } else {
         let mmio = phys_to_virt(base & 0x000f_ffff_ffff_f000) as u64;
         MODE.store(mmio, Ordering::Release);
+        crate::bench::EOI_PTR.store(mmio + REG_EOI as u64, Ordering::Relaxed);
     }
     write(REG_SVR, 0x100 | SPURIOUS_VECTOR as u32);
     // LINT0 (ExtINT from the PIC) and LINT1 (NMI) masked: this kernel takes no legacy

@@ -3,7 +3,7 @@
 //! limit on this platform, in the host's APIC mode.
 
 use alloc::vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use hvcore::stats::summarize;
 use hvcore::summary::NativeBench;
@@ -19,6 +19,25 @@ static HALT: AtomicBool = AtomicBool::new(false);
 static READY: AtomicBool = AtomicBool::new(false);
 /// Incremented by CPU 1's interrupt handler: the "flag" of the round trip.
 pub static RECEIVED: AtomicU32 = AtomicU32::new(0);
+/// Virtual address of this CPU's xAPIC EOI register (xAPIC mode only).
+pub static EOI_PTR: AtomicU64 = AtomicU64::new(0);
+
+// The same handler instructions as the ipi-bench guest's (hvcore::bench_isr).
+hvcore::ipi_bench_isr!(native_bench_isr_x2apic, native_bench_isr_xapic, RECEIVED, EOI_PTR);
+
+unsafe extern "C" {
+    fn native_bench_isr_x2apic();
+    fn native_bench_isr_xapic();
+}
+
+/// The handler for NATIVE_VECTOR in the host's APIC mode.
+pub fn isr_address() -> u64 {
+    if apic::is_x2apic() {
+        native_bench_isr_x2apic as *const () as u64
+    } else {
+        native_bench_isr_xapic as *const () as u64
+    }
+}
 
 /// Measures `iterations` round trips to the CPU with `target_apic_id` (CPU 1, which must be
 /// waiting in [`target_loop`]). Returns `None` if CPU 1 never got ready.
