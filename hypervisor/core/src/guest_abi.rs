@@ -63,6 +63,11 @@ impl BootInfo {
 }
 
 const _: () = assert!(core::mem::size_of::<BootInfo>() <= 4096);
+// The layout docs/guest-abi.md documents.
+const _: () = assert!(core::mem::offset_of!(BootInfo, apic_ids) == 32);
+const _: () = assert!(core::mem::offset_of!(BootInfo, apic_mode) == 320);
+const _: () = assert!(core::mem::offset_of!(BootInfo, pinned_cpus) == 332);
+const _: () = assert!(core::mem::offset_of!(BootInfo, args) == 588);
 
 pub const fn stack_top(ram_size: u64, vcpu: u32) -> u64 {
     ram_size - vcpu as u64 * STACK_SIZE
