@@ -122,10 +122,10 @@ pub fn record(cell: &Cell, summary: &Value) -> Result<Value> {
     let milli = |k: &str| report["exits_milli_per_ipi"][k].as_u64().unwrap_or(0) as f64 / 1000.0;
     rec["exits_per_ipi"] = json!({"sender": milli("sender"), "receiver": milli("receiver")});
     let sender = &vm["vcpu_exits"][0];
-    if let (Some(ticks), Some(n)) = (sender["ipi_exit_ticks"].as_u64(), sender["ipi_sent_by_exit"].as_u64()) {
-        if n > 0 {
-            rec["hypervisor_ticks_per_exit_ipi"] = json!(ticks / n);
-        }
+    if let Some(per) =
+        sender["ipi_exit_ticks"].as_u64().zip(sender["ipi_sent_by_exit"].as_u64()).and_then(|(t, n)| t.checked_div(n))
+    {
+        rec["hypervisor_ticks_per_exit_ipi"] = json!(per);
     }
     Ok(rec)
 }
