@@ -483,71 +483,55 @@ fn bench_exit_counts() -> Result<()> {
     Ok(())
 }
 
-pub fn run_all(args: &TestArgs) -> Result<()> {
-    let mut passed = 0;
-    let mut failed = Vec::new();
-    if args.filter.as_deref().is_none_or(|f| "xtask-refuses-bad-manifest".contains(f)) {
-        eprintln!("xtask test: xtask-refuses-bad-manifest ...");
-        match refuses_bad_manifest_before_launch() {
+/// Runs named checks, counting and reporting each.
+struct Tally<'a> {
+    filter: Option<&'a str>,
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Tally<'_> {
+    fn check(&mut self, name: &str, f: impl FnOnce() -> Result<()>) {
+        if self.filter.is_some_and(|flt| !name.contains(flt)) {
+            return;
+        }
+        eprintln!("xtask test: {name} ...");
+        let t = Instant::now();
+        match f() {
             Ok(()) => {
-                passed += 1;
-                eprintln!("xtask test: xtask-refuses-bad-manifest ok");
+                self.passed += 1;
+                eprintln!("xtask test: {name} ok ({:.1} s)", t.elapsed().as_secs_f64());
             }
             Err(e) => {
-                eprintln!("xtask test: xtask-refuses-bad-manifest FAILED: {e:#}");
-                failed.push("xtask-refuses-bad-manifest".to_string());
+                eprintln!("xtask test: {name} FAILED: {e:#}");
+                self.failed.push(name.to_string());
             }
         }
     }
+}
+
+pub fn run_all(args: &TestArgs) -> Result<()> {
+    let mut tally = Tally { filter: args.filter.as_deref(), passed: 0, failed: Vec::new() };
     if !args.no_unit {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        eprintln!("xtask test: host unit tests (cargo test)");
-        let ok = Command::new(cargo).arg("test").status()?.success();
-        if ok {
-            passed += 1;
-        } else {
-            failed.push("host unit tests".to_string());
-        }
+        tally.check("host-unit-tests", || {
+            if Command::new(cargo).arg("test").status()?.success() { Ok(()) } else { bail!("cargo test failed") }
+        });
     }
+    tally.check("xtask-refuses-bad-manifest", refuses_bad_manifest_before_launch);
     for case in cases() {
-        if args.filter.as_deref().is_some_and(|f| !case.name.contains(f)) {
-            continue;
-        }
-        eprintln!("xtask test: {} ...", case.name);
-        let t = Instant::now();
-        let res = run::run(&case.args).and_then(|o| {
+        tally.check(case.name, || {
+            let o = run::run(&case.args)?;
             if o.timed_out {
                 bail!("timed out");
             }
             (case.check)(&o)
         });
-        match res {
-            Ok(()) => {
-                passed += 1;
-                eprintln!("xtask test: {} ok ({:.1} s)", case.name, t.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                eprintln!("xtask test: {} FAILED: {e:#}", case.name);
-                failed.push(case.name.to_string());
-            }
-        }
     }
-    if args.filter.as_deref().is_none_or(|f| "bench-exit-counts".contains(f)) {
-        eprintln!("xtask test: bench-exit-counts ...");
-        match bench_exit_counts() {
-            Ok(()) => {
-                passed += 1;
-                eprintln!("xtask test: bench-exit-counts ok");
-            }
-            Err(e) => {
-                eprintln!("xtask test: bench-exit-counts FAILED: {e:#}");
-                failed.push("bench-exit-counts".to_string());
-            }
-        }
-    }
-    println!("xtask: {passed} passed, {} failed", failed.len());
-    if !failed.is_empty() {
-        bail!("failed: {}", failed.join(", "));
+    tally.check("bench-exit-counts", bench_exit_counts);
+    println!("xtask: {} passed, {} failed", tally.passed, tally.failed.len());
+    if !tally.failed.is_empty() {
+        bail!("failed: {}", tally.failed.join(", "));
     }
     Ok(())
 }
