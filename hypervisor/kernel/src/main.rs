@@ -225,9 +225,16 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     let vm_reports = VMS.get().map(|vms| vms.iter().map(|v| v.report()).collect()).unwrap_or_default();
     let mut summary = HvSummary::judge(expected, unsupported, features, tsc_hz, reports, vm_reports);
     summary.native = native;
-    if let Some(e) = vm_error {
-        summary.result = RunResult::Fail;
-        summary.reason = Some(e);
+    match vm_error {
+        // Without VMX the platform stays "unsupported"; the reason says the VMs could not run.
+        Some(e) if summary.result == RunResult::Unsupported => {
+            summary.reason = Some(alloc::format!("{}; {e}", summary.reason.take().unwrap_or_default()));
+        }
+        Some(e) => {
+            summary.result = RunResult::Fail;
+            summary.reason = Some(e);
+        }
+        None => {}
     }
     info!("result: {}", summary.result.as_str());
     report::finish(&summary)
@@ -240,7 +247,7 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
         return None;
     }
     if !vmx_ok {
-        return Some("the manifest asks for VMs but VMX is not available".into());
+        return Some("the manifest's VMs cannot run without VMX".into());
     }
     let images = |name: &str| ramdisk.and_then(|a| a.get(name));
     let check = |name: &str, ram_mib: u32, vcpus: u32| -> Result<(), String> {
