@@ -31,17 +31,13 @@ pub const CATALOGUE: &[(&str, &str, u64, &str)] = &[
 pub fn build() -> Result<BTreeMap<String, Vec<u8>>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target_dir = PathBuf::from("target/guest");
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--release", "--package", "guest-tests", "--target", KERNEL_TARGET])
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--package", "guest-tests", "--target", KERNEL_TARGET])
         .arg("--target-dir")
         .arg(&target_dir)
         // Static relocation: guests are loaded at their link address, no relocations needed.
-        .env("CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS", "-C relocation-model=static")
-        .status()
-        .context("running cargo build for the guests")?;
-    if !status.success() {
-        bail!("guest build failed");
-    }
+        .env("CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS", "-C relocation-model=static");
+    crate::image::cargo_build(&mut cmd, "building the guest tests")?;
     let dir = target_dir.join(KERNEL_TARGET).join("release");
     CATALOGUE
         .iter()

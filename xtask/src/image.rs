@@ -1,22 +1,36 @@
 //! Building the kernel and bootable disk images (bootloader 0.11, BIOS and UEFI).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::progress::{self, Step};
 
 pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
 
 /// Builds the kernel (release, with debug info) and returns the ELF's path.
 pub fn build_kernel() -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--release", "--package", "hypervisor", "--target", KERNEL_TARGET])
-        .status()
-        .context("running cargo build for the kernel")?;
-    if !status.success() {
-        bail!("kernel build failed");
-    }
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "--package", "hypervisor", "--target", KERNEL_TARGET]);
+    cargo_build(&mut cmd, "building the hypervisor kernel")?;
     Ok(PathBuf::from("target").join(KERNEL_TARGET).join("release/hypervisor"))
+}
+
+/// Runs a cargo build under a progress step that counts the crates it compiles; silent when
+/// there is nothing to do.
+pub fn cargo_build(cmd: &mut Command, what: &str) -> Result<()> {
+    let mut step = Step::quiet(what);
+    match progress::run(cmd, &mut step, |l| l.trim_start().starts_with("Compiling ")) {
+        Ok(o) => {
+            step.done(&format!("{} crates compiled", o.counted));
+            Ok(())
+        }
+        Err(e) => {
+            step.failed();
+            Err(e)
+        }
+    }
 }
 
 /// A guest image by name, as packed into the ramdisk.

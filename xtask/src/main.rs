@@ -1,11 +1,14 @@
 //! `cargo xtask`: builds the hypervisor, provisions the project's Bochs, and runs and tests
 //! the hypervisor under QEMU and Bochs.
 
+mod apt;
 mod bench;
 mod bochs;
+mod deps;
 mod guests;
 mod image;
 mod plot;
+mod progress;
 mod run;
 mod summary;
 mod test;
@@ -41,12 +44,36 @@ enum Cmd {
     },
     /// Build (or find in the cache) the project's Bochs and print its path.
     Bochs,
+    /// List every dependency (toolchain, Debian packages, Bochs' source and build, OVMF) as
+    /// found, installed now or missing, with how to get what is missing.
+    Doctor {
+        /// Install, fetch and build what is missing (apt as root or through `sudo -n`).
+        #[arg(long)]
+        fix: bool,
+    },
 }
 
-fn main() -> Result<()> {
+fn main() {
+    // The error chain, without a backtrace: these are messages for the person at the terminal.
+    if let Err(e) = xtask() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn xtask() -> Result<()> {
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    // Everything the command needs from the machine, before anything else runs.
+    match &cli.cmd {
+        Cmd::Run(args) => deps::ensure(&needs(args.platform, args.uefi))?,
+        Cmd::Test(_) => deps::ensure(deps::ALL)?,
+        Cmd::Bench(args) => deps::ensure(&needs(args.platform, false))?,
+        Cmd::Bochs => deps::ensure(&[deps::Need::Bochs])?,
+        Cmd::Image { .. } | Cmd::Doctor { .. } => {}
+    }
+    match cli.cmd {
         Cmd::Run(args) => {
             let outcome = run::run(&args)?;
             std::process::exit(if outcome.accepted { 0 } else { 1 })
@@ -64,9 +91,29 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Bochs => {
-            println!("{}", bochs::provision()?.display());
+            println!("{}", bochs::binary(&deps::cache_dir())?.display());
             Ok(())
         }
+        Cmd::Doctor { fix } => {
+            let cache = deps::cache_dir();
+            let privilege = fix.then(apt::Privilege::detect);
+            let items = deps::survey(deps::ALL, &cache, privilege)?;
+            print!("{}", deps::render(&items, &cache));
+            let missing = items.iter().filter(|i| i.state == deps::State::Missing).count();
+            if missing > 0 {
+                println!("{missing} missing: `cargo xtask doctor --fix` installs them (apt needs root or `sudo -n`)");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn needs(platform: run::Platform, uefi: bool) -> Vec<deps::Need> {
+    match platform {
+        run::Platform::Bochs => vec![deps::Need::Bochs],
+        run::Platform::Qemu | run::Platform::QemuKvm if uefi => vec![deps::Need::Qemu, deps::Need::Uefi],
+        run::Platform::Qemu | run::Platform::QemuKvm => vec![deps::Need::Qemu],
     }
 }
 

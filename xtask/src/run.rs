@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{bochs, guests, image, summary};
+use crate::{bochs, deps, guests, image, summary};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Platform {
@@ -177,7 +177,9 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let _ = fs::remove_file(&serial);
     fs::write(&serial, b"")?;
     let mut cmd = match args.platform {
-        Platform::Bochs => bochs::command(&bochs::provision()?, &dir, &img, &serial, args.cpus, args.memory)?,
+        Platform::Bochs => {
+            bochs::command(&bochs::binary(&deps::cache_dir())?, &dir, &img, &serial, args.cpus, args.memory)?
+        }
         Platform::Qemu | Platform::QemuKvm => qemu_command(args, &img, &serial)?,
     };
     eprintln!(
@@ -321,7 +323,8 @@ fn qemu_command(args: &RunArgs, img: &Path, serial: &Path) -> Result<Command> {
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     c.arg("-drive").arg(format!("format=raw,file={}", img.display()));
     if args.uefi {
-        c.arg("-bios").arg(ovmf()?);
+        c.arg("-bios")
+            .arg(deps::ovmf().context("OVMF firmware not found (install Debian's ovmf package or set OVMF=path)")?);
     }
     if args.platform == Platform::QemuKvm {
         if !Path::new("/dev/kvm").exists() {
@@ -330,17 +333,6 @@ fn qemu_command(args: &RunArgs, img: &Path, serial: &Path) -> Result<Command> {
         c.args(["-enable-kvm", "-cpu", "host"]);
     }
     Ok(c)
-}
-
-fn ovmf() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("OVMF") {
-        return Ok(p.into());
-    }
-    ["/usr/share/ovmf/OVMF.fd", "/usr/share/OVMF/OVMF.fd", "/usr/share/qemu/OVMF.fd"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .context("OVMF firmware not found (install Debian's ovmf package or set OVMF=path)")
 }
 
 /// Follows the serial log file while the emulator writes it.

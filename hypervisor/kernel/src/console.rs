@@ -4,7 +4,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
-use spin::Mutex;
+use spin::{Mutex, MutexGuard};
 use uart_16550::SerialPort;
 use x86_64::instructions::port::Port;
 
@@ -63,35 +63,45 @@ pub fn print(args: fmt::Arguments<'_>) {
     }
 }
 
-/// A writer for the fatal-error path: takes the console even when the CPU that faulted held it
+/// A writer for the fatal-error path. It holds the console from `take` until the run ends, so
+/// no other CPU's log line can land inside the fatal report and its `HV-SUMMARY` line (which
+/// is written in many pieces). It takes the console even when the CPU that faulted held it
 /// (waiting for it would hang the report forever).
-pub struct PanicWriter;
+pub struct PanicWriter {
+    port: MutexGuard<'static, Option<SerialPort>>,
+}
 
 impl PanicWriter {
     pub fn take() -> Self {
         for _ in 0..1_000_000 {
-            if !SERIAL.is_locked() {
-                return Self;
+            if let Some(g) = SERIAL.try_lock() {
+                return Self::holding(g);
             }
             core::hint::spin_loop();
         }
         // SAFETY: a CPU that is about to end the run takes the port; if another CPU still
-        // held it, the worst outcome is interleaved characters.
+        // held it, the worst outcome is that CPU's line cut short before the report.
         unsafe { SERIAL.force_unlock() };
-        Self
+        Self::holding(SERIAL.lock())
     }
-}
 
-impl Write for PanicWriter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut g = SERIAL.lock();
-        let port = g.get_or_insert_with(|| {
+    fn holding(mut port: MutexGuard<'static, Option<SerialPort>>) -> Self {
+        port.get_or_insert_with(|| {
             // SAFETY: as in `init`; reached only if the fault came before `init`.
             let mut p = unsafe { SerialPort::new(COM1) };
             p.init();
             p
         });
-        port.write_str(s)
+        Self { port }
+    }
+}
+
+impl Write for PanicWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        match self.port.as_mut() {
+            Some(p) => p.write_str(s),
+            None => Err(fmt::Error),
+        }
     }
 }
 
