@@ -1,21 +1,24 @@
 //! The IPI round trip in the style of kvm-unit-tests' vmexit "ipi" test: vCPU 0 writes the ICR
 //! for a fixed IPI; the target's handler counts it (the flag) and EOIs; vCPU 0 spins until it
-//! sees the flag. The handler is hvcore::bench_isr, the same instructions as the hypervisor's
-//! native run. RDTSC around each round trip after a warm-up; the samples are summarized in
-//! the guest. `args`: `iterations=N target=spin|halt pattern=unicast|broadcast`.
+//! sees the flag. The round trip, the receivers' wait loop and the handler are hvcore::bench_isr,
+//! the same page-aligned instructions as the hypervisor's native run. RDTSC around each round
+//! trip after a warm-up; the samples are summarized in the guest. `args`: `iterations=N target=spin|halt pattern=unicast|broadcast`.
 //! Nothing is printed or counted through the hypervisor inside the timed loop.
 #![no_std]
 #![no_main]
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use guest_tests::apic::{self, ICR_ASSERT, SHORTHAND_OTHERS};
+use guest_tests::apic::{self, ICR_ASSERT, ICR_FIXED, SHORTHAND_OTHERS};
 use guest_tests::hypercall::exits_except_vmcall;
 use guest_tests::irq::{FAST_HITS, FAST_VECTOR};
 use guest_tests::sync::Barrier;
-use guest_tests::{BootInfo, entry, println, rdtsc, report, sti, sti_hlt};
+use guest_tests::{BootInfo, entry, println, rdtsc, report, sti};
+use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::stats::summarize;
 
 entry!(main);
+
+hvcore::ipi_bench_loops!(round_trip_x2apic, round_trip_xapic, wait_done, FAST_HITS);
 
 static BARRIER: Barrier = Barrier::new();
 static DONE: AtomicBool = AtomicBool::new(false);
@@ -38,13 +41,9 @@ fn main(me: u32, info: &'static BootInfo) {
 
     if me != 0 {
         let start = exits_except_vmcall();
-        while !DONE.load(Ordering::Acquire) {
-            if halt {
-                sti_hlt();
-            } else {
-                core::hint::spin_loop();
-            }
-        }
+        // SAFETY: DONE is a static byte; interrupts are on (sti above), and vCPU 0 sends one
+        // last IPI after setting DONE, so a halted wait wakes and sees it.
+        unsafe { wait_done(DONE.as_ptr() as *const u8, halt as u32) };
         RECEIVER_EXITS[me as usize].store(exits_except_vmcall() - start, Ordering::Release);
         BARRIER.wait(n);
         return;
@@ -59,23 +58,24 @@ fn main(me: u32, info: &'static BootInfo) {
     let mut guard = SAMPLES.lock();
     let samples = &mut guard[..];
     let mut exits_start = 0;
+    let shorthand = if broadcast { SHORTHAND_OTHERS } else { 0 };
+    let icr_low = ICR_FIXED | ICR_ASSERT | shorthand | VECTOR as u32;
     for i in 0..warmup + iterations {
         if i == warmup {
             exits_start = exits_except_vmcall();
         }
-        let before = FAST_HITS.load(Ordering::Acquire);
-        let t0 = rdtsc();
-        if broadcast {
-            apic::send(ICR_ASSERT | SHORTHAND_OTHERS | VECTOR as u32, 0);
+        let expected = FAST_HITS.load(Ordering::Acquire).wrapping_add(receivers);
+        let cycles = if apic::is_x2apic() {
+            // SAFETY: x2APIC mode, so WRMSR to the ICR is allowed; the receivers run the
+            // handler that counts FAST_HITS, so the wait ends.
+            unsafe { round_trip_x2apic(icr_low, 1, expected) }
         } else {
-            apic::send_fixed(1, VECTOR);
-        }
-        while FAST_HITS.load(Ordering::Acquire) != before + receivers {
-            core::hint::spin_loop();
-        }
-        let t1 = rdtsc();
+            // SAFETY: xAPIC mode; the APIC page is identity-mapped and APIC virtualization
+            // serves the ICR writes; the handler as above.
+            unsafe { round_trip_xapic(icr_low, 1, expected, (APIC_MMIO_GPA + 0x300) as *mut u32) }
+        };
         if i >= warmup {
-            samples[i - warmup] = t1 - t0;
+            samples[i - warmup] = cycles;
         }
     }
     let sender_exits = exits_except_vmcall() - exits_start;

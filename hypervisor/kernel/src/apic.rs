@@ -18,7 +18,7 @@ const REG_EOI: u32 = 0xb0;
 const REG_SVR: u32 = 0xf0;
 const REG_LVT_LINT0: u32 = 0x350;
 const REG_LVT_LINT1: u32 = 0x360;
-const REG_ICR_LO: u32 = 0x300;
+pub const REG_ICR_LO: u32 = 0x300;
 const REG_LVT_TIMER: u32 = 0x320;
 const REG_TIMER_INITIAL: u32 = 0x380;
 const REG_TIMER_DIVIDE: u32 = 0x3e0;
@@ -98,6 +98,14 @@ fn write(reg: u32, value: u32) {
         MODE_X2APIC => unsafe { Msr::new(X2APIC_MSR_BASE + (reg >> 4)).write(value as u64) },
         // SAFETY: as in `read`.
         base => unsafe { core::ptr::write_volatile((base + reg as u64) as *mut u32, value) },
+    }
+}
+
+/// The virtual address of xAPIC register `reg`; `None` in x2APIC mode (no MMIO page).
+pub fn xapic_register_address(reg: u32) -> Option<u64> {
+    match MODE.load(Ordering::Relaxed) {
+        MODE_X2APIC => None,
+        base => Some(base + reg as u64),
     }
 }
 

@@ -22,8 +22,9 @@ pub static RECEIVED: AtomicU32 = AtomicU32::new(0);
 /// Virtual address of this CPU's xAPIC EOI register (xAPIC mode only).
 pub static EOI_PTR: AtomicU64 = AtomicU64::new(0);
 
-// The same handler instructions as the ipi-bench guest's (hvcore::bench_isr).
+// The same handler, round-trip and wait instructions as the ipi-bench guest's (hvcore::bench_isr).
 hvcore::ipi_bench_isr!(native_bench_isr_x2apic, native_bench_isr_xapic, RECEIVED, EOI_PTR);
+hvcore::ipi_bench_loops!(native_round_trip_x2apic, native_round_trip_xapic, native_wait_done, RECEIVED);
 
 unsafe extern "C" {
     fn native_bench_isr_x2apic();
@@ -56,16 +57,19 @@ pub fn run_sender(iterations: u32, halt: bool, target_apic_id: u32) -> Option<Na
     crate::time::pit_delay_us(1000);
     let warmup = (iterations / 10).max(10);
     let mut samples = vec![0u64; iterations as usize];
+    let icr_low = apic::ICR_FIXED | apic::ICR_LEVEL_ASSERT | NATIVE_VECTOR as u32;
+    let icr = apic::xapic_register_address(apic::REG_ICR_LO);
     for i in 0..warmup + iterations {
-        let before = RECEIVED.load(Ordering::Acquire);
-        let t0 = crate::time::rdtsc();
-        apic::send_ipi(target_apic_id, apic::ICR_FIXED | NATIVE_VECTOR as u32);
-        while RECEIVED.load(Ordering::Acquire) == before {
-            core::hint::spin_loop();
-        }
-        let t1 = crate::time::rdtsc();
+        let expected = RECEIVED.load(Ordering::Acquire).wrapping_add(1);
+        let cycles = match icr {
+            // SAFETY: x2APIC mode, so WRMSR to the ICR is allowed; CPU 1 runs the handler that
+            // counts RECEIVED (it is ready), so the wait ends.
+            None => unsafe { native_round_trip_x2apic(icr_low, target_apic_id, expected) },
+            // SAFETY: xAPIC mode and `icr` is the mapped ICR_LO; the handler as above.
+            Some(icr) => unsafe { native_round_trip_xapic(icr_low, target_apic_id, expected, icr as *mut u32) },
+        };
         if i >= warmup {
-            samples[(i - warmup) as usize] = t1 - t0;
+            samples[(i - warmup) as usize] = cycles;
         }
     }
     DONE.store(true, Ordering::Release);
@@ -86,12 +90,8 @@ pub fn target_loop(stop_waiting: impl Fn() -> bool) {
     let halt = HALT.load(Ordering::Relaxed);
     READY.store(true, Ordering::Release);
     x86_64::instructions::interrupts::enable();
-    while !DONE.load(Ordering::Acquire) {
-        if halt {
-            x86_64::instructions::hlt();
-        } else {
-            core::hint::spin_loop();
-        }
-    }
+    // SAFETY: DONE is a static byte; interrupts are on, and the sender sends one last IPI
+    // after setting DONE, so a halted wait wakes and sees it.
+    unsafe { native_wait_done(DONE.as_ptr() as *const u8, halt as u32) };
     x86_64::instructions::interrupts::disable();
 }
