@@ -241,6 +241,9 @@ pub fn survey(needs: &[Need], cache: &Path, fix: Option<Privilege>) -> Result<Ve
         }
     }
 
+    if !needs.contains(&Need::Bochs) {
+        return Ok(items);
+    }
     let source_dir = bochs::source_dir(cache);
     let src_name = "bochs source (Debian 3.0+dfsg-1)".to_string();
     let build_name = format!("bochs build (key {}, {} patches)", bochs::cache_key()?, bochs::patches()?.len());
@@ -291,7 +294,7 @@ pub fn survey(needs: &[Need], cache: &Path, fix: Option<Privilege>) -> Result<Ve
     };
     items.push(build);
 
-    if let (Some(privilege), true) = (fix, needs.contains(&Need::Bochs)) {
+    if let Some(privilege) = fix {
         let n = items.len();
         let source_was_missing = items[n - 2].state == State::Missing;
         if items[n - 1].state == State::Missing {
