@@ -23,7 +23,7 @@ pub const CATALOGUE: &[(&str, &str, u64, &str)] = &[
     ("hang", "timeout", 2_000, ""),
     ("ipi-basic", "pass", 60_000, ""),
     ("ipi-storm", "pass", 120_000, ""),
-    ("ipiv-rules", "pass", 60_000, "ipiv = on\ndebug_invalid_pid_entry = 3\n"),
+    ("ipiv-rules", "pass", 60_000, "ipiv = on\ndebug_invalid_pid_entry = 3\ntest_hooks = true\n"),
     ("ipi-bench", "pass", 600_000, ""),
 ];
 

@@ -47,7 +47,13 @@ fn main(me: u32, info: &'static BootInfo) {
     let before = icr_exits();
     let mut covered = 0u32;
     for r in (0..n).filter(|&r| r != me) {
-        apic::send_fixed(r, unicast(me, r));
+        if apic::is_x2apic() && r % 2 == 1 {
+            // Bit 12 set: WRMSR to the x2APIC ICR ignores it (x2APIC specification §2.4.3), so
+            // this is the same covered IPI, neither a #GP nor an exit.
+            apic::send(apic::ICR_FIXED | ICR_ASSERT | 1 << 12 | unicast(me, r) as u32, r);
+        } else {
+            apic::send_fixed(r, unicast(me, r));
+        }
         covered += 1;
     }
     sent += covered;

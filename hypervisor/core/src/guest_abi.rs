@@ -88,7 +88,8 @@ pub mod hypercall {
 
     /// Test support for the IPIv rules (docs/guest-abi.md): `ptr` = target vCPU index, `count`
     /// = operation on its posted-interrupt descriptor (the PID_* constants); returns the
-    /// control word or PIR word read, or 0.
+    /// control word or PIR word read, or 0. Only for VMs whose manifest sets
+    /// `test_hooks = true`; others get E_NOSYS.
     pub const PID_OP: u64 = 5;
 
     pub const PID_READ_CONTROL: u64 = 0;
@@ -102,6 +103,8 @@ pub mod hypercall {
     /// Most bytes PRINT and REPORT take at once.
     pub const MAX_LEN: u64 = 4096;
 
+    /// The caller is not at CPL 0: hypercalls belong to the guest's kernel.
+    pub const E_PERM: i64 = -1;
     pub const E_FAULT: i64 = -14;
     pub const E_INVAL: i64 = -22;
     pub const E_NOSYS: i64 = -38;

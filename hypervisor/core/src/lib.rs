@@ -14,6 +14,7 @@ pub mod apic;
 pub mod bench_isr;
 #[cfg(feature = "alloc")]
 pub mod bootcfg;
+pub mod budget;
 #[cfg(feature = "alloc")]
 pub mod elf_load;
 pub mod ept;

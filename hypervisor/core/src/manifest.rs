@@ -107,6 +107,9 @@ pub struct VmSpec {
     /// Debugging (issue 5's rules test): the PID-pointer table entry of this vCPU is left
     /// invalid, so IPIs to it take the exit path.
     pub invalid_pid_entry: Option<u32>,
+    /// The test-support hypercalls (PID_OP) are open to this VM's guest. They let a guest
+    /// read and change its vCPUs' posted-interrupt descriptors, so they are off by default.
+    pub test_hooks: bool,
     /// Arguments for the guest program (boot info `args`), at most 63 bytes.
     pub args: String,
     /// Line of the `[vm]` header, for messages.
@@ -127,6 +130,7 @@ impl VmSpec {
             apic: ApicMode::XApic,
             hlt: HltMode::PassThrough,
             invalid_pid_entry: None,
+            test_hooks: false,
             args: String::new(),
             line,
         }
@@ -172,6 +176,13 @@ impl VmSpec {
                     return Err(format!("args is {} bytes, at most 63", value.len()));
                 }
                 self.args = value.to_string()
+            }
+            "test_hooks" => {
+                self.test_hooks = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(format!("test_hooks must be true|false, not `{value}`")),
+                }
             }
             "debug_invalid_pid_entry" => self.invalid_pid_entry = Some(num("debug_invalid_pid_entry")? as u32),
             "cpus" => {

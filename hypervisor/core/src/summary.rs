@@ -84,7 +84,9 @@ pub struct VmReport {
     /// "passthrough" or "exit".
     pub hlt: &'static str,
     pub vcpu_exits: Vec<ExitCounters>,
-    /// JSON values the guest reported (checked well-formed when reported).
+    /// Console bytes dropped because the VM printed faster than its budget (hvcore::budget).
+    pub console_dropped_bytes: u64,
+    /// JSON values the guest reported, in the canonical form `exits::report::canonical` made.
     pub reports: Vec<String>,
 }
 
@@ -103,7 +105,7 @@ impl fmt::Display for VmReport {
         write!(
             f,
             "{{\"name\":{},\"vcpus\":{},\"result\":\"{}\",\"reason\":{},\"expect\":\"{}\",\"apic_mode\":\"{}\",\
-             \"ipiv\":{},\"hlt\":\"{}\",\"exits\":{total},\"vcpu_exits\":[",
+             \"ipiv\":{},\"hlt\":\"{}\",\"console_dropped_bytes\":{},\"exits\":{total},\"vcpu_exits\":[",
             JsonStr(&self.name),
             self.vcpus,
             self.result.as_str(),
@@ -111,7 +113,8 @@ impl fmt::Display for VmReport {
             self.expect.as_str(),
             self.apic_mode,
             self.ipiv,
-            self.hlt
+            self.hlt,
+            self.console_dropped_bytes
         )?;
         for (i, c) in self.vcpu_exits.iter().enumerate() {
             if i > 0 {
@@ -453,6 +456,7 @@ mod tests {
             ipiv: false,
             hlt: "exit",
             vcpu_exits: vec![exits.clone(), exits.clone()],
+            console_dropped_bytes: 0,
             reports: vec!["{\"vcpu\":0}".into()],
         };
         let cpus = vec![cpu(0, true, true), cpu(1, true, true)];

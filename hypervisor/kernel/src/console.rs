@@ -22,6 +22,7 @@ pub fn init(level: LevelFilter) {
             // SAFETY: COM1 is the standard PC serial port; nothing else in the kernel drives it.
             let mut port = unsafe { SerialPort::new(COM1) };
             port.init();
+            set_115200_baud();
             *s = Some(port);
         }
     }
@@ -53,6 +54,44 @@ impl Log for Logger {
     }
 
     fn flush(&self) {}
+}
+
+/// Reprograms COM1 for 115200 baud (divisor 1), 8N1. uart_16550's `init` sets 38400, and an
+/// emulator that times the line (Bochs) then holds a CPU on the console for about 0.26 ms a byte.
+fn set_115200_baud() {
+    const LCR: u16 = COM1 + 3;
+    // SAFETY: COM1's divisor latch and line-control registers, programmed while the caller
+    // owns the port (under the SERIAL lock or before anything else uses it).
+    unsafe {
+        Port::<u8>::new(LCR).write(0x80); // DLAB on: ports 0 and 1 are the divisor
+        Port::<u8>::new(COM1).write(1);
+        Port::<u8>::new(COM1 + 1).write(0);
+        Port::<u8>::new(LCR).write(0x03); // 8 data bits, no parity, 1 stop bit, DLAB off
+    }
+}
+
+/// The longest piece of a guest's line printed under one hold of the console lock.
+pub const GUEST_PIECE: usize = 160;
+
+/// Prints a guest's output, each line prefixed `[vm/vcpu]` and cut into pieces of at most
+/// [`GUEST_PIECE`] bytes, taking the console once per piece: a guest's long line never keeps
+/// other VMs or the hypervisor's log waiting for more than one piece.
+pub fn print_guest(vm: &str, vcpu: u32, text: &str) {
+    for line in text.lines() {
+        let mut rest = line;
+        loop {
+            let mut cut = rest.len().min(GUEST_PIECE);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (piece, tail) = rest.split_at(cut);
+            print(format_args!("[{vm}/{vcpu}] {piece}\n"));
+            if tail.is_empty() {
+                break;
+            }
+            rest = tail;
+        }
+    }
 }
 
 /// Prints one whole line (or block) atomically with respect to other CPUs.
@@ -90,6 +129,7 @@ impl PanicWriter {
             // SAFETY: as in `init`; reached only if the fault came before `init`.
             let mut p = unsafe { SerialPort::new(COM1) };
             p.init();
+            set_115200_baud();
             p
         });
         Self { port }

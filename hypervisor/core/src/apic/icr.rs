@@ -39,9 +39,12 @@ pub struct Icr {
     pub x2apic: bool,
 }
 
-/// x2APIC ICR bits that must be zero: 12, 13, 16, 17, 20-31 (SDM Vol. 3A §12.12.9); a WRMSR
-/// with any of them set raises #GP.
-pub const X2APIC_ICR_RESERVED: u64 = (1 << 12) | (1 << 13) | (3 << 16) | (0xfff << 20);
+/// x2APIC ICR bits whose being set makes WRMSR raise #GP: 13, 16, 17, 20-31 (SDM Vol. 3A "ICR
+/// Operation in x2APIC Mode"). Bit 12 (delivery status in xAPIC mode) is reserved too, but
+/// "WRMSR to the ICR MSR ignores bit 12 of its source operand" (Intel x2APIC Architecture
+/// Specification §2.4.3, note to Figure 2-5): it is ignored, never a #GP (KVM's
+/// `X2APIC_ICR_RESERVED_BITS` leaves it out for the same reason).
+pub const X2APIC_ICR_RESERVED: u64 = (1 << 13) | (3 << 16) | (0xfff << 20);
 
 impl Icr {
     fn from_low(low: u32, dest: u32, x2apic: bool) -> Self {

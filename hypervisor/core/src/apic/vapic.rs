@@ -2,6 +2,8 @@
 //! and RVI updates the hypervisor makes when it delivers an interrupt itself (self-IPIs, and
 //! folding a descriptor's PIR in before a VM entry, §30.6).
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
 pub const ID: usize = 0x20;
 pub const VERSION: usize = 0x30;
 pub const TPR: usize = 0x80;
@@ -20,21 +22,26 @@ pub const SELF_IPI: usize = 0x3f0;
 pub const VERSION_VALUE: u32 = 0x0005_0014;
 
 /// The page as 32-bit registers (1024 of them; each APIC register sits at a 16-byte offset).
-pub struct VirtualApicPage<'a>(pub &'a mut [u32; 1024]);
+/// Atomics, never `&mut`: the processor writes the page while the vCPU runs (virtual EOI,
+/// posted-interrupt processing, virtualized APIC writes) and other CPUs read it (LDR and DFR
+/// for logical destinations), so no reference may claim it exclusively.
+pub struct VirtualApicPage<'a>(pub &'a [AtomicU32; 1024]);
 
 impl VirtualApicPage<'_> {
     pub fn read(&self, offset: usize) -> u32 {
-        self.0[offset / 4]
+        self.0[offset / 4].load(Ordering::Relaxed)
     }
 
-    pub fn write(&mut self, offset: usize, v: u32) {
-        self.0[offset / 4] = v;
+    pub fn write(&self, offset: usize, v: u32) {
+        self.0[offset / 4].store(v, Ordering::Relaxed);
     }
 
     /// Resets the page to the power-on values of a vCPU with virtual APIC ID `id`, in xAPIC or
     /// x2APIC format (SDM Vol. 3A §12.4.7.1; x2APIC: §12.12.5.1).
-    pub fn reset(&mut self, id: u32, x2apic: bool) {
-        self.0.fill(0);
+    pub fn reset(&self, id: u32, x2apic: bool) {
+        for r in self.0 {
+            r.store(0, Ordering::Relaxed);
+        }
         self.write(VERSION, VERSION_VALUE);
         self.write(DFR, 0xffff_ffff);
         self.write(SVR, 0xff);
@@ -45,7 +52,7 @@ impl VirtualApicPage<'_> {
     }
 
     /// Rewrites the ID (and, for x2APIC, the read-only LDR) for a mode switch.
-    pub fn set_mode(&mut self, id: u32, x2apic: bool) {
+    pub fn set_mode(&self, id: u32, x2apic: bool) {
         if x2apic {
             self.write(ID, id);
             self.write(LDR, super::icr::x2apic_logical_id(id));
@@ -55,14 +62,14 @@ impl VirtualApicPage<'_> {
     }
 
     /// Sets VIRR bit `vector` (SDM Vol. 3C §30.1.1: IRR at 0x200, 8 registers of 32 bits).
-    pub fn set_irr(&mut self, vector: u8) {
+    pub fn set_irr(&self, vector: u8) {
         let off = IRR + (vector as usize / 32) * 0x10;
         let v = self.read(off) | 1 << (vector % 32);
         self.write(off, v);
     }
 
     /// ORs a descriptor's PIR (256 bits) into VIRR; returns the highest vector set, if any.
-    pub fn merge_pir(&mut self, pir: [u64; 4]) -> Option<u8> {
+    pub fn merge_pir(&self, pir: [u64; 4]) -> Option<u8> {
         for (i, word) in pir.iter().enumerate() {
             for half in 0..2 {
                 let bits = (word >> (32 * half)) as u32;
@@ -97,8 +104,8 @@ mod tests {
 
     #[test]
     fn reset_values_by_mode() {
-        let mut regs = [0u32; 1024];
-        let mut p = VirtualApicPage(&mut regs);
+        let regs = [const { AtomicU32::new(0) }; 1024];
+        let p = VirtualApicPage(&regs);
         p.reset(3, false);
         assert_eq!(p.read(ID), 3 << 24);
         assert_eq!(p.read(VERSION), VERSION_VALUE);
@@ -111,8 +118,8 @@ mod tests {
 
     #[test]
     fn irr_bits_and_pir_merge() {
-        let mut regs = [0u32; 1024];
-        let mut p = VirtualApicPage(&mut regs);
+        let regs = [const { AtomicU32::new(0) }; 1024];
+        let p = VirtualApicPage(&regs);
         assert_eq!(p.highest_irr(), None);
         p.set_irr(0x41);
         assert_eq!(p.read(IRR + 0x20), 1 << 1);

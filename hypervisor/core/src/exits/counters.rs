@@ -20,6 +20,8 @@ pub struct ExitCounters {
     /// TSC ticks the hypervisor spent on those exits, from just after the VM exit to just before
     /// the next VM entry (under Bochs: instructions).
     pub ipi_exit_ticks: u64,
+    /// Hypercalls refused because the guest made them from CPL > 0.
+    pub hypercall_refused: u64,
 }
 
 impl Default for ExitCounters {
@@ -31,6 +33,7 @@ impl Default for ExitCounters {
             ipi_dropped: 0,
             ipi_sent_by_exit: 0,
             ipi_exit_ticks: 0,
+            hypercall_refused: 0,
         }
     }
 }
@@ -56,11 +59,13 @@ impl ExitCounters {
         self.ipi_dropped += other.ipi_dropped;
         self.ipi_sent_by_exit += other.ipi_sent_by_exit;
         self.ipi_exit_ticks += other.ipi_exit_ticks;
+        self.hypercall_refused += other.hypercall_refused;
     }
 }
 
 /// `{"cpuid": 3, "hlt": 1, ...}`: the non-zero counters by name, then the non-zero extra
-/// counters (`ignored_io`, `msr_write_icr`, `ipi_dropped`, `ipi_sent_by_exit`).
+/// counters (`ignored_io`, `msr_write_icr`, `ipi_dropped`, `ipi_sent_by_exit`, `ipi_exit_ticks`,
+/// `hypercall_refused`).
 impl fmt::Display for ExitCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_char('{')?;
@@ -81,6 +86,7 @@ impl fmt::Display for ExitCounters {
             ("ipi_dropped", self.ipi_dropped),
             ("ipi_sent_by_exit", self.ipi_sent_by_exit),
             ("ipi_exit_ticks", self.ipi_exit_ticks),
+            ("hypercall_refused", self.hypercall_refused),
         ] {
             if v != 0 {
                 item(f, k, v)?;

@@ -7,3 +7,5 @@ pub mod cpuid;
 pub mod hypercall;
 pub mod io;
 pub mod msr;
+#[cfg(feature = "alloc")]
+pub mod report;

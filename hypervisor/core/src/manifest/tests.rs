@@ -96,3 +96,12 @@ fn interrupt_options() {
     a.invalid_pid_entry = Some(2);
     assert!(Manifest { vms: vec![a] }.validate(&machine(4)).unwrap_err().contains("debug_invalid_pid_entry"));
 }
+
+#[test]
+fn test_hooks_are_off_unless_asked_for() {
+    let mut a = VmSpec::new(1);
+    assert!(!a.test_hooks);
+    a.set("test_hooks", "true").unwrap();
+    assert!(a.test_hooks);
+    assert!(a.set("test_hooks", "yes").unwrap_err().contains("true|false"));
+}

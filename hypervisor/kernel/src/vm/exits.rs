@@ -11,7 +11,8 @@ use hvcore::exits::cpuid::{self, VcpuIdentity};
 use hvcore::exits::hypercall::{self, Call};
 use hvcore::exits::io::{self, IoAction, IoExit};
 use hvcore::exits::msr;
-use hvcore::guest_abi::hypercall::{E_INVAL, E_NOSYS, MAX_LEN};
+use hvcore::exits::report;
+use hvcore::guest_abi::hypercall::{E_INVAL, E_NOSYS, E_PERM, MAX_LEN};
 use hvcore::manifest::VmResult;
 use hvcore::vmx::entry_checks::{GuestState, suspect};
 use hvcore::vmx::exit_reason::{self as er, ExitReason};
@@ -105,7 +106,7 @@ fn hlt(v: &mut Vcpu<'_>) -> Flow {
     }
 }
 
-fn timeout(v: &Vcpu<'_>) -> Flow {
+pub fn timeout(v: &Vcpu<'_>) -> Flow {
     Flow::Stop(VmResult::Timeout, format!("watchdog: still running after {} ms", v.vm.spec.timeout_ms))
 }
 
@@ -174,7 +175,7 @@ fn wrmsr(v: &mut Vcpu<'_>) -> Flow {
                     match Icr::x2apic(value) {
                         Some(icr) => {
                             // The virtual ICR holds what the guest wrote, as with virtualized writes.
-                            let mut page = v.apic.page();
+                            let page = v.apic.page();
                             page.write(vapic::ICR_LO, value as u32);
                             page.write(vapic::ICR_LO + 4, (value >> 32) as u32);
                             ipi::send(v, icr);
@@ -219,7 +220,7 @@ fn wrmsr(v: &mut Vcpu<'_>) -> Flow {
 /// registers (LDR, DFR, SVR, LVTs, timer) need nothing more than the stored value.
 fn apic_write(v: &mut Vcpu<'_>) -> Flow {
     let offset = (vmcs::read_natural(VmcsNatural::ExitQualification) & 0xfff) as usize;
-    let mut page = v.apic.page();
+    let page = v.apic.page();
     match offset {
         vapic::ICR_LO => {
             let low = page.read(vapic::ICR_LO);
@@ -268,9 +269,12 @@ fn io(v: &mut Vcpu<'_>) -> Flow {
     }
     match io::decide(q, v.regs.rax as u32) {
         IoAction::ConsoleByte(b) => {
-            let (name, index) = (&v.vm.spec.name, v.index);
+            // Copied out of the line buffer (no allocation), which `v` owns.
+            let mut buf = [0u8; crate::console::GUEST_PIECE];
             if let Some(line) = v.console_line.push(b) {
-                crate::console::print(format_args!("[{name}/{index}] {line}\n"));
+                let n = line.len().min(buf.len());
+                buf[..n].copy_from_slice(&line.as_bytes()[..n]);
+                guest_output(v, core::str::from_utf8(&buf[..n]).unwrap_or("<non-UTF-8 output>"));
             }
         }
         IoAction::Read(val) => {
@@ -290,35 +294,60 @@ fn io(v: &mut Vcpu<'_>) -> Flow {
     Flow::Continue
 }
 
+/// Prints what the guest wrote (PRINT or COM1), as much as the VM's console budget allows;
+/// the rest is dropped and counted (hvcore::budget).
+fn guest_output(v: &Vcpu<'_>, text: &str) {
+    let allowed = v.vm.console.lock().take(crate::time::rdtsc(), text.len());
+    let mut cut = allowed;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    crate::console::print_guest(&v.vm.spec.name, v.index, &text[..cut]);
+}
+
+/// A copy of the guest's buffer at `r` (checked: inside RAM, at most MAX_LEN bytes), so the
+/// guest's other vCPUs cannot change it while it is checked and used.
+fn snapshot<'b>(v: &Vcpu<'_>, r: core::ops::Range<usize>, buf: &'b mut [u8; MAX_LEN as usize]) -> &'b [u8] {
+    let bytes = &mut buf[..r.len()];
+    v.vm.read_ram(r, bytes);
+    bytes
+}
+
 fn vmcall(v: &mut Vcpu<'_>) -> Flow {
+    // Hypercalls belong to the guest's kernel: the CPL is SS.DPL (SDM Vol. 3C §25.4.1).
+    let cpl = (vmcs::read32(Vmcs32::GuestSsAccessRights) >> 5) & 3;
+    if cpl != 0 {
+        v.counters.hypercall_refused += 1;
+        v.regs.rax = E_PERM as u64;
+        v.skip_instruction();
+        return Flow::Continue;
+    }
     let ram_size = v.vm.ram_size;
     let ret: i64 = match hypercall::decode(v.regs.rax, v.regs.rdi, v.regs.rsi) {
         Call::Print { gpa, len } => match hypercall::check_buffer(gpa, len, MAX_LEN, ram_size) {
             Ok(r) => {
-                let bytes = &v.vm.ram()[r];
-                let text = core::str::from_utf8(bytes).unwrap_or("<non-UTF-8 output>");
-                let (name, index) = (&v.vm.spec.name, v.index);
-                for line in text.lines() {
-                    crate::console::print(format_args!("[{name}/{index}] {line}\n"));
-                }
+                let mut buf = [0u8; MAX_LEN as usize];
+                let text = core::str::from_utf8(snapshot(v, r, &mut buf)).unwrap_or("<non-UTF-8 output>");
                 if let Some(last) = text.lines().rev().find(|l| !l.trim().is_empty()) {
-                    v.last_line = last.to_string();
+                    v.last_line = last.chars().take(crate::console::GUEST_PIECE).collect();
                 }
+                guest_output(v, text);
                 0
             }
             Err(e) => e,
         },
         Call::Report { gpa, len } => match hypercall::check_buffer(gpa, len, MAX_LEN, ram_size) {
-            Ok(r) => {
-                let bytes = &v.vm.ram()[r];
-                match core::str::from_utf8(bytes) {
-                    Ok(s) if hypercall::is_json(bytes) => {
-                        v.vm.reports.lock().push(s.to_string());
-                        0
+            Ok(r) => match report::canonical(snapshot(v, r, &mut [0u8; MAX_LEN as usize])) {
+                Ok(value) => {
+                    let mut reports = v.vm.reports.lock();
+                    if let Err(e) = reports.budget.take(value.len()) {
+                        return Flow::Stop(VmResult::Killed, e.to_string());
                     }
-                    _ => E_INVAL,
+                    reports.values.push(value);
+                    0
                 }
-            }
+                Err(_) => E_INVAL,
+            },
             Err(e) => e,
         },
         Call::Exit { code: 0 } => return Flow::VcpuDone,
@@ -330,16 +359,16 @@ fn vmcall(v: &mut Vcpu<'_>) -> Flow {
             let n = count.min(er::COUNT as u64);
             match hypercall::check_buffer(gpa, n * 8, er::COUNT as u64 * 8, ram_size) {
                 Ok(r) => {
-                    let counters = v.counters.by_reason;
-                    for (i, chunk) in v.vm.ram()[r].as_chunks_mut::<8>().0.iter_mut().enumerate() {
-                        *chunk = counters[i].to_le_bytes();
+                    for (i, c) in v.counters.by_reason[..n as usize].iter().enumerate() {
+                        v.vm.write_ram(r.start + i * 8, &c.to_le_bytes());
                     }
                     n as i64
                 }
                 Err(e) => e,
             }
         }
-        Call::PidOp { vcpu, op } => pid_op(v, vcpu, op),
+        Call::PidOp { vcpu, op } if v.vm.spec.test_hooks => pid_op(v, vcpu, op),
+        Call::PidOp { .. } => E_NOSYS,
         Call::Unknown(_) => E_NOSYS,
     };
     v.regs.rax = ret as u64;

@@ -11,6 +11,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use hvcore::budget::{ConsoleBudget, ReportBudget};
 use hvcore::elf_load::LoadPlan;
 use hvcore::ept::{Ept, RWX, TableMemory};
 use hvcore::exits::counters::ExitCounters;
@@ -58,7 +59,16 @@ pub struct Vm {
     outcome: Mutex<Option<Outcome>>,
     vcpus_done: AtomicU32,
     pub exits: Vec<Mutex<ExitCounters>>,
-    pub reports: Mutex<Vec<String>>,
+    pub reports: Mutex<Reports>,
+    /// Console output of all the VM's vCPUs (PRINT and COM1) against its rate budget.
+    pub console: Mutex<ConsoleBudget>,
+}
+
+/// The REPORT values a VM has handed in, within its budget.
+#[derive(Default)]
+pub struct Reports {
+    pub values: Vec<String>,
+    pub budget: ReportBudget,
 }
 
 impl Vm {
@@ -76,7 +86,7 @@ impl Vm {
         let ipiv = resolve_ipiv(spec.ipiv, caps).map_err(|e| format!("ipiv = {}: {e}", spec.ipiv.as_str()))?;
         let ram_pa = memory::alloc_zeroed(ram_size, 0x20_0000)
             .ok_or_else(|| format!("no {} MiB of contiguous memory for guest RAM", spec.ram_mib))?;
-        let ram = guest_ram(ram_pa, ram_size);
+        let ram = guest_ram_while_building(ram_pa, ram_size);
         plan.load(image, ram);
         let irq = InterruptInfo {
             x2apic: spec.apic == ApicMode::X2Apic,
@@ -105,13 +115,31 @@ impl Vm {
             outcome: Mutex::new(None),
             vcpus_done: AtomicU32::new(0),
             exits: (0..spec.vcpus).map(|_| Mutex::new(ExitCounters::default())).collect(),
-            reports: Mutex::new(Vec::new()),
+            reports: Mutex::new(Reports::default()),
+            console: Mutex::new(ConsoleBudget::new(tsc_hz, crate::time::rdtsc())),
         })
     }
 
-    /// Guest RAM as bytes (guest-physical 0..ram_size).
-    pub fn ram(&self) -> &'static mut [u8] {
-        guest_ram(self.ram_pa, self.ram_size)
+    /// Copies guest RAM at `range` (already checked to lie inside RAM) into `buf`, which must
+    /// be as long: a snapshot the guest cannot change while the hypervisor reads it.
+    pub fn read_ram(&self, range: core::ops::Range<usize>, buf: &mut [u8]) {
+        assert!(range.end as u64 <= self.ram_size && buf.len() == range.len());
+        let base = memory::phys_to_virt(self.ram_pa);
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: inside the VM's RAM (asserted), mapped for the whole run. Volatile: the
+            // guest's other vCPUs may write it at any time, so it is never a Rust reference.
+            *b = unsafe { base.add(range.start + i).read_volatile() };
+        }
+    }
+
+    /// Writes `data` to guest RAM at `start` (the range already checked to lie inside RAM).
+    pub fn write_ram(&self, start: usize, data: &[u8]) {
+        assert!((start + data.len()) as u64 <= self.ram_size);
+        let base = memory::phys_to_virt(self.ram_pa);
+        for (i, &b) in data.iter().enumerate() {
+            // SAFETY: as in read_ram.
+            unsafe { base.add(start + i).write_volatile(b) };
+        }
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -161,13 +189,15 @@ impl Vm {
             ipiv: self.ipiv,
             hlt: self.spec.hlt.as_str(),
             vcpu_exits: self.exits.iter().map(|c| c.lock().clone()).collect(),
-            reports: self.reports.lock().clone(),
+            console_dropped_bytes: self.console.lock().dropped,
+            reports: self.reports.lock().values.clone(),
         }
     }
 }
 
-fn guest_ram(pa: u64, size: u64) -> &'static mut [u8] {
-    // SAFETY: the range was allocated for this VM's RAM and is mapped by the physical window;
-    // the guest may change it at any time, which byte access tolerates.
+/// Guest RAM as a slice, only while the VM is built: no vCPU runs yet, so nothing else writes it.
+fn guest_ram_while_building(pa: u64, size: u64) -> &'static mut [u8] {
+    // SAFETY: the range was just allocated for this VM's RAM and is mapped by the physical
+    // window; the slice is used only in Vm::create, before any vCPU of the VM can run.
     unsafe { core::slice::from_raw_parts_mut(memory::phys_to_virt(pa), size as usize) }
 }

@@ -41,8 +41,9 @@ impl VcpuApic {
     /// The virtual-APIC page. Only this vCPU's CPU writes it (other CPUs read LDR/DFR for
     /// logical destinations; a torn read there only misroutes an IPI the guest raced with).
     pub fn page(&self) -> VirtualApicPage<'static> {
-        // SAFETY: page_pa is this vCPU's 4 KiB virtual-APIC page, mapped by the physical window.
-        VirtualApicPage(unsafe { &mut *(memory::phys_to_virt(self.page_pa) as *mut [u32; 1024]) })
+        // SAFETY: page_pa is this vCPU's 4 KiB virtual-APIC page, 4 KiB-aligned, mapped by the
+        // physical window for the whole run; it is only ever accessed as atomics.
+        VirtualApicPage(unsafe { &*(memory::phys_to_virt(self.page_pa) as *const [AtomicU32; 1024]) })
     }
 
     pub fn target(&self, index: u32) -> Target {

@@ -320,7 +320,10 @@ impl<'a> Vcpu<'a> {
                 return;
             }
             let sent = self.counters.ipi_sent_by_exit;
-            let flow = exits::handle(self, reason.basic());
+            // The preemption timer counts only guest time; a guest that keeps exiting would
+            // never let it fire, so every exit checks the deadline too.
+            let flow =
+                if exit_tsc >= self.deadline_tsc { exits::timeout(self) } else { exits::handle(self, reason.basic()) };
             if self.counters.ipi_sent_by_exit != sent {
                 ipi_exit_at = Some(exit_tsc);
             }
