@@ -34,4 +34,101 @@ mod tests {
         assert!(find("HV-SUMMARY {\"result\":").is_err());
         assert!(find("HV-SUMMARY {\"cpus\":1}").is_err());
     }
+
+    /// Whatever bytes a guest hands to REPORT, the kernel either refuses them or keeps a value
+    /// that, written by the kernel's summary writer, xtask's parser reads back as that value.
+    mod report_round_trip {
+        use super::*;
+        use hvcore::exits::counters::ExitCounters;
+        use hvcore::exits::report::canonical;
+        use hvcore::manifest::VmResult;
+        use hvcore::summary::{CpuReport, HvSummary, VmReport};
+        use hvcore::vmx::caps::VmxFeatures;
+        use proptest::prelude::*;
+
+        fn summary_with(report: String) -> String {
+            let vm = VmReport {
+                name: "hostile".into(),
+                vcpus: 1,
+                result: VmResult::Pass,
+                reason: None,
+                expect: VmResult::Pass,
+                apic_mode: "xapic",
+                ipiv: true,
+                hlt: "passthrough",
+                vcpu_exits: vec![ExitCounters::default()],
+                console_dropped_bytes: 0,
+                reports: vec![report],
+            };
+            let cpus = vec![CpuReport { apic_id: 0, bsp: true, online: true, vmxon: true, error: None }];
+            let s = HvSummary::judge(1, None, VmxFeatures::default(), 0, cpus, vec![vm]);
+            format!("[cpu0] INFO  noise\n{SUMMARY_PREFIX}{s}\n")
+        }
+
+        fn check(bytes: &[u8]) -> std::result::Result<(), TestCaseError> {
+            let Ok(kept) = canonical(bytes) else { return Ok(()) };
+            let log = summary_with(kept.clone());
+            let v = find(&log).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+            let got = &v.as_ref().unwrap()["vms"][0]["reports"][0];
+            let want: Value = serde_json::from_str(&kept).unwrap();
+            prop_assert_eq!(got, &want);
+            // What the guest meant is what was kept.
+            prop_assert_eq!(&serde_json::from_slice::<Value>(bytes).unwrap(), &want);
+            Ok(())
+        }
+
+        /// JSON-looking text: the tokens and escapes that broke the summary before.
+        fn jsonish() -> impl Strategy<Value = Vec<u8>> {
+            let token = prop_oneof![
+                Just("{".to_string()),
+                Just("}".to_string()),
+                Just("[".to_string()),
+                Just("]".to_string()),
+                Just(",".to_string()),
+                Just(":".to_string()),
+                Just("\"k\"".to_string()),
+                Just("\"\\ud800\"".to_string()),
+                Just("\"\\n\\u0000\"".to_string()),
+                Just("1e999".to_string()),
+                Just("-0".to_string()),
+                Just("12345678901234567890123".to_string()),
+                Just("2.5e-308".to_string()),
+                Just("null".to_string()),
+                Just("true".to_string()),
+                Just(" \n\r\t".to_string()),
+                Just("\u{2028}".to_string()),
+                Just("\"HV-SUMMARY {\\\"result\\\":\\\"pass\\\"}\"".to_string()),
+                "[a-z0-9\"\\\\]{0,4}",
+            ];
+            prop::collection::vec(token, 0..60).prop_map(|t| t.concat().into_bytes())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            #[test]
+            fn any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                check(&bytes)?;
+            }
+
+            #[test]
+            fn json_like_text(bytes in jsonish()) {
+                check(&bytes)?;
+            }
+
+            #[test]
+            fn nested(depth in 0usize..200, open in "[\\[{]") {
+                let close = if open == "[" { "]" } else { "}" };
+                let inner = if open == "[" { "1" } else { "" };
+                let mut text = String::new();
+                for i in 0..depth {
+                    text.push_str(&open);
+                    if open == "{" { text.push_str(&format!("\"k{i}\":")); }
+                }
+                text.push_str(if open == "{" && depth > 0 { "null" } else { inner });
+                text.push_str(&close.repeat(depth));
+                check(text.as_bytes())?;
+            }
+        }
+    }
 }

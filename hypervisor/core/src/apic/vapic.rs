@@ -7,6 +7,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 pub const ID: usize = 0x20;
 pub const VERSION: usize = 0x30;
 pub const TPR: usize = 0x80;
+pub const PPR: usize = 0xa0;
 pub const EOI: usize = 0xb0;
 pub const LDR: usize = 0xd0;
 pub const DFR: usize = 0xe0;
@@ -92,6 +93,19 @@ impl VirtualApicPage<'_> {
     }
 }
 
+/// Whether a virtual interrupt is recognized: RVI[7:4] > VPPR[7:4] (SDM Vol. 3C §30.2.1,
+/// "Evaluation of Pending Virtual Interrupts"). `vppr` is the PPR register of the virtual-APIC page.
+pub fn virtual_interrupt_recognized(rvi: u8, vppr: u32) -> bool {
+    rvi >> 4 > ((vppr >> 4) & 0xf) as u8
+}
+
+/// Whether a vCPU halted with `hlt = exit` wakes: a recognized virtual interrupt wakes it only
+/// if the guest can take it (RFLAGS.IF = 1; HLT with IF = 0 waits for an NMI, INIT or reset,
+/// SDM Vol. 2A "HLT"); a pending NMI always does.
+pub fn hlt_wakes(rvi: u8, vppr: u32, interrupts_enabled: bool, nmi_pending: bool) -> bool {
+    nmi_pending || (interrupts_enabled && virtual_interrupt_recognized(rvi, vppr))
+}
+
 /// The guest-interrupt-status field with RVI raised to at least `vector` (SVI kept).
 pub fn raise_rvi(status: u16, vector: u8) -> u16 {
     let rvi = (status & 0xff) as u8;
@@ -131,6 +145,17 @@ mod tests {
         assert_eq!(p.read(IRR + 0x30), 1 << 31);
         assert_eq!(p.read(IRR + 0x10), 1 << 1);
         assert_eq!(p.read(IRR + 0x20), 1 << 1, "earlier bits kept");
+    }
+
+    #[test]
+    fn a_halted_vcpu_wakes_only_for_what_it_would_take() {
+        // RVI 0x41 against VPPR 0x40: same priority class, not recognized (PPR masks it).
+        assert!(!hlt_wakes(0x41, 0x40, true, false));
+        assert!(hlt_wakes(0x51, 0x40, true, false));
+        assert!(!hlt_wakes(0x00, 0x00, true, false), "nothing pending");
+        // IF = 0: interrupts do not end HLT, NMIs do.
+        assert!(!hlt_wakes(0xf1, 0x00, false, false));
+        assert!(hlt_wakes(0x00, 0xf0, false, true));
     }
 
     #[test]

@@ -77,15 +77,13 @@ fn cpuid(v: &mut Vcpu<'_>) -> Flow {
     Flow::Continue
 }
 
-/// HLT with `hlt = exit`: wait in the hypervisor with interrupts on until something is posted
-/// to this vCPU (the notification vector wakes the CPU), the VM stops, or the watchdog fires.
-/// What was posted is folded into VIRR/RVI before the next entry, so nothing is lost.
+/// HLT with `hlt = exit`: wait in the hypervisor with interrupts on until the guest has an
+/// interrupt it would take (a recognized virtual interrupt with RFLAGS.IF = 1, or an NMI), the
+/// VM stops, or the watchdog fires. What is posted meanwhile is folded into VIRR/RVI at once,
+/// so nothing is lost even while the halt goes on (IF = 0, or masked by the guest's PPR).
 fn hlt(v: &mut Vcpu<'_>) -> Flow {
     v.skip_instruction();
-    // A virtual interrupt already pending (RVI) ends the halt at once.
-    if Vmcs16::GuestInterruptStatus.read().unwrap_or(0) & 0xff != 0 {
-        return Flow::Continue;
-    }
+    let interrupts_enabled = vmcs::read_natural(VmcsNatural::GuestRflags) & RFLAGS_IF != 0;
     let pid = v.apic.pid();
     loop {
         if pid.outstanding() || pid.pir_pending() {
@@ -94,9 +92,10 @@ fn hlt(v: &mut Vcpu<'_>) -> Flow {
                 let status = Vmcs16::GuestInterruptStatus.read().unwrap_or(0);
                 let _ = Vmcs16::GuestInterruptStatus.write(raise_rvi(status, top));
             }
-            return Flow::Continue;
         }
-        if v.vm.is_stopping() || v.apic.pending_nmi.load(core::sync::atomic::Ordering::Acquire) {
+        let rvi = Vmcs16::GuestInterruptStatus.read().unwrap_or(0) as u8;
+        let nmi = v.apic.pending_nmi.load(core::sync::atomic::Ordering::Acquire);
+        if vapic::hlt_wakes(rvi, v.apic.page().read(vapic::PPR), interrupts_enabled, nmi) || v.vm.is_stopping() {
             return Flow::Continue;
         }
         if v.watchdog_expired() {
@@ -105,6 +104,8 @@ fn hlt(v: &mut Vcpu<'_>) -> Flow {
         crate::apic::sleep_until_interrupt();
     }
 }
+
+const RFLAGS_IF: u64 = 1 << 9;
 
 pub fn timeout(v: &Vcpu<'_>) -> Flow {
     Flow::Stop(VmResult::Timeout, format!("watchdog: still running after {} ms", v.vm.spec.timeout_ms))

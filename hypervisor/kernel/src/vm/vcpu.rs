@@ -28,6 +28,8 @@ use crate::vmx::vmcs::{self, Access, Vmcs, VmxInstrError};
 static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
 
 const IA32_PAT: u32 = 0x277;
+/// Guest interruptibility state: blocking by STI (bit 0) and by MOV SS (bit 1).
+const BLOCKING_BY_STI_OR_MOV_SS: u32 = 0b11;
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 const HOST_TR_SELECTOR: u16 = 0x18;
 
@@ -338,11 +340,18 @@ impl<'a> Vcpu<'a> {
         }
     }
 
-    /// Skips the instruction that caused the exit.
+    /// Skips the instruction that caused the exit. Completing an instruction ends blocking by
+    /// STI and by MOV SS (SDM Vol. 3C §25.4.2, interruptibility-state bits 0 and 1), as KVM's
+    /// skip does: otherwise "STI; HLT" would leave the next entry blocked for no reason, and an
+    /// NMI or interrupt injected then would fail the VM entry.
     pub fn skip_instruction(&self) {
         let rip = vmcs::read_natural(VmcsNatural::GuestRip);
         let len = vmcs::read32(Vmcs32::VmExitInstructionLength) as u64;
         let _ = VmcsNatural::GuestRip.write(rip + len);
+        let state = vmcs::read32(Vmcs32::GuestInterruptibilityState);
+        if state & BLOCKING_BY_STI_OR_MOV_SS != 0 {
+            let _ = Vmcs32::GuestInterruptibilityState.write(state & !BLOCKING_BY_STI_OR_MOV_SS);
+        }
     }
 
     /// Injects a hardware exception with an error code (#GP etc.) at the next entry.
