@@ -25,6 +25,12 @@ pub const CATALOGUE: &[(&str, &str, u64, &str)] = &[
     ("ipi-storm", "pass", 120_000, ""),
     ("ipiv-rules", "pass", 60_000, "ipiv = on\ndebug_invalid_pid_entry = 3\ntest_hooks = true\n"),
     ("ipi-bench", "pass", 600_000, ""),
+    ("neighbour", "pass", 60_000, "args = seconds=1\n"),
+    ("hostile-report", "killed", 30_000, ""),
+    ("hostile-exits", "timeout", 2_000, ""),
+    ("hostile-console", "pass", 60_000, ""),
+    ("hostile-hypercall", "pass", 60_000, ""),
+    ("hostile-icr", "pass", 60_000, ""),
 ];
 
 /// Builds every guest (static executables at the ABI's image base) and returns them by name.

@@ -144,6 +144,123 @@ fn ipiv_covered(o: &Outcome, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The neighbour VM beside a hostile one passed and saw nothing foreign.
+fn neighbour_untouched(o: &Outcome, name: &str) -> Result<()> {
+    vm_result(o, name, "pass")?;
+    let v = vm(o, name)?;
+    let r = v["reports"].as_array().and_then(|r| r.iter().find(|r| r["test"] == "neighbour"));
+    let Some(r) = r else { bail!("VM {name}: no neighbour report") };
+    if r["foreign_interrupts"] != 0 || r["nmis"] != 0 || r["memory_rounds"].as_u64().unwrap_or(0) == 0 {
+        bail!("VM {name} saw something foreign: {r}");
+    }
+    Ok(())
+}
+
+/// A hostile VM ended as `want`, with a reason containing `why`, and the run is whole.
+fn hostile_ended(o: &Outcome, name: &str, want: &str, why: &str) -> Result<()> {
+    expect_eq(o, &["result"], "pass".into())?;
+    vm_result(o, name, want)?;
+    let reason = vm(o, name)?["reason"].as_str().unwrap_or("");
+    if !reason.contains(why) {
+        bail!("VM {name}: reason should mention {why:?}: {reason}");
+    }
+    Ok(())
+}
+
+fn hostile_cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "hostile-report",
+            args: bochs_guests("hostile-report:2,neighbour"),
+            check: |o| {
+                hostile_ended(o, "hostile-report-0", "killed", "report budget exceeded")?;
+                let v = vm(o, "hostile-report-0")?;
+                let reports = v["reports"].as_array().map(Vec::len).unwrap_or(0);
+                if reports == 0 || reports > hvcore::budget::MAX_REPORTS as usize {
+                    bail!("{reports} reports kept; the budget is {}", hvcore::budget::MAX_REPORTS);
+                }
+                if v["reports"][0] != serde_json::json!({"test": "hostile-report", "spaced": [1, 2]}) {
+                    bail!("the first report should be kept in canonical form: {}", v["reports"][0]);
+                }
+                neighbour_untouched(o, "neighbour-1")
+            },
+        },
+        Case {
+            name: "hostile-exits",
+            args: bochs_guests("hostile-exits:3,neighbour"),
+            check: |o| {
+                hostile_ended(o, "hostile-exits-0", "timeout", "watchdog")?;
+                let e = &vm(o, "hostile-exits-0")?["exits"];
+                for k in ["cpuid", "vmcall", "io"] {
+                    if e[k].as_u64().unwrap_or(0) < 50 {
+                        bail!("the {k} loop should have exited many times: {e}");
+                    }
+                }
+                neighbour_untouched(o, "neighbour-1")
+            },
+        },
+        Case {
+            name: "hostile-console",
+            args: bochs_guests("hostile-console:2,neighbour"),
+            check: |o| {
+                hostile_ended(o, "hostile-console-0", "pass", "")?;
+                let dropped = vm(o, "hostile-console-0")?["console_dropped_bytes"].as_u64().unwrap_or(0);
+                if dropped == 0 {
+                    bail!("the console flood should have gone over the VM's console budget");
+                }
+                neighbour_untouched(o, "neighbour-1")?;
+                let r = &vm(o, "neighbour-1")?["reports"][0];
+                // One 160-byte piece at 115200 baud is 14 ms; before the budget a 4 KiB PRINT
+                // kept the neighbour waiting 2.15 s.
+                if r["print_worst_us"].as_u64().unwrap_or(u64::MAX) > 200_000 {
+                    bail!("the neighbour waited too long for the console: {r}");
+                }
+                Ok(())
+            },
+        },
+        Case {
+            name: "hostile-hypercall",
+            args: bochs_guests("hostile-hypercall:2,neighbour"),
+            check: |o| {
+                hostile_ended(o, "hostile-hypercall-0", "pass", "")?;
+                every_vcpu_reported(o, "hostile-hypercall-0", 2)?;
+                neighbour_untouched(o, "neighbour-1")
+            },
+        },
+        Case {
+            name: "hostile-icr-xapic",
+            args: RunArgs { apic: Some("xapic".into()), ..bochs_guests("hostile-icr:2,neighbour") },
+            check: |o| {
+                hostile_ended(o, "hostile-icr-0", "pass", "")?;
+                every_vcpu_reported(o, "hostile-icr-0", 2)?;
+                neighbour_untouched(o, "neighbour-1")
+            },
+        },
+        Case {
+            name: "hostile-icr-x2apic",
+            args: RunArgs { apic: Some("x2apic".into()), ..bochs_guests("hostile-icr:2,neighbour") },
+            check: |o| {
+                hostile_ended(o, "hostile-icr-0", "pass", "")?;
+                every_vcpu_reported(o, "hostile-icr-0", 2)?;
+                neighbour_untouched(o, "neighbour-1")
+            },
+        },
+        Case {
+            name: "hostile-icr-x2apic-ipiv-off",
+            args: RunArgs {
+                apic: Some("x2apic".into()),
+                ipiv: Some("off".into()),
+                ..bochs_guests("hostile-icr:2,neighbour")
+            },
+            check: |o| {
+                hostile_ended(o, "hostile-icr-0", "pass", "")?;
+                every_vcpu_reported(o, "hostile-icr-0", 2)?;
+                neighbour_untouched(o, "neighbour-1")
+            },
+        },
+    ]
+}
+
 fn bochs_guests(list: &str) -> RunArgs {
     RunArgs { timeout: 300, ..RunArgs::new(Platform::Bochs, 4) }.with_guests(list)
 }
@@ -519,7 +636,7 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
         });
     }
     tally.check("xtask-refuses-bad-manifest", refuses_bad_manifest_before_launch);
-    for case in cases() {
+    for case in cases().into_iter().chain(hostile_cases()) {
         tally.check(case.name, || {
             let o = run::run(&case.args)?;
             if o.timed_out {
