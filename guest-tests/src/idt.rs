@@ -1,15 +1,17 @@
 //! The guest IDT (built at the first load, after the APIC mode is chosen): every exception
 //! prints vector, RIP and error code and fails the VM, except
-//! a #GP the test announced with [`expect_gp`] (then the faulting RDMSR/WRMSR is skipped).
+//! a #GP the test announced with [`expect_gp`] (then the faulting RDMSR/WRMSR is skipped), or
+//! one that [`try_rdmsr`], [`try_wrmsr`] or [`try_xsetbv`] may raise.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use hvcore::guest_abi::MAX_VCPUS;
 use spin::Lazy;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
-/// Per vCPU (indexed by APIC ID = vCPU index): the next #GP is announced, and how many were.
-static EXPECT_GP: [AtomicBool; MAX_VCPUS] = [const { AtomicBool::new(false) }; MAX_VCPUS];
+/// Per vCPU (indexed by APIC ID = vCPU index): the next #GP is announced (the length of the
+/// instruction to skip; 0: not announced), and how many were taken.
+static EXPECT_GP: [AtomicU8; MAX_VCPUS] = [const { AtomicU8::new(0) }; MAX_VCPUS];
 static GP_SEEN: [AtomicU32; MAX_VCPUS] = [const { AtomicU32::new(0) }; MAX_VCPUS];
 
 fn me() -> usize {
@@ -39,7 +41,39 @@ pub fn load() {
 
 /// The next #GP is expected: skip the 2-byte RDMSR/WRMSR that raises it.
 pub fn expect_gp() {
-    EXPECT_GP[me()].store(true, Ordering::SeqCst);
+    EXPECT_GP[me()].store(2, Ordering::SeqCst);
+}
+
+/// Runs `f`, whose only possibly faulting instruction is `len` bytes long; true if it took #GP.
+fn gp_from(len: u8, f: impl FnOnce()) -> bool {
+    let me = me();
+    let before = GP_SEEN[me].load(Ordering::SeqCst);
+    EXPECT_GP[me].store(len, Ordering::SeqCst);
+    f();
+    EXPECT_GP[me].store(0, Ordering::SeqCst);
+    GP_SEEN[me].load(Ordering::SeqCst) != before
+}
+
+/// RDMSR that may fault: `None` if it raised #GP.
+pub fn try_rdmsr(msr: u32) -> Option<u64> {
+    let mut v = 0;
+    let gp = gp_from(2, || v = crate::apic::rdmsr(msr));
+    (!gp).then_some(v)
+}
+
+/// WRMSR that may fault: false if it raised #GP.
+pub fn try_wrmsr(msr: u32, value: u64) -> bool {
+    !gp_from(2, || crate::apic::wrmsr(msr, value))
+}
+
+/// XSETBV (3 bytes) that may fault: false if it raised #GP.
+pub fn try_xsetbv(index: u32, value: u64) -> bool {
+    !gp_from(3, || {
+        // SAFETY: a #GP is caught above; a valid value changes only which state XSAVE manages.
+        unsafe {
+            core::arch::asm!("xsetbv", in("ecx") index, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack))
+        }
+    })
 }
 
 /// How many expected #GPs this vCPU took.
@@ -78,10 +112,11 @@ extern "x86-interrupt" fn pf(f: InterruptStackFrame, code: PageFaultErrorCode) {
 }
 extern "x86-interrupt" fn gp(mut f: InterruptStackFrame, code: u64) {
     let me = me();
-    if EXPECT_GP[me].swap(false, Ordering::SeqCst) {
+    let len = EXPECT_GP[me].swap(0, Ordering::SeqCst);
+    if len != 0 {
         GP_SEEN[me].fetch_add(1, Ordering::SeqCst);
-        // SAFETY: the announced instruction is a 2-byte RDMSR/WRMSR; resume after it.
-        unsafe { f.as_mut().update(|s| s.instruction_pointer += 2u64) };
+        // SAFETY: the announced instruction is `len` bytes long; resume after it.
+        unsafe { f.as_mut().update(|s| s.instruction_pointer += len as u64) };
         return;
     }
     fail("#GP", &f, Some(code))

@@ -28,13 +28,22 @@ pub fn fast_isr() -> u64 {
 pub struct VcpuIrqs {
     pub count: [AtomicU32; 256],
     pub nmis: AtomicU32,
+    /// NMI handlers running now, and the most ever running at once.
+    pub nmi_depth: AtomicU32,
+    pub nmi_max_depth: AtomicU32,
     /// TSC at the last interrupt.
     pub last_tsc: AtomicU64,
 }
 
 /// Indexed by vCPU.
 pub static IRQS: [VcpuIrqs; MAX_VCPUS] = [const {
-    VcpuIrqs { count: [const { AtomicU32::new(0) }; 256], nmis: AtomicU32::new(0), last_tsc: AtomicU64::new(0) }
+    VcpuIrqs {
+        count: [const { AtomicU32::new(0) }; 256],
+        nmis: AtomicU32::new(0),
+        nmi_depth: AtomicU32::new(0),
+        nmi_max_depth: AtomicU32::new(0),
+        last_tsc: AtomicU64::new(0),
+    }
 }; MAX_VCPUS];
 
 /// Per-vCPU block reached through GS (offset 0: the vCPU index).
@@ -79,8 +88,22 @@ extern "C" fn irq_dispatch(vector: u64) {
     crate::apic::eoi();
 }
 
+/// TSC ticks each NMI handler spends before returning (0: none), so that a test can send NMIs
+/// while one is being handled.
+pub static NMI_DWELL_TICKS: AtomicU64 = AtomicU64::new(0);
+
 pub(crate) fn nmi() {
-    IRQS[this_vcpu()].nmis.fetch_add(1, Ordering::AcqRel);
+    let me = &IRQS[this_vcpu()];
+    // Nesting would mean an NMI delivered before the last one's IRET: never, on real hardware.
+    let depth = me.nmi_depth.fetch_add(1, Ordering::AcqRel) + 1;
+    me.nmi_max_depth.fetch_max(depth, Ordering::AcqRel);
+    me.nmis.fetch_add(1, Ordering::AcqRel);
+    let dwell = NMI_DWELL_TICKS.load(Ordering::Relaxed);
+    let t0 = crate::rdtsc();
+    while crate::rdtsc().wrapping_sub(t0) < dwell {
+        core::hint::spin_loop();
+    }
+    me.nmi_depth.fetch_sub(1, Ordering::AcqRel);
 }
 
 core::arch::global_asm!(

@@ -31,6 +31,10 @@ pub const CATALOGUE: &[(&str, &str, u64, &str)] = &[
     ("hostile-console", "pass", 60_000, ""),
     ("hostile-hypercall", "pass", 60_000, ""),
     ("hostile-icr", "pass", 60_000, ""),
+    ("hostile-nmi", "pass", 60_000, ""),
+    ("hostile-apic", "pass", 30_000, ""),
+    ("hostile-sweep", "pass", 120_000, ""),
+    ("hostile-memory", "killed", 30_000, ""),
 ];
 
 /// Builds every guest (static executables at the ABI's image base) and returns them by name.
@@ -58,11 +62,17 @@ pub fn build() -> Result<BTreeMap<String, Vec<u8>>> {
 pub fn manifest_from_list(list: &str, extra: &[(&str, &str)]) -> Result<String> {
     let mut out = String::new();
     for (i, item) in list.split(',').map(str::trim).filter(|s| !s.is_empty()).enumerate() {
-        let (name, vcpus) = match item.split_once(':') {
+        // `name[:vcpus][+key=value]...`: the keys override the catalogue's for this VM.
+        let mut parts = item.split('+');
+        let head = parts.next().unwrap_or_default();
+        let overrides: Vec<(&str, &str)> = parts
+            .map(|kv| kv.split_once('=').with_context(|| format!("--guest {item}: `+{kv}` must be `+key=value`")))
+            .collect::<Result<_>>()?;
+        let (name, vcpus) = match head.split_once(':') {
             Some((n, v)) => {
                 (n, v.parse::<u32>().with_context(|| format!("--guest {item}: vCPU count must be a number"))?)
             }
-            None => (item, 1),
+            None => (head, 1),
         };
         let Some((_, expect, timeout, always)) = CATALOGUE.iter().find(|(n, ..)| *n == name) else {
             let known: Vec<_> = CATALOGUE.iter().map(|c| c.0).collect();
@@ -72,7 +82,7 @@ pub fn manifest_from_list(list: &str, extra: &[(&str, &str)]) -> Result<String> 
             "\n[vm]\nname = {name}-{i}\nimage = {name}\nvcpus = {vcpus}\nexpect = {expect}\ntimeout_ms = {timeout}\n"
         );
         out += always;
-        for (k, v) in extra {
+        for (k, v) in extra.iter().chain(&overrides) {
             out += &format!("{k} = {v}\n");
         }
     }
@@ -108,6 +118,10 @@ mod tests {
         assert_eq!(parsed.vms[1].apic.as_str(), "x2apic");
         assert!(manifest_from_list("nope", &[]).unwrap_err().to_string().contains("unknown guest `nope`"));
         assert!(manifest_from_list("hello:x", &[]).is_err());
+        let m = manifest_from_list("hostile-apic+args=end=fetch+expect=killed", &[]).unwrap();
+        let (_, parsed) = BootConfig::parse(&m).unwrap();
+        assert_eq!((parsed.vms[0].args.as_str(), parsed.vms[0].expect.as_str()), ("end=fetch", "killed"));
+        assert!(manifest_from_list("hello+oops", &[]).unwrap_err().to_string().contains("+key=value"));
     }
 
     #[test]

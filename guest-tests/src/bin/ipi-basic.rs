@@ -172,7 +172,10 @@ fn main(me: u32, info: &'static BootInfo) {
         assert!(apic_write + wrmsr >= sent as u64, "every ICR write should exit without IPIv");
     }
     let uncovered = sent - covered;
-    assert_eq!(ext_int, 0, "receivers take posted interrupts without external-interrupt exits");
+    // Posted interrupts reach a running receiver without an exit. The NMI of step 6 is not
+    // posted: its target is kicked into one external-interrupt exit to have it injected.
+    let kicks = if n > 1 && me == n - 1 { 1 } else { 0 };
+    assert_eq!(ext_int, kicks, "receivers take posted interrupts without external-interrupt exits");
     report!(
         r#"{{"test":"ipi-basic","vcpu":{me},"apic":"{}","ipiv":{},"sent":{sent},"covered_sent":{covered},"covered_exits":{covered_exits},"uncovered_sent":{uncovered},"received":{received},"woken_from_hlt":{woken},"exits":{{"apic_write":{apic_write},"wrmsr":{wrmsr},"external_interrupt":{ext_int},"hlt":{hlt}}}}}"#,
         if apic::is_x2apic() { "x2apic" } else { "xapic" },

@@ -53,6 +53,49 @@ impl ReportBudget {
     }
 }
 
+/// VM exits one vCPU may cause per second of TSC time unless its manifest says otherwise
+/// (`max_exits_per_second`). Far above what an OS needs (an idle or busy Linux guest takes well
+/// under 100,000 exits a second): it stops a guest that turns the hypervisor into its
+/// workhorse, and bounds how much host time a vCPU's exits can take between watchdog checks.
+pub const DEFAULT_MAX_EXITS_PER_S: u64 = 2_000_000;
+
+/// Exits over a fixed one-second window (in TSC ticks) for one vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitBudget {
+    limit: u64,
+    tsc_hz: u64,
+    window_start: u64,
+    count: u64,
+}
+
+/// The exit budget was exceeded: the VM is stopped with this reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitsExceeded {
+    pub limit: u64,
+}
+
+impl fmt::Display for ExitsExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "exit budget exceeded: more than {} VM exits in one second", self.limit)
+    }
+}
+
+impl ExitBudget {
+    pub fn new(limit_per_s: u64, tsc_hz: u64, now_tsc: u64) -> Self {
+        Self { limit: limit_per_s, tsc_hz: tsc_hz.max(1), window_start: now_tsc, count: 0 }
+    }
+
+    /// Counts one exit at `now_tsc`.
+    pub fn exit(&mut self, now_tsc: u64) -> Result<(), ExitsExceeded> {
+        if now_tsc.wrapping_sub(self.window_start) >= self.tsc_hz {
+            self.window_start = now_tsc;
+            self.count = 0;
+        }
+        self.count += 1;
+        if self.count > self.limit { Err(ExitsExceeded { limit: self.limit }) } else { Ok(()) }
+    }
+}
+
 /// A token bucket over TSC time for one VM's console output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConsoleBudget {
@@ -104,6 +147,27 @@ mod tests {
         b.take(1).unwrap();
         let msg = std::format!("{}", b.take(1).unwrap_err());
         assert!(msg.contains("report budget") && msg.contains("64 reports"), "{msg}");
+    }
+
+    #[test]
+    fn exits_are_limited_per_second() {
+        let hz = 1000;
+        let mut b = ExitBudget::new(3, hz, 0);
+        for t in 0..3 {
+            b.exit(t).unwrap();
+        }
+        let e = b.exit(999).unwrap_err();
+        assert!(std::format!("{e}").contains("exit budget exceeded: more than 3"));
+        // A new second starts a new window.
+        for t in 1000..1003 {
+            b.exit(t).unwrap();
+        }
+        assert!(b.exit(1500).is_err());
+        // Spread out, any number of exits is fine.
+        let mut b = ExitBudget::new(3, hz, 0);
+        for t in 0..100 {
+            b.exit(t * 400).unwrap();
+        }
     }
 
     #[test]

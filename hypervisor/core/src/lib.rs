@@ -22,6 +22,7 @@ pub mod exits;
 pub mod frames;
 pub mod guest_abi;
 pub mod guest_boot;
+pub mod guest_paging;
 #[cfg(feature = "alloc")]
 pub mod manifest;
 #[cfg(feature = "alloc")]

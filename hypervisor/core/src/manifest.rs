@@ -110,6 +110,8 @@ pub struct VmSpec {
     /// The test-support hypercalls (PID_OP) are open to this VM's guest. They let a guest
     /// read and change its vCPUs' posted-interrupt descriptors, so they are off by default.
     pub test_hooks: bool,
+    /// Exit budget per vCPU (`crate::budget::ExitBudget`).
+    pub max_exits_per_second: u64,
     /// Arguments for the guest program (boot info `args`), at most 63 bytes.
     pub args: String,
     /// Line of the `[vm]` header, for messages.
@@ -131,6 +133,7 @@ impl VmSpec {
             hlt: HltMode::PassThrough,
             invalid_pid_entry: None,
             test_hooks: false,
+            max_exits_per_second: crate::budget::DEFAULT_MAX_EXITS_PER_S,
             args: String::new(),
             line,
         }
@@ -139,11 +142,15 @@ impl VmSpec {
     /// Applies one `key = value` line of a `[vm]` section.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         let num = |what: &str| value.parse::<u64>().map_err(|_| format!("{what} must be a number, not `{value}`"));
+        // Parsed as u32, not cut down from a u64: `vcpus = 4294967298` is an error, not 2.
+        let num32 = |what: &str| {
+            value.parse::<u32>().map_err(|_| format!("{what} must be a number up to {}, not `{value}`", u32::MAX))
+        };
         match key {
             "name" => self.name = value.to_string(),
             "image" => self.image = value.to_string(),
-            "vcpus" => self.vcpus = num("vcpus")? as u32,
-            "ram_mib" => self.ram_mib = num("ram_mib")? as u32,
+            "vcpus" => self.vcpus = num32("vcpus")?,
+            "ram_mib" => self.ram_mib = num32("ram_mib")?,
             "timeout_ms" => self.timeout_ms = num("timeout_ms")?,
             "expect" => {
                 self.expect = VmResult::parse(value)
@@ -184,7 +191,13 @@ impl VmSpec {
                     _ => return Err(format!("test_hooks must be true|false, not `{value}`")),
                 }
             }
-            "debug_invalid_pid_entry" => self.invalid_pid_entry = Some(num("debug_invalid_pid_entry")? as u32),
+            "max_exits_per_second" => {
+                self.max_exits_per_second = num("max_exits_per_second")?;
+                if self.max_exits_per_second == 0 {
+                    return Err("max_exits_per_second must be at least 1".to_string());
+                }
+            }
+            "debug_invalid_pid_entry" => self.invalid_pid_entry = Some(num32("debug_invalid_pid_entry")?),
             "cpus" => {
                 self.cpus = value
                     .split(',')

@@ -27,7 +27,6 @@ const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 
 /// ICR delivery modes and flags (SDM Vol. 3A §12.6.1). Fixed delivery is mode 0.
 pub const ICR_FIXED: u32 = 0;
-pub const ICR_NMI: u32 = 0b100 << 8;
 pub const ICR_INIT: u32 = 0b101 << 8;
 pub const ICR_STARTUP: u32 = 0b110 << 8;
 pub const ICR_LEVEL_ASSERT: u32 = 1 << 14;

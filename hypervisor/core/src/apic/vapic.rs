@@ -22,6 +22,64 @@ pub const SELF_IPI: usize = 0x3f0;
 /// Version register: version 0x14 (integrated APIC), 6 LVT entries (max LVT index 5).
 pub const VERSION_VALUE: u32 = 0x0005_0014;
 
+/// xAPIC registers the processor does not virtualize even with APIC-register virtualization
+/// (SDM Vol. 3C §30.4.2 lists the reads it virtualizes, §30.4.3.1 the writes): an access to
+/// them is an APIC-access VM exit, and the hypervisor completes it.
+pub const APR: usize = 0x90;
+pub const RRD: usize = 0xc0;
+pub const LVT_CMCI: usize = 0x2f0;
+pub const TIMER_CURRENT_COUNT: usize = 0x390;
+
+/// Why an access to the APIC-access page is not completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnvirtualizedRefusal {
+    /// Not a 32-bit access at the start of a 16-byte register slot: the only form the SDM
+    /// defines for xAPIC registers (Vol. 3A §12.4.1); anything else is undefined there.
+    NotAligned32,
+    /// Beyond the register space (offsets 0x400 and up hold no register).
+    OutsideRegisters,
+}
+
+/// The value an xAPIC read the processor did not virtualize returns: PPR as the processor keeps
+/// it in the virtual-APIC page (VPPR, §30.1.3), the LVT CMCI register as last written, 0 for
+/// the timer's current count (the APIC timer does not run yet: it counts as expired), for
+/// APR and RRD (not implemented by x2APIC-era processors' xAPIC, read as 0 by Linux and
+/// ignored), and for reserved offsets.
+pub fn unvirtualized_read(page: &VirtualApicPage<'_>, offset: usize, size: u8) -> Result<u32, UnvirtualizedRefusal> {
+    check_unvirtualized(offset, size)?;
+    Ok(match offset {
+        PPR | LVT_CMCI => page.read(offset),
+        _ => 0,
+    })
+}
+
+/// An xAPIC write the processor did not virtualize: LVT CMCI keeps its value (vector, delivery
+/// mode and mask bits, as the other LVT entries); writes to read-only registers (PPR, APR,
+/// RRD, the timer's current count) and to reserved offsets are ignored, as hardware does.
+pub fn unvirtualized_write(
+    page: &VirtualApicPage<'_>,
+    offset: usize,
+    size: u8,
+    value: u32,
+) -> Result<(), UnvirtualizedRefusal> {
+    check_unvirtualized(offset, size)?;
+    if offset == LVT_CMCI {
+        // Vector 7:0, delivery mode 10:8, mask 16 (SDM Vol. 3A §12.5.1).
+        page.write(LVT_CMCI, value & 0x0001_07ff);
+    }
+    Ok(())
+}
+
+fn check_unvirtualized(offset: usize, size: u8) -> Result<(), UnvirtualizedRefusal> {
+    if offset >= 0x400 {
+        Err(UnvirtualizedRefusal::OutsideRegisters)
+    } else if size != 4 || !offset.is_multiple_of(16) {
+        Err(UnvirtualizedRefusal::NotAligned32)
+    } else {
+        Ok(())
+    }
+}
+
 /// The page as 32-bit registers (1024 of them; each APIC register sits at a 16-byte offset).
 /// Atomics, never `&mut`: the processor writes the page while the vCPU runs (virtual EOI,
 /// posted-interrupt processing, virtualized APIC writes) and other CPUs read it (LDR and DFR
@@ -46,7 +104,7 @@ impl VirtualApicPage<'_> {
         self.write(VERSION, VERSION_VALUE);
         self.write(DFR, 0xffff_ffff);
         self.write(SVR, 0xff);
-        for lvt in [0x320, 0x330, 0x340, 0x350, 0x360, 0x370] {
+        for lvt in [LVT_CMCI, 0x320, 0x330, 0x340, 0x350, 0x360, 0x370] {
             self.write(lvt, 1 << 16); // masked
         }
         self.set_mode(id, x2apic);
@@ -156,6 +214,26 @@ mod tests {
         // IF = 0: interrupts do not end HLT, NMIs do.
         assert!(!hlt_wakes(0xf1, 0x00, false, false));
         assert!(hlt_wakes(0x00, 0xf0, false, true));
+    }
+
+    #[test]
+    fn unvirtualized_registers_are_completed() {
+        let regs = [const { AtomicU32::new(0) }; 1024];
+        let page = VirtualApicPage(&regs);
+        page.reset(1, false);
+        page.write(PPR, 0x40);
+        assert_eq!(unvirtualized_read(&page, PPR, 4), Ok(0x40));
+        assert_eq!(unvirtualized_read(&page, TIMER_CURRENT_COUNT, 4), Ok(0));
+        assert_eq!(unvirtualized_read(&page, LVT_CMCI, 4), Ok(1 << 16), "masked at reset");
+        assert_eq!(unvirtualized_read(&page, 0x40, 4), Ok(0), "reserved");
+        assert_eq!(unvirtualized_write(&page, LVT_CMCI, 4, 0xffff_ffff), Ok(()));
+        assert_eq!(page.read(LVT_CMCI), 0x0001_07ff);
+        assert_eq!(unvirtualized_write(&page, PPR, 4, 0xff), Ok(()));
+        assert_eq!(page.read(PPR), 0x40, "read-only");
+        assert_eq!(unvirtualized_read(&page, PPR + 4, 4), Err(UnvirtualizedRefusal::NotAligned32));
+        assert_eq!(unvirtualized_read(&page, PPR, 1), Err(UnvirtualizedRefusal::NotAligned32));
+        assert_eq!(unvirtualized_read(&page, 0x400, 4), Err(UnvirtualizedRefusal::OutsideRegisters));
+        assert_eq!(unvirtualized_write(&page, 0xff0, 4, 0), Err(UnvirtualizedRefusal::OutsideRegisters));
     }
 
     #[test]

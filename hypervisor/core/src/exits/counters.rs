@@ -22,6 +22,13 @@ pub struct ExitCounters {
     pub ipi_exit_ticks: u64,
     /// Hypercalls refused because the guest made them from CPL > 0.
     pub hypercall_refused: u64,
+    /// Virtual NMIs injected.
+    pub nmi_injected: u64,
+    /// Events injected again because an exit interrupted their delivery (IDT-vectoring).
+    pub events_reinjected: u64,
+    /// Guest instructions the hypervisor decoded and completed itself (APIC-access reads of
+    /// registers the hardware does not virtualize, XSETBV).
+    pub emulated: u64,
 }
 
 impl Default for ExitCounters {
@@ -34,6 +41,9 @@ impl Default for ExitCounters {
             ipi_sent_by_exit: 0,
             ipi_exit_ticks: 0,
             hypercall_refused: 0,
+            nmi_injected: 0,
+            events_reinjected: 0,
+            emulated: 0,
         }
     }
 }
@@ -60,12 +70,15 @@ impl ExitCounters {
         self.ipi_sent_by_exit += other.ipi_sent_by_exit;
         self.ipi_exit_ticks += other.ipi_exit_ticks;
         self.hypercall_refused += other.hypercall_refused;
+        self.nmi_injected += other.nmi_injected;
+        self.events_reinjected += other.events_reinjected;
+        self.emulated += other.emulated;
     }
 }
 
 /// `{"cpuid": 3, "hlt": 1, ...}`: the non-zero counters by name, then the non-zero extra
 /// counters (`ignored_io`, `msr_write_icr`, `ipi_dropped`, `ipi_sent_by_exit`, `ipi_exit_ticks`,
-/// `hypercall_refused`).
+/// `hypercall_refused`, `nmi_injected`, `events_reinjected`, `emulated`).
 impl fmt::Display for ExitCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_char('{')?;
@@ -87,6 +100,9 @@ impl fmt::Display for ExitCounters {
             ("ipi_sent_by_exit", self.ipi_sent_by_exit),
             ("ipi_exit_ticks", self.ipi_exit_ticks),
             ("hypercall_refused", self.hypercall_refused),
+            ("nmi_injected", self.nmi_injected),
+            ("events_reinjected", self.events_reinjected),
+            ("emulated", self.emulated),
         ] {
             if v != 0 {
                 item(f, k, v)?;

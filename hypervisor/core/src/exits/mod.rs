@@ -6,6 +6,9 @@ pub mod cpuid;
 #[cfg(feature = "alloc")]
 pub mod hypercall;
 pub mod io;
+#[cfg(feature = "alloc")]
+pub mod mmio;
 pub mod msr;
 #[cfg(feature = "alloc")]
 pub mod report;
+pub mod xsetbv;

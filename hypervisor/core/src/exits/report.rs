@@ -84,6 +84,23 @@ mod tests {
         assert_eq!(canonical(b"18446744073709551615").unwrap(), "18446744073709551615");
     }
 
+    /// Found by `cargo xtask fuzz --target report_json`: with serde_json's default float
+    /// parser, the canonical form of `111111111111111111111111` (1.1111111111111111e+23) read
+    /// back one ULP off (1.1111111111111113e+23), so the canonical form was not a fixed point
+    /// and xtask read a different number than the guest reported.
+    #[test]
+    fn canonical_floats_read_back_exactly() {
+        for v in
+            ["111111111111111111111111", "1.1111111111111111e+23", "2.2250738585072011e-308", "0.1", "9007199254740993"]
+        {
+            let once = canonical(v.as_bytes()).unwrap();
+            assert_eq!(canonical(once.as_bytes()).as_ref(), Ok(&once), "{v}");
+            let read: f64 = serde_json::from_str(&once).unwrap();
+            assert_eq!(alloc::format!("{read:e}"), alloc::format!("{:e}", v.parse::<f64>().unwrap()), "{v}");
+        }
+        assert_eq!(canonical(b"111111111111111111111111").unwrap(), "1.1111111111111111e+23");
+    }
+
     #[test]
     fn what_breaks_the_summary_is_refused() {
         for bad in [&b"1e999"[..], b"-1e400", br#""\ud800""#, br#""\udc00x""#, b"{} {}", b"", b"[1,]", b"\xff"] {

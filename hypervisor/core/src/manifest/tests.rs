@@ -105,3 +105,30 @@ fn test_hooks_are_off_unless_asked_for() {
     assert!(a.test_hooks);
     assert!(a.set("test_hooks", "yes").unwrap_err().contains("true|false"));
 }
+
+#[test]
+fn exit_budget_defaults_and_bounds() {
+    let mut a = VmSpec::new(1);
+    assert_eq!(a.max_exits_per_second, crate::budget::DEFAULT_MAX_EXITS_PER_S);
+    a.set("max_exits_per_second", "5000").unwrap();
+    assert_eq!(a.max_exits_per_second, 5000);
+    assert!(a.set("max_exits_per_second", "0").is_err());
+    assert!(a.set("max_exits_per_second", "many").is_err());
+}
+
+/// Found by `cargo xtask fuzz --target manifest`: u32 keys were parsed as u64 and cut down, so
+/// `vcpus = 4294967297` gave a VM of 1 vCPU that passed validation.
+#[test]
+fn u32_keys_out_of_range_are_errors_not_wrapped() {
+    let mut v = VmSpec::new(1);
+    for key in ["vcpus", "ram_mib", "debug_invalid_pid_entry"] {
+        let e = v.set(key, "4294967297").unwrap_err();
+        assert!(e.contains(&format!("{key} must be a number up to 4294967295")), "{e}");
+        v.set(key, "4294967295").unwrap();
+    }
+    assert_eq!((v.vcpus, v.ram_mib, v.invalid_pid_entry), (u32::MAX, u32::MAX, Some(u32::MAX)));
+    assert!(v.set("vcpus", "-1").is_err());
+    // timeout_ms is a u64 and takes the full range.
+    v.set("timeout_ms", "4294967297").unwrap();
+    assert_eq!(v.timeout_ms, 4_294_967_297);
+}

@@ -242,6 +242,7 @@ pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Control
         bits(&[
             pin_bits::EXTERNAL_INTERRUPT_EXITING,
             pin_bits::NMI_EXITING,
+            pin_bits::VIRTUAL_NMIS,
             pin_bits::ACTIVATE_VMX_PREEMPTION_TIMER,
             pin_bits::PROCESS_POSTED_INTERRUPTS,
         ]),
@@ -261,7 +262,10 @@ pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Control
     if tertiary != 0 {
         primary_req |= 1 << primary_bits::ACTIVATE_TERTIARY_CONTROLS;
     }
-    let primary = negotiate(Primary, caps.primary, primary_req, 0)?;
+    // "NMI-window exiting" is set only while a virtual NMI waits (vmx::events): checked here,
+    // left clear in the base value.
+    let nmi_window = 1 << primary_bits::NMI_WINDOW_EXITING;
+    let primary = negotiate(Primary, caps.primary, primary_req | nmi_window, 0)? & !nmi_window;
     let apic_access =
         if opts.x2apic { secondary_bits::VIRTUALIZE_X2APIC_MODE } else { secondary_bits::VIRTUALIZE_APIC_ACCESSES };
     let secondary = negotiate(

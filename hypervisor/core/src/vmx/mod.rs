@@ -3,6 +3,7 @@
 pub mod caps;
 pub mod controls;
 pub mod entry_checks;
+pub mod events;
 pub mod exit_reason;
 pub mod fields;
 pub mod instruction_error;

@@ -18,8 +18,8 @@ use hvcore::vmx::entry_checks::{GuestState, suspect};
 use hvcore::vmx::exit_reason::{self as er, ExitReason};
 use hvcore::vmx::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsNatural};
 
-use super::ipi;
 use super::vcpu::Vcpu;
+use super::{emulate, ipi};
 use crate::vmx::vmcs::{self, Access};
 
 /// What the run loop does next.
@@ -40,13 +40,16 @@ pub fn handle(v: &mut Vcpu<'_>, reason: u16) -> Flow {
         er::RDMSR => rdmsr(v),
         er::WRMSR => wrmsr(v),
         er::EXTERNAL_INTERRUPT => external_interrupt(v),
-        // The exception bitmap is 0, so this is an NMI: another CPU's wake-up for a pending
-        // virtual NMI, injected by the run loop before the next entry.
+        // The exception bitmap is 0, so this is a host NMI (none is sent by this hypervisor;
+        // its NMI exit is all it needs); virtual NMIs are gated by the run loop.
         er::EXCEPTION_NMI => Flow::Continue,
+        // The guest stopped blocking NMIs: the run loop injects the waiting one.
+        er::NMI_WINDOW => Flow::Continue,
         er::PREEMPTION_TIMER => preemption_timer(v),
         er::EPT_VIOLATION => ept_violation(),
         er::APIC_WRITE => apic_write(v),
-        er::APIC_ACCESS => apic_access(),
+        er::APIC_ACCESS => emulate::apic_access(v),
+        er::XSETBV => emulate::xsetbv(v),
         er::EPT_MISCONFIG => {
             let gpa = vmcs::read64(Vmcs64::GuestPhysicalAddress);
             Flow::Stop(VmResult::Killed, format!("EPT misconfiguration at GPA {gpa:#x}"))
@@ -94,7 +97,9 @@ fn hlt(v: &mut Vcpu<'_>) -> Flow {
             }
         }
         let rvi = Vmcs16::GuestInterruptStatus.read().unwrap_or(0) as u8;
-        let nmi = v.apic.pending_nmi.load(core::sync::atomic::Ordering::Acquire);
+        // An NMI the guest blocks (still in its NMI handler) does not end the halt either.
+        let nmi = v.apic.pending_nmi.load(core::sync::atomic::Ordering::Acquire)
+            && vmcs::read32(Vmcs32::GuestInterruptibilityState) & BLOCKING_BY_NMI == 0;
         if vapic::hlt_wakes(rvi, v.apic.page().read(vapic::PPR), interrupts_enabled, nmi) || v.vm.is_stopping() {
             return Flow::Continue;
         }
@@ -106,6 +111,7 @@ fn hlt(v: &mut Vcpu<'_>) -> Flow {
 }
 
 const RFLAGS_IF: u64 = 1 << 9;
+const BLOCKING_BY_NMI: u32 = hvcore::vmx::events::interruptibility::BLOCKING_BY_NMI;
 
 pub fn timeout(v: &Vcpu<'_>) -> Flow {
     Flow::Stop(VmResult::Timeout, format!("watchdog: still running after {} ms", v.vm.spec.timeout_ms))
@@ -244,25 +250,6 @@ fn apic_write(v: &mut Vcpu<'_>) -> Flow {
 
 /// APIC-access exit: an access virtualization does not cover (a reserved offset, a partial or
 /// wide access). Real guests do not make them; stop the VM and say where.
-fn apic_access() -> Flow {
-    let q = vmcs::read_natural(VmcsNatural::ExitQualification);
-    let kind = match (q >> 12) & 0xf {
-        0 => "linear read",
-        1 => "linear write",
-        2 => "instruction fetch",
-        3 => "event delivery",
-        _ => "guest-physical access",
-    };
-    Flow::Stop(
-        VmResult::Killed,
-        format!(
-            "unsupported APIC access: {kind} at offset {:#x}, guest RIP {:#x}",
-            q & 0xfff,
-            vmcs::read_natural(VmcsNatural::GuestRip)
-        ),
-    )
-}
-
 fn io(v: &mut Vcpu<'_>) -> Flow {
     let q = IoExit::decode(vmcs::read_natural(VmcsNatural::ExitQualification));
     if q.string {

@@ -40,13 +40,15 @@ pub fn send(v: &mut Vcpu<'_>, icr: Icr) {
         Action::Fixed { vector, targets } => {
             each(targets, |t| if t == me { deliver_self(v, vector) } else { vm.apic.vcpus[t].post(vector) })
         }
-        // A virtual NMI is injected at the target's next VM entry; a physical NMI to its CPU
-        // forces that entry to come soon (an NMI exit, not an external-interrupt exit).
+        // A virtual NMI is injected at the target's next VM entry, when the guest can take it
+        // (vcpu.rs, gate_nmi). The kick brings that entry soon: an external-interrupt exit if
+        // the target runs, and if it is between its check and VMRESUME (interrupts off) the
+        // kick stays pending and exits right after the entry, so no wake-up is lost.
         Action::Nmi { targets } => each(targets, |t| {
             let target = &vm.apic.vcpus[t];
             target.pending_nmi.store(true, core::sync::atomic::Ordering::Release);
             if t != me {
-                crate::apic::send_ipi(target.host_apic_id, crate::apic::ICR_NMI);
+                crate::apic::send_ipi(target.host_apic_id, crate::apic::ICR_FIXED | crate::KICK_VECTOR as u32);
             }
         }),
         // Guests start all their vCPUs at once (guest ABI); INIT and SIPI are recorded only.

@@ -1,6 +1,7 @@
 //! Virtual machines: guest RAM, EPT, MSR bitmap and boot area built from a manifest entry, and
 //! the shared state the VM's vCPUs (each pinned to its own physical CPU) report into.
 
+pub mod emulate;
 pub mod exits;
 pub mod ipi;
 pub mod vapic;

@@ -6,12 +6,14 @@ use alloc::string::String;
 use core::sync::atomic::{AtomicU16, Ordering};
 
 use hvcore::bootcfg::FaultInjection;
+use hvcore::budget::ExitBudget;
 use hvcore::exits::counters::ExitCounters;
 use hvcore::guest_abi::{CODE_SELECTOR, DATA_SELECTOR};
 use hvcore::guest_boot::{VcpuStart, vcpu_start};
 use hvcore::manifest::{HltMode, VmResult};
 use hvcore::vmx::caps::VmxCaps;
 use hvcore::vmx::controls::{Controls, VcpuControlOptions, vcpu_controls};
+use hvcore::vmx::events::{self, NmiGate};
 use hvcore::vmx::exit_reason::ExitReason;
 use hvcore::vmx::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsNatural};
 use x86_64::instructions::tables::{sgdt, sidt};
@@ -28,8 +30,9 @@ use crate::vmx::vmcs::{self, Access, Vmcs, VmxInstrError};
 static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
 
 const IA32_PAT: u32 = 0x277;
-/// Guest interruptibility state: blocking by STI (bit 0) and by MOV SS (bit 1).
-const BLOCKING_BY_STI_OR_MOV_SS: u32 = 0b11;
+const BLOCKING_BY_STI_OR_MOV_SS: u32 =
+    events::interruptibility::BLOCKING_BY_STI | events::interruptibility::BLOCKING_BY_MOV_SS;
+const NMI_WINDOW_EXITING: u32 = 1 << hvcore::vmx::caps::primary_bits::NMI_WINDOW_EXITING;
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 const HOST_TR_SELECTOR: u16 = 0x18;
 
@@ -47,6 +50,8 @@ pub struct Vcpu<'a> {
     launched: bool,
     /// TSC value at which the watchdog ends the VM.
     pub deadline_tsc: u64,
+    /// Exits per second this vCPU may cause (the manifest's `max_exits_per_second`).
+    exit_budget: ExitBudget,
     pub timer_shift: u32,
     /// COM1 output collected until a newline.
     pub console_line: heapless_line::Line,
@@ -109,6 +114,7 @@ impl<'a> Vcpu<'a> {
             counters: ExitCounters::default(),
             launched: false,
             deadline_tsc: now + vm.spec.timeout_ms * (tsc_hz / 1000),
+            exit_budget: ExitBudget::new(vm.spec.max_exits_per_second, tsc_hz, now),
             timer_shift: caps.preemption_timer_shift(),
             console_line: heapless_line::Line::new(),
             last_line: String::new(),
@@ -285,9 +291,9 @@ impl<'a> Vcpu<'a> {
             if self.vm.is_stopping() {
                 return;
             }
-            if self.apic.pending_nmi.load(Ordering::Acquire) && self.apic.pending_nmi.swap(false, Ordering::AcqRel) {
-                // SDM Vol. 3C §25.8.3: vector 2, type 2 (NMI), valid.
-                let _ = Vmcs32::VmEntryInterruptionInfo.write(2 | (2 << 8) | (1 << 31));
+            if let Err(e) = self.gate_nmi() {
+                self.vm.stop(VmResult::Fail, format!("vCPU {}: NMI injection: {e}", self.index));
+                return;
             }
             if let Some(t) = ipi_exit_at.take() {
                 self.counters.ipi_exit_ticks += crate::time::rdtsc() - t;
@@ -321,11 +327,22 @@ impl<'a> Vcpu<'a> {
                 self.vm.stop(VmResult::Fail, format!("vCPU {}: {why}", self.index));
                 return;
             }
+            if events::may_interrupt_delivery(reason.basic())
+                && let Err(e) = self.reinject_interrupted_event()
+            {
+                self.vm.stop(VmResult::Fail, format!("vCPU {}: event re-injection: {e}", self.index));
+                return;
+            }
             let sent = self.counters.ipi_sent_by_exit;
             // The preemption timer counts only guest time; a guest that keeps exiting would
             // never let it fire, so every exit checks the deadline too.
-            let flow =
-                if exit_tsc >= self.deadline_tsc { exits::timeout(self) } else { exits::handle(self, reason.basic()) };
+            let flow = if exit_tsc >= self.deadline_tsc {
+                exits::timeout(self)
+            } else if let Err(over) = self.exit_budget.exit(exit_tsc) {
+                Flow::Stop(VmResult::Killed, format!("{over}"))
+            } else {
+                exits::handle(self, reason.basic())
+            };
             if self.counters.ipi_sent_by_exit != sent {
                 ipi_exit_at = Some(exit_tsc);
             }
@@ -340,18 +357,120 @@ impl<'a> Vcpu<'a> {
         }
     }
 
+    /// Injects a pending virtual NMI when the guest can take it, else sets "NMI-window exiting"
+    /// so the next window brings the vCPU back here (rules in `hvcore::vmx::events`). The
+    /// flag is taken only when the NMI is injected: NMIs sent meanwhile fold into one pending,
+    /// as a real local APIC latches one NMI while another is handled.
+    fn gate_nmi(&mut self) -> Result<(), VmxInstrError> {
+        let pending = self.apic.pending_nmi.load(Ordering::Acquire);
+        let window_on = self.controls.primary & NMI_WINDOW_EXITING != 0;
+        if !pending && !window_on {
+            return Ok(());
+        }
+        let queued = Vmcs32::VmEntryInterruptionInfo.read()? & events::info::VALID != 0;
+        let state = Vmcs32::GuestInterruptibilityState.read()?;
+        let gate = events::nmi_gate(pending, state, queued);
+        if gate == NmiGate::Inject && self.apic.pending_nmi.swap(false, Ordering::AcqRel) {
+            Vmcs32::VmEntryInterruptionInfo.write(events::info::NMI)?;
+            self.counters.nmi_injected += 1;
+        }
+        if (gate == NmiGate::Wait) != window_on {
+            let primary = self.controls.primary ^ NMI_WINDOW_EXITING;
+            Vmcs32::PrimaryProcBasedVmExecControl.write(primary)?;
+            self.controls.primary = primary;
+        }
+        Ok(())
+    }
+
+    /// An exit that interrupted the delivery of an event through the guest IDT (a host
+    /// interrupt or NMI arriving meanwhile, say) leaves the event undelivered: it is injected
+    /// again at the next entry (SDM Vol. 3C §28.2.3), as KVM does, so nothing is lost.
+    fn reinject_interrupted_event(&mut self) -> Result<(), VmxInstrError> {
+        let idt = Vmcs32::IdtVectoringInfo.read()?;
+        if idt & events::info::VALID == 0 {
+            return Ok(());
+        }
+        let code = Vmcs32::IdtVectoringErrorCode.read()?;
+        let len = Vmcs32::VmExitInstructionLength.read()?;
+        if let Some(r) = events::reinjection(idt, code, len) {
+            if let Some(code) = r.error_code {
+                Vmcs32::VmEntryExceptionErrorCode.write(code)?;
+            }
+            if let Some(len) = r.instruction_length {
+                Vmcs32::VmEntryInstructionLength.write(len)?;
+            }
+            Vmcs32::VmEntryInterruptionInfo.write(r.info)?;
+            self.counters.events_reinjected += 1;
+        }
+        Ok(())
+    }
+
     /// Skips the instruction that caused the exit. Completing an instruction ends blocking by
     /// STI and by MOV SS (SDM Vol. 3C §25.4.2, interruptibility-state bits 0 and 1), as KVM's
     /// skip does: otherwise "STI; HLT" would leave the next entry blocked for no reason, and an
     /// NMI or interrupt injected then would fail the VM entry.
     pub fn skip_instruction(&self) {
+        self.skip_emulated(vmcs::read32(Vmcs32::VmExitInstructionLength) as u64);
+    }
+
+    /// Completes an instruction of `len` bytes the hypervisor emulated (as `skip_instruction`).
+    pub fn skip_emulated(&self, len: u64) {
         let rip = vmcs::read_natural(VmcsNatural::GuestRip);
-        let len = vmcs::read32(Vmcs32::VmExitInstructionLength) as u64;
         let _ = VmcsNatural::GuestRip.write(rip + len);
         let state = vmcs::read32(Vmcs32::GuestInterruptibilityState);
         if state & BLOCKING_BY_STI_OR_MOV_SS != 0 {
             let _ = Vmcs32::GuestInterruptibilityState.write(state & !BLOCKING_BY_STI_OR_MOV_SS);
         }
+    }
+
+    /// General-purpose register `n` in hardware order (0 RAX, 1 RCX, 2 RDX, 3 RBX, 4 RSP,
+    /// 5 RBP, 6 RSI, 7 RDI, 8-15 R8-R15); RSP lives in the VMCS.
+    pub fn gpr(&self, n: u8) -> u64 {
+        let r = &self.regs;
+        match n {
+            0 => r.rax,
+            1 => r.rcx,
+            2 => r.rdx,
+            3 => r.rbx,
+            4 => vmcs::read_natural(VmcsNatural::GuestRsp),
+            5 => r.rbp,
+            6 => r.rsi,
+            7 => r.rdi,
+            8 => r.r8,
+            9 => r.r9,
+            10 => r.r10,
+            11 => r.r11,
+            12 => r.r12,
+            13 => r.r13,
+            14 => r.r14,
+            _ => r.r15,
+        }
+    }
+
+    pub fn set_gpr(&mut self, n: u8, value: u64) {
+        let r = &mut self.regs;
+        let slot = match n {
+            0 => &mut r.rax,
+            1 => &mut r.rcx,
+            2 => &mut r.rdx,
+            3 => &mut r.rbx,
+            4 => {
+                let _ = VmcsNatural::GuestRsp.write(value);
+                return;
+            }
+            5 => &mut r.rbp,
+            6 => &mut r.rsi,
+            7 => &mut r.rdi,
+            8 => &mut r.r8,
+            9 => &mut r.r9,
+            10 => &mut r.r10,
+            11 => &mut r.r11,
+            12 => &mut r.r12,
+            13 => &mut r.r13,
+            14 => &mut r.r14,
+            _ => &mut r.r15,
+        };
+        *slot = value;
     }
 
     /// Injects a hardware exception with an error code (#GP etc.) at the next entry.

@@ -95,6 +95,9 @@ fn vcpu_controls_on_bochs() {
         assert!(names(ControlWord::Secondary).contains(&n), "{n}");
     }
     assert!(names(ControlWord::Pin).contains(&"activate VMX-preemption timer"));
+    assert!(names(ControlWord::Pin).contains(&"virtual NMIs"));
+    // NMI-window exiting is checked but set only while a virtual NMI waits.
+    assert!(!names(ControlWord::Primary).contains(&"NMI-window exiting"));
     for n in ["HLT exiting", "unconditional I/O exiting", "use MSR bitmaps", "activate secondary controls"] {
         assert!(names(ControlWord::Primary).contains(&n), "{n}");
     }
@@ -114,4 +117,12 @@ fn cpu_without_preemption_timer_is_refused_by_name() {
     caps.pin.may_be_1 &= !(1 << 6);
     let e = vcpu_controls(&caps, VcpuControlOptions::default()).unwrap_err();
     assert!(std::format!("{e}").contains("activate VMX-preemption timer"));
+}
+
+#[test]
+fn cpu_without_nmi_window_exiting_is_refused_by_name() {
+    let mut caps = bochs();
+    caps.primary.may_be_1 &= !(1 << 22);
+    let e = vcpu_controls(&caps, VcpuControlOptions::default()).unwrap_err();
+    assert!(std::format!("{e}").contains("NMI-window exiting"));
 }
