@@ -5,6 +5,7 @@ mod apt;
 mod bench;
 mod bochs;
 mod deps;
+mod fuzz;
 mod guests;
 mod image;
 mod plot;
@@ -42,6 +43,9 @@ enum Cmd {
         #[arg(long, default_value = "target/hypervisor.img")]
         out: PathBuf,
     },
+    /// Fuzz every parser fed by a guest or a user (cargo-fuzz, installed on first use) and
+    /// print executions per target; fails on any finding, naming the input that caused it.
+    Fuzz(fuzz::FuzzArgs),
     /// Build (or find in the cache) the project's Bochs and print its path.
     Bochs,
     /// List every dependency (toolchain, Debian packages, Bochs' source and build, OVMF) as
@@ -71,7 +75,7 @@ fn xtask() -> Result<()> {
         Cmd::Test(_) => deps::ensure(deps::ALL)?,
         Cmd::Bench(args) => deps::ensure(&needs(args.platform, false))?,
         Cmd::Bochs => deps::ensure(&[deps::Need::Bochs])?,
-        Cmd::Image { .. } | Cmd::Doctor { .. } => {}
+        Cmd::Image { .. } | Cmd::Doctor { .. } | Cmd::Fuzz(_) => {}
     }
     match cli.cmd {
         Cmd::Run(args) => {
@@ -90,6 +94,7 @@ fn xtask() -> Result<()> {
             println!("{}", out.display());
             Ok(())
         }
+        Cmd::Fuzz(args) => fuzz::run(&args),
         Cmd::Bochs => {
             println!("{}", bochs::binary(&deps::cache_dir())?.display());
             Ok(())

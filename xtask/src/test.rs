@@ -738,6 +738,8 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
         });
     }
     tally.check("xtask-refuses-bad-manifest", refuses_bad_manifest_before_launch);
+    // Every parser fed by a guest or a user, briefly (docs/fuzzing.md; `cargo xtask fuzz` for long runs).
+    tally.check("fuzz-smoke", crate::fuzz::smoke);
     for case in cases().into_iter().chain(hostile_cases()) {
         tally.check(case.name, || {
             let o = run::run(&case.args)?;
