@@ -10,11 +10,15 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+#[cfg(feature = "alloc")]
+pub mod acpi_tables;
 pub mod apic;
 pub mod bench_isr;
 #[cfg(feature = "alloc")]
 pub mod bootcfg;
 pub mod budget;
+#[cfg(feature = "alloc")]
+pub mod devices;
 #[cfg(feature = "alloc")]
 pub mod elf_load;
 pub mod ept;

@@ -73,9 +73,12 @@ mod tests {
         assert_eq!(suspect(&good()), None);
     }
 
+    /// A way to break the guest state, and the field that must be named.
+    type Breakage = (fn(&mut GuestState), &'static str);
+
     #[test]
     fn each_broken_field_is_named() {
-        let cases: [(fn(&mut GuestState), &str); 6] = [
+        let cases: [Breakage; 6] = [
             (|s| s.rflags = 0, "GuestRflags"),
             (|s| s.cr0 &= !(1 << 5), "GuestCr0"),
             (|s| s.cr4 &= !(1 << 13), "GuestCr4"),
