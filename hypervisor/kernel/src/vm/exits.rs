@@ -114,7 +114,9 @@ const RFLAGS_IF: u64 = 1 << 9;
 const BLOCKING_BY_NMI: u32 = hvcore::vmx::events::interruptibility::BLOCKING_BY_NMI;
 
 pub fn timeout(v: &Vcpu<'_>) -> Flow {
-    Flow::Stop(VmResult::Timeout, format!("watchdog: still running after {} ms", v.vm.spec.timeout_ms))
+    // Where the guest was, to tell a hang from a loop.
+    let rip = vmcs::read_natural(VmcsNatural::GuestRip);
+    Flow::Stop(VmResult::Timeout, format!("watchdog: still running after {} ms (RIP {rip:#x})", v.vm.spec.timeout_ms))
 }
 
 fn preemption_timer(v: &mut Vcpu<'_>) -> Flow {
