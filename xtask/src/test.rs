@@ -335,6 +335,38 @@ fn hostile_cases() -> Vec<Case> {
     ]
 }
 
+/// The PC inside each VM: its port-I/O devices, and isa-debug-exit ending the VM both ways.
+fn pc_cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "pc-devices",
+            args: bochs_guests("pc-devices:2"),
+            check: |o| {
+                vm_result(o, "pc-devices-0", "pass")?;
+                let v = vm(o, "pc-devices-0")?;
+                if !v["reason"].as_str().unwrap_or("").ends_with("isa-debug-exit: 0") {
+                    bail!("the VM should have ended through isa-debug-exit: {}", v["reason"]);
+                }
+                let r = &v["reports"][0];
+                println!("  PIT channel 2 against the TSC: {}/1000", r["pit_per_mille"]);
+                Ok(())
+            },
+        },
+        Case {
+            name: "pc-devices-exit-code",
+            args: bochs_guests("pc-devices:1+args=exit=49+expect=fail"),
+            check: |o| {
+                vm_result(o, "pc-devices-0", "fail")?;
+                let reason = vm(o, "pc-devices-0")?["reason"].as_str().unwrap_or("").to_string();
+                if !reason.contains("isa-debug-exit: code 49") {
+                    bail!("the reason should carry the exit code: {reason}");
+                }
+                Ok(())
+            },
+        },
+    ]
+}
+
 /// hostile-apic completed every legal access (its report is there) and was then stopped for the
 /// hostile one, with `why` in the reason.
 fn apic_legal_then(o: &Outcome, why: &str) -> Result<()> {
@@ -740,7 +772,7 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
     tally.check("xtask-refuses-bad-manifest", refuses_bad_manifest_before_launch);
     // Every parser fed by a guest or a user, briefly (docs/fuzzing.md; `cargo xtask fuzz` for long runs).
     tally.check("fuzz-smoke", crate::fuzz::smoke);
-    for case in cases().into_iter().chain(hostile_cases()) {
+    for case in cases().into_iter().chain(pc_cases()).chain(hostile_cases()) {
         tally.check(case.name, || {
             let o = run::run(&case.args)?;
             if o.timed_out {

@@ -264,9 +264,11 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
     let tsc = TSC_HZ_MEASURED.load(Ordering::Relaxed);
     let caps = bsp_caps().expect("VMX checked above");
     let host_ids = APIC_IDS.get().expect("set before the APs start");
+    let unix_time = time::host_unix_time();
     let mut vms = Vec::new();
     for spec in &manifest.vms {
-        match vm::Vm::create(spec, images(&spec.image).unwrap_or(&[]), tsc, caps, host_ids) {
+        let clock = vm::Clock { tsc_hz: tsc, unix_time };
+        match vm::Vm::create(spec, images(&spec.image).unwrap_or(&[]), clock, caps, host_ids) {
             Ok(v) => {
                 info!(
                     "VM {}: {} vCPUs on CPUs {:?}, {} MiB at {:#x}, {} APIC, IPIv {}, HLT {}",

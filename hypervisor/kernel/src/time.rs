@@ -78,3 +78,48 @@ fn pit_one_shot(count: u16) {
         }
     }
 }
+
+/// Wall-clock time from the host's CMOS RTC (seconds since 1970, UTC as the RTC keeps it), or 0
+/// when it reads as no date. Read once, at boot, by the BSP: the RTC is one shared device.
+pub fn host_unix_time() -> u64 {
+    let mut index: Port<u8> = Port::new(0x70);
+    let mut data: Port<u8> = Port::new(0x71);
+    let mut reg = |r: u8| {
+        // SAFETY: CMOS index/data ports; bit 7 of the index (NMI mask) stays clear as firmware
+        // leaves it, and the registers read here have no side effects.
+        unsafe {
+            index.write(r);
+            data.read()
+        }
+    };
+    // Wait out an update in progress (status A bit 7, at most about 2 ms), then read twice
+    // until two reads agree.
+    let mut read = || {
+        for _ in 0..1_000_000 {
+            if reg(0x0a) & 0x80 == 0 {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        [0x00, 0x02, 0x04, 0x07, 0x08, 0x09, 0x32].map(&mut reg)
+    };
+    let mut regs = read();
+    for _ in 0..4 {
+        let again = read();
+        if again == regs {
+            break;
+        }
+        regs = again;
+    }
+    let status_b = reg(0x0b);
+    let binary = status_b & 0x04 != 0;
+    if status_b & 0x02 == 0 {
+        // 12-hour clock: bit 7 of the hour is PM; 12 AM is 0, 12 PM is 12.
+        let pm = regs[2] & 0x80 != 0;
+        let h = regs[2] & 0x7f;
+        let h = if binary { h } else { (h >> 4) * 10 + (h & 0xf) };
+        let h24 = (h % 12) + if pm { 12 } else { 0 };
+        regs[2] = if binary { h24 } else { ((h24 / 10) << 4) | (h24 % 10) };
+    }
+    hvcore::devices::cmos::unix_from_rtc(regs, binary).unwrap_or(0)
+}

@@ -1,8 +1,9 @@
 //! The CMOS RTC and NVRAM of a PC (index port 0x70, data 0x71; MC146818A datasheet and the
 //! PC/AT layout): the time and date in BCD, 24-hour mode, status registers A-D (no update in
 //! progress, time valid), and the memory sizes firmware stores there. The time comes from the
-//! kernel's clock (`set_time`), read at each access; nothing ever interrupts (no alarm or
-//! periodic interrupt).
+//! kernel's clock (`set_time` at VM creation, advanced by the VM's clock at each access);
+//! nothing ever interrupts (no alarm or periodic interrupt). [`unix_from_rtc`] reads the same
+//! registers back, for the host's own RTC.
 
 use super::{Effects, PortDevice};
 
@@ -49,13 +50,15 @@ impl Cmos {
         Self { index: 0, nvram, unix_time: 0 }
     }
 
+    /// The time at the VM's clock 0; the clock then runs with the `now_ns` of each access.
     pub fn set_time(&mut self, unix_seconds: u64) {
         self.unix_time = unix_seconds;
     }
 
-    fn time_register(&self, reg: u8) -> u8 {
-        let days = self.unix_time / 86_400;
-        let secs = self.unix_time % 86_400;
+    /// Register `reg` of the clock at `unix` seconds.
+    fn time_register(&self, reg: u8, unix: u64) -> u8 {
+        let days = unix / 86_400;
+        let secs = unix % 86_400;
         let (year, month, day) = civil_from_days(days as i64);
         let v = match reg {
             SECONDS => secs % 60,
@@ -69,6 +72,32 @@ impl Cmos {
         };
         bcd(v as u8)
     }
+}
+
+/// Seconds since 1970 from RTC registers (seconds, minutes, hours, day, month, year, century),
+/// BCD unless `binary` (status B bit 2), 24-hour clock; None if they make no date.
+pub fn unix_from_rtc(regs: [u8; 7], binary: bool) -> Option<u64> {
+    let dec =
+        |v: u8| if binary { Some(v) } else { ((v >> 4) < 10 && (v & 0xf) < 10).then(|| (v >> 4) * 10 + (v & 0xf)) };
+    let [s, mi, h, d, mo, y, c] = regs.map(dec);
+    let (s, mi, h, d, mo, y, c) = (s?, mi?, h?, d?, mo?, y?, c?);
+    if s > 59 || mi > 59 || h > 23 || !(1..=31).contains(&d) || !(1..=12).contains(&mo) {
+        return None;
+    }
+    let year = c as i64 * 100 + y as i64;
+    let days = days_from_civil(year, mo as u32, d as u32);
+    (days >= 0).then(|| days as u64 * 86_400 + h as u64 * 3600 + mi as u64 * 60 + s as u64)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of `civil_from_days`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 fn bcd(v: u8) -> u8 {
@@ -94,20 +123,22 @@ impl PortDevice for Cmos {
         "CMOS RTC"
     }
 
-    fn read(&mut self, offset: u16, _: u8) -> (u32, Effects) {
+    fn read(&mut self, offset: u16, _: u8, now_ns: u64) -> (u32, Effects) {
         if offset == 0 {
             return (0xff, Effects::NONE); // the index port is write-only
         }
         let reg = self.index & 0x7f;
         let v = match reg {
-            SECONDS | MINUTES | HOURS | WEEKDAY | DAY | MONTH | YEAR | CENTURY => self.time_register(reg),
+            SECONDS | MINUTES | HOURS | WEEKDAY | DAY | MONTH | YEAR | CENTURY => {
+                self.time_register(reg, self.unix_time + now_ns / 1_000_000_000)
+            }
             STATUS_C => 0, // no interrupt flags; reading clears them
             r => self.nvram[r as usize],
         };
         (v as u32, Effects::NONE)
     }
 
-    fn write(&mut self, offset: u16, _: u8, value: u32) -> Effects {
+    fn write(&mut self, offset: u16, _: u8, value: u32, _now_ns: u64) -> Effects {
         let v = value as u8;
         if offset == 0 {
             // Bit 7 is the NMI mask on a PC; the VM's NMIs do not go through it.
@@ -128,9 +159,27 @@ impl PortDevice for Cmos {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_clock_runs_and_reads_back_as_it_was_set() {
+        let mut c = Cmos::new(0);
+        c.set_time(1_700_000_000); // 2023-11-14 22:13:20 UTC
+        let at = |c: &mut Cmos, now_ns: u64| -> [u8; 7] {
+            [SECONDS, MINUTES, HOURS, DAY, MONTH, YEAR, CENTURY].map(|r| {
+                c.write(0, 1, r as u32, 0);
+                c.read(1, 1, now_ns).0 as u8
+            })
+        };
+        assert_eq!(at(&mut c, 0), [0x20, 0x13, 0x22, 0x14, 0x11, 0x23, 0x20]);
+        assert_eq!(unix_from_rtc(at(&mut c, 0), false), Some(1_700_000_000));
+        assert_eq!(unix_from_rtc(at(&mut c, 61_500_000_000), false), Some(1_700_000_061));
+        assert_eq!(unix_from_rtc([0, 0, 0, 1, 1, 0x70, 0x19], false), Some(0));
+        assert_eq!(unix_from_rtc([0x1a, 0, 0, 1, 1, 0x70, 0x19], false), None, "not BCD");
+        assert_eq!(unix_from_rtc([0, 0, 0, 29, 2, 24, 20], true), Some(1_709_164_800), "binary mode");
+    }
+
     fn reg(c: &mut Cmos, r: u8) -> u8 {
-        c.write(0, 1, r as u32);
-        c.read(1, 1).0 as u8
+        c.write(0, 1, r as u32, 0);
+        c.read(1, 1, 0).0 as u8
     }
 
     #[test]
@@ -160,8 +209,8 @@ mod tests {
         let above = reg(&mut c, 0x5b) as u32 | (reg(&mut c, 0x5c) as u32) << 8 | (reg(&mut c, 0x5d) as u32) << 16;
         assert_eq!(above as u64, (2u64 << 30) >> 16);
         // NVRAM outside the clock is plain memory.
-        c.write(0, 1, 0x40);
-        c.write(1, 1, 0x5a);
+        c.write(0, 1, 0x40, 0);
+        c.write(1, 1, 0x5a, 0);
         assert_eq!(reg(&mut c, 0x40), 0x5a);
     }
 }

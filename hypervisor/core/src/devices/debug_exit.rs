@@ -15,12 +15,12 @@ impl PortDevice for DebugExit {
         "isa-debug-exit"
     }
 
-    fn read(&mut self, _: u16, _: u8) -> (u32, Effects) {
+    fn read(&mut self, _: u16, _: u8, _now_ns: u64) -> (u32, Effects) {
         // QEMU's device reads as 0.
         (0, Effects::NONE)
     }
 
-    fn write(&mut self, _: u16, _: u8, value: u32) -> Effects {
+    fn write(&mut self, _: u16, _: u8, value: u32, _now_ns: u64) -> Effects {
         let exit = if value == 0 { ExitRequest::Pass } else { ExitRequest::Fail(value) };
         Effects { exit: Some(exit), ..Effects::NONE }
     }
@@ -33,8 +33,8 @@ mod tests {
     #[test]
     fn zero_passes_anything_else_fails_with_the_value() {
         let mut d = DebugExit;
-        assert_eq!(d.write(0, 1, 0).exit, Some(ExitRequest::Pass));
-        assert_eq!(d.write(0, 4, 0x31).exit, Some(ExitRequest::Fail(0x31)));
-        assert_eq!(d.read(0, 1).0, 0);
+        assert_eq!(d.write(0, 1, 0, 0).exit, Some(ExitRequest::Pass));
+        assert_eq!(d.write(0, 4, 0x31, 0).exit, Some(ExitRequest::Fail(0x31)));
+        assert_eq!(d.read(0, 1, 0).0, 0);
     }
 }

@@ -62,7 +62,7 @@ impl PortDevice for FwCfg {
         "fw_cfg"
     }
 
-    fn read(&mut self, offset: u16, size: u8) -> (u32, Effects) {
+    fn read(&mut self, offset: u16, size: u8, _now_ns: u64) -> (u32, Effects) {
         if offset != 1 {
             return (0, Effects::NONE);
         }
@@ -75,7 +75,7 @@ impl PortDevice for FwCfg {
         (v, Effects::NONE)
     }
 
-    fn write(&mut self, offset: u16, size: u8, value: u32) -> Effects {
+    fn write(&mut self, offset: u16, size: u8, value: u32, _now_ns: u64) -> Effects {
         if offset == 0 && size == 2 {
             self.selected = value as u16 & 0x3fff; // bit 14 = write, bit 15 = arch-specific
             self.offset = 0;
@@ -89,8 +89,8 @@ mod tests {
     use super::*;
 
     fn item(f: &mut FwCfg, k: u16, n: usize) -> Vec<u8> {
-        f.write(0, 2, k as u32);
-        (0..n).map(|_| f.read(1, 1).0 as u8).collect()
+        f.write(0, 2, k as u32, 0);
+        (0..n).map(|_| f.read(1, 1, 0).0 as u8).collect()
     }
 
     #[test]
@@ -105,10 +105,10 @@ mod tests {
         assert_eq!(item(&mut f, key::FILE_DIR, 4), [0, 0, 0, 0]);
         assert_eq!(item(&mut f, 0x1234, 3), [0, 0, 0], "unknown keys read as 0");
         // Selecting again starts over; a 4-byte read takes 4 bytes.
-        f.write(0, 2, key::SIGNATURE as u32);
-        assert_eq!(f.read(1, 4).0, u32::from_le_bytes(*b"QEMU"));
+        f.write(0, 2, key::SIGNATURE as u32, 0);
+        assert_eq!(f.read(1, 4, 0).0, u32::from_le_bytes(*b"QEMU"));
         // A byte write to the selector is not a selection.
-        f.write(0, 1, key::NB_CPUS as u32);
-        assert_eq!(f.read(1, 1).0, 0);
+        f.write(0, 1, key::NB_CPUS as u32, 0);
+        assert_eq!(f.read(1, 1, 0).0, 0);
     }
 }

@@ -18,13 +18,13 @@ impl PortDevice for PciHost {
         "PCI host (no devices)"
     }
 
-    fn read(&mut self, offset: u16, size: u8) -> (u32, Effects) {
+    fn read(&mut self, offset: u16, size: u8, _now_ns: u64) -> (u32, Effects) {
         // The data port (and any partial read of the address port) floats: no device.
         let v = if offset == 0 && size == 4 { self.address } else { u32::MAX };
         (v, Effects::NONE)
     }
 
-    fn write(&mut self, offset: u16, size: u8, value: u32) -> Effects {
+    fn write(&mut self, offset: u16, size: u8, value: u32, _now_ns: u64) -> Effects {
         if offset == 0 && size == 4 {
             // Bits 1:0 are reserved and read as 0; bits 30:24 reserved too.
             self.address = value & 0x80ff_fffc;
@@ -41,13 +41,13 @@ mod tests {
     fn mechanism_one_is_detected_and_the_bus_is_empty() {
         let mut p = PciHost::default();
         // Linux's pci_check_type1: write 0x80000000, read it back.
-        p.write(0, 4, 0x8000_0000);
-        assert_eq!(p.read(0, 4).0, 0x8000_0000);
+        p.write(0, 4, 0x8000_0000, 0);
+        assert_eq!(p.read(0, 4, 0).0, 0x8000_0000);
         // Vendor ID of 00:00.0 and of any other function: no device.
-        p.write(0, 4, 0x8000_0000);
-        assert_eq!(p.read(4, 4).0, u32::MAX);
-        p.write(0, 4, 0x8001_0803);
-        assert_eq!(p.read(0, 4).0, 0x8001_0800, "reserved bits 1:0 read 0");
-        assert_eq!(p.read(6, 2).0 & 0xffff, 0xffff);
+        p.write(0, 4, 0x8000_0000, 0);
+        assert_eq!(p.read(4, 4, 0).0, u32::MAX);
+        p.write(0, 4, 0x8001_0803, 0);
+        assert_eq!(p.read(0, 4, 0).0, 0x8001_0800, "reserved bits 1:0 read 0");
+        assert_eq!(p.read(6, 2, 0).0 & 0xffff, 0xffff);
     }
 }

@@ -45,13 +45,13 @@ impl PortDevice for Pic8259 {
         "8259A PIC"
     }
 
-    fn read(&mut self, offset: u16, _: u8) -> (u32, Effects) {
+    fn read(&mut self, offset: u16, _: u8, _now_ns: u64) -> (u32, Effects) {
         // No request is ever pending or in service: IRR and ISR read 0.
         let v = if offset == 1 { self.imr } else { 0 };
         (v as u32, Effects::NONE)
     }
 
-    fn write(&mut self, offset: u16, _: u8, value: u32) -> Effects {
+    fn write(&mut self, offset: u16, _: u8, value: u32, _now_ns: u64) -> Effects {
         let v = value as u8;
         if offset == 0 {
             if v & ICW1 != 0 {
@@ -91,26 +91,26 @@ mod tests {
     #[test]
     fn linux_style_init_then_mask_everything() {
         let mut p = Pic8259::default();
-        assert_eq!(p.read(1, 1).0, 0xff, "masked at reset");
+        assert_eq!(p.read(1, 1, 0).0, 0xff, "masked at reset");
         // ICW1 (edge, cascade, ICW4), ICW2 vector 0x20, ICW3 slave on IR2, ICW4 8086 mode.
         for (port, v) in [(0, 0x11), (1, 0x20), (1, 0x04), (1, 0x01)] {
-            p.write(port, 1, v);
+            p.write(port, 1, v, 0);
         }
         assert_eq!((p.vector_base(), p.mask()), (0x20, 0x00));
-        p.write(1, 1, 0xfb);
-        assert_eq!(p.read(1, 1).0, 0xfb, "OCW1 after initialization sets the mask");
-        p.write(0, 1, 0x20); // non-specific EOI
-        p.write(0, 1, 0x0b); // OCW3: read ISR
-        assert_eq!(p.read(0, 1).0, 0);
-        assert_eq!(p.read(1, 1).0, 0xfb);
+        p.write(1, 1, 0xfb, 0);
+        assert_eq!(p.read(1, 1, 0).0, 0xfb, "OCW1 after initialization sets the mask");
+        p.write(0, 1, 0x20, 0); // non-specific EOI
+        p.write(0, 1, 0x0b, 0); // OCW3: read ISR
+        assert_eq!(p.read(0, 1, 0).0, 0);
+        assert_eq!(p.read(1, 1, 0).0, 0xfb);
     }
 
     #[test]
     fn single_mode_without_icw4_skips_icw3_and_icw4() {
         let mut p = Pic8259::default();
-        p.write(0, 1, 0x12); // ICW1: single, no ICW4
-        p.write(1, 1, 0x08);
-        p.write(1, 1, 0xaa); // already OCW1
+        p.write(0, 1, 0x12, 0); // ICW1: single, no ICW4
+        p.write(1, 1, 0x08, 0);
+        p.write(1, 1, 0xaa, 0); // already OCW1
         assert_eq!((p.vector_base(), p.mask()), (0x08, 0xaa));
     }
 }

@@ -66,7 +66,7 @@ impl PortDevice for Uart16550 {
         "16550A UART"
     }
 
-    fn read(&mut self, offset: u16, _: u8) -> (u32, Effects) {
+    fn read(&mut self, offset: u16, _: u8, _now_ns: u64) -> (u32, Effects) {
         let dlab = self.lcr & LCR_DLAB != 0;
         let v = match offset {
             0 if dlab => self.dll,
@@ -100,7 +100,7 @@ impl PortDevice for Uart16550 {
         (v as u32, Effects::NONE)
     }
 
-    fn write(&mut self, offset: u16, _: u8, value: u32) -> Effects {
+    fn write(&mut self, offset: u16, _: u8, value: u32, _now_ns: u64) -> Effects {
         let v = value as u8;
         let dlab = self.lcr & LCR_DLAB != 0;
         let was = self.interrupt_pending();
@@ -146,56 +146,56 @@ mod tests {
     fn linux_8250_probe_sees_a_16550a() {
         let mut u = Uart16550::new(COM1_IRQ);
         // Scratch register test.
-        u.write(7, 1, 0xa5);
-        assert_eq!(u.read(7, 1).0, 0xa5);
+        u.write(7, 1, 0xa5, 0);
+        assert_eq!(u.read(7, 1, 0).0, 0xa5);
         // Loopback test (drivers/tty/serial/8250/8250_port.c autoconfig): MCR = LOOP|OUT2|RTS
         // gives MSR high nibble 0x90.
-        u.write(4, 1, 0x1a);
-        assert_eq!(u.read(6, 1).0 & 0xf0, 0x90);
-        u.write(4, 1, 0);
+        u.write(4, 1, 0x1a, 0);
+        assert_eq!(u.read(6, 1, 0).0 & 0xf0, 0x90);
+        u.write(4, 1, 0, 0);
         // FIFO identification: IIR bits 7:6 = 11 once FCR enables the FIFO.
-        u.write(2, 1, 0x07);
-        assert_eq!(u.read(2, 1).0 & 0xc0, 0xc0);
+        u.write(2, 1, 0x07, 0);
+        assert_eq!(u.read(2, 1, 0).0 & 0xc0, 0xc0);
         // Divisor latch.
-        u.write(3, 1, 0x80);
-        u.write(0, 1, 1);
-        u.write(1, 1, 0);
-        assert_eq!((u.read(0, 1).0, u.read(1, 1).0), (1, 0));
-        u.write(3, 1, 0x03);
-        assert_eq!(u.read(1, 1).0, 0, "IER, not DLM, once DLAB is clear");
+        u.write(3, 1, 0x80, 0);
+        u.write(0, 1, 1, 0);
+        u.write(1, 1, 0, 0);
+        assert_eq!((u.read(0, 1, 0).0, u.read(1, 1, 0).0), (1, 0));
+        u.write(3, 1, 0x03, 0);
+        assert_eq!(u.read(1, 1, 0).0, 0, "IER, not DLM, once DLAB is clear");
     }
 
     #[test]
     fn bytes_go_to_the_console_and_loop_back_in_loopback() {
         let mut u = Uart16550::new(COM1_IRQ);
-        assert_eq!(u.write(0, 1, b'h' as u32).console, Some(b'h'));
-        assert_eq!(u.read(5, 1).0 as u8 & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
-        u.write(4, 1, MCR_LOOP as u32);
-        assert_eq!(u.write(0, 1, 0x42).console, None);
-        assert_eq!(u.read(5, 1).0 as u8 & LSR_DR, LSR_DR);
-        assert_eq!(u.read(0, 1).0, 0x42);
-        assert_eq!(u.read(5, 1).0 as u8 & LSR_DR, 0);
+        assert_eq!(u.write(0, 1, b'h' as u32, 0).console, Some(b'h'));
+        assert_eq!(u.read(5, 1, 0).0 as u8 & (LSR_THRE | LSR_TEMT), LSR_THRE | LSR_TEMT);
+        u.write(4, 1, MCR_LOOP as u32, 0);
+        assert_eq!(u.write(0, 1, 0x42, 0).console, None);
+        assert_eq!(u.read(5, 1, 0).0 as u8 & LSR_DR, LSR_DR);
+        assert_eq!(u.read(0, 1, 0).0, 0x42);
+        assert_eq!(u.read(5, 1, 0).0 as u8 & LSR_DR, 0);
     }
 
     #[test]
     fn transmitter_empty_interrupt_as_the_datasheet_says() {
         let mut u = Uart16550::new(COM1_IRQ);
-        u.write(4, 1, MCR_OUT2 as u32);
-        assert_eq!(u.read(2, 1).0, IIR_NONE as u32, "nothing pending at reset");
+        u.write(4, 1, MCR_OUT2 as u32, 0);
+        assert_eq!(u.read(2, 1, 0).0, IIR_NONE as u32, "nothing pending at reset");
         // Enabling ETBEI with an empty holding register raises the interrupt at once.
-        assert_eq!(u.write(1, 1, IER_THRE as u32).irq, Some(COM1_IRQ));
-        assert_eq!(u.read(2, 1).0, IIR_THRE as u32);
-        assert_eq!(u.read(2, 1).0, IIR_NONE as u32, "reading IIR cleared it");
+        assert_eq!(u.write(1, 1, IER_THRE as u32, 0).irq, Some(COM1_IRQ));
+        assert_eq!(u.read(2, 1, 0).0, IIR_THRE as u32);
+        assert_eq!(u.read(2, 1, 0).0, IIR_NONE as u32, "reading IIR cleared it");
         // Each byte sent raises it again.
-        assert_eq!(u.write(0, 1, b'x' as u32).irq, Some(COM1_IRQ));
+        assert_eq!(u.write(0, 1, b'x' as u32, 0).irq, Some(COM1_IRQ));
         // Without OUT2 the line stays low (PC wiring), though IIR shows the source.
-        u.read(2, 1);
-        u.write(4, 1, 0);
-        assert_eq!(u.write(0, 1, b'y' as u32).irq, None);
-        assert_eq!(u.read(2, 1).0, IIR_THRE as u32);
+        u.read(2, 1, 0);
+        u.write(4, 1, 0, 0);
+        assert_eq!(u.write(0, 1, b'y' as u32, 0).irq, None);
+        assert_eq!(u.read(2, 1, 0).0, IIR_THRE as u32);
         // With ETBEI off nothing is pending.
-        u.write(1, 1, 0);
-        u.write(0, 1, b'z' as u32);
-        assert_eq!(u.read(2, 1).0, IIR_NONE as u32);
+        u.write(1, 1, 0, 0);
+        u.write(0, 1, b'z' as u32, 0);
+        assert_eq!(u.read(2, 1, 0).0, IIR_NONE as u32);
     }
 }

@@ -1,8 +1,5 @@
-//! Port I/O: COM1's data port goes to the host console (line-buffered per vCPU, prefixed with
-//! the VM and vCPU); COM1's line status says "ready"; every other port reads all-ones and
-//! ignores writes (counted).
-
-pub const COM1: u16 = 0x3f8;
+//! Port I/O exits: the exit qualification decoded, and IN's result merged into RAX. The ports
+//! themselves are the VM's devices (`crate::devices::PortBus`).
 
 /// The decoded exit qualification of an I/O instruction exit (SDM Vol. 3C Table 29-5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,30 +24,6 @@ impl IoExit {
     }
 }
 
-/// What the hypervisor does for one (non-string) I/O access.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoAction {
-    /// Append this byte to the vCPU's console line.
-    ConsoleByte(u8),
-    /// IN returns this value (zero-extended to the access size, merged into RAX).
-    Read(u32),
-    /// A write to one of COM1's other registers: accepted, nothing to do.
-    Accepted,
-    /// An access to a port nobody emulates: reads return all-ones, writes are dropped.
-    Ignored,
-}
-
-pub fn decide(io: IoExit, value: u32) -> IoAction {
-    match (io.port, io.input) {
-        (COM1, false) => IoAction::ConsoleByte(value as u8),
-        // Line status: transmitter empty and holding register empty (bits 5 and 6).
-        (p, true) if p == COM1 + 5 => IoAction::Read(0x60),
-        (p, true) if (COM1..COM1 + 8).contains(&p) => IoAction::Read(0),
-        (p, false) if (COM1..COM1 + 8).contains(&p) => IoAction::Accepted,
-        _ => IoAction::Ignored,
-    }
-}
-
 /// RAX after an IN of `size` bytes returning `value` (SDM: IN to AL/AX leaves the rest of RAX;
 /// IN to EAX zero-extends into RAX).
 pub fn merge_in(rax: u64, size: u8, value: u32) -> u64 {
@@ -71,17 +44,6 @@ mod tests {
         assert_eq!(io, IoExit { port: 0x3f8, size: 1, input: false, string: false, rep: false });
         let io = IoExit::decode((0x60 << 16) | (1 << 3) | 3);
         assert_eq!((io.port, io.size, io.input), (0x60, 4, true));
-    }
-
-    #[test]
-    fn com1_and_others() {
-        let out = |port| IoExit { port, size: 1, input: false, string: false, rep: false };
-        let inp = |port| IoExit { port, size: 1, input: true, string: false, rep: false };
-        assert_eq!(decide(out(COM1), 0x41), IoAction::ConsoleByte(b'A'));
-        assert_eq!(decide(inp(COM1 + 5), 0), IoAction::Read(0x60));
-        assert_eq!(decide(inp(0x60), 0), IoAction::Ignored);
-        assert_eq!(decide(out(COM1 + 3), 3), IoAction::Accepted);
-        assert_eq!(decide(out(0x80), 1), IoAction::Ignored);
     }
 
     #[test]

@@ -7,9 +7,10 @@ use alloc::string::{String, ToString};
 use hvcore::apic::icr::Icr;
 use hvcore::apic::vapic::{self, raise_rvi};
 use hvcore::apic::x2apic_msr::{self, ApicBaseWrite, X2apicWrite};
+use hvcore::devices::{Effects, ExitRequest};
 use hvcore::exits::cpuid::{self, VcpuIdentity};
 use hvcore::exits::hypercall::{self, Call};
-use hvcore::exits::io::{self, IoAction, IoExit};
+use hvcore::exits::io::{self, IoExit};
 use hvcore::exits::msr;
 use hvcore::exits::report;
 use hvcore::guest_abi::hypercall::{E_INVAL, E_NOSYS, E_PERM, MAX_LEN};
@@ -257,31 +258,46 @@ fn io(v: &mut Vcpu<'_>) -> Flow {
     if q.string {
         return Flow::Stop(VmResult::Killed, format!("string I/O on port {:#x} is not supported", q.port));
     }
-    match io::decide(q, v.regs.rax as u32) {
-        IoAction::ConsoleByte(b) => {
-            // Copied out of the line buffer (no allocation), which `v` owns.
-            let mut buf = [0u8; crate::console::GUEST_PIECE];
-            if let Some(line) = v.console_line.push(b) {
-                let n = line.len().min(buf.len());
-                buf[..n].copy_from_slice(&line.as_bytes()[..n]);
-                guest_output(v, core::str::from_utf8(&buf[..n]).unwrap_or("<non-UTF-8 output>"));
-            }
-        }
-        IoAction::Read(val) => {
-            if q.input {
-                v.regs.rax = io::merge_in(v.regs.rax, q.size, val);
-            }
-        }
-        IoAction::Accepted => {}
-        IoAction::Ignored => {
-            if q.input {
-                v.regs.rax = io::merge_in(v.regs.rax, q.size, u32::MAX);
-            }
-            v.counters.ignored_io += 1;
-        }
+    let now = v.vm.now_ns();
+    let (effects, claimed) = if q.input {
+        let (value, effects, claimed) = v.vm.ports.lock().read(q.port, q.size, now);
+        v.regs.rax = io::merge_in(v.regs.rax, q.size, value);
+        (effects, claimed)
+    } else {
+        v.vm.ports.lock().write(q.port, q.size, v.regs.rax as u32, now)
+    };
+    if !claimed {
+        v.counters.ignored_io += 1;
     }
     v.skip_instruction();
-    Flow::Continue
+    device_effects(v, effects)
+}
+
+/// Applies what a device access asks of the VM.
+fn device_effects(v: &mut Vcpu<'_>, e: Effects) -> Flow {
+    if let Some(b) = e.console {
+        // Copied out of the line buffer (no allocation), which `v` owns.
+        let mut buf = [0u8; crate::console::GUEST_PIECE];
+        if let Some(line) = v.console_line.push(b) {
+            let n = line.len().min(buf.len());
+            buf[..n].copy_from_slice(&line.as_bytes()[..n]);
+            let text = core::str::from_utf8(&buf[..n]).unwrap_or("<non-UTF-8 output>");
+            if !text.trim().is_empty() {
+                v.last_line = text.chars().take(crate::console::GUEST_PIECE).collect();
+            }
+            guest_output(v, text);
+        }
+    }
+    // An asserted ISA line (e.irq) reaches a local APIC only through the I/O APIC, which the
+    // VM does not have yet: drivers that poll (every guest here) do not need it.
+    match e.exit {
+        None => Flow::Continue,
+        Some(ExitRequest::Pass) => Flow::Stop(VmResult::Pass, String::from("isa-debug-exit: 0")),
+        Some(ExitRequest::Fail(code)) => {
+            let after = if v.last_line.is_empty() { String::new() } else { format!(" after: {}", v.last_line) };
+            Flow::Stop(VmResult::Fail, format!("isa-debug-exit: code {code}{after}"))
+        }
+    }
 }
 
 /// Prints what the guest wrote (PRINT or COM1), as much as the VM's console budget allows;

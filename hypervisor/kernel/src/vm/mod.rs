@@ -13,6 +13,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use hvcore::budget::{ConsoleBudget, ReportBudget};
+use hvcore::devices::{self, PcConfig, PortBus};
 use hvcore::elf_load::LoadPlan;
 use hvcore::ept::{Ept, RWX, TableMemory};
 use hvcore::exits::counters::ExitCounters;
@@ -63,6 +64,19 @@ pub struct Vm {
     pub reports: Mutex<Reports>,
     /// Console output of all the VM's vCPUs (PRINT and COM1) against its rate budget.
     pub console: Mutex<ConsoleBudget>,
+    /// The PC's port-I/O devices, shared by the VM's vCPUs.
+    pub ports: Mutex<PortBus>,
+    /// The VM's clock: TSC at its creation and the TSC rate.
+    clock0_tsc: u64,
+    tsc_hz: u64,
+}
+
+/// The host's time sources a VM's clock starts from.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    pub tsc_hz: u64,
+    /// Wall-clock seconds since 1970 (the host RTC), for the VM's RTC.
+    pub unix_time: u64,
 }
 
 /// The REPORT values a VM has handed in, within its budget.
@@ -78,10 +92,11 @@ impl Vm {
     pub fn create(
         spec: &VmSpec,
         image: &[u8],
-        tsc_hz: u64,
+        clock: Clock,
         caps: &VmxCaps,
         host_apic_ids: &[u32],
     ) -> Result<Self, String> {
+        let tsc_hz = clock.tsc_hz;
         let ram_size = spec.ram_mib as u64 * 1024 * 1024;
         let plan = LoadPlan::new(image, ram_size, spec.vcpus)?;
         let ipiv = resolve_ipiv(spec.ipiv, caps).map_err(|e| format!("ipiv = {}: {e}", spec.ipiv.as_str()))?;
@@ -118,7 +133,21 @@ impl Vm {
             exits: (0..spec.vcpus).map(|_| Mutex::new(ExitCounters::default())).collect(),
             reports: Mutex::new(Reports::default()),
             console: Mutex::new(ConsoleBudget::new(tsc_hz, crate::time::rdtsc())),
+            ports: Mutex::new(devices::pc(&PcConfig {
+                ram_size,
+                cpus: spec.vcpus as u16,
+                cmdline: b"",
+                unix_time: clock.unix_time,
+            })),
+            clock0_tsc: crate::time::rdtsc(),
+            tsc_hz,
         })
+    }
+
+    /// Nanoseconds since the VM was created, by the TSC (the devices' clock).
+    pub fn now_ns(&self) -> u64 {
+        let ticks = crate::time::rdtsc().saturating_sub(self.clock0_tsc);
+        (ticks as u128 * 1_000_000_000 / self.tsc_hz.max(1) as u128) as u64
     }
 
     /// Copies guest RAM at `range` (already checked to lie inside RAM) into `buf`, which must
