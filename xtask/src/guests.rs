@@ -36,6 +36,7 @@ pub const CATALOGUE: &[(&str, &str, u64, &str)] = &[
     ("hostile-sweep", "pass", 120_000, ""),
     ("hostile-memory", "killed", 30_000, ""),
     ("pc-devices", "pass", 60_000, ""),
+    ("acpi", "pass", 30_000, ""),
 ];
 
 /// Builds every guest (static executables at the ABI's image base) and returns them by name.

@@ -353,6 +353,16 @@ fn pc_cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "acpi-xapic",
+            args: RunArgs { apic: Some("xapic".into()), ..bochs_guests("acpi:4") },
+            check: |o| acpi_seen(o, 0),
+        },
+        Case {
+            name: "acpi-x2apic",
+            args: RunArgs { apic: Some("x2apic".into()), ..bochs_guests("acpi:4") },
+            check: |o| acpi_seen(o, 4),
+        },
+        Case {
             name: "pc-devices-exit-code",
             args: bochs_guests("pc-devices:1+args=exit=49+expect=fail"),
             check: |o| {
@@ -365,6 +375,19 @@ fn pc_cases() -> Vec<Case> {
             },
         },
     ]
+}
+
+/// Every vCPU of the 4-vCPU acpi guest found the tables and four processor entries of the
+/// APIC mode's kind (`x2apic_entries` of them Local x2APIC).
+fn acpi_seen(o: &Outcome, x2apic_entries: u64) -> Result<()> {
+    vm_result(o, "acpi-0", "pass")?;
+    every_vcpu_reported(o, "acpi-0", 4)?;
+    for r in vm(o, "acpi-0")?["reports"].as_array().unwrap() {
+        if r["processors"] != 4 || r["x2apic_entries"] != x2apic_entries {
+            bail!("vCPU {} read the MADT wrong: {r}", r["vcpu"]);
+        }
+    }
+    Ok(())
 }
 
 /// hostile-apic completed every legal access (its report is there) and was then stopped for the

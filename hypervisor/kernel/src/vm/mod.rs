@@ -12,6 +12,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use hvcore::acpi_tables;
 use hvcore::budget::{ConsoleBudget, ReportBudget};
 use hvcore::devices::{self, PcConfig, PortBus};
 use hvcore::elf_load::LoadPlan;
@@ -112,6 +113,16 @@ impl Vm {
             args: &spec.args,
         };
         guest_boot::build(ram, &guest_boot::boot_info(&spec.name, spec.vcpus, ram_size, tsc_hz, irq));
+        // The ACPI tables where a BIOS leaves them. No I/O APIC is listed until the VM has one.
+        let tables = acpi_tables::build(&acpi_tables::Platform {
+            vcpus: spec.vcpus,
+            x2apic: spec.apic == ApicMode::X2Apic,
+            io_apic_id: None,
+        });
+        let at = acpi_tables::RSDP_GPA as usize;
+        ram.get_mut(at..at + tables.len())
+            .ok_or_else(|| format!("{} MiB of RAM cannot hold the ACPI tables", spec.ram_mib))?
+            .copy_from_slice(&tables);
         let apic = vapic::VmApic::new(spec, ipiv, host_apic_ids)?;
         let mut frames = Frames;
         let mut ept = Ept::new(&mut frames).map_err(|e| format!("EPT: {e:?}"))?;
