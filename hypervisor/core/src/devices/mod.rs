@@ -1,8 +1,9 @@
-//! The devices of the PC inside each VM, as pure models behind a port-I/O bus: each gets the
-//! accesses to its ports and answers with a value, or with what the VM must do (print a byte,
-//! raise an interrupt line, end). The kernel routes I/O exits here and applies the effects;
-//! the models never reach into a vCPU. One file per device, each tested against its datasheet
-//! or specification.
+//! The devices of the PC inside each VM, as pure models: the port-I/O ones behind a bus, where
+//! each gets the accesses to its ports and answers with a value, or with what the VM must do
+//! (print a byte, raise an interrupt line, end); and the I/O APIC (`ioapic`), an MMIO device
+//! that turns pin levels into interrupt messages. The kernel routes exits here and applies
+//! the effects; the models never reach into a vCPU. One file per device, each tested against
+//! its datasheet or specification.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -10,6 +11,7 @@ use alloc::vec::Vec;
 pub mod cmos;
 pub mod debug_exit;
 pub mod fw_cfg;
+pub mod ioapic;
 pub mod pci_host;
 pub mod pic8259;
 pub mod pit8254;
