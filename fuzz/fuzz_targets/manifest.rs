@@ -20,6 +20,9 @@ const KEYS: &[&str] = &[
     "native_target",
     "name",
     "image",
+    "kernel",
+    "cmdline",
+    "modules",
     "vcpus",
     "ram_mib",
     "timeout_ms",
@@ -154,7 +157,9 @@ fn check_valid(m: &Manifest, cpus: u32, budget: u64) {
         assert!(!vm.name.is_empty() && vm.name.len() <= 32);
         assert!(vm.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert!(m.vms[..i].iter().all(|o| o.name != vm.name));
-        assert!(!vm.image.is_empty());
+        assert!(vm.image.is_empty() != vm.kernel.is_empty(), "a kernel or an image, not both");
+        assert!(vm.kernel.is_empty() || vm.args.is_empty());
+        assert!(!vm.kernel.is_empty() || (vm.cmdline.is_empty() && vm.modules.is_empty()));
         assert!((1..=MAX_VCPUS).contains(&vm.vcpus) && vm.vcpus <= cpus);
         assert!(vm.ram_mib >= 4 && vm.ram_mib <= 4096 && vm.ram_mib % 2 == 0);
         assert!((1..=3_600_000).contains(&vm.timeout_ms));
@@ -183,11 +188,11 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     check_values(&text, &cfg, &manifest);
 
     let before: Vec<VmSpec> = manifest.vms.clone();
-    let check_image = |image: &str, ram_mib: u32, vcpus: u32| -> Result<(), String> {
-        assert!((4..=4096).contains(&ram_mib) && (1..=MAX_VCPUS).contains(&vcpus));
-        if image == "missing" { Err("no such image".into()) } else { Ok(()) }
+    let check_boot = |vm: &VmSpec| -> Result<(), String> {
+        assert!((4..=4096).contains(&vm.ram_mib) && (1..=MAX_VCPUS).contains(&vm.vcpus));
+        if vm.image == "missing" || vm.kernel == "missing" { Err("no such file".into()) } else { Ok(()) }
     };
-    let machine = Machine { cpus, ram_budget_mib: budget, check_image: &check_image };
+    let machine = Machine { cpus, ram_budget_mib: budget, check_boot: &check_boot };
     match manifest.validate(&machine) {
         Ok(()) => {
             check_valid(&manifest, cpus, budget);

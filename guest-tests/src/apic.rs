@@ -1,6 +1,7 @@
-//! The guest's local APIC: xAPIC through the MMIO page at 0xFEE00000 or x2APIC through MSRs,
-//! whichever the VM's boot info asks for (the runtime switches at start, like an OS would, by
-//! setting IA32_APIC_BASE.EXTD).
+//! The local APIC: xAPIC through the MMIO page at 0xFEE00000 or x2APIC through MSRs. Firmware
+//! (this hypervisor with `apic = x2apic`) may hand over in x2APIC mode; otherwise the runtime
+//! switches when the command line says `apic=x2apic`, as an OS would, by setting
+//! IA32_APIC_BASE.EXTD.
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use hvcore::guest_abi::APIC_MMIO_GPA;
@@ -9,6 +10,9 @@ static X2APIC: AtomicBool = AtomicBool::new(false);
 
 pub const ICR_FIXED: u32 = 0;
 pub const ICR_NMI: u32 = 0b100 << 8;
+pub const ICR_INIT: u32 = 0b101 << 8;
+pub const ICR_STARTUP: u32 = 0b110 << 8;
+pub const ICR_LEVEL: u32 = 1 << 15;
 pub const ICR_LOGICAL: u32 = 1 << 11;
 pub const ICR_ASSERT: u32 = 1 << 14;
 pub const SHORTHAND_SELF: u32 = 1 << 18;
@@ -61,11 +65,23 @@ pub fn is_x2apic() -> bool {
     X2APIC.load(Ordering::Relaxed)
 }
 
-/// Switches to x2APIC mode if asked, then software-enables the APIC (SVR bit 8).
+const IA32_APIC_BASE: u32 = 0x1b;
+const APIC_BASE_EXTD: u64 = 1 << 10;
+const APIC_BASE_EN: u64 = 1 << 11;
+
+/// IA32_APIC_BASE says x2APIC mode.
+pub fn x2apic_enabled() -> bool {
+    rdmsr(IA32_APIC_BASE) & APIC_BASE_EXTD != 0
+}
+
+/// Switches to x2APIC mode if asked and not there yet, then software-enables the APIC (SVR
+/// bit 8).
 pub fn init(x2apic: bool) {
     if x2apic {
-        let base = rdmsr(0x1b);
-        wrmsr(0x1b, base | (1 << 10) | (1 << 11));
+        let base = rdmsr(IA32_APIC_BASE);
+        if base & APIC_BASE_EXTD == 0 {
+            wrmsr(IA32_APIC_BASE, base | APIC_BASE_EXTD | APIC_BASE_EN);
+        }
         X2APIC.store(true, Ordering::Relaxed);
     }
     write(0xf0, 0x1ff);

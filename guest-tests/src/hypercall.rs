@@ -20,15 +20,6 @@ pub fn report(json: &str) -> i64 {
     vmcall(REPORT, json.as_ptr() as u64, json.len() as u64)
 }
 
-/// Ends this vCPU: 0 = passed, anything else = the VM failed.
-pub fn exit(code: u64) -> ! {
-    vmcall(EXIT, code, 0);
-    // The hypervisor never resumes a vCPU that exited.
-    loop {
-        core::hint::spin_loop();
-    }
-}
-
 /// This vCPU's VM-exit counters by basic exit reason.
 pub fn exit_counters() -> [u64; exit_reason::COUNT] {
     let mut c = [0u64; exit_reason::COUNT];

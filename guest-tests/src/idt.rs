@@ -3,19 +3,19 @@
 //! a #GP the test announced with [`expect_gp`] (then the faulting RDMSR/WRMSR is skipped), or
 //! one that [`try_rdmsr`], [`try_wrmsr`] or [`try_xsetbv`] may raise.
 
+use crate::boot::MAX_CPUS;
 use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
-use hvcore::guest_abi::MAX_VCPUS;
 use spin::Lazy;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
 
 /// Per vCPU (indexed by APIC ID = vCPU index): the next #GP is announced (the length of the
 /// instruction to skip; 0: not announced), and how many were taken.
-static EXPECT_GP: [AtomicU8; MAX_VCPUS] = [const { AtomicU8::new(0) }; MAX_VCPUS];
-static GP_SEEN: [AtomicU32; MAX_VCPUS] = [const { AtomicU32::new(0) }; MAX_VCPUS];
+static EXPECT_GP: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
+static GP_SEEN: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
 fn me() -> usize {
-    (crate::cpuid(1, 0)[1] >> 24) as usize % MAX_VCPUS
+    (crate::cpuid(1, 0)[1] >> 24) as usize % MAX_CPUS
 }
 
 static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
@@ -88,7 +88,7 @@ fn fail(name: &str, f: &InterruptStackFrame, code: Option<u64>) -> ! {
         code,
         Cr2::read_raw()
     );
-    crate::hypercall::exit(2)
+    crate::exit(2)
 }
 
 extern "x86-interrupt" fn nmi(_f: InterruptStackFrame) {

@@ -1,8 +1,8 @@
 //! Interrupts in the guest: one stub per vector 32..255 into a common handler that counts the
 //! vector for this vCPU and EOIs; NMIs are counted too. Per-vCPU data sits behind GS.
 
+use crate::boot::MAX_CPUS;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use hvcore::guest_abi::MAX_VCPUS;
 
 /// The vector of the benchmark's lean handler (hvcore::bench_isr, the same instructions the
 /// hypervisor's native run executes): it only counts into [`FAST_HITS`] and EOIs.
@@ -36,7 +36,7 @@ pub struct VcpuIrqs {
 }
 
 /// Indexed by vCPU.
-pub static IRQS: [VcpuIrqs; MAX_VCPUS] = [const {
+pub static IRQS: [VcpuIrqs; MAX_CPUS] = [const {
     VcpuIrqs {
         count: [const { AtomicU32::new(0) }; 256],
         nmis: AtomicU32::new(0),
@@ -44,7 +44,7 @@ pub static IRQS: [VcpuIrqs; MAX_VCPUS] = [const {
         nmi_max_depth: AtomicU32::new(0),
         last_tsc: AtomicU64::new(0),
     }
-}; MAX_VCPUS];
+}; MAX_CPUS];
 
 /// Per-vCPU block reached through GS (offset 0: the vCPU index).
 #[repr(C)]
@@ -52,10 +52,10 @@ struct PerVcpu {
     index: u64,
 }
 
-static PER_VCPU: [PerVcpu; MAX_VCPUS] = {
-    let mut a = [const { PerVcpu { index: 0 } }; MAX_VCPUS];
+static PER_VCPU: [PerVcpu; MAX_CPUS] = {
+    let mut a = [const { PerVcpu { index: 0 } }; MAX_CPUS];
     let mut i = 0;
-    while i < MAX_VCPUS {
+    while i < MAX_CPUS {
         a[i].index = i as u64;
         i += 1;
     }

@@ -1,59 +1,143 @@
-//! The guest runtime: entry, console, hypercalls, exception handling and TSC, for the test
-//! guests in `src/bin/`. A test is `fn main(vcpu: u32, info: &'static BootInfo)`: returning means
-//! this vCPU passed, a panic fails the VM.
+//! The runtime of the project's test kernels (`src/bin/`): multiboot v1 kernels that boot as
+//! any such kernel does, on this hypervisor or under QEMU's `-kernel`. The bootstrap processor
+//! finds the machine (multiboot information, ACPI MADT), starts the other processors with
+//! INIT-SIPI-SIPI, and every processor runs the test's `fn main(cpu: u32, p: &'static Platform)`.
+//! When all have returned, the VM ends through isa-debug-exit with 0 (pass); a panic anywhere
+//! ends it with 1 (fail). Output goes to the UART; hypercalls are used only where CPUID shows
+//! this hypervisor.
 #![no_std]
 #![feature(abi_x86_interrupt)]
 
 pub mod apic;
+pub mod boot;
 pub mod console;
 pub mod hypercall;
 pub mod idt;
 pub mod irq;
+pub mod pit;
+pub mod platform;
 pub mod sync;
+pub mod uart;
 
-pub use hvcore::guest_abi::BootInfo;
+use core::sync::atomic::{AtomicU32, Ordering};
 
-core::arch::global_asm!(
-    r#"
-    .section .text._start, "ax"
-    .global _start
-_start:
-    # RDI = vCPU index, RSI = boot-info address, RSP = this vCPU's stack (guest ABI).
-    xor ebp, ebp
-    and rsp, -16
-    call guest_main
-    ud2
-    "#
-);
+pub use platform::Platform;
+
+static PLATFORM: spin::Once<Platform> = spin::Once::new();
+/// Application processors that reached their entry, and processors whose main returned.
+static STARTED: AtomicU32 = AtomicU32::new(0);
+static DONE: AtomicU32 = AtomicU32::new(0);
+
+/// isa-debug-exit (port 0xF4): the VM ends with `code` (0 pass). Under QEMU the process exits
+/// with `code << 1 | 1`.
+pub fn exit(code: u32) -> ! {
+    // SAFETY: a write to the exit device; it does not return on a platform that has one.
+    unsafe { x86_64::instructions::port::Port::<u32>::new(0xf4).write(code) };
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
 
 /// Declares the test's `main`.
 #[macro_export]
 macro_rules! entry {
     ($main:path) => {
         #[unsafe(no_mangle)]
-        extern "C" fn guest_main(vcpu: u64, info: &'static $crate::BootInfo) -> ! {
-            $crate::start(vcpu as u32, info, $main)
+        fn test_main(cpu: u32, platform: &'static $crate::Platform) {
+            $main(cpu, platform)
         }
     };
 }
 
-/// Runs `main` on this vCPU with exceptions reported, then ends the vCPU as passed.
-pub fn start(vcpu: u32, info: &'static BootInfo, main: fn(u32, &'static BootInfo)) -> ! {
-    irq::set_this_vcpu(vcpu);
-    // The APIC mode first: the IDT picks handlers by mode.
-    apic::init(info.apic_mode == 1);
+unsafe extern "Rust" {
+    fn test_main(cpu: u32, platform: &'static Platform);
+}
+
+/// The machine as the BSP found it.
+pub fn platform() -> &'static Platform {
+    PLATFORM.get().expect("the platform is found before any test code runs")
+}
+
+/// The bootstrap processor, from boot.rs in long mode on its stack.
+#[unsafe(no_mangle)]
+extern "C" fn bsp_main() -> ! {
+    uart::init();
+    let (magic, info) = boot::multiboot();
+    let p = PLATFORM.call_once(|| Platform::discover(magic, info));
+    apic::init(p.apic_mode == 1);
+    let me = p.index_of(apic::id()).expect("the BSP's APIC ID is in the MADT");
+    assert_eq!(me, 0, "the BSP is the MADT's first processor");
+    irq::set_this_vcpu(0);
     idt::load();
-    if info.magic != hvcore::guest_abi::BOOT_INFO_MAGIC || info.version != hvcore::guest_abi::BOOT_INFO_VERSION {
-        panic!("boot info magic {:#x} version {} is not what this runtime knows", info.magic, info.version);
+    start_application_processors(p);
+    // SAFETY: test_main is the test's main, declared by `entry!`.
+    unsafe { test_main(0, p) };
+    DONE.fetch_add(1, Ordering::AcqRel);
+    while DONE.load(Ordering::Acquire) < p.vcpu_count {
+        core::hint::spin_loop();
     }
-    main(vcpu, info);
-    hypercall::exit(0)
+    exit(0)
+}
+
+/// INIT, then SIPI (twice if the first does not take, as the MP protocol allows), for each
+/// processor after the first, one at a time (SDM Vol. 3A §9.4.4.1).
+fn start_application_processors(p: &Platform) {
+    let code = boot::trampoline();
+    // SAFETY: the trampoline page is free conventional memory (below the EBDA), identity-mapped.
+    unsafe { core::ptr::copy_nonoverlapping(code.as_ptr(), boot::TRAMPOLINE_GPA as *mut u8, code.len()) };
+    let ms = p.tsc_hz / 1000;
+    let delay = |ticks: u64| {
+        let end = rdtsc() + ticks;
+        while rdtsc() < end {
+            core::hint::spin_loop();
+        }
+    };
+    for i in 1..p.vcpu_count {
+        let id = p.apic_ids[i as usize];
+        boot::AP_STACK_TOP.store(boot::stack_top(i as usize), Ordering::Release);
+        apic::send(apic::ICR_INIT | apic::ICR_ASSERT | apic::ICR_LEVEL, id);
+        delay(10 * ms);
+        let started = |within: u64| {
+            let end = rdtsc() + within;
+            while rdtsc() < end {
+                if STARTED.load(Ordering::Acquire) >= i {
+                    return true;
+                }
+                core::hint::spin_loop();
+            }
+            false
+        };
+        apic::send(apic::ICR_STARTUP | apic::ICR_ASSERT | boot::SIPI_VECTOR as u32, id);
+        if !started(ms) {
+            apic::send(apic::ICR_STARTUP | apic::ICR_ASSERT | boot::SIPI_VECTOR as u32, id);
+            assert!(started(1000 * ms), "CPU {i} (APIC ID {id}) did not start after INIT-SIPI-SIPI");
+        }
+    }
+}
+
+/// An application processor, from the trampoline in long mode on its stack.
+#[unsafe(no_mangle)]
+extern "C" fn ap_main() -> ! {
+    let p = platform();
+    apic::init(p.apic_mode == 1);
+    let me = p.index_of(apic::id()).expect("this CPU's APIC ID is in the MADT");
+    irq::set_this_vcpu(me);
+    idt::load();
+    STARTED.fetch_add(1, Ordering::AcqRel);
+    // SAFETY: as on the BSP.
+    unsafe { test_main(me, p) };
+    DONE.fetch_add(1, Ordering::AcqRel);
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
 }
 
 #[panic_handler]
 fn panic(p: &core::panic::PanicInfo<'_>) -> ! {
     println!("PANIC: {p}");
-    hypercall::exit(1)
+    exit(1)
 }
 
 /// The TSC (under Bochs: instructions executed).
@@ -83,7 +167,7 @@ pub fn sti_hlt() {
 }
 
 /// Spins until `cond` holds or `seconds` of TSC time pass; panics naming `what` on timeout.
-pub fn wait_until(info: &BootInfo, seconds: u64, what: &str, cond: impl Fn() -> bool) {
+pub fn wait_until(info: &Platform, seconds: u64, what: &str, cond: impl Fn() -> bool) {
     let deadline = rdtsc() + seconds * info.tsc_hz;
     while !cond() {
         if rdtsc() > deadline {

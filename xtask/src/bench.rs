@@ -83,8 +83,8 @@ impl Cell {
         }
         let vcpus = if self.pattern == "broadcast" { 4 } else { 2 };
         let manifest = format!(
-            "[vm]\nname = bench\nimage = ipi-bench\nvcpus = {vcpus}\napic = {}\nipiv = {}\nhlt = {}\ntimeout_ms = {}\n\
-             args = iterations={iterations} target={} pattern={}\n",
+            "[vm]\nname = bench\nkernel = ipi-bench\nvcpus = {vcpus}\napic = {}\nipiv = {}\nhlt = {}\ntimeout_ms = {}\n\
+             cmdline = iterations={iterations} target={} pattern={}\n",
             self.apic,
             if self.config == "ipiv-on" { "on" } else { "off" },
             if self.target == "halt-exit" { "exit" } else { "passthrough" },

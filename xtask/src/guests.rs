@@ -4,8 +4,8 @@
 
 use anyhow::{Context, Result, bail};
 use hvcore::bootcfg::BootConfig;
-use hvcore::elf_load::LoadPlan;
 use hvcore::manifest::{Machine, Manifest};
+use hvcore::multiboot;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,7 +25,7 @@ pub const CATALOGUE: &[(&str, &str, u64, &str)] = &[
     ("ipi-storm", "pass", 120_000, ""),
     ("ipiv-rules", "pass", 60_000, "ipiv = on\ndebug_invalid_pid_entry = 3\ntest_hooks = true\n"),
     ("ipi-bench", "pass", 600_000, ""),
-    ("neighbour", "pass", 60_000, "args = seconds=1\n"),
+    ("neighbour", "pass", 60_000, "cmdline = seconds=1\n"),
     ("hostile-report", "killed", 30_000, ""),
     ("hostile-exits", "timeout", 2_000, ""),
     ("hostile-console", "pass", 60_000, ""),
@@ -54,9 +54,23 @@ pub fn build() -> Result<BTreeMap<String, Vec<u8>>> {
     CATALOGUE
         .iter()
         .map(|(name, ..)| {
-            Ok((name.to_string(), std::fs::read(dir.join(name)).with_context(|| format!("guest {name}"))?))
+            let image = std::fs::read(dir.join(name)).with_context(|| format!("guest {name}"))?;
+            check_layout(&image).with_context(|| format!("guest {name} (guest-tests/guest.ld)"))?;
+            Ok((name.to_string(), image))
         })
         .collect()
+}
+
+/// The multiboot header's addresses (what a loader uses) must cover every loadable byte of the
+/// ELF file: a section the linker script forgot would be placed past the header's BSS end and
+/// be overwritten by the boot information.
+fn check_layout(image: &[u8]) -> Result<()> {
+    let plan = multiboot::LoadPlan::new(image, 1 << 32).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let elf_end = multiboot::elf_load_end(image).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if elf_end > plan.end {
+        bail!("ELF segments end at {elf_end:#x}, past the multiboot header's bss_end_addr {:#x}", plan.end);
+    }
+    Ok(())
 }
 
 /// `[vm]` sections for `--guest hello:2,escape` (VMs named `<image>-<position>`), each with the
@@ -81,7 +95,7 @@ pub fn manifest_from_list(list: &str, extra: &[(&str, &str)]) -> Result<String> 
             bail!("--guest: unknown guest `{name}` (known: {})", known.join(", "));
         };
         out += &format!(
-            "\n[vm]\nname = {name}-{i}\nimage = {name}\nvcpus = {vcpus}\nexpect = {expect}\ntimeout_ms = {timeout}\n"
+            "\n[vm]\nname = {name}-{i}\nkernel = {name}\nvcpus = {vcpus}\nexpect = {expect}\ntimeout_ms = {timeout}\n"
         );
         out += always;
         for (k, v) in extra.iter().chain(&overrides) {
@@ -95,13 +109,11 @@ pub fn manifest_from_list(list: &str, extra: &[(&str, &str)]) -> Result<String> 
 /// `memory_mib` of machine memory, with the images at hand. Errors name the problem.
 pub fn validate(config: &str, images: &BTreeMap<String, Vec<u8>>, cpus: u32, memory_mib: u32) -> Result<Manifest> {
     let (_, mut manifest) = BootConfig::parse(config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let check = |name: &str, ram_mib: u32, vcpus: u32| -> Result<(), String> {
-        let img = images.get(name).ok_or_else(|| format!("no guest image named `{name}`"))?;
-        LoadPlan::new(img, ram_mib as u64 * 1024 * 1024, vcpus).map(|_| ())
-    };
+    let files = |name: &str| images.get(name).map(Vec::as_slice);
+    let check = |spec: &hvcore::manifest::VmSpec| spec.check_boot(&files);
     // The kernel keeps some memory for itself (heap, tables, trampoline); see its prepare_vms.
     let budget = (memory_mib as u64).saturating_sub(64);
-    let machine = Machine { cpus, ram_budget_mib: budget, check_image: &check };
+    let machine = Machine { cpus, ram_budget_mib: budget, check_boot: &check };
     manifest.validate(&machine).map_err(|e| anyhow::anyhow!("manifest refused: {e}"))?;
     Ok(manifest)
 }
@@ -120,7 +132,7 @@ mod tests {
         assert_eq!(parsed.vms[1].apic.as_str(), "x2apic");
         assert!(manifest_from_list("nope", &[]).unwrap_err().to_string().contains("unknown guest `nope`"));
         assert!(manifest_from_list("hello:x", &[]).is_err());
-        let m = manifest_from_list("hostile-apic+args=end=fetch+expect=killed", &[]).unwrap();
+        let m = manifest_from_list("hostile-apic+cmdline=end=fetch+expect=killed", &[]).unwrap();
         let (_, parsed) = BootConfig::parse(&m).unwrap();
         assert_eq!((parsed.vms[0].args.as_str(), parsed.vms[0].expect.as_str()), ("end=fetch", "killed"));
         assert!(manifest_from_list("hello+oops", &[]).unwrap_err().to_string().contains("+key=value"));
@@ -131,9 +143,9 @@ mod tests {
         let images = BTreeMap::from([("hello".to_string(), b"not an elf".to_vec())]);
         let e = validate(&manifest_from_list("hello", &[]).unwrap(), &images, 4, 512).unwrap_err();
         assert!(e.to_string().contains("image `hello`"), "{e}");
-        let e = validate("[vm]\nname = a\nimage = hello\nvcpus = 8\n", &images, 4, 512).unwrap_err();
+        let e = validate("[vm]\nname = a\nkernel = hello\nvcpus = 8\n", &images, 4, 512).unwrap_err();
         assert!(e.to_string().contains("8 vCPUs but the machine has 4 CPUs"), "{e}");
-        let e = validate("[vm]\nname = a\nimage = hello\nbogus = 1\n", &images, 4, 512).unwrap_err();
+        let e = validate("[vm]\nname = a\nkernel = hello\nbogus = 1\n", &images, 4, 512).unwrap_err();
         assert!(e.to_string().contains("unknown VM key `bogus`"), "{e}");
     }
 }

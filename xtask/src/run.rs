@@ -301,8 +301,12 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
         return Ok((config, images.into_iter().collect()));
     }
     let manifest = guests::validate(&config, &images, args.cpus, args.memory)?;
-    let needed: Vec<image::GuestImage> =
-        images.into_iter().filter(|(name, _)| manifest.vms.iter().any(|v| &v.image == name)).collect();
+    let needed: Vec<image::GuestImage> = images
+        .into_iter()
+        .filter(|(name, _)| {
+            manifest.vms.iter().any(|v| &v.image == name || &v.kernel == name || v.modules.contains(name))
+        })
+        .collect();
     Ok((config, needed))
 }
 

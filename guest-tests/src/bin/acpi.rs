@@ -10,7 +10,7 @@ use acpi::madt::{Madt, MadtEntry};
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 use core::ptr::NonNull;
 use guest_tests::sync::Barrier;
-use guest_tests::{BootInfo, apic, entry, println, report};
+use guest_tests::{Platform, apic, entry, println, report};
 
 entry!(main);
 
@@ -29,7 +29,7 @@ impl AcpiHandler for Identity {
     fn unmap_physical_region<T>(_: &PhysicalMapping<Self, T>) {}
 }
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     let n = info.vcpu_count;
     BARRIER.wait(n);
     // SAFETY: the BIOS area and the tables are guest RAM, mapped by `Identity`.

@@ -4,7 +4,7 @@
 #![no_std]
 #![no_main]
 
-use guest_tests::{BootInfo, console, cpuid, entry, hypercall, idt, println, report};
+use guest_tests::{Platform, console, cpuid, entry, hypercall, idt, println, report};
 use hvcore::guest_abi::{CPUID_SIGNATURE, hypercall as hc};
 
 entry!(main);
@@ -23,7 +23,7 @@ fn wrmsr(msr: u32, v: u64) {
     };
 }
 
-fn main(vcpu: u32, info: &'static BootInfo) {
+fn main(vcpu: u32, info: &'static Platform) {
     let l1 = cpuid(1, 0);
     assert_eq!(l1[2] & (1 << 5), 0, "CPUID.1:ECX.VMX must be hidden");
     assert_ne!(l1[2] & (1 << 31), 0, "CPUID.1:ECX hypervisor bit");

@@ -3,11 +3,11 @@
 #![no_std]
 #![no_main]
 
-use guest_tests::{BootInfo, entry, println};
+use guest_tests::{Platform, entry, println};
 
 entry!(main);
 
-fn main(vcpu: u32, info: &'static BootInfo) {
+fn main(vcpu: u32, info: &'static Platform) {
     let target = info.ram_size + 0x10_0000;
     println!("vCPU {vcpu}: reading GPA {target:#x}, outside my {} MiB", info.ram_size >> 20);
     // SAFETY: deliberately not: this read must never complete.

@@ -2,11 +2,11 @@
 #![no_std]
 #![no_main]
 
-use guest_tests::{BootInfo, entry, println};
+use guest_tests::{Platform, entry, println};
 
 entry!(main);
 
-fn main(vcpu: u32, _info: &'static BootInfo) {
+fn main(vcpu: u32, _info: &'static Platform) {
     println!("vCPU {vcpu}: spinning forever");
     loop {
         core::hint::spin_loop();

@@ -2,11 +2,11 @@
 #![no_std]
 #![no_main]
 
-use guest_tests::{BootInfo, cpuid, entry, println, report};
+use guest_tests::{Platform, cpuid, entry, println, report};
 
 entry!(main);
 
-fn main(vcpu: u32, info: &'static BootInfo) {
+fn main(vcpu: u32, info: &'static Platform) {
     let apic_id = cpuid(1, 0)[1] >> 24;
     let x2apic_id = cpuid(0xb, 0)[3];
     println!("hello from vCPU {vcpu} of {}, APIC ID {apic_id}", info.vcpu_count);

@@ -11,7 +11,7 @@
 #![no_main]
 
 use guest_tests::idt::try_xsetbv;
-use guest_tests::{BootInfo, cpuid, entry, println, report};
+use guest_tests::{Platform, cpuid, entry, println, report};
 use hvcore::guest_abi::APIC_MMIO_GPA;
 
 entry!(main);
@@ -25,7 +25,7 @@ fn virtualized(offset: u64) -> bool {
     matches!(offset, 0x20 | 0x30 | 0x80 | 0xb0 | 0xd0 | 0xe0 | 0xf0 | 0x100..=0x270 | 0x280 | 0x300 | 0x310 | 0x320..=0x370 | 0x380 | 0x3e0)
 }
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     assert_eq!(info.apic_mode, 0, "hostile-apic runs in xAPIC mode");
     // 1. Every register offset, 32 bits.
     let mut values = [0u32; 64];

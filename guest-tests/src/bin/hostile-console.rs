@@ -5,13 +5,13 @@
 #![no_main]
 
 use guest_tests::console::com1_write;
-use guest_tests::{BootInfo, entry, hypercall, report};
+use guest_tests::{Platform, entry, hypercall, report};
 
 entry!(main);
 
 static mut LINE: [u8; 4096] = [b'#'; 4096];
 
-fn main(me: u32, _info: &'static BootInfo) {
+fn main(me: u32, _info: &'static Platform) {
     // SAFETY: each vCPU only reads the buffer after this one-time write by vCPU 0, which is
     // harmless if it races (bytes either way).
     let line = unsafe { &*(&raw const LINE) };

@@ -5,11 +5,11 @@
 #![no_main]
 
 use guest_tests::console::com1_write;
-use guest_tests::{BootInfo, cpuid, entry, hypercall};
+use guest_tests::{Platform, cpuid, entry, hypercall};
 
 entry!(main);
 
-fn main(me: u32, _info: &'static BootInfo) {
+fn main(me: u32, _info: &'static Platform) {
     let mode = ["cpuid", "print", "com1"][me as usize % 3];
     let mut n = 0u64;
     loop {

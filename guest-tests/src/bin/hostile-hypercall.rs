@@ -5,12 +5,12 @@
 #![no_main]
 
 use guest_tests::hypercall::raw;
-use guest_tests::{BootInfo, entry, report};
+use guest_tests::{Platform, entry, report};
 use hvcore::guest_abi::hypercall::*;
 
 entry!(main);
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     let ram = info.ram_size;
     for nr in [PRINT, REPORT] {
         assert_eq!(raw(nr, ram, 1), E_FAULT, "{nr}: buffer at the end of RAM");
@@ -56,7 +56,8 @@ static GDT: [u64; 6] =
 /// with SYSCALL; returns what each returned. Interrupts stay off in ring 3 (this runtime has no
 /// TSS for a ring change through the IDT).
 fn from_ring3() -> [i64; 3] {
-    use hvcore::guest_abi::{PD_GPA, PDPT_GPA, PML4_GPA};
+    // The runtime's identity map: PML4, then the PDPT and the four page directories (boot.rs).
+    let pml4 = guest_tests::boot::page_table_root();
     // Every page user-accessible: the identity map's PML4 entry, its 4 PDPT entries and their
     // 2-MByte PD entries get U/S (bit 2). The guest owns these tables.
     let set_user = |gpa: u64, n: u64| {
@@ -66,9 +67,9 @@ fn from_ring3() -> [i64; 3] {
             unsafe { e.write_volatile(e.read_volatile() | 4) };
         }
     };
-    set_user(PML4_GPA, 1);
-    set_user(PDPT_GPA, 4);
-    set_user(PD_GPA, 4 * 512);
+    set_user(pml4, 1);
+    set_user(pml4 + 0x1000, 4);
+    set_user(pml4 + 0x2000, 4 * 512);
     let gdtr = (core::mem::size_of_val(&GDT) as u16 - 1, GDT.as_ptr() as u64);
     let mut pointer = [0u8; 10];
     pointer[..2].copy_from_slice(&gdtr.0.to_le_bytes());

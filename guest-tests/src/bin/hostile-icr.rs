@@ -1,12 +1,14 @@
 //! ICR fuzz in the VM's APIC mode: thousands of pseudo-random ICR values (every delivery mode,
 //! NMI included, both destination modes, every shorthand, destinations inside and outside the VM,
 //! illegal vectors 0-15), and in x2APIC mode writes with reserved bits, which must raise #GP.
-//! The VM must stay alive and consistent; the neighbour VM must see none of it.
+//! The VM must stay alive and consistent; the neighbour VM must see none of it. INITs go out as
+//! INIT level de-assert (which does nothing): a real INIT stops its target until a SIPI, so the
+//! fuzz would end itself (INIT-SIPI is the smp-boot test's).
 #![no_std]
 #![no_main]
 
 use guest_tests::sync::Barrier;
-use guest_tests::{BootInfo, apic, entry, idt, report, sti};
+use guest_tests::{Platform, apic, entry, idt, report, sti};
 
 entry!(main);
 
@@ -14,7 +16,7 @@ static BARRIER: Barrier = Barrier::new();
 
 const X2APIC_RESERVED: u64 = (1 << 13) | (3 << 16) | (0xfff << 20);
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     let n = info.vcpu_count;
     let iterations: u32 = info.arg("iterations").and_then(|s| s.parse().ok()).unwrap_or(3000);
     sti();
@@ -34,6 +36,9 @@ fn main(me: u32, info: &'static BootInfo) {
         let v = low as u8;
         if (16..32).contains(&v) {
             low |= 0x80;
+        }
+        if (low >> 8) & 7 == 5 {
+            low = (low & !apic::ICR_ASSERT) | apic::ICR_LEVEL;
         }
         let dest_raw = next();
         if apic::is_x2apic() {

@@ -3,11 +3,11 @@
 #![no_std]
 #![no_main]
 
-use guest_tests::{BootInfo, entry, report};
+use guest_tests::{Platform, entry, report};
 
 entry!(main);
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     let last = (info.ram_size - 1) as *const u8;
     // SAFETY: the last byte of RAM (inside the top vCPU stack's area, identity-mapped).
     let _ = unsafe { last.read_volatile() };

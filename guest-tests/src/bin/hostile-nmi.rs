@@ -12,7 +12,7 @@
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use guest_tests::irq::{IRQS, NMI_DWELL_TICKS};
 use guest_tests::sync::Barrier;
-use guest_tests::{BootInfo, apic, entry, println, rdtsc, report, sti, wait_until};
+use guest_tests::{Platform, apic, entry, println, rdtsc, report, sti, wait_until};
 
 entry!(main);
 
@@ -31,13 +31,13 @@ fn nmi_to_1() {
 }
 
 /// Sends one NMI and waits for it to arrive.
-fn one(info: &BootInfo, what: &str) {
+fn one(info: &Platform, what: &str) {
     let before = nmis();
     nmi_to_1();
     wait_until(info, 5, what, || nmis() > before);
 }
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     assert_eq!(info.vcpu_count, 2, "hostile-nmi runs two vCPUs");
     sti();
     BARRIER.wait(2);

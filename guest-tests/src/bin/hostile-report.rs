@@ -5,7 +5,7 @@
 #![no_main]
 
 use guest_tests::hypercall::{raw, report};
-use guest_tests::{BootInfo, entry, println};
+use guest_tests::{Platform, entry, println};
 use hvcore::guest_abi::hypercall::{E_FAULT, E_INVAL, REPORT};
 
 entry!(main);
@@ -13,7 +13,7 @@ entry!(main);
 static mut DEEP: [u8; 400] = [0; 400];
 static mut BIG: [u8; 4000] = [b'x'; 4000];
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     if me != 0 {
         return;
     }

@@ -7,11 +7,11 @@
 #![no_main]
 
 use guest_tests::idt::{try_rdmsr, try_wrmsr};
-use guest_tests::{BootInfo, entry, println, report};
+use guest_tests::{Platform, entry, println, report};
 
 entry!(main);
 
-fn main(me: u32, _info: &'static BootInfo) {
+fn main(me: u32, _info: &'static Platform) {
     let (mut msrs, mut readable, mut written) = (0u32, 0u32, 0u32);
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut random = core::iter::from_fn(move || {

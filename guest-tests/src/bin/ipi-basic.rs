@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use guest_tests::apic::{self, ICR_ASSERT, ICR_LOGICAL, SHORTHAND_OTHERS, SHORTHAND_SELF};
 use guest_tests::irq::{IRQS, count};
 use guest_tests::sync::Barrier;
-use guest_tests::{BootInfo, entry, hypercall, println, report, sti, sti_hlt, wait_until};
+use guest_tests::{Platform, entry, hypercall, println, report, sti, sti_hlt, wait_until};
 
 entry!(main);
 
@@ -29,7 +29,7 @@ fn unicast(sender: u32, receiver: u32) -> u8 {
     UNICAST_BASE + (sender * 8 + receiver) as u8
 }
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     let n = info.vcpu_count;
     assert!(n <= 8, "ipi-basic runs on up to 8 vCPUs");
     assert_eq!(apic::id(), me, "APIC ID");

@@ -12,7 +12,7 @@ use guest_tests::apic::{self, ICR_ASSERT, ICR_FIXED, SHORTHAND_OTHERS};
 use guest_tests::hypercall::exits_except_vmcall;
 use guest_tests::irq::{FAST_HITS, FAST_VECTOR};
 use guest_tests::sync::Barrier;
-use guest_tests::{BootInfo, entry, println, rdtsc, report, sti};
+use guest_tests::{Platform, entry, println, rdtsc, report, sti};
 use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::stats::summarize;
 
@@ -29,7 +29,7 @@ const MAX_SAMPLES: usize = 20_000;
 /// Only vCPU 0 uses it; the lock is taken once, outside the timed loop.
 static SAMPLES: spin::Mutex<[u64; MAX_SAMPLES]> = spin::Mutex::new([0; MAX_SAMPLES]);
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     let n = info.vcpu_count;
     assert!(n >= 2, "ipi-bench needs a sender and a receiver");
     let iterations: usize = info.arg("iterations").and_then(|v| v.parse().ok()).unwrap_or(1000).min(MAX_SAMPLES);

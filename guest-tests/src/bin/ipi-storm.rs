@@ -7,7 +7,7 @@
 use core::sync::atomic::Ordering;
 use guest_tests::irq::{IRQS, count};
 use guest_tests::sync::Barrier;
-use guest_tests::{BootInfo, apic, entry, hypercall, println, report, sti, wait_until};
+use guest_tests::{Platform, apic, entry, hypercall, println, report, sti, wait_until};
 
 entry!(main);
 
@@ -15,7 +15,7 @@ static BARRIER: Barrier = Barrier::new();
 const ROUNDS: u32 = 100;
 const BASE: u8 = 0x40; // + sender
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     let n = info.vcpu_count;
     assert!(n <= 64);
     sti();

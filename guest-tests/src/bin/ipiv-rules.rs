@@ -9,7 +9,7 @@ use guest_tests::apic::{self, ICR_ASSERT, ICR_LOGICAL, ICR_NMI, SHORTHAND_OTHERS
 use guest_tests::hypercall::{self, exits_except_vmcall, pid_op};
 use guest_tests::irq::{IRQS, count};
 use guest_tests::sync::Barrier;
-use guest_tests::{BootInfo, entry, println, rdtsc, report, sti, wait_until};
+use guest_tests::{Platform, entry, println, rdtsc, report, sti, wait_until};
 use hvcore::guest_abi::hypercall::*;
 
 entry!(main);
@@ -21,7 +21,7 @@ fn apic_writes() -> u64 {
     hypercall::exit_counters()[56]
 }
 
-fn pause(info: &BootInfo) {
+fn pause(info: &Platform) {
     let until = rdtsc() + info.tsc_hz / 50;
     while rdtsc() < until {
         core::hint::spin_loop();
@@ -36,7 +36,7 @@ fn exits_of(send: impl FnOnce()) -> (u64, u64) {
     (aw2 - aw, (all2 - all) - (aw2 - aw))
 }
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     let n = info.vcpu_count;
     assert_eq!(n, 4, "ipiv-rules runs on 4 vCPUs");
     assert_eq!(info.ipiv, 1, "ipiv-rules needs ipiv = on");

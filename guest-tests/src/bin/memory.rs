@@ -1,16 +1,15 @@
-//! Writes and checks all free RAM (everything but the boot area, the image and the stacks),
-//! each vCPU its own slice.
+//! Writes and checks all free RAM above the kernel image (whose BSS holds the stacks), each
+//! vCPU its own slice.
 #![no_std]
 #![no_main]
 
-use guest_tests::{BootInfo, entry, image_end, println, report};
-use hvcore::guest_abi::STACK_SIZE;
+use guest_tests::{Platform, entry, image_end, println, report};
 
 entry!(main);
 
-fn main(vcpu: u32, info: &'static BootInfo) {
+fn main(vcpu: u32, info: &'static Platform) {
     let start = image_end().next_multiple_of(4096);
-    let end = info.ram_size - info.vcpu_count as u64 * STACK_SIZE;
+    let end = info.ram_size;
     let per = ((end - start) / info.vcpu_count as u64) & !7;
     let lo = start + per * vcpu as u64;
     let hi = if vcpu + 1 == info.vcpu_count { end } else { lo + per };

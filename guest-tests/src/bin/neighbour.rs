@@ -7,7 +7,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use guest_tests::irq::IRQS;
-use guest_tests::{BootInfo, entry, println, rdtsc, report, sti};
+use guest_tests::{Platform, entry, println, rdtsc, report, sti};
 
 entry!(main);
 
@@ -18,7 +18,7 @@ fn expected(i: usize) -> u64 {
     (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5a5a_0000_ffff_1234
 }
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     assert_eq!(info.vcpu_count, 1, "the neighbour runs one vCPU");
     let seconds: u64 = info.arg("seconds").and_then(|s| s.parse().ok()).unwrap_or(1);
     for (i, w) in PATTERN.iter().enumerate() {

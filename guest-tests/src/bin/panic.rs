@@ -2,10 +2,10 @@
 #![no_std]
 #![no_main]
 
-use guest_tests::{BootInfo, entry};
+use guest_tests::{Platform, entry};
 
 entry!(main);
 
-fn main(vcpu: u32, _info: &'static BootInfo) {
+fn main(vcpu: u32, _info: &'static Platform) {
     panic!("deliberate guest panic on vCPU {vcpu}");
 }

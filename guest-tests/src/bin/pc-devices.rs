@@ -7,7 +7,7 @@
 #![no_main]
 
 use guest_tests::sync::Barrier;
-use guest_tests::{BootInfo, entry, println, rdtsc, report};
+use guest_tests::{Platform, entry, println, rdtsc, report};
 
 entry!(main);
 
@@ -54,7 +54,7 @@ fn bcd_ok(v: u8) -> bool {
     v >> 4 < 10 && v & 0xf < 10
 }
 
-fn main(me: u32, info: &'static BootInfo) {
+fn main(me: u32, info: &'static Platform) {
     let n = info.vcpu_count;
     BARRIER.wait(n);
     if me != 0 {

@@ -29,8 +29,11 @@ pub mod guest_boot;
 pub mod guest_paging;
 #[cfg(feature = "alloc")]
 pub mod manifest;
+pub mod multiboot;
 #[cfg(feature = "alloc")]
 pub mod ramdisk;
+#[cfg(feature = "alloc")]
+pub mod start_state;
 pub mod stats;
 #[cfg(feature = "alloc")]
 pub mod summary;

@@ -11,6 +11,8 @@ use alloc::vec::Vec;
 pub const MAX_VCPUS: u32 = 64;
 pub const DEFAULT_RAM_MIB: u32 = 16;
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// Longest kernel command line (Linux's x86 limit).
+pub const MAX_CMDLINE: usize = 2048;
 
 /// How a VM ended, and what it is expected to end as (tests of failures expect failures).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,8 +95,15 @@ impl HltMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSpec {
     pub name: String,
-    /// Name of the guest image in the ramdisk.
+    /// Name of a guest image in the ramdisk booted by the project's own 64-bit ABI (being
+    /// retired for `kernel`).
     pub image: String,
+    /// Name of a multiboot v1 kernel in the ramdisk: the VM boots it as QEMU's `-kernel` does.
+    pub kernel: String,
+    /// The kernel's command line (multiboot `cmdline`, and fw_cfg's).
+    pub cmdline: String,
+    /// Names of multiboot modules in the ramdisk, in order.
+    pub modules: Vec<String>,
     pub vcpus: u32,
     pub ram_mib: u32,
     /// Physical CPU index per vCPU (0 = BSP). Empty in the file means "assign".
@@ -123,6 +132,9 @@ impl VmSpec {
         Self {
             name: String::new(),
             image: String::new(),
+            kernel: String::new(),
+            cmdline: String::new(),
+            modules: Vec::new(),
             vcpus: 1,
             ram_mib: DEFAULT_RAM_MIB,
             cpus: Vec::new(),
@@ -149,6 +161,17 @@ impl VmSpec {
         match key {
             "name" => self.name = value.to_string(),
             "image" => self.image = value.to_string(),
+            "kernel" => self.kernel = value.to_string(),
+            "cmdline" => {
+                let v = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+                if v.len() > MAX_CMDLINE {
+                    return Err(format!("cmdline is {} bytes, at most {MAX_CMDLINE}", v.len()));
+                }
+                self.cmdline = v.to_string()
+            }
+            "modules" => {
+                self.modules = value.split(',').map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect()
+            }
             "vcpus" => self.vcpus = num32("vcpus")?,
             "ram_mib" => self.ram_mib = num32("ram_mib")?,
             "timeout_ms" => self.timeout_ms = num("timeout_ms")?,
@@ -212,6 +235,28 @@ impl VmSpec {
     }
 }
 
+impl VmSpec {
+    /// Checks that the VM's boot files are in `files` (the ramdisk) and load into its RAM.
+    pub fn check_boot<'a>(&self, files: &dyn Fn(&str) -> Option<&'a [u8]>) -> Result<(), String> {
+        let ram = self.ram_mib as u64 * 1024 * 1024;
+        if !self.image.is_empty() {
+            let img = files(&self.image).ok_or_else(|| format!("image `{}`: not in the ramdisk", self.image))?;
+            return crate::elf_load::LoadPlan::new(img, ram, self.vcpus)
+                .map(|_| ())
+                .map_err(|e| format!("image `{}`: {e}", self.image));
+        }
+        let img = files(&self.kernel).ok_or_else(|| format!("kernel `{}`: not in the ramdisk", self.kernel))?;
+        let plan = crate::multiboot::LoadPlan::new(img, ram).map_err(|e| format!("kernel `{}`: {e}", self.kernel))?;
+        let mut modules = Vec::new();
+        for m in &self.modules {
+            let data = files(m).ok_or_else(|| format!("module `{m}`: not in the ramdisk"))?;
+            modules.push(crate::multiboot::Module { data, string: m });
+        }
+        crate::multiboot::check_fits(&plan, ram, &self.cmdline, &modules)
+            .map_err(|e| format!("kernel `{}`: {e}", self.kernel))
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Manifest {
     pub vms: Vec<VmSpec>,
@@ -223,8 +268,8 @@ pub struct Machine<'a> {
     pub cpus: u32,
     /// MiB of memory available for guest RAM, all VMs together.
     pub ram_budget_mib: u64,
-    /// Checks that an image exists and can be loaded into `ram_mib` MiB with `vcpus` stacks.
-    pub check_image: &'a dyn Fn(&str, u32, u32) -> Result<(), String>,
+    /// Checks that a VM's boot files exist and fit its RAM (usually [`VmSpec::check_boot`]).
+    pub check_boot: &'a dyn Fn(&VmSpec) -> Result<(), String>,
 }
 
 impl Manifest {
@@ -248,8 +293,16 @@ impl Manifest {
             if self.vms[..i].iter().any(|o| o.name == vm.name) {
                 return Err(format!("{who}: name used twice"));
             }
-            if vm.image.is_empty() {
-                return Err(format!("{who}: needs an image"));
+            match (vm.image.is_empty(), vm.kernel.is_empty()) {
+                (true, true) => return Err(format!("{who}: needs a kernel")),
+                (false, false) => return Err(format!("{who}: has both a kernel and an image; give one")),
+                _ => {}
+            }
+            if !vm.kernel.is_empty() && !vm.args.is_empty() {
+                return Err(format!("{who}: args is for images; a kernel takes cmdline"));
+            }
+            if vm.kernel.is_empty() && (!vm.cmdline.is_empty() || !vm.modules.is_empty()) {
+                return Err(format!("{who}: cmdline and modules need a kernel"));
             }
             if vm.vcpus == 0 || vm.vcpus > MAX_VCPUS {
                 return Err(format!("{who}: vcpus must be 1..={MAX_VCPUS}"));
@@ -285,8 +338,7 @@ impl Manifest {
                     m.ram_budget_mib
                 ));
             }
-            (m.check_image)(&vm.image, vm.ram_mib, vm.vcpus)
-                .map_err(|e| format!("{who}: image `{}`: {e}", vm.image))?;
+            (m.check_boot)(vm).map_err(|e| format!("{who}: {e}"))?;
         }
         // Pin the rest to the lowest free CPUs, in order.
         let mut free = (0..m.cpus).filter(|&c| used[c as usize].is_none()).collect::<Vec<_>>().into_iter();

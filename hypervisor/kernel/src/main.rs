@@ -28,7 +28,6 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use bootloader_api::config::Mapping;
 use bootloader_api::{BootInfo, BootloaderConfig, entry_point};
 use hvcore::bootcfg::{BootConfig, FaultInjection};
-use hvcore::elf_load::LoadPlan;
 use hvcore::manifest::{Machine, Manifest};
 use hvcore::ramdisk::Archive;
 use hvcore::summary::{CpuReport, HvSummary, RunResult};
@@ -249,14 +248,11 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
     if !vmx_ok {
         return Some("the manifest's VMs cannot run without VMX".into());
     }
-    let images = |name: &str| ramdisk.and_then(|a| a.get(name));
-    let check = |name: &str, ram_mib: u32, vcpus: u32| -> Result<(), String> {
-        let img = images(name).ok_or("not in the ramdisk")?;
-        LoadPlan::new(img, ram_mib as u64 * 1024 * 1024, vcpus).map(|_| ())
-    };
+    let files = |name: &str| ramdisk.and_then(|a| a.get(name));
+    let check = |spec: &hvcore::manifest::VmSpec| spec.check_boot(&files);
     // Leave a margin for EPT tables, VMCSs and stacks.
     let budget = (memory::free_bytes() >> 20).saturating_sub(16);
-    let machine = Machine { cpus, ram_budget_mib: budget, check_image: &check };
+    let machine = Machine { cpus, ram_budget_mib: budget, check_boot: &check };
     if let Err(e) = manifest.validate(&machine) {
         error!("manifest refused: {e}");
         return Some(alloc::format!("manifest: {e}"));
@@ -268,7 +264,7 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
     let mut vms = Vec::new();
     for spec in &manifest.vms {
         let clock = vm::Clock { tsc_hz: tsc, unix_time };
-        match vm::Vm::create(spec, images(&spec.image).unwrap_or(&[]), clock, caps, host_ids) {
+        match vm::Vm::create(spec, &files, clock, caps, host_ids) {
             Ok(v) => {
                 info!(
                     "VM {}: {} vCPUs on CPUs {:?}, {} MiB at {:#x}, {} APIC, IPIv {}, HLT {}",

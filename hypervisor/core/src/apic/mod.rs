@@ -4,5 +4,6 @@
 
 pub mod icr;
 pub mod pid;
+pub mod startup;
 pub mod vapic;
 pub mod x2apic_msr;

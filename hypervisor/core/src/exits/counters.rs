@@ -29,6 +29,13 @@ pub struct ExitCounters {
     /// Guest instructions the hypervisor decoded and completed itself (APIC-access reads of
     /// registers the hardware does not virtualize, XSETBV).
     pub emulated: u64,
+    /// INIT and SIPI IPIs this vCPU sent (the exit path always carries them); included in
+    /// `ipi_sent_by_exit`.
+    pub startup_ipis_sent: u64,
+    /// INITs this vCPU applied (each puts it in wait-for-SIPI).
+    pub inits: u64,
+    /// SIPIs that started this vCPU (from wait-for-SIPI, in real mode).
+    pub sipis: u64,
 }
 
 impl Default for ExitCounters {
@@ -44,6 +51,9 @@ impl Default for ExitCounters {
             nmi_injected: 0,
             events_reinjected: 0,
             emulated: 0,
+            startup_ipis_sent: 0,
+            inits: 0,
+            sipis: 0,
         }
     }
 }
@@ -73,12 +83,15 @@ impl ExitCounters {
         self.nmi_injected += other.nmi_injected;
         self.events_reinjected += other.events_reinjected;
         self.emulated += other.emulated;
+        self.startup_ipis_sent += other.startup_ipis_sent;
+        self.inits += other.inits;
+        self.sipis += other.sipis;
     }
 }
 
 /// `{"cpuid": 3, "hlt": 1, ...}`: the non-zero counters by name, then the non-zero extra
 /// counters (`ignored_io`, `msr_write_icr`, `ipi_dropped`, `ipi_sent_by_exit`, `ipi_exit_ticks`,
-/// `hypercall_refused`, `nmi_injected`, `events_reinjected`, `emulated`).
+/// `hypercall_refused`, `nmi_injected`, `events_reinjected`, `emulated`, `startup_ipis_sent`, `inits`, `sipis`).
 impl fmt::Display for ExitCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_char('{')?;
@@ -103,6 +116,9 @@ impl fmt::Display for ExitCounters {
             ("nmi_injected", self.nmi_injected),
             ("events_reinjected", self.events_reinjected),
             ("emulated", self.emulated),
+            ("startup_ipis_sent", self.startup_ipis_sent),
+            ("inits", self.inits),
+            ("sipis", self.sipis),
         ] {
             if v != 0 {
                 item(f, k, v)?;

@@ -4,17 +4,29 @@
 use crate::guest_abi::CPUID_SIGNATURE;
 
 /// Who is asking.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct VcpuIdentity {
     pub apic_id: u32,
     pub vcpu_count: u32,
+    /// The TSC rate the hypervisor measured, in kHz (leaf 0x4000_0010).
+    pub tsc_khz: u32,
+    /// IPI virtualization is on for this VM.
+    pub ipiv: bool,
+    /// HLT halts in the guest (no exit).
+    pub hlt_passthrough: bool,
 }
 
 pub const HV_LEAF_BASE: u32 = 0x4000_0000;
-pub const HV_LEAF_MAX: u32 = 0x4000_0001;
+pub const HV_LEAF_FEATURES: u32 = 0x4000_0001;
+/// Timing information, at the index VMware and KVM use for it: EAX = TSC kHz.
+pub const HV_LEAF_TIMING: u32 = 0x4000_0010;
+pub const HV_LEAF_MAX: u32 = HV_LEAF_TIMING;
 
-/// Leaf 0x4000_0001 EAX bit: the hypercall ABI of guest_abi is available.
+/// Leaf 0x4000_0001 EAX bits: the hypercall ABI of guest_abi is available; the VM has IPI
+/// virtualization; HLT passes through to the guest.
 pub const HV_FEATURE_HYPERCALLS: u32 = 1 << 0;
+pub const HV_FEATURE_IPIV: u32 = 1 << 1;
+pub const HV_FEATURE_HLT_PASSTHROUGH: u32 = 1 << 2;
 
 /// The guest's view of CPUID leaf `leaf`/`subleaf`, given the host's `native` [eax, ebx, ecx, edx].
 pub fn filter(leaf: u32, subleaf: u32, native: [u32; 4], who: VcpuIdentity) -> [u32; 4] {
@@ -53,8 +65,16 @@ pub fn filter(leaf: u32, subleaf: u32, native: [u32; 4], who: VcpuIdentity) -> [
             c = u32::from_le_bytes(CPUID_SIGNATURE[4..8].try_into().unwrap());
             d = u32::from_le_bytes(CPUID_SIGNATURE[8..12].try_into().unwrap());
         }
-        HV_LEAF_MAX => {
-            a = HV_FEATURE_HYPERCALLS;
+        HV_LEAF_FEATURES => {
+            a = HV_FEATURE_HYPERCALLS
+                | if who.ipiv { HV_FEATURE_IPIV } else { 0 }
+                | if who.hlt_passthrough { HV_FEATURE_HLT_PASSTHROUGH } else { 0 };
+            b = 0;
+            c = 0;
+            d = 0;
+        }
+        HV_LEAF_TIMING => {
+            a = who.tsc_khz;
             b = 0;
             c = 0;
             d = 0;
@@ -74,7 +94,8 @@ pub fn filter(leaf: u32, subleaf: u32, native: [u32; 4], who: VcpuIdentity) -> [
 mod tests {
     use super::*;
 
-    const WHO: VcpuIdentity = VcpuIdentity { apic_id: 3, vcpu_count: 4 };
+    const WHO: VcpuIdentity =
+        VcpuIdentity { apic_id: 3, vcpu_count: 4, tsc_khz: 2_000_000, ipiv: true, hlt_passthrough: false };
 
     #[test]
     fn leaf1_hides_vmx_sets_hypervisor_bit_and_apic_id() {
@@ -97,8 +118,12 @@ mod tests {
         sig[4..8].copy_from_slice(&c.to_le_bytes());
         sig[8..12].copy_from_slice(&d.to_le_bytes());
         assert_eq!(&sig, CPUID_SIGNATURE);
-        assert_eq!(filter(HV_LEAF_MAX, 0, [9; 4], WHO), [HV_FEATURE_HYPERCALLS, 0, 0, 0]);
-        assert_eq!(filter(0x4000_0010, 0, [9; 4], WHO), [0; 4]);
+        assert_eq!(filter(HV_LEAF_FEATURES, 0, [9; 4], WHO), [HV_FEATURE_HYPERCALLS | HV_FEATURE_IPIV, 0, 0, 0]);
+        let halting = VcpuIdentity { ipiv: false, hlt_passthrough: true, ..WHO };
+        assert_eq!(filter(HV_LEAF_FEATURES, 0, [0; 4], halting)[0], HV_FEATURE_HYPERCALLS | HV_FEATURE_HLT_PASSTHROUGH);
+        assert_eq!(filter(HV_LEAF_TIMING, 0, [9; 4], WHO), [2_000_000, 0, 0, 0]);
+        assert_eq!(filter(0x4000_0002, 0, [9; 4], WHO), [0; 4]);
+        assert_eq!(filter(0x4000_0011, 0, [9; 4], WHO), [0; 4]);
     }
 
     #[test]

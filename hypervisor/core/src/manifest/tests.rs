@@ -5,12 +5,12 @@ fn vm(name: &str, vcpus: u32, cpus: &[u32]) -> VmSpec {
     VmSpec { name: name.into(), image: "hello".into(), vcpus, cpus: cpus.to_vec(), ..VmSpec::new(1) }
 }
 
-fn ok_image(_: &str, _: u32, _: u32) -> Result<(), String> {
+fn ok_image(_: &VmSpec) -> Result<(), String> {
     Ok(())
 }
 
 fn machine(cpus: u32) -> Machine<'static> {
-    Machine { cpus, ram_budget_mib: 256, check_image: &ok_image }
+    Machine { cpus, ram_budget_mib: 256, check_boot: &ok_image }
 }
 
 #[test]
@@ -63,10 +63,40 @@ fn names_images_and_limits() {
     assert!(m.validate(&machine(4)).unwrap_err().contains("name must be"));
     let mut m = Manifest { vms: vec![vm("", 1, &[])] };
     assert!(m.validate(&machine(4)).unwrap_err().contains("needs a name"));
-    let bad_elf = |_: &str, _: u32, _: u32| -> Result<(), String> { Err("not an ELF file".into()) };
+    let bad_elf = |v: &VmSpec| -> Result<(), String> { v.check_boot(&|_| Some(b"not an ELF file".as_slice())) };
     let mut m = Manifest { vms: vec![vm("a", 1, &[])] };
-    let e = m.validate(&Machine { cpus: 4, ram_budget_mib: 64, check_image: &bad_elf }).unwrap_err();
-    assert_eq!(e, "VM `a`: image `hello`: not an ELF file");
+    let e = m.validate(&Machine { cpus: 4, ram_budget_mib: 64, check_boot: &bad_elf }).unwrap_err();
+    assert!(e.starts_with("VM `a`: image `hello`: not a 64-bit"), "{e}");
+}
+
+#[test]
+fn a_vm_boots_a_kernel_or_an_image() {
+    let kernel = |name: &str| VmSpec { name: name.into(), kernel: "k".into(), ..VmSpec::new(1) };
+    let mut m = Manifest { vms: vec![VmSpec { image: "hello".into(), ..kernel("a") }] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("both a kernel and an image"));
+    let mut m = Manifest { vms: vec![VmSpec { name: "a".into(), ..VmSpec::new(1) }] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("needs a kernel"));
+    let mut m = Manifest { vms: vec![VmSpec { cmdline: "x".into(), ..vm("a", 1, &[]) }] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("need a kernel"));
+    let mut m = Manifest { vms: vec![VmSpec { args: "x=1".into(), ..kernel("a") }] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("takes cmdline"));
+    // Files are looked up by name; a missing module is named.
+    let v = VmSpec { modules: vec!["initrd".into()], ..kernel("a") };
+    let none = |_: &str| -> Option<&[u8]> { None };
+    assert!(v.check_boot(&none).unwrap_err().contains("kernel `k`: not in the ramdisk"));
+    let not_multiboot = |_: &str| Some(&[0u8; 64][..]);
+    assert!(v.check_boot(&not_multiboot).unwrap_err().contains("no multiboot header"));
+}
+
+#[test]
+fn kernel_keys_parse() {
+    let mut v = VmSpec::new(1);
+    v.set("kernel", "smp-boot").unwrap();
+    v.set("cmdline", "\"console=ttyS0 exit=3\"").unwrap();
+    v.set("modules", "a, b,").unwrap();
+    assert_eq!((v.kernel.as_str(), v.cmdline.as_str()), ("smp-boot", "console=ttyS0 exit=3"));
+    assert_eq!(v.modules, vec!["a".to_string(), "b".to_string()]);
+    assert!(v.set("cmdline", &"x".repeat(MAX_CMDLINE + 1)).unwrap_err().contains("at most"));
 }
 
 #[test]

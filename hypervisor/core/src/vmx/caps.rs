@@ -347,6 +347,13 @@ impl VmxCaps {
         (cr0 | self.cr0_fixed0) & self.cr0_fixed1
     }
 
+    /// CR0 for an unrestricted guest: PE and PG are the guest's own (SDM Vol. 3C §27.3.1.1),
+    /// the other fixed bits apply.
+    pub fn fix_cr0_unrestricted(&self, cr0: u64) -> u64 {
+        const PE_PG: u64 = 1 | 1 << 31;
+        (cr0 | (self.cr0_fixed0 & !PE_PG)) & (self.cr0_fixed1 | PE_PG)
+    }
+
     /// CR4 adjusted to the VMX fixed bits (SDM Vol. 3D §A.8).
     pub fn fix_cr4(&self, cr4: u64) -> u64 {
         (cr4 | self.cr4_fixed0) & self.cr4_fixed1

@@ -212,6 +212,9 @@ pub struct VcpuControlOptions {
     pub x2apic: bool,
     /// HLT exits (the "exit" halt mode) instead of halting inside the guest.
     pub hlt_exiting: bool,
+    /// Unrestricted guest: the vCPU runs real mode and protected mode without paging (a
+    /// multiboot hand-off, a SIPI start) under EPT.
+    pub unrestricted_guest: bool,
 }
 
 /// Resolves the manifest's `ipiv` against what the CPU offers.
@@ -268,16 +271,18 @@ pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Control
     let primary = negotiate(Primary, caps.primary, primary_req | nmi_window, 0)? & !nmi_window;
     let apic_access =
         if opts.x2apic { secondary_bits::VIRTUALIZE_X2APIC_MODE } else { secondary_bits::VIRTUALIZE_APIC_ACCESSES };
+    let unrestricted = if opts.unrestricted_guest { 1 << secondary_bits::UNRESTRICTED_GUEST } else { 0 };
     let secondary = negotiate(
         Secondary,
         caps.secondary,
-        bits(&[
-            secondary_bits::ENABLE_EPT,
-            secondary_bits::ENABLE_VPID,
-            secondary_bits::APIC_REGISTER_VIRTUALIZATION,
-            secondary_bits::VIRTUAL_INTERRUPT_DELIVERY,
-            apic_access,
-        ]),
+        unrestricted
+            | bits(&[
+                secondary_bits::ENABLE_EPT,
+                secondary_bits::ENABLE_VPID,
+                secondary_bits::APIC_REGISTER_VIRTUALIZATION,
+                secondary_bits::VIRTUAL_INTERRUPT_DELIVERY,
+                apic_access,
+            ]),
         bits(&[
             secondary_more_bits::ENABLE_RDTSCP,
             secondary_more_bits::ENABLE_INVPCID,

@@ -1,6 +1,7 @@
 //! Naming the guest-state field behind a VM-entry failure. The CPU only says "invalid guest
-//! state" (exit reason 33); these are the checks of SDM Vol. 3C §27.3.1 that a 64-bit guest set
-//! up by this hypervisor can plausibly break, tried in order.
+//! state" (exit reason 33); these are the checks of SDM Vol. 3C §27.3.1 that a guest set up by
+//! this hypervisor (64-bit, or an unrestricted guest in protected or real mode) can plausibly
+//! break, tried in order.
 
 /// The guest-state fields the checks look at.
 #[derive(Clone, Copy, Debug, Default)]
@@ -12,6 +13,8 @@ pub struct GuestState {
     pub cs_ar: u32,
     pub tr_ar: u32,
     pub entry_controls: u32,
+    /// The secondary processor-based controls (unrestricted guest frees CR0.PE and CR0.PG).
+    pub secondary_controls: u32,
     pub cr0_fixed0: u64,
     pub cr0_fixed1: u64,
     pub cr4_fixed0: u64,
@@ -21,7 +24,10 @@ pub struct GuestState {
 /// The first rule `s` breaks, as "FieldName: rule", or `None`.
 pub fn suspect(s: &GuestState) -> Option<&'static str> {
     let ia32e = s.entry_controls & (1 << 9) != 0;
-    if s.cr0 & s.cr0_fixed0 != s.cr0_fixed0 || s.cr0 & !s.cr0_fixed1 != 0 {
+    // SDM Vol. 3C §27.3.1.1: with "unrestricted guest", PE and PG need not follow FIXED0.
+    let unrestricted = s.secondary_controls & (1 << 7) != 0;
+    let fixed0 = if unrestricted { s.cr0_fixed0 & !0x8000_0001 } else { s.cr0_fixed0 };
+    if s.cr0 & fixed0 != fixed0 || s.cr0 & !s.cr0_fixed1 != 0 {
         return Some("GuestCr0: violates IA32_VMX_CR0_FIXED0/1");
     }
     if s.cr4 & s.cr4_fixed0 != s.cr4_fixed0 || s.cr4 & !s.cr4_fixed1 != 0 {
@@ -61,6 +67,7 @@ mod tests {
             cs_ar: 0xa09b,
             tr_ar: 0x8b,
             entry_controls: 0xd3fb,
+            secondary_controls: 0,
             cr0_fixed0: 0x8000_0021,
             cr0_fixed1: 0xffff_ffff,
             cr4_fixed0: 0x2000,
@@ -86,6 +93,19 @@ mod tests {
             (|s| s.cs_ar |= 1 << 14, "GuestCsAccessRights"),
             (|s| s.tr_ar = 0x89, "GuestTrAccessRights"),
         ];
+        // An unrestricted guest in real mode breaks no CR0 rule; the broken RFLAGS is found.
+        let real = GuestState {
+            cr0: 0x30,
+            efer: 0,
+            entry_controls: 0,
+            secondary_controls: 1 << 7,
+            tr_ar: 0x8b,
+            cs_ar: 0x9b,
+            ..good()
+        };
+        assert_eq!(suspect(&real), None);
+        assert!(suspect(&GuestState { rflags: 0, ..real }).unwrap().starts_with("GuestRflags"));
+        assert!(suspect(&GuestState { secondary_controls: 0, ..real }).unwrap().starts_with("GuestCr0"));
         for (breakit, field) in cases {
             let mut s = good();
             breakit(&mut s);

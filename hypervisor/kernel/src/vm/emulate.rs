@@ -133,7 +133,7 @@ pub fn xsetbv(v: &mut Vcpu<'_>) -> Flow {
     let index = v.regs.rcx as u32;
     let value = (v.regs.rdx << 32) | (v.regs.rax & 0xffff_ffff);
     let native = core::arch::x86_64::__cpuid_count(0xd, 0);
-    let who = cpuid::VcpuIdentity { apic_id: v.index, vcpu_count: v.vm.spec.vcpus };
+    let who = v.vm.cpuid_identity(v.index);
     let [a, _, _, d] = cpuid::filter(0xd, 0, [native.eax, native.ebx, native.ecx, native.edx], who);
     let supported = ((d as u64) << 32) | a as u64;
     match xsetbv::check(cpl, index, value, supported) {

@@ -8,7 +8,7 @@ use hvcore::apic::icr::Icr;
 use hvcore::apic::vapic::{self, raise_rvi};
 use hvcore::apic::x2apic_msr::{self, ApicBaseWrite, X2apicWrite};
 use hvcore::devices::{Effects, ExitRequest};
-use hvcore::exits::cpuid::{self, VcpuIdentity};
+use hvcore::exits::cpuid;
 use hvcore::exits::hypercall::{self, Call};
 use hvcore::exits::io::{self, IoExit};
 use hvcore::exits::msr;
@@ -74,7 +74,7 @@ pub fn handle(v: &mut Vcpu<'_>, reason: u16) -> Flow {
 fn cpuid(v: &mut Vcpu<'_>) -> Flow {
     let (leaf, sub) = (v.regs.rax as u32, v.regs.rcx as u32);
     let n = core::arch::x86_64::__cpuid_count(leaf, sub);
-    let who = VcpuIdentity { apic_id: v.index, vcpu_count: v.vm.spec.vcpus };
+    let who = v.vm.cpuid_identity(v.index);
     let [a, b, c, d] = cpuid::filter(leaf, sub, [n.eax, n.ebx, n.ecx, n.edx], who);
     (v.regs.rax, v.regs.rbx, v.regs.rcx, v.regs.rdx) = (a as u64, b as u64, c as u64, d as u64);
     v.skip_instruction();
@@ -101,7 +101,11 @@ fn hlt(v: &mut Vcpu<'_>) -> Flow {
         // An NMI the guest blocks (still in its NMI handler) does not end the halt either.
         let nmi = v.apic.pending_nmi.load(core::sync::atomic::Ordering::Acquire)
             && vmcs::read32(Vmcs32::GuestInterruptibilityState) & BLOCKING_BY_NMI == 0;
-        if vapic::hlt_wakes(rvi, v.apic.page().read(vapic::PPR), interrupts_enabled, nmi) || v.vm.is_stopping() {
+        // An INIT ends the halt too: the run loop applies it.
+        if vapic::hlt_wakes(rvi, v.apic.page().read(vapic::PPR), interrupts_enabled, nmi)
+            || v.vm.is_stopping()
+            || v.apic.startup.init_pending()
+        {
             return Flow::Continue;
         }
         if v.watchdog_expired() {
@@ -441,6 +445,7 @@ pub fn describe_entry_state() -> String {
         cs_ar: Vmcs32::GuestCsAccessRights.read().unwrap_or(u32::MAX),
         tr_ar: Vmcs32::GuestTrAccessRights.read().unwrap_or(u32::MAX),
         entry_controls: Vmcs32::VmEntryControls.read().unwrap_or(0),
+        secondary_controls: Vmcs32::SecondaryProcBasedVmExecControl.read().unwrap_or(0),
         cr0_fixed0: caps.map_or(0, |c| c.cr0_fixed0),
         cr0_fixed1: caps.map_or(u64::MAX, |c| c.cr0_fixed1),
         cr4_fixed0: caps.map_or(0, |c| c.cr4_fixed0),

@@ -51,12 +51,23 @@ pub fn send(v: &mut Vcpu<'_>, icr: Icr) {
                 crate::apic::send_ipi(target.host_apic_id, crate::apic::ICR_FIXED | crate::KICK_VECTOR as u32);
             }
         }),
-        // Guests start all their vCPUs at once (guest ABI); INIT and SIPI are recorded only.
+        // INIT takes effect here (hvcore::apic::startup); the target's CPU applies the reset at
+        // its next exit, which the kick brings, and then waits for a SIPI.
         Action::Init { targets } => each(targets, |t| {
-            vm.apic.vcpus[t].inits.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            v.counters.startup_ipis_sent += 1;
+            let target = &vm.apic.vcpus[t];
+            target.startup.init();
+            if t != me {
+                crate::apic::send_ipi(target.host_apic_id, crate::apic::ICR_FIXED | crate::KICK_VECTOR as u32);
+            }
         }),
-        Action::StartUp { targets, .. } => each(targets, |t| {
-            vm.apic.vcpus[t].sipis.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        // A SIPI counts only for a vCPU in wait-for-SIPI; its CPU sleeps until kicked.
+        Action::StartUp { vector, targets } => each(targets, |t| {
+            v.counters.startup_ipis_sent += 1;
+            let target = &vm.apic.vcpus[t];
+            if target.startup.sipi(vector) && t != me {
+                crate::apic::send_ipi(target.host_apic_id, crate::apic::ICR_FIXED | crate::KICK_VECTOR as u32);
+            }
         }),
         Action::Drop(_) => v.counters.ipi_dropped += 1,
     }

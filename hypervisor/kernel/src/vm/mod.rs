@@ -21,6 +21,7 @@ use hvcore::exits::counters::ExitCounters;
 use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::guest_boot::{self, InterruptInfo};
 use hvcore::manifest::{ApicMode, HltMode, VmResult, VmSpec};
+use hvcore::multiboot;
 use hvcore::summary::VmReport;
 use hvcore::vmx::caps::VmxCaps;
 use hvcore::vmx::controls::resolve_ipiv;
@@ -54,7 +55,7 @@ pub struct Vm {
     pub ram_pa: u64,
     pub ram_size: u64,
     pub eptp: u64,
-    pub entry: u64,
+    pub boot: Boot,
     /// IPI virtualization, as resolved for this CPU.
     pub ipiv: bool,
     pub apic: vapic::VmApic,
@@ -70,6 +71,22 @@ pub struct Vm {
     /// The VM's clock: TSC at its creation and the TSC rate.
     clock0_tsc: u64,
     tsc_hz: u64,
+}
+
+/// How a VM's vCPUs start.
+#[derive(Clone, Copy, Debug)]
+pub enum Boot {
+    /// The project's own 64-bit ABI (being retired): every vCPU at `entry` in 64-bit mode.
+    Abi64 { entry: u64 },
+    /// A multiboot v1 kernel: the bootstrap vCPU at `entry` in 32-bit protected mode with EBX
+    /// = `info`; the others in wait-for-SIPI.
+    Multiboot { entry: u32, info: u32 },
+}
+
+impl Boot {
+    pub fn is_multiboot(self) -> bool {
+        matches!(self, Self::Multiboot { .. })
+    }
 }
 
 /// The host's time sources a VM's clock starts from.
@@ -88,31 +105,56 @@ pub struct Reports {
 }
 
 impl Vm {
-    /// Builds a VM: RAM (2 MiB-aligned, zeroed), the ELF image, the boot area, the APIC
-    /// structures, and an EPT that maps RAM and the APIC-access page and nothing else.
-    pub fn create(
+    /// Builds a VM: RAM (2 MiB-aligned, zeroed), the kernel (multiboot) or image (64-bit ABI)
+    /// with what its boot needs, the ACPI tables, the APIC structures, and an EPT that maps RAM
+    /// and the APIC-access page and nothing else. `files` are the ramdisk's.
+    pub fn create<'f>(
         spec: &VmSpec,
-        image: &[u8],
+        files: &dyn Fn(&str) -> Option<&'f [u8]>,
         clock: Clock,
         caps: &VmxCaps,
         host_apic_ids: &[u32],
     ) -> Result<Self, String> {
         let tsc_hz = clock.tsc_hz;
         let ram_size = spec.ram_mib as u64 * 1024 * 1024;
-        let plan = LoadPlan::new(image, ram_size, spec.vcpus)?;
+        // The manifest was checked (VmSpec::check_boot); a file missing now is still an error.
+        let file = |name: &str| files(name).ok_or_else(|| format!("`{name}` is not in the ramdisk"));
         let ipiv = resolve_ipiv(spec.ipiv, caps).map_err(|e| format!("ipiv = {}: {e}", spec.ipiv.as_str()))?;
+        if !spec.kernel.is_empty() && !caps.features().unrestricted_guest {
+            return Err(
+                "a multiboot kernel starts in protected mode without paging and its other vCPUs in real mode: \
+                        that needs the \"unrestricted guest\" VMX control, which this CPU lacks"
+                    .into(),
+            );
+        }
         let ram_pa = memory::alloc_zeroed(ram_size, 0x20_0000)
             .ok_or_else(|| format!("no {} MiB of contiguous memory for guest RAM", spec.ram_mib))?;
         let ram = guest_ram_while_building(ram_pa, ram_size);
-        plan.load(image, ram);
-        let irq = InterruptInfo {
-            x2apic: spec.apic == ApicMode::X2Apic,
-            ipiv,
-            hlt_passthrough: spec.hlt == HltMode::PassThrough,
-            pinned_cpus: &spec.cpus,
-            args: &spec.args,
+        let boot = if spec.kernel.is_empty() {
+            let image = file(&spec.image)?;
+            let plan = LoadPlan::new(image, ram_size, spec.vcpus)?;
+            plan.load(image, ram);
+            let irq = InterruptInfo {
+                x2apic: spec.apic == ApicMode::X2Apic,
+                ipiv,
+                hlt_passthrough: spec.hlt == HltMode::PassThrough,
+                pinned_cpus: &spec.cpus,
+                args: &spec.args,
+            };
+            guest_boot::build(ram, &guest_boot::boot_info(&spec.name, spec.vcpus, ram_size, tsc_hz, irq));
+            Boot::Abi64 { entry: plan.entry }
+        } else {
+            let kernel = file(&spec.kernel)?;
+            let plan =
+                multiboot::LoadPlan::new(kernel, ram_size).map_err(|e| format!("kernel `{}`: {e}", spec.kernel))?;
+            plan.load(kernel, ram);
+            let mut modules = Vec::new();
+            for m in &spec.modules {
+                modules.push(multiboot::Module { data: file(m)?, string: m });
+            }
+            let placed = multiboot::place(ram, &plan, &spec.cmdline, &modules)?;
+            Boot::Multiboot { entry: plan.entry, info: placed.info }
         };
-        guest_boot::build(ram, &guest_boot::boot_info(&spec.name, spec.vcpus, ram_size, tsc_hz, irq));
         // The ACPI tables where a BIOS leaves them. No I/O APIC is listed until the VM has one.
         let tables = acpi_tables::build(&acpi_tables::Platform {
             vcpus: spec.vcpus,
@@ -123,7 +165,7 @@ impl Vm {
         ram.get_mut(at..at + tables.len())
             .ok_or_else(|| format!("{} MiB of RAM cannot hold the ACPI tables", spec.ram_mib))?
             .copy_from_slice(&tables);
-        let apic = vapic::VmApic::new(spec, ipiv, host_apic_ids)?;
+        let apic = vapic::VmApic::new(spec, ipiv, host_apic_ids, boot.is_multiboot())?;
         let mut frames = Frames;
         let mut ept = Ept::new(&mut frames).map_err(|e| format!("EPT: {e:?}"))?;
         ept.map(&mut frames, 0, ram_pa, ram_size, RWX).map_err(|e| format!("EPT: {e:?}"))?;
@@ -135,7 +177,7 @@ impl Vm {
             ram_pa,
             ram_size,
             eptp: ept.eptp(),
-            entry: plan.entry,
+            boot,
             ipiv,
             apic,
             stopping: AtomicBool::new(false),
@@ -147,12 +189,23 @@ impl Vm {
             ports: Mutex::new(devices::pc(&PcConfig {
                 ram_size,
                 cpus: spec.vcpus as u16,
-                cmdline: b"",
+                cmdline: spec.cmdline.as_bytes(),
                 unix_time: clock.unix_time,
             })),
             clock0_tsc: crate::time::rdtsc(),
             tsc_hz,
         })
+    }
+
+    /// What CPUID tells vCPU `index` about itself and the VM.
+    pub fn cpuid_identity(&self, index: u32) -> hvcore::exits::cpuid::VcpuIdentity {
+        hvcore::exits::cpuid::VcpuIdentity {
+            apic_id: index,
+            vcpu_count: self.spec.vcpus,
+            tsc_khz: (self.tsc_hz / 1000).min(u32::MAX as u64) as u32,
+            ipiv: self.ipiv,
+            hlt_passthrough: self.spec.hlt == HltMode::PassThrough,
+        }
     }
 
     /// Nanoseconds since the VM was created, by the TSC (the devices' clock).

@@ -5,6 +5,8 @@
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 
+use hvcore::apic::startup::Startup;
+
 use hvcore::apic::icr::Target;
 use hvcore::apic::pid::{HostApicMode, PostedInterruptDesc, build_pid_table, last_pid_pointer_index};
 use hvcore::apic::vapic::{self, VirtualApicPage};
@@ -27,8 +29,8 @@ pub struct VcpuApic {
     /// IA32_APIC_BASE as the guest last set it.
     pub apic_base: AtomicU64,
     pub pending_nmi: AtomicBool,
-    pub inits: AtomicU32,
-    pub sipis: AtomicU32,
+    /// INIT and SIPI: running, or waiting for a SIPI.
+    pub startup: Startup,
 }
 
 impl VcpuApic {
@@ -76,7 +78,8 @@ fn page() -> Result<u64, &'static str> {
 }
 
 impl VmApic {
-    pub fn new(spec: &VmSpec, ipiv: bool, host_apic_ids: &[u32]) -> Result<Self, &'static str> {
+    /// `aps_wait`: every vCPU but the first starts in wait-for-SIPI (a multiboot VM).
+    pub fn new(spec: &VmSpec, ipiv: bool, host_apic_ids: &[u32], aps_wait: bool) -> Result<Self, &'static str> {
         let host_mode = if crate::apic::is_x2apic() { HostApicMode::X2Apic } else { HostApicMode::XApic };
         let mut vcpus = Vec::new();
         for i in 0..spec.vcpus {
@@ -92,8 +95,7 @@ impl VmApic {
                 x2apic: AtomicBool::new(false),
                 apic_base: AtomicU64::new(msr::apic_base(i)),
                 pending_nmi: AtomicBool::new(false),
-                inits: AtomicU32::new(0),
-                sipis: AtomicU32::new(0),
+                startup: Startup::new(aps_wait && i != 0),
             };
             v.page().reset(i, false);
             v.pid().set_notification(POSTED_INTR_VECTOR, host_apic_id, host_mode);

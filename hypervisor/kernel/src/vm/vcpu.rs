@@ -10,7 +10,8 @@ use hvcore::budget::ExitBudget;
 use hvcore::exits::counters::ExitCounters;
 use hvcore::guest_abi::{CODE_SELECTOR, DATA_SELECTOR};
 use hvcore::guest_boot::{VcpuStart, vcpu_start};
-use hvcore::manifest::{HltMode, VmResult};
+use hvcore::manifest::{ApicMode, HltMode, VmResult};
+use hvcore::start_state::{self, StartState};
 use hvcore::vmx::caps::VmxCaps;
 use hvcore::vmx::controls::{Controls, VcpuControlOptions, vcpu_controls};
 use hvcore::vmx::events::{self, NmiGate};
@@ -20,9 +21,9 @@ use x86_64::instructions::tables::{sgdt, sidt};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, GsBase, Msr};
 
-use super::Vm;
 use super::exits::{self, Flow};
 use super::vapic::{POSTED_INTR_VECTOR, VcpuApic};
+use super::{Boot, Vm};
 use crate::vmx::entry::{self, Entry, GuestRegs};
 use crate::vmx::vmcs::{self, Access, Vmcs, VmxInstrError};
 
@@ -35,6 +36,18 @@ const BLOCKING_BY_STI_OR_MOV_SS: u32 =
 const NMI_WINDOW_EXITING: u32 = 1 << hvcore::vmx::caps::primary_bits::NMI_WINDOW_EXITING;
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 const HOST_TR_SELECTOR: u16 = 0x18;
+const CR4_VMXE: u64 = 1 << 13;
+const AR_UNUSABLE: u32 = 1 << 16;
+const X2APIC_ENABLE: u64 = 1 << 10;
+
+/// DS, ES, FS, GS and SS: each start loads them alike.
+const DATA_SEGMENTS: [(Vmcs16, VmcsNatural, Vmcs32, Vmcs32); 5] = [
+    (Vmcs16::GuestSsSelector, VmcsNatural::GuestSsBase, Vmcs32::GuestSsLimit, Vmcs32::GuestSsAccessRights),
+    (Vmcs16::GuestDsSelector, VmcsNatural::GuestDsBase, Vmcs32::GuestDsLimit, Vmcs32::GuestDsAccessRights),
+    (Vmcs16::GuestEsSelector, VmcsNatural::GuestEsBase, Vmcs32::GuestEsLimit, Vmcs32::GuestEsAccessRights),
+    (Vmcs16::GuestFsSelector, VmcsNatural::GuestFsBase, Vmcs32::GuestFsLimit, Vmcs32::GuestFsAccessRights),
+    (Vmcs16::GuestGsSelector, VmcsNatural::GuestGsBase, Vmcs32::GuestGsLimit, Vmcs32::GuestGsAccessRights),
+];
 
 pub struct Vcpu<'a> {
     pub vm: &'a Vm,
@@ -93,7 +106,12 @@ impl<'a> Vcpu<'a> {
             vm.vcpu_done();
             return;
         };
-        let opts = VcpuControlOptions { ipiv: vm.ipiv, x2apic: false, hlt_exiting: vm.spec.hlt == HltMode::Exit };
+        let opts = VcpuControlOptions {
+            ipiv: vm.ipiv,
+            x2apic: false,
+            hlt_exiting: vm.spec.hlt == HltMode::Exit,
+            unrestricted_guest: vm.boot.is_multiboot(),
+        };
         let controls = match vcpu_controls(caps, opts) {
             Ok(c) => c,
             Err(e) => {
@@ -119,9 +137,9 @@ impl<'a> Vcpu<'a> {
             console_line: heapless_line::Line::new(),
             last_line: String::new(),
         };
-        let start = vcpu_start(vm.entry, vm.ram_size, index);
-        match vmcs.load().and_then(|_| vcpu.setup(caps, &start)) {
-            Ok(()) => vcpu.run_loop(),
+        match vmcs.load().and_then(|_| vcpu.setup()).and_then(|_| vcpu.first_start(caps)) {
+            Ok(true) => vcpu.run_loop(caps),
+            Ok(false) => {}
             Err(e) => vm.stop(VmResult::Fail, format!("vCPU {index}: VMCS set-up: {e}")),
         }
         vmcs.release();
@@ -129,7 +147,8 @@ impl<'a> Vcpu<'a> {
         vm.vcpu_done();
     }
 
-    fn setup(&mut self, caps: &VmxCaps, start: &VcpuStart) -> Result<(), VmxInstrError> {
+    /// Controls, host state and the guest state every start shares.
+    fn setup(&mut self) -> Result<(), VmxInstrError> {
         let c = &self.controls;
         Vmcs32::PinBasedVmExecControl.write(c.pin)?;
         Vmcs32::PrimaryProcBasedVmExecControl.write(c.primary)?;
@@ -189,39 +208,70 @@ impl<'a> Vcpu<'a> {
         Vmcs64::HostIa32Efer.write(Efer::read_raw())?;
         VmcsNatural::HostRip.write(entry::exit_landing())?;
 
-        // Guest state: 64-bit mode at the ELF entry (SDM Vol. 3C §25.4, checks in §27.3.1).
+        Vmcs64::GuestIa32Pat.write(DEFAULT_PAT)?;
+        Vmcs64::GuestIa32Debugctl.write(0)?;
+        Vmcs16::GuestLdtrSelector.write(0)?;
+        VmcsNatural::GuestLdtrBase.write(0)?;
+        Vmcs32::GuestLdtrLimit.write(0)?;
+        Vmcs32::GuestLdtrAccessRights.write(AR_UNUSABLE)?;
+        VmcsNatural::GuestIa32SysenterEsp.write(0)?;
+        VmcsNatural::GuestIa32SysenterEip.write(0)?;
+        Vmcs32::GuestIa32SysenterCs.write(0)?;
+        // Hide CR4.VMXE (forced on by the fixed bits) from the guest.
+        VmcsNatural::Cr4GuestHostMask.write(CR4_VMXE)?;
+        VmcsNatural::Cr0GuestHostMask.write(0)?;
+        VmcsNatural::Cr0ReadShadow.write(0)?;
+        if self.vm.boot.is_multiboot() && self.vm.spec.apic == ApicMode::X2Apic {
+            // As firmware does when asked: the kernel finds its APIC in x2APIC mode.
+            self.enter_x2apic()?;
+            self.apic.apic_base.fetch_or(X2APIC_ENABLE, Ordering::AcqRel);
+        }
+        self.arm_watchdog();
+        Ok(())
+    }
+
+    /// The state the vCPU first enters with; false if the VM stopped before it could start (an
+    /// application processor that never got its SIPI).
+    fn first_start(&mut self, caps: &VmxCaps) -> Result<bool, VmxInstrError> {
+        if self.index == 0 && crate::fault_injection() == FaultInjection::BadGuestState {
+            self.load_start(caps, &start_state::multiboot(0, 0))?;
+            log::warn!("injecting an invalid guest state (boot config fault = bad-guest-state)");
+            VmcsNatural::GuestRflags.write(0)?;
+            return Ok(true);
+        }
+        match self.vm.boot {
+            Boot::Abi64 { entry } => {
+                self.load_abi64(caps, &vcpu_start(entry, self.vm.ram_size, self.index))?;
+                Ok(true)
+            }
+            Boot::Multiboot { entry, info } if self.index == 0 => {
+                self.load_start(caps, &start_state::multiboot(entry, info))?;
+                Ok(true)
+            }
+            Boot::Multiboot { .. } => self.wait_for_sipi(caps),
+        }
+    }
+
+    /// 64-bit mode at the ELF entry, for the project's own ABI (SDM Vol. 3C §25.4, checks in
+    /// §27.3.1).
+    fn load_abi64(&mut self, caps: &VmxCaps, start: &VcpuStart) -> Result<(), VmxInstrError> {
         const CR0_PE_MP_ET_NE_WP_PG: u64 = 0x8001_0033;
         VmcsNatural::GuestCr0.write(caps.fix_cr0(CR0_PE_MP_ET_NE_WP_PG))?;
         const CR4_PAE_OSFXSR_OSXMMEXCPT: u64 = (1 << 5) | (1 << 9) | (1 << 10);
         let cr4 = caps.fix_cr4(CR4_PAE_OSFXSR_OSXMMEXCPT);
         VmcsNatural::GuestCr4.write(cr4)?;
-        // Hide CR4.VMXE (forced on by the fixed bits) from the guest.
-        const CR4_VMXE: u64 = 1 << 13;
-        VmcsNatural::Cr4GuestHostMask.write(CR4_VMXE)?;
         VmcsNatural::Cr4ReadShadow.write(cr4 & !CR4_VMXE)?;
-        VmcsNatural::Cr0GuestHostMask.write(0)?;
-        VmcsNatural::Cr0ReadShadow.write(0)?;
         VmcsNatural::GuestCr3.write(start.cr3)?;
         const EFER_LME_LMA_NXE: u64 = (1 << 8) | (1 << 10) | (1 << 11);
         Vmcs64::GuestIa32Efer.write(EFER_LME_LMA_NXE)?;
-        Vmcs64::GuestIa32Pat.write(DEFAULT_PAT)?;
-        Vmcs64::GuestIa32Debugctl.write(0)?;
-
         const AR_CODE64: u32 = 0xa09b; // P, S, exec/read/accessed, L, G
         const AR_DATA: u32 = 0xc093; // P, S, read/write/accessed, D/B, G
         const AR_TSS64_BUSY: u32 = 0x8b;
-        const AR_UNUSABLE: u32 = 1 << 16;
         Vmcs16::GuestCsSelector.write(CODE_SELECTOR)?;
         VmcsNatural::GuestCsBase.write(0)?;
         Vmcs32::GuestCsLimit.write(0xffff_ffff)?;
         Vmcs32::GuestCsAccessRights.write(AR_CODE64)?;
-        for (sel, base, limit, ar) in [
-            (Vmcs16::GuestSsSelector, VmcsNatural::GuestSsBase, Vmcs32::GuestSsLimit, Vmcs32::GuestSsAccessRights),
-            (Vmcs16::GuestDsSelector, VmcsNatural::GuestDsBase, Vmcs32::GuestDsLimit, Vmcs32::GuestDsAccessRights),
-            (Vmcs16::GuestEsSelector, VmcsNatural::GuestEsBase, Vmcs32::GuestEsLimit, Vmcs32::GuestEsAccessRights),
-            (Vmcs16::GuestFsSelector, VmcsNatural::GuestFsBase, Vmcs32::GuestFsLimit, Vmcs32::GuestFsAccessRights),
-            (Vmcs16::GuestGsSelector, VmcsNatural::GuestGsBase, Vmcs32::GuestGsLimit, Vmcs32::GuestGsAccessRights),
-        ] {
+        for (sel, base, limit, ar) in DATA_SEGMENTS {
             sel.write(DATA_SELECTOR)?;
             base.write(0)?;
             limit.write(0xffff_ffff)?;
@@ -231,10 +281,6 @@ impl<'a> Vcpu<'a> {
         VmcsNatural::GuestTrBase.write(0)?;
         Vmcs32::GuestTrLimit.write(0x67)?;
         Vmcs32::GuestTrAccessRights.write(AR_TSS64_BUSY)?;
-        Vmcs16::GuestLdtrSelector.write(0)?;
-        VmcsNatural::GuestLdtrBase.write(0)?;
-        Vmcs32::GuestLdtrLimit.write(0)?;
-        Vmcs32::GuestLdtrAccessRights.write(AR_UNUSABLE)?;
         VmcsNatural::GuestGdtrBase.write(start.gdt_base)?;
         Vmcs32::GuestGdtrLimit.write(start.gdt_limit as u32)?;
         VmcsNatural::GuestIdtrBase.write(0)?;
@@ -244,19 +290,97 @@ impl<'a> Vcpu<'a> {
         VmcsNatural::GuestRip.write(start.rip)?;
         VmcsNatural::GuestRflags.write(0x2)?;
         VmcsNatural::GuestPendingDebugExceptions.write(0)?;
-        VmcsNatural::GuestIa32SysenterEsp.write(0)?;
-        VmcsNatural::GuestIa32SysenterEip.write(0)?;
-        Vmcs32::GuestIa32SysenterCs.write(0)?;
         Vmcs32::GuestInterruptibilityState.write(0)?;
         Vmcs32::GuestActivityState.write(0)?;
-        if self.index == 0 && crate::fault_injection() == FaultInjection::BadGuestState {
-            log::warn!("injecting an invalid guest state (boot config fault = bad-guest-state)");
-            VmcsNatural::GuestRflags.write(0)?;
-        }
         self.regs.rdi = start.rdi;
         self.regs.rsi = start.rsi;
-        self.arm_watchdog();
         Ok(())
+    }
+
+    /// A multiboot hand-off or a SIPI start: protected mode without paging or real mode, an
+    /// unrestricted guest (SDM Vol. 3C §27.3.1.2), everything else as INIT leaves it (SDM Vol. 3A
+    /// §9.1.1, Table 9-1): no paging, EFER 0, descriptor tables at 0 with limit 0xFFFF, no
+    /// pending events.
+    fn load_start(&mut self, caps: &VmxCaps, s: &StartState) -> Result<(), VmxInstrError> {
+        VmcsNatural::GuestCr0.write(caps.fix_cr0_unrestricted(s.cr0))?;
+        let cr4 = caps.fix_cr4(0);
+        VmcsNatural::GuestCr4.write(cr4)?;
+        VmcsNatural::Cr4ReadShadow.write(cr4 & !CR4_VMXE)?;
+        VmcsNatural::GuestCr3.write(0)?;
+        Vmcs64::GuestIa32Efer.write(0)?;
+        const IA32E_MODE_GUEST: u32 = 1 << hvcore::vmx::controls::entry_bits::IA32E_MODE_GUEST;
+        // The processor keeps this bit equal to EFER.LMA across exits (SDM Vol. 3C §28.2).
+        Vmcs32::VmEntryControls.write(self.controls.entry & !IA32E_MODE_GUEST)?;
+        Vmcs16::GuestCsSelector.write(s.cs.selector)?;
+        VmcsNatural::GuestCsBase.write(s.cs.base)?;
+        Vmcs32::GuestCsLimit.write(s.cs.limit)?;
+        Vmcs32::GuestCsAccessRights.write(s.cs.access)?;
+        for (sel, base, limit, ar) in DATA_SEGMENTS {
+            sel.write(s.data.selector)?;
+            base.write(s.data.base)?;
+            limit.write(s.data.limit)?;
+            ar.write(s.data.access)?;
+        }
+        Vmcs16::GuestTrSelector.write(0)?;
+        VmcsNatural::GuestTrBase.write(0)?;
+        Vmcs32::GuestTrLimit.write(0xffff)?;
+        Vmcs32::GuestTrAccessRights.write(start_state::access::TSS32_BUSY)?;
+        VmcsNatural::GuestGdtrBase.write(0)?;
+        Vmcs32::GuestGdtrLimit.write(0xffff)?;
+        VmcsNatural::GuestIdtrBase.write(0)?;
+        Vmcs32::GuestIdtrLimit.write(0xffff)?;
+        VmcsNatural::GuestDr7.write(0x400)?;
+        VmcsNatural::GuestRsp.write(0)?;
+        VmcsNatural::GuestRip.write(s.rip)?;
+        VmcsNatural::GuestRflags.write(0x2)?;
+        VmcsNatural::GuestPendingDebugExceptions.write(0)?;
+        Vmcs32::GuestInterruptibilityState.write(0)?;
+        Vmcs32::GuestActivityState.write(0)?;
+        Vmcs32::VmEntryInterruptionInfo.write(0)?;
+        self.regs = GuestRegs { rax: s.rax, rbx: s.rbx, rdx: s.rdx, ..GuestRegs::default() };
+        Ok(())
+    }
+
+    /// INIT (SDM Vol. 3A §11.4.7.3): the local APIC as after power-up but for its ID and mode
+    /// (an x2APIC stays in x2APIC mode, §11.12.5.1), nothing pending, then wait-for-SIPI.
+    fn init(&mut self, caps: &VmxCaps) -> Result<bool, VmxInstrError> {
+        self.apic.page().reset(self.index, self.x2apic);
+        self.apic.pid().take();
+        self.apic.pending_nmi.store(false, Ordering::Release);
+        Vmcs16::GuestInterruptStatus.write(0)?;
+        if self.controls.primary & NMI_WINDOW_EXITING != 0 {
+            self.controls.primary &= !NMI_WINDOW_EXITING;
+            Vmcs32::PrimaryProcBasedVmExecControl.write(self.controls.primary)?;
+        }
+        self.counters.inits += 1;
+        self.wait_for_sipi(caps)
+    }
+
+    /// Wait-for-SIPI, kept in the hypervisor: the CPU sleeps until a kick, then looks. True
+    /// with the SIPI's real-mode start loaded; false if the VM stopped meanwhile.
+    fn wait_for_sipi(&mut self, caps: &VmxCaps) -> Result<bool, VmxInstrError> {
+        loop {
+            // An INIT while waiting changes nothing: the vCPU is in its INIT state.
+            self.apic.startup.take_init();
+            if self.vm.is_stopping() {
+                return Ok(false);
+            }
+            if let Some(vector) = self.apic.startup.take_sipi() {
+                let signature = core::arch::x86_64::__cpuid(1).eax;
+                self.load_start(caps, &start_state::after_sipi(vector, signature))?;
+                self.counters.sipis += 1;
+                return Ok(true);
+            }
+            if self.watchdog_expired() {
+                let why = format!(
+                    "vCPU {}: watchdog: still waiting for a SIPI after {} ms",
+                    self.index, self.vm.spec.timeout_ms
+                );
+                self.vm.stop(VmResult::Timeout, why);
+                return Ok(false);
+            }
+            crate::apic::sleep_until_interrupt();
+        }
     }
 
     /// Sets the VMX-preemption timer to the time left before the deadline (it keeps counting
@@ -284,12 +408,22 @@ impl<'a> Vcpu<'a> {
         Ok(())
     }
 
-    fn run_loop(&mut self) {
+    fn run_loop(&mut self, caps: &VmxCaps) {
         // TSC at the last exit that sent an IPI, until the entry that follows it.
         let mut ipi_exit_at: Option<u64> = None;
         loop {
             if self.vm.is_stopping() {
                 return;
+            }
+            if self.apic.startup.take_init() {
+                match self.init(caps) {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        self.vm.stop(VmResult::Fail, format!("vCPU {}: INIT: {e}", self.index));
+                        return;
+                    }
+                }
             }
             if let Err(e) = self.gate_nmi() {
                 self.vm.stop(VmResult::Fail, format!("vCPU {}: NMI injection: {e}", self.index));

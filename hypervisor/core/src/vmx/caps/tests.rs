@@ -173,6 +173,10 @@ fn fixed_bits_are_applied_to_cr0_and_cr4() {
     assert_eq!(caps.fix_cr4(0x20), 0x2020);
     // A CR4 bit outside FIXED1 is cleared.
     assert_eq!(caps.fix_cr4(0x2020 | 1 << 30), 0x2020);
+    // Unrestricted guest: real mode (PE = PG = 0) keeps them clear, NE is still forced.
+    assert_eq!(caps.fix_cr0(0x10) & 0x8000_0001, 0x8000_0001);
+    assert_eq!(caps.fix_cr0_unrestricted(0x10), 0x30);
+    assert_eq!(caps.fix_cr0_unrestricted(0x11), 0x31);
 }
 
 #[test]
