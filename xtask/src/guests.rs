@@ -134,7 +134,7 @@ mod tests {
         assert!(manifest_from_list("hello:x", &[]).is_err());
         let m = manifest_from_list("hostile-apic+cmdline=end=fetch+expect=killed", &[]).unwrap();
         let (_, parsed) = BootConfig::parse(&m).unwrap();
-        assert_eq!((parsed.vms[0].args.as_str(), parsed.vms[0].expect.as_str()), ("end=fetch", "killed"));
+        assert_eq!((parsed.vms[0].cmdline.as_str(), parsed.vms[0].expect.as_str()), ("end=fetch", "killed"));
         assert!(manifest_from_list("hello+oops", &[]).unwrap_err().to_string().contains("+key=value"));
     }
 
@@ -142,7 +142,7 @@ mod tests {
     fn validation_refuses_bad_manifests_before_launch() {
         let images = BTreeMap::from([("hello".to_string(), b"not an elf".to_vec())]);
         let e = validate(&manifest_from_list("hello", &[]).unwrap(), &images, 4, 512).unwrap_err();
-        assert!(e.to_string().contains("image `hello`"), "{e}");
+        assert!(e.to_string().contains("kernel `hello`: no multiboot header"), "{e}");
         let e = validate("[vm]\nname = a\nkernel = hello\nvcpus = 8\n", &images, 4, 512).unwrap_err();
         assert!(e.to_string().contains("8 vCPUs but the machine has 4 CPUs"), "{e}");
         let e = validate("[vm]\nname = a\nkernel = hello\nbogus = 1\n", &images, 4, 512).unwrap_err();
