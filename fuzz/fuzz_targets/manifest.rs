@@ -19,7 +19,6 @@ const KEYS: &[&str] = &[
     "native_bench",
     "native_target",
     "name",
-    "image",
     "kernel",
     "cmdline",
     "modules",
@@ -30,7 +29,6 @@ const KEYS: &[&str] = &[
     "ipiv",
     "apic",
     "hlt",
-    "args",
     "test_hooks",
     "debug_invalid_pid_entry",
     "cpus",
@@ -137,7 +135,7 @@ fn check_values(text: &str, cfg: &BootConfig, manifest: &Manifest) {
         if let Some(e) = vm.invalid_pid_entry {
             number("debug_invalid_pid_entry", e as u64);
         }
-        for (key, got) in [("name", &vm.name), ("image", &vm.image), ("args", &vm.args)] {
+        for (key, got) in [("name", &vm.name), ("kernel", &vm.kernel)] {
             if let Some(v) = keys.get(key) {
                 assert_eq!(v, got);
             }
@@ -146,7 +144,7 @@ fn check_values(text: &str, cfg: &BootConfig, manifest: &Manifest) {
             let want: Vec<u64> = v.split(',').map(|c| c.trim().parse().unwrap()).collect();
             assert_eq!(want, vm.cpus.iter().map(|&c| c as u64).collect::<Vec<_>>(), "cpus = {v}");
         }
-        assert!(vm.args.len() <= 63);
+        assert!(vm.cmdline.len() <= hvcore::manifest::MAX_CMDLINE);
     }
 }
 
@@ -157,9 +155,7 @@ fn check_valid(m: &Manifest, cpus: u32, budget: u64) {
         assert!(!vm.name.is_empty() && vm.name.len() <= 32);
         assert!(vm.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert!(m.vms[..i].iter().all(|o| o.name != vm.name));
-        assert!(vm.image.is_empty() != vm.kernel.is_empty(), "a kernel or an image, not both");
-        assert!(vm.kernel.is_empty() || vm.args.is_empty());
-        assert!(!vm.kernel.is_empty() || (vm.cmdline.is_empty() && vm.modules.is_empty()));
+        assert!(!vm.kernel.is_empty());
         assert!((1..=MAX_VCPUS).contains(&vm.vcpus) && vm.vcpus <= cpus);
         assert!(vm.ram_mib >= 4 && vm.ram_mib <= 4096 && vm.ram_mib % 2 == 0);
         assert!((1..=3_600_000).contains(&vm.timeout_ms));
@@ -190,7 +186,7 @@ fn run(u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     let before: Vec<VmSpec> = manifest.vms.clone();
     let check_boot = |vm: &VmSpec| -> Result<(), String> {
         assert!((4..=4096).contains(&vm.ram_mib) && (1..=MAX_VCPUS).contains(&vm.vcpus));
-        if vm.image == "missing" || vm.kernel == "missing" { Err("no such file".into()) } else { Ok(()) }
+        if vm.kernel == "missing" { Err("no such file".into()) } else { Ok(()) }
     };
     let machine = Machine { cpus, ram_budget_mib: budget, check_boot: &check_boot };
     match manifest.validate(&machine) {

@@ -303,9 +303,7 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
     let manifest = guests::validate(&config, &images, args.cpus, args.memory)?;
     let needed: Vec<image::GuestImage> = images
         .into_iter()
-        .filter(|(name, _)| {
-            manifest.vms.iter().any(|v| &v.image == name || &v.kernel == name || v.modules.contains(name))
-        })
+        .filter(|(name, _)| manifest.vms.iter().any(|v| &v.kernel == name || v.modules.contains(name)))
         .collect();
     Ok((config, needed))
 }

@@ -50,7 +50,7 @@ fn main(me: u32, info: &'static Platform) {
 /// GDT for SYSCALL/SYSRET: the runtime's kernel code (0x08) and data (0x10) unchanged, then
 /// STAR's user base 0x18: user data at 0x20, 64-bit user code at 0x28 (SDM Vol. 2B SYSRET).
 static GDT: [u64; 6] =
-    [0, hvcore::guest_boot::GDT_CODE64, hvcore::guest_boot::GDT_DATA, 0, 0x00cf_f200_0000_ffff, 0x00af_fa00_0000_ffff];
+    [0, 0x00af_9a00_0000_ffff, 0x00cf_9200_0000_ffff, 0, 0x00cf_f200_0000_ffff, 0x00af_fa00_0000_ffff];
 
 /// Drops to ring 3 with SYSRET, makes PRINT, REPORT and EXIT hypercalls there, and comes back
 /// with SYSCALL; returns what each returned. Interrupts stay off in ring 3 (this runtime has no

@@ -160,7 +160,7 @@ mod tests {
 
     #[test]
     fn parses_global_keys_comments_and_vm_sections() {
-        let text = "# test run\nlog = debug\n\nexit=debug-port  # emulator\nfault = ap-page-fault\n\n[vm]\nname = a\nimage = hello\nvcpus = 2\n[vm]\nname = b\nimage = memory\n";
+        let text = "# test run\nlog = debug\n\nexit=debug-port  # emulator\nfault = ap-page-fault\n\n[vm]\nname = a\nkernel = hello\nvcpus = 2\n[vm]\nname = b\nkernel = memory\n";
         let (cfg, m) = BootConfig::parse(text).unwrap();
         assert_eq!(
             cfg,
@@ -177,7 +177,7 @@ mod tests {
         assert!(BootConfig::parse("native_bench = lots").is_err());
         assert_eq!(m.vms.len(), 2);
         assert_eq!((m.vms[0].name.as_str(), m.vms[0].vcpus, m.vms[0].line), ("a", 2, 7));
-        assert_eq!(m.vms[1].image, "memory");
+        assert_eq!(m.vms[1].kernel, "memory");
     }
 
     #[test]

@@ -19,13 +19,10 @@ pub mod bootcfg;
 pub mod budget;
 #[cfg(feature = "alloc")]
 pub mod devices;
-#[cfg(feature = "alloc")]
-pub mod elf_load;
 pub mod ept;
 pub mod exits;
 pub mod frames;
 pub mod guest_abi;
-pub mod guest_boot;
 pub mod guest_paging;
 #[cfg(feature = "alloc")]
 pub mod manifest;

@@ -95,9 +95,6 @@ impl HltMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSpec {
     pub name: String,
-    /// Name of a guest image in the ramdisk booted by the project's own 64-bit ABI (being
-    /// retired for `kernel`).
-    pub image: String,
     /// Name of a multiboot v1 kernel in the ramdisk: the VM boots it as QEMU's `-kernel` does.
     pub kernel: String,
     /// The kernel's command line (multiboot `cmdline`, and fw_cfg's).
@@ -121,8 +118,6 @@ pub struct VmSpec {
     pub test_hooks: bool,
     /// Exit budget per vCPU (`crate::budget::ExitBudget`).
     pub max_exits_per_second: u64,
-    /// Arguments for the guest program (boot info `args`), at most 63 bytes.
-    pub args: String,
     /// Line of the `[vm]` header, for messages.
     pub line: usize,
 }
@@ -131,7 +126,6 @@ impl VmSpec {
     pub fn new(line: usize) -> Self {
         Self {
             name: String::new(),
-            image: String::new(),
             kernel: String::new(),
             cmdline: String::new(),
             modules: Vec::new(),
@@ -146,7 +140,6 @@ impl VmSpec {
             invalid_pid_entry: None,
             test_hooks: false,
             max_exits_per_second: crate::budget::DEFAULT_MAX_EXITS_PER_S,
-            args: String::new(),
             line,
         }
     }
@@ -160,7 +153,6 @@ impl VmSpec {
         };
         match key {
             "name" => self.name = value.to_string(),
-            "image" => self.image = value.to_string(),
             "kernel" => self.kernel = value.to_string(),
             "cmdline" => {
                 let v = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
@@ -201,12 +193,6 @@ impl VmSpec {
                     _ => return Err(format!("hlt must be passthrough|exit, not `{value}`")),
                 }
             }
-            "args" => {
-                if value.len() > 63 {
-                    return Err(format!("args is {} bytes, at most 63", value.len()));
-                }
-                self.args = value.to_string()
-            }
             "test_hooks" => {
                 self.test_hooks = match value {
                     "true" => true,
@@ -239,12 +225,6 @@ impl VmSpec {
     /// Checks that the VM's boot files are in `files` (the ramdisk) and load into its RAM.
     pub fn check_boot<'a>(&self, files: &dyn Fn(&str) -> Option<&'a [u8]>) -> Result<(), String> {
         let ram = self.ram_mib as u64 * 1024 * 1024;
-        if !self.image.is_empty() {
-            let img = files(&self.image).ok_or_else(|| format!("image `{}`: not in the ramdisk", self.image))?;
-            return crate::elf_load::LoadPlan::new(img, ram, self.vcpus)
-                .map(|_| ())
-                .map_err(|e| format!("image `{}`: {e}", self.image));
-        }
         let img = files(&self.kernel).ok_or_else(|| format!("kernel `{}`: not in the ramdisk", self.kernel))?;
         let plan = crate::multiboot::LoadPlan::new(img, ram).map_err(|e| format!("kernel `{}`: {e}", self.kernel))?;
         let mut modules = Vec::new();
@@ -293,16 +273,8 @@ impl Manifest {
             if self.vms[..i].iter().any(|o| o.name == vm.name) {
                 return Err(format!("{who}: name used twice"));
             }
-            match (vm.image.is_empty(), vm.kernel.is_empty()) {
-                (true, true) => return Err(format!("{who}: needs a kernel")),
-                (false, false) => return Err(format!("{who}: has both a kernel and an image; give one")),
-                _ => {}
-            }
-            if !vm.kernel.is_empty() && !vm.args.is_empty() {
-                return Err(format!("{who}: args is for images; a kernel takes cmdline"));
-            }
-            if vm.kernel.is_empty() && (!vm.cmdline.is_empty() || !vm.modules.is_empty()) {
-                return Err(format!("{who}: cmdline and modules need a kernel"));
+            if vm.kernel.is_empty() {
+                return Err(format!("{who}: needs a kernel"));
             }
             if vm.vcpus == 0 || vm.vcpus > MAX_VCPUS {
                 return Err(format!("{who}: vcpus must be 1..={MAX_VCPUS}"));

@@ -2,15 +2,15 @@ use super::*;
 use alloc::vec;
 
 fn vm(name: &str, vcpus: u32, cpus: &[u32]) -> VmSpec {
-    VmSpec { name: name.into(), image: "hello".into(), vcpus, cpus: cpus.to_vec(), ..VmSpec::new(1) }
+    VmSpec { name: name.into(), kernel: "hello".into(), vcpus, cpus: cpus.to_vec(), ..VmSpec::new(1) }
 }
 
-fn ok_image(_: &VmSpec) -> Result<(), String> {
+fn ok_boot(_: &VmSpec) -> Result<(), String> {
     Ok(())
 }
 
 fn machine(cpus: u32) -> Machine<'static> {
-    Machine { cpus, ram_budget_mib: 256, check_boot: &ok_image }
+    Machine { cpus, ram_budget_mib: 256, check_boot: &ok_boot }
 }
 
 #[test]
@@ -56,7 +56,7 @@ fn ram_that_does_not_fit_is_refused() {
 }
 
 #[test]
-fn names_images_and_limits() {
+fn names_kernels_and_limits() {
     let mut m = Manifest { vms: vec![vm("a", 1, &[]), vm("a", 1, &[])] };
     assert!(m.validate(&machine(4)).unwrap_err().contains("name used twice"));
     let mut m = Manifest { vms: vec![vm("bad name", 1, &[])] };
@@ -66,20 +66,15 @@ fn names_images_and_limits() {
     let bad_elf = |v: &VmSpec| -> Result<(), String> { v.check_boot(&|_| Some(b"not an ELF file".as_slice())) };
     let mut m = Manifest { vms: vec![vm("a", 1, &[])] };
     let e = m.validate(&Machine { cpus: 4, ram_budget_mib: 64, check_boot: &bad_elf }).unwrap_err();
-    assert!(e.starts_with("VM `a`: image `hello`: not a 64-bit"), "{e}");
+    assert!(e.starts_with("VM `a`: kernel `hello`: no multiboot header"), "{e}");
 }
 
 #[test]
-fn a_vm_boots_a_kernel_or_an_image() {
+fn a_vm_boots_a_kernel() {
     let kernel = |name: &str| VmSpec { name: name.into(), kernel: "k".into(), ..VmSpec::new(1) };
-    let mut m = Manifest { vms: vec![VmSpec { image: "hello".into(), ..kernel("a") }] };
-    assert!(m.validate(&machine(4)).unwrap_err().contains("both a kernel and an image"));
     let mut m = Manifest { vms: vec![VmSpec { name: "a".into(), ..VmSpec::new(1) }] };
     assert!(m.validate(&machine(4)).unwrap_err().contains("needs a kernel"));
-    let mut m = Manifest { vms: vec![VmSpec { cmdline: "x".into(), ..vm("a", 1, &[]) }] };
-    assert!(m.validate(&machine(4)).unwrap_err().contains("need a kernel"));
-    let mut m = Manifest { vms: vec![VmSpec { args: "x=1".into(), ..kernel("a") }] };
-    assert!(m.validate(&machine(4)).unwrap_err().contains("takes cmdline"));
+    assert!(VmSpec::new(1).set("image", "hello").unwrap_err().contains("unknown VM key `image`"));
     // Files are looked up by name; a missing module is named.
     let v = VmSpec { modules: vec!["initrd".into()], ..kernel("a") };
     let none = |_: &str| -> Option<&[u8]> { None };

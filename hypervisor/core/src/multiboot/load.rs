@@ -86,7 +86,7 @@ pub struct LoadPlan {
 
 /// Whether `gpa..end` lies in RAM a kernel may load into.
 fn loadable(gpa: u64, end: u64, ram_size: u64) -> bool {
-    gpa < end && ((end <= LOW_RAM_END) || (gpa >= HIGH_RAM_START && end <= ram_size))
+    gpa < end && end <= ram_size && (end <= LOW_RAM_END || gpa >= HIGH_RAM_START)
 }
 
 impl LoadPlan {
@@ -402,6 +402,10 @@ mod tests {
         assert!(LoadPlan::new(&img, 16 << 20).unwrap_err().contains("outside guest RAM"), "the legacy hole");
         let img = kludge_image(0x100, 0x20_0000, 0x100, 0, 0x20_0100);
         assert!(LoadPlan::new(&img, 2 << 20).unwrap_err().contains("outside guest RAM"));
+        // Found by the fuzzer: conventional memory is loadable only where the guest has RAM.
+        let low = kludge_image(0x100, 0x3_0000, 0x100, 0, 0x3_0100);
+        assert!(LoadPlan::new(&low, 16 << 20).is_ok());
+        assert!(LoadPlan::new(&low, 0x3_0000).unwrap_err().contains("outside guest RAM"));
     }
 
     /// An ELF executable of `class` (1: 32-bit, 2: 64-bit) with one segment, multiboot header

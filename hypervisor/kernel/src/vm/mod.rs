@@ -15,11 +15,9 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use hvcore::acpi_tables;
 use hvcore::budget::{ConsoleBudget, ReportBudget};
 use hvcore::devices::{self, PcConfig, PortBus};
-use hvcore::elf_load::LoadPlan;
 use hvcore::ept::{Ept, RWX, TableMemory};
 use hvcore::exits::counters::ExitCounters;
 use hvcore::guest_abi::APIC_MMIO_GPA;
-use hvcore::guest_boot::{self, InterruptInfo};
 use hvcore::manifest::{ApicMode, HltMode, VmResult, VmSpec};
 use hvcore::multiboot;
 use hvcore::summary::VmReport;
@@ -73,20 +71,12 @@ pub struct Vm {
     tsc_hz: u64,
 }
 
-/// How a VM's vCPUs start.
+/// Where a VM's multiboot kernel starts: the bootstrap vCPU at `entry` in 32-bit protected mode
+/// with EBX = `info`; the others wait for a SIPI.
 #[derive(Clone, Copy, Debug)]
-pub enum Boot {
-    /// The project's own 64-bit ABI (being retired): every vCPU at `entry` in 64-bit mode.
-    Abi64 { entry: u64 },
-    /// A multiboot v1 kernel: the bootstrap vCPU at `entry` in 32-bit protected mode with EBX
-    /// = `info`; the others in wait-for-SIPI.
-    Multiboot { entry: u32, info: u32 },
-}
-
-impl Boot {
-    pub fn is_multiboot(self) -> bool {
-        matches!(self, Self::Multiboot { .. })
-    }
+pub struct Boot {
+    pub entry: u32,
+    pub info: u32,
 }
 
 /// The host's time sources a VM's clock starts from.
@@ -105,8 +95,8 @@ pub struct Reports {
 }
 
 impl Vm {
-    /// Builds a VM: RAM (2 MiB-aligned, zeroed), the kernel (multiboot) or image (64-bit ABI)
-    /// with what its boot needs, the ACPI tables, the APIC structures, and an EPT that maps RAM
+    /// Builds a VM: RAM (2 MiB-aligned, zeroed), the multiboot kernel with its modules and
+    /// boot information, the ACPI tables, the APIC structures, and an EPT that maps RAM
     /// and the APIC-access page and nothing else. `files` are the ramdisk's.
     pub fn create<'f>(
         spec: &VmSpec,
@@ -120,7 +110,7 @@ impl Vm {
         // The manifest was checked (VmSpec::check_boot); a file missing now is still an error.
         let file = |name: &str| files(name).ok_or_else(|| format!("`{name}` is not in the ramdisk"));
         let ipiv = resolve_ipiv(spec.ipiv, caps).map_err(|e| format!("ipiv = {}: {e}", spec.ipiv.as_str()))?;
-        if !spec.kernel.is_empty() && !caps.features().unrestricted_guest {
+        if !caps.features().unrestricted_guest {
             return Err(
                 "a multiboot kernel starts in protected mode without paging and its other vCPUs in real mode: \
                         that needs the \"unrestricted guest\" VMX control, which this CPU lacks"
@@ -130,31 +120,15 @@ impl Vm {
         let ram_pa = memory::alloc_zeroed(ram_size, 0x20_0000)
             .ok_or_else(|| format!("no {} MiB of contiguous memory for guest RAM", spec.ram_mib))?;
         let ram = guest_ram_while_building(ram_pa, ram_size);
-        let boot = if spec.kernel.is_empty() {
-            let image = file(&spec.image)?;
-            let plan = LoadPlan::new(image, ram_size, spec.vcpus)?;
-            plan.load(image, ram);
-            let irq = InterruptInfo {
-                x2apic: spec.apic == ApicMode::X2Apic,
-                ipiv,
-                hlt_passthrough: spec.hlt == HltMode::PassThrough,
-                pinned_cpus: &spec.cpus,
-                args: &spec.args,
-            };
-            guest_boot::build(ram, &guest_boot::boot_info(&spec.name, spec.vcpus, ram_size, tsc_hz, irq));
-            Boot::Abi64 { entry: plan.entry }
-        } else {
-            let kernel = file(&spec.kernel)?;
-            let plan =
-                multiboot::LoadPlan::new(kernel, ram_size).map_err(|e| format!("kernel `{}`: {e}", spec.kernel))?;
-            plan.load(kernel, ram);
-            let mut modules = Vec::new();
-            for m in &spec.modules {
-                modules.push(multiboot::Module { data: file(m)?, string: m });
-            }
-            let placed = multiboot::place(ram, &plan, &spec.cmdline, &modules)?;
-            Boot::Multiboot { entry: plan.entry, info: placed.info }
-        };
+        let kernel = file(&spec.kernel)?;
+        let plan = multiboot::LoadPlan::new(kernel, ram_size).map_err(|e| format!("kernel `{}`: {e}", spec.kernel))?;
+        plan.load(kernel, ram);
+        let mut modules = Vec::new();
+        for m in &spec.modules {
+            modules.push(multiboot::Module { data: file(m)?, string: m });
+        }
+        let placed = multiboot::place(ram, &plan, &spec.cmdline, &modules)?;
+        let boot = Boot { entry: plan.entry, info: placed.info };
         // The ACPI tables where a BIOS leaves them. No I/O APIC is listed until the VM has one.
         let tables = acpi_tables::build(&acpi_tables::Platform {
             vcpus: spec.vcpus,
@@ -165,7 +139,7 @@ impl Vm {
         ram.get_mut(at..at + tables.len())
             .ok_or_else(|| format!("{} MiB of RAM cannot hold the ACPI tables", spec.ram_mib))?
             .copy_from_slice(&tables);
-        let apic = vapic::VmApic::new(spec, ipiv, host_apic_ids, boot.is_multiboot())?;
+        let apic = vapic::VmApic::new(spec, ipiv, host_apic_ids)?;
         let mut frames = Frames;
         let mut ept = Ept::new(&mut frames).map_err(|e| format!("EPT: {e:?}"))?;
         ept.map(&mut frames, 0, ram_pa, ram_size, RWX).map_err(|e| format!("EPT: {e:?}"))?;

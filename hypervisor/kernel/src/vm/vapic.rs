@@ -78,8 +78,8 @@ fn page() -> Result<u64, &'static str> {
 }
 
 impl VmApic {
-    /// `aps_wait`: every vCPU but the first starts in wait-for-SIPI (a multiboot VM).
-    pub fn new(spec: &VmSpec, ipiv: bool, host_apic_ids: &[u32], aps_wait: bool) -> Result<Self, &'static str> {
+    /// Every vCPU but the first starts in wait-for-SIPI.
+    pub fn new(spec: &VmSpec, ipiv: bool, host_apic_ids: &[u32]) -> Result<Self, &'static str> {
         let host_mode = if crate::apic::is_x2apic() { HostApicMode::X2Apic } else { HostApicMode::XApic };
         let mut vcpus = Vec::new();
         for i in 0..spec.vcpus {
@@ -95,7 +95,7 @@ impl VmApic {
                 x2apic: AtomicBool::new(false),
                 apic_base: AtomicU64::new(msr::apic_base(i)),
                 pending_nmi: AtomicBool::new(false),
-                startup: Startup::new(aps_wait && i != 0),
+                startup: Startup::new(i != 0),
             };
             v.page().reset(i, false);
             v.pid().set_notification(POSTED_INTR_VECTOR, host_apic_id, host_mode);

@@ -8,8 +8,6 @@ use core::sync::atomic::{AtomicU16, Ordering};
 use hvcore::bootcfg::FaultInjection;
 use hvcore::budget::ExitBudget;
 use hvcore::exits::counters::ExitCounters;
-use hvcore::guest_abi::{CODE_SELECTOR, DATA_SELECTOR};
-use hvcore::guest_boot::{VcpuStart, vcpu_start};
 use hvcore::manifest::{ApicMode, HltMode, VmResult};
 use hvcore::start_state::{self, StartState};
 use hvcore::vmx::caps::VmxCaps;
@@ -21,9 +19,9 @@ use x86_64::instructions::tables::{sgdt, sidt};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, GsBase, Msr};
 
+use super::Vm;
 use super::exits::{self, Flow};
 use super::vapic::{POSTED_INTR_VECTOR, VcpuApic};
-use super::{Boot, Vm};
 use crate::vmx::entry::{self, Entry, GuestRegs};
 use crate::vmx::vmcs::{self, Access, Vmcs, VmxInstrError};
 
@@ -110,7 +108,7 @@ impl<'a> Vcpu<'a> {
             ipiv: vm.ipiv,
             x2apic: false,
             hlt_exiting: vm.spec.hlt == HltMode::Exit,
-            unrestricted_guest: vm.boot.is_multiboot(),
+            unrestricted_guest: true,
         };
         let controls = match vcpu_controls(caps, opts) {
             Ok(c) => c,
@@ -221,7 +219,7 @@ impl<'a> Vcpu<'a> {
         VmcsNatural::Cr4GuestHostMask.write(CR4_VMXE)?;
         VmcsNatural::Cr0GuestHostMask.write(0)?;
         VmcsNatural::Cr0ReadShadow.write(0)?;
-        if self.vm.boot.is_multiboot() && self.vm.spec.apic == ApicMode::X2Apic {
+        if self.vm.spec.apic == ApicMode::X2Apic {
             // As firmware does when asked: the kernel finds its APIC in x2APIC mode.
             self.enter_x2apic()?;
             self.apic.apic_base.fetch_or(X2APIC_ENABLE, Ordering::AcqRel);
@@ -230,8 +228,8 @@ impl<'a> Vcpu<'a> {
         Ok(())
     }
 
-    /// The state the vCPU first enters with; false if the VM stopped before it could start (an
-    /// application processor that never got its SIPI).
+    /// The state the vCPU first enters with: the multiboot hand-off on the first, wait-for-SIPI
+    /// on the others; false if the VM stopped before it could start.
     fn first_start(&mut self, caps: &VmxCaps) -> Result<bool, VmxInstrError> {
         if self.index == 0 && crate::fault_injection() == FaultInjection::BadGuestState {
             self.load_start(caps, &start_state::multiboot(0, 0))?;
@@ -239,62 +237,12 @@ impl<'a> Vcpu<'a> {
             VmcsNatural::GuestRflags.write(0)?;
             return Ok(true);
         }
-        match self.vm.boot {
-            Boot::Abi64 { entry } => {
-                self.load_abi64(caps, &vcpu_start(entry, self.vm.ram_size, self.index))?;
-                Ok(true)
-            }
-            Boot::Multiboot { entry, info } if self.index == 0 => {
-                self.load_start(caps, &start_state::multiboot(entry, info))?;
-                Ok(true)
-            }
-            Boot::Multiboot { .. } => self.wait_for_sipi(caps),
+        if self.index == 0 {
+            let b = self.vm.boot;
+            self.load_start(caps, &start_state::multiboot(b.entry, b.info))?;
+            return Ok(true);
         }
-    }
-
-    /// 64-bit mode at the ELF entry, for the project's own ABI (SDM Vol. 3C §25.4, checks in
-    /// §27.3.1).
-    fn load_abi64(&mut self, caps: &VmxCaps, start: &VcpuStart) -> Result<(), VmxInstrError> {
-        const CR0_PE_MP_ET_NE_WP_PG: u64 = 0x8001_0033;
-        VmcsNatural::GuestCr0.write(caps.fix_cr0(CR0_PE_MP_ET_NE_WP_PG))?;
-        const CR4_PAE_OSFXSR_OSXMMEXCPT: u64 = (1 << 5) | (1 << 9) | (1 << 10);
-        let cr4 = caps.fix_cr4(CR4_PAE_OSFXSR_OSXMMEXCPT);
-        VmcsNatural::GuestCr4.write(cr4)?;
-        VmcsNatural::Cr4ReadShadow.write(cr4 & !CR4_VMXE)?;
-        VmcsNatural::GuestCr3.write(start.cr3)?;
-        const EFER_LME_LMA_NXE: u64 = (1 << 8) | (1 << 10) | (1 << 11);
-        Vmcs64::GuestIa32Efer.write(EFER_LME_LMA_NXE)?;
-        const AR_CODE64: u32 = 0xa09b; // P, S, exec/read/accessed, L, G
-        const AR_DATA: u32 = 0xc093; // P, S, read/write/accessed, D/B, G
-        const AR_TSS64_BUSY: u32 = 0x8b;
-        Vmcs16::GuestCsSelector.write(CODE_SELECTOR)?;
-        VmcsNatural::GuestCsBase.write(0)?;
-        Vmcs32::GuestCsLimit.write(0xffff_ffff)?;
-        Vmcs32::GuestCsAccessRights.write(AR_CODE64)?;
-        for (sel, base, limit, ar) in DATA_SEGMENTS {
-            sel.write(DATA_SELECTOR)?;
-            base.write(0)?;
-            limit.write(0xffff_ffff)?;
-            ar.write(AR_DATA)?;
-        }
-        Vmcs16::GuestTrSelector.write(0)?;
-        VmcsNatural::GuestTrBase.write(0)?;
-        Vmcs32::GuestTrLimit.write(0x67)?;
-        Vmcs32::GuestTrAccessRights.write(AR_TSS64_BUSY)?;
-        VmcsNatural::GuestGdtrBase.write(start.gdt_base)?;
-        Vmcs32::GuestGdtrLimit.write(start.gdt_limit as u32)?;
-        VmcsNatural::GuestIdtrBase.write(0)?;
-        Vmcs32::GuestIdtrLimit.write(0)?;
-        VmcsNatural::GuestDr7.write(0x400)?;
-        VmcsNatural::GuestRsp.write(start.rsp)?;
-        VmcsNatural::GuestRip.write(start.rip)?;
-        VmcsNatural::GuestRflags.write(0x2)?;
-        VmcsNatural::GuestPendingDebugExceptions.write(0)?;
-        Vmcs32::GuestInterruptibilityState.write(0)?;
-        Vmcs32::GuestActivityState.write(0)?;
-        self.regs.rdi = start.rdi;
-        self.regs.rsi = start.rsi;
-        Ok(())
+        self.wait_for_sipi(caps)
     }
 
     /// A multiboot hand-off or a SIPI start: protected mode without paging or real mode, an
