@@ -40,8 +40,9 @@ fn mmio(offset: u32) -> *mut u32 {
     (APIC_MMIO_GPA + offset as u64) as *mut u32
 }
 
+/// Reads the APIC register at xAPIC offset `offset` (its MSR in x2APIC mode).
 #[inline]
-fn read(offset: u32) -> u32 {
+pub fn read(offset: u32) -> u32 {
     if is_x2apic() {
         rdmsr(0x800 + (offset >> 4)) as u32
     } else {
@@ -50,8 +51,9 @@ fn read(offset: u32) -> u32 {
     }
 }
 
+/// Writes the APIC register at xAPIC offset `offset` (its MSR in x2APIC mode).
 #[inline]
-fn write(offset: u32, v: u32) {
+pub fn write(offset: u32, v: u32) {
     if is_x2apic() {
         wrmsr(0x800 + (offset >> 4), v as u64)
     } else {
@@ -139,4 +141,46 @@ pub fn logical_dest(vcpu: u32) -> u32 {
 /// The physical broadcast destination.
 pub fn broadcast() -> u32 {
     if is_x2apic() { u32::MAX } else { 0xff }
+}
+
+/// The local APIC timer's registers (SDM Vol. 3A §12.5.4).
+pub mod timer {
+    pub const LVT: u32 = 0x320;
+    pub const INITIAL: u32 = 0x380;
+    pub const CURRENT: u32 = 0x390;
+    pub const DIVIDE: u32 = 0x3e0;
+    pub const MASKED: u32 = 1 << 16;
+    pub const PERIODIC: u32 = 1 << 17;
+    pub const TSC_DEADLINE: u32 = 2 << 17;
+    pub const DIVIDE_BY_1: u32 = 0b1011;
+    pub const DIVIDE_BY_16: u32 = 0b0011;
+    pub const IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+    /// CPUID.1:ECX[24]: the timer has TSC-deadline mode.
+    pub fn has_tsc_deadline() -> bool {
+        crate::cpuid(1, 0)[2] & (1 << 24) != 0
+    }
+
+    /// The timer's input clock in Hz: what the hypervisor's timing leaf says (EBX of
+    /// 0x4000_0010), else measured against the TSC over 10 ms (as Linux calibrates it).
+    pub fn clock_hz(p: &crate::Platform) -> u64 {
+        if p.hypervisor {
+            let khz = crate::cpuid(hvcore::exits::cpuid::HV_LEAF_TIMING, 0)[1] as u64;
+            if khz != 0 {
+                return khz * 1000;
+            }
+        }
+        super::write(LVT, MASKED);
+        super::write(DIVIDE, DIVIDE_BY_1);
+        super::write(INITIAL, u32::MAX);
+        let t0 = crate::rdtsc();
+        let c0 = super::read(CURRENT);
+        while crate::rdtsc() - t0 < p.tsc_hz / 100 {
+            core::hint::spin_loop();
+        }
+        let c1 = super::read(CURRENT);
+        let t1 = crate::rdtsc();
+        super::write(INITIAL, 0);
+        (c0 - c1) as u64 * p.tsc_hz / (t1 - t0)
+    }
 }

@@ -3,7 +3,7 @@
 //! mode with an identity map of the first 4 GiB, and the real-mode trampoline that application
 //! processors run after INIT-SIPI-SIPI.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 
 /// The page the trampoline is copied to: the SIPI vector is its page number.
 pub const TRAMPOLINE_GPA: u64 = 0x8000;
@@ -16,13 +16,11 @@ pub const STACK_SIZE: usize = 32 * 1024;
 #[repr(C, align(4096))]
 pub struct Stacks(pub [[u8; STACK_SIZE]; MAX_CPUS]);
 
-/// Stack `i` belongs to the CPU started `i`-th (the BSP is 0).
+/// Stack `i` belongs to the CPU with APIC ID `i` (the BSP's is 0): an application processor
+/// finds its own from CPUID, so any number may start at once (a SIPI by shorthand) and one
+/// restarted by INIT-SIPI takes the same stack again.
 #[unsafe(no_mangle)]
 pub static mut STACKS: Stacks = Stacks([[0; STACK_SIZE]; MAX_CPUS]);
-
-/// The top of the stack the next application processor takes (set before its SIPI).
-#[unsafe(no_mangle)]
-pub static AP_STACK_TOP: AtomicU64 = AtomicU64::new(0);
 /// What the 32-bit entry found in EAX and EBX.
 #[unsafe(no_mangle)]
 pub static MULTIBOOT_MAGIC: AtomicU32 = AtomicU32::new(0);
@@ -100,7 +98,14 @@ ap64:
     xorl %eax, %eax
     movw %ax, %fs
     movw %ax, %gs
-    movq AP_STACK_TOP(%rip), %rsp
+    # The stack of this CPU's initial APIC ID (CPUID.1:EBX[31:24]).
+    movl $1, %eax
+    cpuid
+    shrl $24, %ebx
+    incl %ebx
+    imulq ${stack}, %rbx
+    leaq STACKS(%rip), %rsp
+    addq %rbx, %rsp
     xorl %ebp, %ebp
     call ap_main
     ud2
@@ -179,7 +184,7 @@ pub fn page_table_root() -> u64 {
     &raw const pml4 as u64
 }
 
-/// The top of stack `i` (0 is the BSP's).
+/// The top of the stack of the CPU with APIC ID `i` (0 is the BSP's).
 pub fn stack_top(i: usize) -> u64 {
     assert!(i < MAX_CPUS);
     (&raw const STACKS as u64) + ((i + 1) * STACK_SIZE) as u64

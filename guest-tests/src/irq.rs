@@ -80,10 +80,25 @@ pub fn count(vcpu: usize, vector: u8) -> u32 {
     IRQS[vcpu].count[vector as usize].load(Ordering::Acquire)
 }
 
+/// A test's own work for a vector (a device's interrupt handler), run before the count and EOI.
+static HANDLERS: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+
+/// Runs `handler` (on whichever vCPU takes it) for every interrupt with `vector`.
+pub fn set_handler(vector: u8, handler: fn()) {
+    HANDLERS[vector as usize].store(handler as usize as u64, Ordering::Release);
+}
+
 #[unsafe(no_mangle)]
 extern "C" fn irq_dispatch(vector: u64) {
+    let v = vector as usize & 0xff;
+    let h = HANDLERS[v].load(Ordering::Acquire);
+    if h != 0 {
+        // SAFETY: only `set_handler` stores here, and it stores a `fn()`.
+        let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(h as usize) };
+        f();
+    }
     let me = &IRQS[this_vcpu()];
-    me.count[vector as usize & 0xff].fetch_add(1, Ordering::AcqRel);
+    me.count[v].fetch_add(1, Ordering::AcqRel);
     me.last_tsc.store(crate::rdtsc(), Ordering::Relaxed);
     crate::apic::eoi();
 }

@@ -13,6 +13,7 @@ pub mod boot;
 pub mod console;
 pub mod hypercall;
 pub mod idt;
+pub mod ioapic;
 pub mod irq;
 pub mod pit;
 pub mod platform;
@@ -68,6 +69,7 @@ extern "C" fn bsp_main() -> ! {
     apic::init(p.apic_mode == 1);
     let me = p.index_of(apic::id()).expect("the BSP's APIC ID is in the MADT");
     assert_eq!(me, 0, "the BSP is the MADT's first processor");
+    assert_eq!(apic::id(), 0, "the BSP has APIC ID 0 (it runs on stack 0)");
     irq::set_this_vcpu(0);
     idt::load();
     start_application_processors(p);
@@ -95,7 +97,6 @@ fn start_application_processors(p: &Platform) {
     };
     for i in 1..p.vcpu_count {
         let id = p.apic_ids[i as usize];
-        boot::AP_STACK_TOP.store(boot::stack_top(i as usize), Ordering::Release);
         apic::send(apic::ICR_INIT | apic::ICR_ASSERT | apic::ICR_LEVEL, id);
         delay(10 * ms);
         let started = |within: u64| {

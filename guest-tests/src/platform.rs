@@ -28,6 +28,10 @@ pub struct Platform {
     pub hypervisor: bool,
     /// 1 if the hypervisor says the VM has IPI virtualization.
     pub ipiv: u32,
+    /// The MADT's I/O APIC: ID, MMIO address, first GSI.
+    pub io_apic: Option<(u8, u64, u32)>,
+    /// The GSI each ISA IRQ arrives on (identity, but for the MADT's source overrides).
+    pub isa_gsi: [u32; 16],
     cmdline: [u8; 256],
 }
 
@@ -105,10 +109,22 @@ impl Platform {
         let madt = tables.find_table::<Madt>().expect("ACPI MADT");
         let mut apic_ids = [0u32; MAX_CPUS];
         let mut n = 0usize;
+        let mut io_apic = None;
+        let mut isa_gsi: [u32; 16] = core::array::from_fn(|i| i as u32);
         for e in madt.get().entries() {
             let (id, enabled) = match e {
                 MadtEntry::LocalApic(l) => (l.apic_id as u32, { l.flags } & 1 != 0),
                 MadtEntry::LocalX2Apic(l) => ({ l.x2apic_id }, { l.flags } & 1 != 0),
+                MadtEntry::IoApic(io) => {
+                    io_apic = io_apic.or(Some((io.io_apic_id, { io.io_apic_address } as u64, { io.global_system_interrupt_base })));
+                    continue;
+                }
+                MadtEntry::InterruptSourceOverride(o) => {
+                    if o.bus == 0 && (o.irq as usize) < isa_gsi.len() {
+                        isa_gsi[o.irq as usize] = o.global_system_interrupt;
+                    }
+                    continue;
+                }
                 _ => continue,
             };
             if enabled && n < MAX_CPUS && !apic_ids[..n].contains(&id) {
@@ -119,7 +135,14 @@ impl Platform {
         assert!(n > 0, "the MADT lists no enabled processor");
         let asked = cmdline.split(|&b| b == b' ' || b == 0).any(|w| w == b"apic=x2apic");
         let apic_mode = (apic::x2apic_enabled() || asked) as u32;
-        Self { vcpu_count: n as u32, apic_ids, ram_size, tsc_hz, apic_mode, hypervisor, ipiv, cmdline }
+        // Each application processor takes the stack of its APIC ID (boot.rs), as QEMU and this
+        // hypervisor number them: 0..n-1.
+        assert!(
+            apic_ids[..n].iter().all(|&id| (id as usize) < MAX_CPUS),
+            "APIC IDs must be below {MAX_CPUS}: {:?}",
+            &apic_ids[..n]
+        );
+        Self { vcpu_count: n as u32, apic_ids, ram_size, tsc_hz, apic_mode, hypervisor, ipiv, io_apic, isa_gsi, cmdline }
     }
 
     /// The kernel command line.

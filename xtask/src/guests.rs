@@ -37,6 +37,7 @@ pub const CATALOGUE: &[(&str, &str, u64, &str)] = &[
     ("hostile-memory", "killed", 30_000, ""),
     ("pc-devices", "pass", 60_000, ""),
     ("acpi", "pass", 30_000, ""),
+    ("timer", "pass", 60_000, ""),
 ];
 
 /// Builds every guest (static executables at the ABI's image base) and returns them by name.

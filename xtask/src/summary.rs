@@ -56,6 +56,7 @@ mod tests {
                 apic_mode: "xapic",
                 ipiv: true,
                 hlt: "passthrough",
+                timer: "preemption",
                 vcpu_exits: vec![ExitCounters::default()],
                 console_dropped_bytes: 0,
                 reports: vec![report],

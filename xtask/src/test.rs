@@ -378,6 +378,26 @@ fn pc_cases() -> Vec<Case> {
             check: |o| acpi_seen(o, 4),
         },
         Case {
+            name: "timer-xapic",
+            args: RunArgs { apic: Some("xapic".into()), ..bochs_guests("timer:2") },
+            check: |o| timer_ok(o, 2, "xapic", "preemption"),
+        },
+        Case {
+            name: "timer-x2apic",
+            args: RunArgs { apic: Some("x2apic".into()), ..bochs_guests("timer:2") },
+            check: |o| timer_ok(o, 2, "x2apic", "preemption"),
+        },
+        Case {
+            name: "timer-x2apic-host-apic",
+            args: RunArgs { apic: Some("x2apic".into()), ..bochs_guests("timer:2+timer=host-apic") },
+            check: |o| timer_ok(o, 2, "x2apic", "host-apic"),
+        },
+        Case {
+            name: "timer-xapic-hlt-exit",
+            args: RunArgs { apic: Some("xapic".into()), hlt: Some("exit".into()), ..bochs_guests("timer:2") },
+            check: |o| timer_ok(o, 2, "xapic", "preemption"),
+        },
+        Case {
             name: "pc-devices-exit-code",
             args: bochs_guests("pc-devices:1+cmdline=exit=49+expect=fail"),
             check: |o| {
@@ -390,6 +410,40 @@ fn pc_cases() -> Vec<Case> {
             },
         },
     ]
+}
+
+/// The timer guest passed on every vCPU in `mode`, each vCPU's interrupts all came from its
+/// APIC timer through the hypervisor (`timer_interrupts` at least the test's 23, each a timer
+/// exit, delivered by `source`, unless HLT exits: then the wait in the hypervisor delivers
+/// them); prints the accuracy and the cost per timer interrupt.
+fn timer_ok(o: &Outcome, vcpus: u64, mode: &str, source: &str) -> Result<()> {
+    vm_result(o, "timer-0", "pass")?;
+    every_vcpu_reported(o, "timer-0", vcpus)?;
+    let v = vm(o, "timer-0")?;
+    if v["timer"] != source {
+        bail!("the timer should be delivered by {source}, summary says {}", v["timer"]);
+    }
+    for r in v["reports"].as_array().unwrap() {
+        if r["apic"] != mode || r["tsc_deadline"] != true {
+            bail!("vCPU {} ran in the wrong mode or without TSC-deadline: {r}", r["vcpu"]);
+        }
+        let c = &v["vcpu_exits"][r["vcpu"].as_u64().unwrap_or(0) as usize];
+        let (fired, exits) = (c["timer_interrupts"].as_u64().unwrap_or(0), c["timer_exits"].as_u64().unwrap_or(0));
+        let halts_exit = v["hlt"] == "exit";
+        if fired < 23 || (exits == 0 && !halts_exit) || exits > fired {
+            bail!("vCPU {}: {fired} timer interrupts, {exits} timer exits: {c}", r["vcpu"]);
+        }
+        println!(
+            "  vCPU {}: one-shot {} ppm, divide-16 {} ppm, periodic {} ppm, TSC deadline {} ticks late; {} hypervisor ticks per timer interrupt",
+            r["vcpu"],
+            r["one_shot_ppm"],
+            r["divide16_ppm"],
+            r["periodic_ppm"],
+            r["deadline_late_ticks"],
+            c["timer_exit_ticks"].as_u64().unwrap_or(0) / exits.max(1)
+        );
+    }
+    Ok(())
 }
 
 /// Every vCPU of the 4-vCPU acpi guest found the tables and four processor entries of the

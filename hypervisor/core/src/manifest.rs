@@ -64,6 +64,26 @@ pub enum HltMode {
     Exit,
 }
 
+/// What brings the hypervisor back when a guest's local APIC timer is due (`apic::timer`): one
+/// VM exit per timer interrupt either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerSource {
+    /// The VMX-preemption timer (a preemption-timer exit), which the watchdog shares.
+    Preemption,
+    /// The dedicated core's own local APIC timer in TSC-deadline mode (an external-interrupt
+    /// exit); where the host APIC lacks TSC-deadline mode, the preemption timer.
+    HostApic,
+}
+
+impl TimerSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Preemption => "preemption",
+            Self::HostApic => "host-apic",
+        }
+    }
+}
+
 impl IpivSetting {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -110,6 +130,8 @@ pub struct VmSpec {
     pub ipiv: IpivSetting,
     pub apic: ApicMode,
     pub hlt: HltMode,
+    /// What delivers the guest's APIC timer (`timer = preemption | host-apic`).
+    pub timer: TimerSource,
     /// Debugging (issue 5's rules test): the PID-pointer table entry of this vCPU is left
     /// invalid, so IPIs to it take the exit path.
     pub invalid_pid_entry: Option<u32>,
@@ -137,6 +159,7 @@ impl VmSpec {
             ipiv: IpivSetting::Auto,
             apic: ApicMode::XApic,
             hlt: HltMode::PassThrough,
+            timer: TimerSource::Preemption,
             invalid_pid_entry: None,
             test_hooks: false,
             max_exits_per_second: crate::budget::DEFAULT_MAX_EXITS_PER_S,
@@ -191,6 +214,13 @@ impl VmSpec {
                     "passthrough" => HltMode::PassThrough,
                     "exit" => HltMode::Exit,
                     _ => return Err(format!("hlt must be passthrough|exit, not `{value}`")),
+                }
+            }
+            "timer" => {
+                self.timer = match value {
+                    "preemption" => TimerSource::Preemption,
+                    "host-apic" => TimerSource::HostApic,
+                    _ => return Err(format!("timer must be preemption|host-apic, not `{value}`")),
                 }
             }
             "test_hooks" => {

@@ -83,6 +83,8 @@ pub struct VmReport {
     pub ipiv: bool,
     /// "passthrough" or "exit".
     pub hlt: &'static str,
+    /// What delivered the guest's APIC timer: "preemption" or "host-apic".
+    pub timer: &'static str,
     pub vcpu_exits: Vec<ExitCounters>,
     /// Console bytes dropped because the VM printed faster than its budget (hvcore::budget).
     pub console_dropped_bytes: u64,
@@ -105,7 +107,7 @@ impl fmt::Display for VmReport {
         write!(
             f,
             "{{\"name\":{},\"vcpus\":{},\"result\":\"{}\",\"reason\":{},\"expect\":\"{}\",\"apic_mode\":\"{}\",\
-             \"ipiv\":{},\"hlt\":\"{}\",\"console_dropped_bytes\":{},\"exits\":{total},\"vcpu_exits\":[",
+             \"ipiv\":{},\"hlt\":\"{}\",\"timer\":\"{}\",\"console_dropped_bytes\":{},\"exits\":{total},\"vcpu_exits\":[",
             JsonStr(&self.name),
             self.vcpus,
             self.result.as_str(),
@@ -114,6 +116,7 @@ impl fmt::Display for VmReport {
             self.apic_mode,
             self.ipiv,
             self.hlt,
+            self.timer,
             self.console_dropped_bytes
         )?;
         for (i, c) in self.vcpu_exits.iter().enumerate() {
@@ -455,6 +458,7 @@ mod tests {
             apic_mode: "x2apic",
             ipiv: false,
             hlt: "exit",
+            timer: "host-apic",
             vcpu_exits: vec![exits.clone(), exits.clone()],
             console_dropped_bytes: 0,
             reports: vec!["{\"vcpu\":0}".into()],
@@ -468,7 +472,7 @@ mod tests {
         assert_eq!(v["vms"][0]["result"], "killed");
         assert_eq!(v["vms"][0]["exits"]["vmcall"], 2);
         assert_eq!((v["vms"][0]["apic_mode"].as_str(), v["vms"][0]["ipiv"].as_bool()), (Some("x2apic"), Some(false)));
-        assert_eq!(v["vms"][0]["hlt"], "exit");
+        assert_eq!((v["vms"][0]["hlt"].as_str(), v["vms"][0]["timer"].as_str()), (Some("exit"), Some("host-apic")));
         assert_eq!(v["vms"][0]["vcpu_exits"][1]["vmcall"], 1);
         assert_eq!(v["vms"][1]["reports"][0]["vcpu"], 0);
         let bad = vec![vm("a", VmResult::Killed, VmResult::Pass)];

@@ -9,9 +9,7 @@ use hvcore::stats::summarize;
 use hvcore::summary::NativeBench;
 
 use crate::apic;
-
-/// Host vector the native round trip uses.
-pub const NATIVE_VECTOR: u8 = 0xe0;
+use crate::vectors::NATIVE_BENCH as NATIVE_VECTOR;
 
 static GO: AtomicBool = AtomicBool::new(false);
 static DONE: AtomicBool = AtomicBool::new(false);
@@ -88,6 +86,8 @@ pub fn target_loop(stop_waiting: impl Fn() -> bool) {
         core::hint::spin_loop();
     }
     let halt = HALT.load(Ordering::Relaxed);
+    // The handler's EOI in xAPIC mode (unused in x2APIC mode, which EOIs by WRMSR).
+    EOI_PTR.store(apic::xapic_register_address(apic::REG_EOI).unwrap_or(0), Ordering::Relaxed);
     READY.store(true, Ordering::Release);
     x86_64::instructions::interrupts::enable();
     // SAFETY: DONE is a static byte; interrupts are on, and the sender sends one last IPI

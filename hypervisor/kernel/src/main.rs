@@ -14,10 +14,12 @@ mod apic;
 mod bench;
 mod console;
 mod cpu;
+mod host;
 mod memory;
 mod report;
 mod smp;
 mod time;
+mod vectors;
 mod vm;
 mod vmx;
 
@@ -53,8 +55,10 @@ static REPORTS: Mutex<Vec<CpuReport>> = Mutex::new(Vec::new());
 /// The BSP's decoded capabilities; `None` when VMX is unusable on this platform.
 static BSP_CAPS: Once<Option<VmxCaps>> = Once::new();
 static CONFIG: Once<BootConfig> = Once::new();
-/// APIC ID of each CPU index, for kicks.
+/// APIC ID of each CPU index.
 static APIC_IDS: Once<Vec<u32>> = Once::new();
+/// What the VMs and vCPUs are handed about this machine, once the BSP knows it all.
+static HOST: Once<host::Host> = Once::new();
 /// The VMs, built by the BSP once every CPU is in VMX operation.
 static VMS: Once<Vec<vm::Vm>> = Once::new();
 /// The manifest, validated; which vCPU runs on which CPU.
@@ -72,27 +76,7 @@ static NATIVE_DECIDED: AtomicBool = AtomicBool::new(false);
 /// Set by the BSP when every CPU may leave VMX operation.
 static RELEASE: AtomicBool = AtomicBool::new(false);
 
-/// Host vector that pulls a CPU out of its guest so it notices its VM is stopping.
-pub const KICK_VECTOR: u8 = 0xf1;
-
 const AP_REPORT_TIMEOUT_US: u64 = 2_000_000;
-
-/// The BSP's VMX capabilities, once decoded (None without VMX).
-pub fn bsp_caps() -> Option<&'static VmxCaps> {
-    BSP_CAPS.get().and_then(|c| c.as_ref())
-}
-
-/// The fault the boot config asks to inject.
-pub fn fault_injection() -> FaultInjection {
-    CONFIG.get().map(|c| c.fault).unwrap_or(FaultInjection::None)
-}
-
-/// Makes CPU `index` leave guest mode soon (an external-interrupt exit).
-pub fn kick_cpu(index: u32) {
-    if let Some(&id) = APIC_IDS.get().and_then(|ids| ids.get(index as usize)) {
-        apic::send_ipi(id, apic::ICR_FIXED | KICK_VECTOR as u32);
-    }
-}
 
 fn kmain(boot_info: &'static mut BootInfo) -> ! {
     console::init(log::LevelFilter::Info);
@@ -199,6 +183,8 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     // Every CPU is in VMX operation (or reported why not): build the VMs, or refuse the
     // manifest before any of them starts.
     let vm_error = prepare_vms(manifest, ramdisk.as_ref(), expected, caps.is_some() && bsp_vmx.is_some());
+    // The instruction decoder's tables, built now rather than inside a guest's first exit.
+    hvcore::exits::mmio::warm_up();
     VMS_READY.store(true, Ordering::Release);
     if bsp_vmx.is_some() {
         run_vcpu_here(0);
@@ -257,14 +243,16 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
         error!("manifest refused: {e}");
         return Some(alloc::format!("manifest: {e}"));
     }
-    let tsc = TSC_HZ_MEASURED.load(Ordering::Relaxed);
-    let caps = bsp_caps().expect("VMX checked above");
-    let host_ids = APIC_IDS.get().expect("set before the APs start");
-    let unix_time = time::host_unix_time();
+    let host = HOST.call_once(|| host::Host {
+        caps: BSP_CAPS.get().copied().flatten().expect("VMX checked above"),
+        tsc_hz: TSC_HZ_MEASURED.load(Ordering::Relaxed),
+        apic_ids: APIC_IDS.get().expect("set before the APs start").clone(),
+        fault: CONFIG.get().map_or(FaultInjection::None, |c| c.fault),
+        unix_time: time::host_unix_time(),
+    });
     let mut vms = Vec::new();
     for spec in &manifest.vms {
-        let clock = vm::Clock { tsc_hz: tsc, unix_time };
-        match vm::Vm::create(spec, &files, clock, caps, host_ids) {
+        match vm::Vm::create(spec, &files, host) {
             Ok(v) => {
                 info!(
                     "VM {}: {} vCPUs on CPUs {:?}, {} MiB at {:#x}, {} APIC, IPIv {}, HLT {}",
@@ -289,10 +277,9 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
 
 /// Runs the vCPU pinned to this CPU, if the manifest gives it one.
 fn run_vcpu_here(cpu: u32) {
-    let (Some(manifest), Some(vms), Some(Some(caps))) = (MANIFEST.get(), VMS.get(), BSP_CAPS.get()) else { return };
+    let (Some(manifest), Some(vms), Some(host)) = (MANIFEST.get(), VMS.get(), HOST.get()) else { return };
     let Some((vm_index, vcpu)) = manifest.vcpu_on(cpu) else { return };
-    let tsc = TSC_HZ_MEASURED.load(Ordering::Relaxed);
-    vm::vcpu::Vcpu::run(&vms[vm_index], vcpu, caps, tsc);
+    vm::run::run_vcpu(&vms[vm_index], vcpu, host);
 }
 
 fn ramdisk(boot_info: &BootInfo) -> Option<Archive<'static>> {

@@ -5,5 +5,6 @@
 pub mod icr;
 pub mod pid;
 pub mod startup;
+pub mod timer;
 pub mod vapic;
 pub mod x2apic_msr;

@@ -41,14 +41,20 @@ pub enum UnvirtualizedRefusal {
 }
 
 /// The value an xAPIC read the processor did not virtualize returns: PPR as the processor keeps
-/// it in the virtual-APIC page (VPPR, §30.1.3), the LVT CMCI register as last written, 0 for
-/// the timer's current count (the APIC timer does not run yet: it counts as expired), for
-/// APR and RRD (not implemented by x2APIC-era processors' xAPIC, read as 0 by Linux and
-/// ignored), and for reserved offsets.
-pub fn unvirtualized_read(page: &VirtualApicPage<'_>, offset: usize, size: u8) -> Result<u32, UnvirtualizedRefusal> {
+/// it in the virtual-APIC page (VPPR, §30.1.3), the LVT CMCI register as last written, the
+/// timer's `current_count` (the vCPU's timer model has it), 0 for APR and RRD (not
+/// implemented by x2APIC-era processors' xAPIC, read as 0 by Linux and ignored), and for
+/// reserved offsets.
+pub fn unvirtualized_read(
+    page: &VirtualApicPage<'_>,
+    offset: usize,
+    size: u8,
+    current_count: u32,
+) -> Result<u32, UnvirtualizedRefusal> {
     check_unvirtualized(offset, size)?;
     Ok(match offset {
         PPR | LVT_CMCI => page.read(offset),
+        TIMER_CURRENT_COUNT => current_count,
         _ => 0,
     })
 }
@@ -222,17 +228,17 @@ mod tests {
         let page = VirtualApicPage(&regs);
         page.reset(1, false);
         page.write(PPR, 0x40);
-        assert_eq!(unvirtualized_read(&page, PPR, 4), Ok(0x40));
-        assert_eq!(unvirtualized_read(&page, TIMER_CURRENT_COUNT, 4), Ok(0));
-        assert_eq!(unvirtualized_read(&page, LVT_CMCI, 4), Ok(1 << 16), "masked at reset");
-        assert_eq!(unvirtualized_read(&page, 0x40, 4), Ok(0), "reserved");
+        assert_eq!(unvirtualized_read(&page, PPR, 4, 0), Ok(0x40));
+        assert_eq!(unvirtualized_read(&page, TIMER_CURRENT_COUNT, 4, 1234), Ok(1234), "the timer model's count");
+        assert_eq!(unvirtualized_read(&page, LVT_CMCI, 4, 0), Ok(1 << 16), "masked at reset");
+        assert_eq!(unvirtualized_read(&page, 0x40, 4, 0), Ok(0), "reserved");
         assert_eq!(unvirtualized_write(&page, LVT_CMCI, 4, 0xffff_ffff), Ok(()));
         assert_eq!(page.read(LVT_CMCI), 0x0001_07ff);
         assert_eq!(unvirtualized_write(&page, PPR, 4, 0xff), Ok(()));
         assert_eq!(page.read(PPR), 0x40, "read-only");
-        assert_eq!(unvirtualized_read(&page, PPR + 4, 4), Err(UnvirtualizedRefusal::NotAligned32));
-        assert_eq!(unvirtualized_read(&page, PPR, 1), Err(UnvirtualizedRefusal::NotAligned32));
-        assert_eq!(unvirtualized_read(&page, 0x400, 4), Err(UnvirtualizedRefusal::OutsideRegisters));
+        assert_eq!(unvirtualized_read(&page, PPR + 4, 4, 0), Err(UnvirtualizedRefusal::NotAligned32));
+        assert_eq!(unvirtualized_read(&page, PPR, 1, 0), Err(UnvirtualizedRefusal::NotAligned32));
+        assert_eq!(unvirtualized_read(&page, 0x400, 4, 0), Err(UnvirtualizedRefusal::OutsideRegisters));
         assert_eq!(unvirtualized_write(&page, 0xff0, 4, 0), Err(UnvirtualizedRefusal::OutsideRegisters));
     }
 

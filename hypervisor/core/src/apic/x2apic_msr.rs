@@ -12,6 +12,10 @@ pub const MSR_EOI: u32 = 0x80b;
 pub const MSR_LDR: u32 = 0x80d;
 pub const MSR_ICR: u32 = 0x830;
 pub const MSR_SELF_IPI: u32 = 0x83f;
+pub const MSR_LVT_TIMER: u32 = 0x832;
+pub const MSR_TIMER_INITIAL: u32 = 0x838;
+pub const MSR_TIMER_CURRENT: u32 = 0x839;
+pub const MSR_TIMER_DIVIDE: u32 = 0x83e;
 
 /// MSRs whose writes go straight to the virtual APIC without an exit: TPR, EOI and self-IPI
 /// are virtualized by virtual-interrupt delivery; the ICR only when IPI virtualization is on,
@@ -20,10 +24,11 @@ pub fn write_passes_through(msr: u32, ipiv: bool) -> bool {
     matches!(msr, MSR_TPR | MSR_EOI | MSR_SELF_IPI) || (ipiv && msr == MSR_ICR)
 }
 
-/// Reads of the whole range pass through in x2APIC mode: with APIC-register virtualization,
-/// RDMSR of 0x800–0x8FF reads the virtual-APIC page at `(msr & 0xff) << 4` (SDM Vol. 3C §30.5).
+/// Reads of the range pass through in x2APIC mode: with APIC-register virtualization, RDMSR of
+/// 0x800–0x8FF reads the virtual-APIC page at `(msr & 0xff) << 4` (SDM Vol. 3C §30.5). All but
+/// the timer's current count, which only the hypervisor's timer model knows.
 pub fn read_passes_through(msr: u32) -> bool {
-    (X2APIC_MSR_FIRST..=X2APIC_MSR_LAST).contains(&msr)
+    (X2APIC_MSR_FIRST..=X2APIC_MSR_LAST).contains(&msr) && msr != MSR_TIMER_CURRENT
 }
 
 /// An intercepted x2APIC-mode WRMSR.
@@ -31,8 +36,11 @@ pub fn read_passes_through(msr: u32) -> bool {
 pub enum X2apicWrite {
     /// Send an IPI (the exit path for WRMSR 0x830).
     Icr(u64),
-    /// Store the low 32 bits at this virtual-APIC page offset (LVTs, SVR, timer, ESR...).
+    /// Store the low 32 bits at this virtual-APIC page offset (LVTs, SVR, ESR...).
     Store(usize),
+    /// A timer register (LVT timer, initial count, divide configuration) at this page offset:
+    /// the vCPU's APIC timer takes the value.
+    Timer(usize),
     /// Read-only, reserved or nonexistent: #GP.
     Gp,
 }
@@ -42,8 +50,9 @@ pub fn write_action(msr: u32, value: u64) -> X2apicWrite {
         MSR_ICR => X2apicWrite::Icr(value),
         // Registers with 32 significant bits: upper half reserved (#GP if set).
         _ if value >> 32 != 0 => X2apicWrite::Gp,
-        // SVR, ESR, LVT CMCI, LVTs, timer initial count, divide configuration.
-        0x80f | 0x828 | 0x82f | 0x832..=0x837 | 0x838 | 0x83e => X2apicWrite::Store(((msr & 0xff) << 4) as usize),
+        MSR_LVT_TIMER | MSR_TIMER_INITIAL | MSR_TIMER_DIVIDE => X2apicWrite::Timer(((msr & 0xff) << 4) as usize),
+        // SVR, ESR, LVT CMCI, the other LVTs.
+        0x80f | 0x828 | 0x82f | 0x833..=0x837 => X2apicWrite::Store(((msr & 0xff) << 4) as usize),
         _ => X2apicWrite::Gp,
     }
 }
@@ -84,13 +93,18 @@ mod tests {
         assert!(write_passes_through(MSR_ICR, true));
         assert!(!write_passes_through(0x838, true));
         assert!(read_passes_through(MSR_ICR) && read_passes_through(MSR_ID) && !read_passes_through(0x900));
+        assert!(!read_passes_through(MSR_TIMER_CURRENT), "the current count is the timer model's");
     }
 
     #[test]
     fn intercepted_writes() {
         assert_eq!(write_action(MSR_ICR, 0x3_0000_0041), X2apicWrite::Icr(0x3_0000_0041));
         assert_eq!(write_action(0x80f, 0x1ff), X2apicWrite::Store(0xf0));
-        assert_eq!(write_action(0x832, 0x10000), X2apicWrite::Store(0x320));
+        assert_eq!(write_action(0x832, 0x10000), X2apicWrite::Timer(0x320));
+        assert_eq!(write_action(0x838, 5), X2apicWrite::Timer(0x380));
+        assert_eq!(write_action(0x83e, 0xb), X2apicWrite::Timer(0x3e0));
+        assert_eq!(write_action(0x835, 0x700), X2apicWrite::Store(0x350));
+        assert_eq!(write_action(MSR_TIMER_CURRENT, 0), X2apicWrite::Gp, "read-only");
         assert_eq!(write_action(0x80f, 1 << 40), X2apicWrite::Gp);
         assert_eq!(write_action(MSR_ID, 5), X2apicWrite::Gp, "the x2APIC ID is read-only");
         assert_eq!(write_action(MSR_LDR, 5), X2apicWrite::Gp, "the x2APIC LDR is read-only");

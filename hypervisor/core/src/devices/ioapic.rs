@@ -48,6 +48,19 @@ pub struct Message {
     pub level: bool,
 }
 
+impl Message {
+    /// The message as the ICR of an equivalent IPI, so one destination and delivery rule serves
+    /// both (`apic::icr::decide`): 8-bit destination (0xFF broadcast), no shorthand.
+    pub fn icr(&self) -> crate::apic::icr::Icr {
+        let low = self.vector as u32
+            | (self.delivery_mode as u32) << 8
+            | (self.logical as u32) << 11
+            | 1 << 14
+            | (self.level as u32) << 15;
+        crate::apic::icr::Icr::xapic(low, (self.dest as u32) << 24)
+    }
+}
+
 pub struct IoApic {
     id: u8,
     select: u8,
@@ -117,6 +130,18 @@ impl IoApic {
             }
         }
         out
+    }
+
+    /// The vectors of unmasked level-triggered entries (256 bits).
+    pub fn level_vectors(&self) -> [u64; 4] {
+        let mut set = [0u64; 4];
+        for e in self.table {
+            if e & entry::LEVEL != 0 && e & entry::MASKED == 0 {
+                let v = (e & entry::VECTOR) as usize;
+                set[v / 64] |= 1 << (v % 64);
+            }
+        }
+        set
     }
 
     fn register(&self, index: u8) -> u32 {
@@ -243,6 +268,19 @@ mod tests {
         assert!(io.eoi(0x41).is_none(), "EOI with the line low only re-arms");
         assert_eq!(get(&mut io, REG_TABLE + 18) & (1 << 14), 0);
         assert!(io.set_pin(9, true).is_some());
+    }
+
+    #[test]
+    fn messages_read_as_ipis() {
+        use crate::apic::icr::{DeliveryMode, Shorthand};
+        let m = Message { vector: 0x34, delivery_mode: 0, logical: false, dest: 2, level: true };
+        let icr = m.icr();
+        assert_eq!((icr.vector, icr.mode, icr.logical, icr.dest), (0x34, DeliveryMode::Fixed, false, 2));
+        assert_eq!((icr.shorthand, icr.level_triggered, icr.assert), (Shorthand::None, true, true));
+        let nmi = Message { vector: 0, delivery_mode: 4, logical: true, dest: 0xff, level: false };
+        assert_eq!((nmi.icr().mode, nmi.icr().logical, nmi.icr().dest), (DeliveryMode::Nmi, true, 0xff));
+        let extint = Message { delivery_mode: 7, ..m };
+        assert_eq!(extint.icr().mode, DeliveryMode::Reserved(7));
     }
 
     #[test]

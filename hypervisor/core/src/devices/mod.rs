@@ -1,12 +1,14 @@
-//! The devices of the PC inside each VM, as pure models: the port-I/O ones behind a bus, where
-//! each gets the accesses to its ports and answers with a value, or with what the VM must do
-//! (print a byte, raise an interrupt line, end); and the I/O APIC (`ioapic`), an MMIO device
-//! that turns pin levels into interrupt messages. The kernel routes exits here and applies
-//! the effects; the models never reach into a vCPU. One file per device, each tested against
-//! its datasheet or specification.
+//! The devices of the PC inside each VM, as pure models behind two buses: the port-I/O bus,
+//! where each device gets the accesses to its ports, and the MMIO bus (the I/O APIC at
+//! 0xFEC00000). A device answers with a value, or with what the VM must do (print a byte,
+//! change an interrupt line, end). [`Pc`] wires the interrupt lines to the I/O APIC, whose
+//! messages the kernel delivers into the virtual local APICs; the models never reach into a
+//! vCPU. One file per device, each tested against its datasheet or specification.
 
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use spin::Mutex;
 
 pub mod cmos;
 pub mod debug_exit;
@@ -24,19 +26,37 @@ pub enum ExitRequest {
     Fail(u32),
 }
 
-/// What a write asks of the VM besides changing the device.
+/// A change of an ISA interrupt line's level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineChange {
+    Low,
+    High,
+    /// Low and high again within one access: a new rising edge, the line left high.
+    Pulse,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Irq {
+    /// ISA IRQ number.
+    pub line: u8,
+    pub change: LineChange,
+}
+
+/// What an access asks of the VM besides changing the device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
     /// A byte for the VM's console.
     pub console: Option<u8>,
-    /// An ISA interrupt line (IRQ number) became asserted.
-    pub irq: Option<u8>,
+    /// An interrupt line changed (a device's output; [`Pc`] routes it to the I/O APIC).
+    pub irq: Option<Irq>,
+    /// An interrupt message for the local APICs (the I/O APIC's output), for the kernel.
+    pub message: Option<ioapic::Message>,
     /// The VM ends.
     pub exit: Option<ExitRequest>,
 }
 
 impl Effects {
-    pub const NONE: Self = Self { console: None, irq: None, exit: None };
+    pub const NONE: Self = Self { console: None, irq: None, message: None, exit: None };
 }
 
 /// A device on the port-I/O bus. `offset` is relative to the device's first port; `size` is
@@ -100,6 +120,67 @@ impl PortBus {
     }
 }
 
+/// A device on the MMIO bus: `offset` within its window, `size` 1, 2, 4 or 8 bytes.
+pub trait MmioDevice: Send {
+    fn name(&self) -> &'static str;
+    fn read(&mut self, offset: u64, size: u8) -> (u64, Effects);
+    fn write(&mut self, offset: u64, size: u8, value: u64) -> Effects;
+}
+
+/// Guest-physical windows to devices. An address nobody claims is not a device: the caller
+/// decides (this hypervisor stops the VM, as for any access outside RAM).
+#[derive(Default)]
+pub struct MmioBus {
+    devices: Vec<(u64, u64, Box<dyn MmioDevice>)>,
+}
+
+impl MmioBus {
+    /// Adds `device` at `base..base + len`. Windows must not overlap: a programming error.
+    pub fn add(&mut self, base: u64, len: u64, device: Box<dyn MmioDevice>) {
+        assert!(self.devices.iter().all(|(b, l, _)| base + len <= *b || base >= b + l), "MMIO window {base:#x} overlaps");
+        self.devices.push((base, len, device));
+    }
+
+    /// Whether a device answers at `gpa` (for `size` bytes, all inside its window).
+    pub fn claims(&self, gpa: u64, size: u8) -> bool {
+        self.devices.iter().any(|(b, l, _)| gpa >= *b && gpa.saturating_add(size as u64) <= b + l)
+    }
+
+    fn find(&mut self, gpa: u64, size: u8) -> Option<(u64, &mut Box<dyn MmioDevice>)> {
+        self.devices
+            .iter_mut()
+            .find(|(b, l, _)| gpa >= *b && gpa.saturating_add(size as u64) <= *b + *l)
+            .map(|(b, _, d)| (gpa - *b, d))
+    }
+
+    /// A read; `None` where no device answers.
+    pub fn read(&mut self, gpa: u64, size: u8) -> Option<(u64, Effects)> {
+        self.find(gpa, size).map(|(off, d)| d.read(off, size))
+    }
+
+    /// A write; `None` where no device answers.
+    pub fn write(&mut self, gpa: u64, size: u8, value: u64) -> Option<Effects> {
+        self.find(gpa, size).map(|(off, d)| d.write(off, size, value))
+    }
+}
+
+/// The I/O APIC on the MMIO bus.
+struct IoApicWindow(Arc<Mutex<ioapic::IoApic>>);
+
+impl MmioDevice for IoApicWindow {
+    fn name(&self) -> &'static str {
+        "I/O APIC"
+    }
+
+    fn read(&mut self, offset: u64, size: u8) -> (u64, Effects) {
+        (self.0.lock().read(offset, size) as u64, Effects::NONE)
+    }
+
+    fn write(&mut self, offset: u64, size: u8, value: u64) -> Effects {
+        Effects { message: self.0.lock().write(offset, size, value as u32), ..Effects::NONE }
+    }
+}
+
 /// What the PC's devices are built from.
 pub struct PcConfig<'a> {
     pub ram_size: u64,
@@ -109,24 +190,98 @@ pub struct PcConfig<'a> {
     pub unix_time: u64,
 }
 
-/// The port-I/O devices of the PC inside each VM: COM1, the PIT and port B, the 8259 pair, the
-/// CMOS RTC, isa-debug-exit, fw_cfg and PCI configuration mechanism #1.
-pub fn pc(cfg: &PcConfig<'_>) -> PortBus {
-    let mut bus = PortBus::default();
-    bus.add(uart16550::COM1, uart16550::LEN, Box::new(uart16550::Uart16550::new(uart16550::COM1_IRQ)));
-    let pit = alloc::sync::Arc::new(spin::Mutex::new(pit8254::Pit::default()));
-    bus.add(pit8254::PORT, pit8254::LEN, Box::new(pit8254::PitPorts(pit.clone())));
-    bus.add(pit8254::PORT_B, 1, Box::new(pit8254::PortB(pit)));
-    bus.add(pic8259::MASTER, pic8259::LEN, Box::new(pic8259::Pic8259::default()));
-    bus.add(pic8259::SLAVE, pic8259::LEN, Box::new(pic8259::Pic8259::default()));
-    let mut cmos = cmos::Cmos::new(cfg.ram_size);
-    cmos.set_time(cfg.unix_time);
-    bus.add(cmos::PORT, cmos::LEN, Box::new(cmos));
-    bus.add(debug_exit::PORT, debug_exit::LEN, Box::new(debug_exit::DebugExit));
-    bus.add(fw_cfg::PORT, fw_cfg::LEN, Box::new(fw_cfg::FwCfg::new(cfg.ram_size, cfg.cpus, cfg.cmdline)));
-    bus.add(pci_host::PORT, pci_host::LEN, Box::new(pci_host::PciHost::default()));
-    bus
+/// The PC inside a VM: its two buses, and the I/O APIC the interrupt lines go to.
+pub struct Pc {
+    pub ports: PortBus,
+    pub mmio: MmioBus,
+    ioapic: Arc<Mutex<ioapic::IoApic>>,
 }
+
+/// The I/O APIC input an ISA IRQ reaches: the identity, but IRQ 0 (the PIT) on pin 2, as the
+/// MADT's interrupt source override says (ACPI 6.5 §5.2.12.5; every PC wires it so).
+pub const fn isa_irq_pin(irq: u8) -> usize {
+    if irq == 0 { 2 } else { irq as usize }
+}
+
+impl Pc {
+    /// The port-I/O devices (COM1, the PIT and port B, the 8259 pair, the CMOS RTC,
+    /// isa-debug-exit, fw_cfg, PCI configuration mechanism #1) and the I/O APIC.
+    pub fn new(cfg: &PcConfig<'_>) -> Self {
+        let mut ports = PortBus::default();
+        ports.add(uart16550::COM1, uart16550::LEN, Box::new(uart16550::Uart16550::new(uart16550::COM1_IRQ)));
+        let pit = Arc::new(Mutex::new(pit8254::Pit::default()));
+        ports.add(pit8254::PORT, pit8254::LEN, Box::new(pit8254::PitPorts(pit.clone())));
+        ports.add(pit8254::PORT_B, 1, Box::new(pit8254::PortB(pit)));
+        ports.add(pic8259::MASTER, pic8259::LEN, Box::new(pic8259::Pic8259::default()));
+        ports.add(pic8259::SLAVE, pic8259::LEN, Box::new(pic8259::Pic8259::default()));
+        let mut cmos = cmos::Cmos::new(cfg.ram_size);
+        cmos.set_time(cfg.unix_time);
+        ports.add(cmos::PORT, cmos::LEN, Box::new(cmos));
+        ports.add(debug_exit::PORT, debug_exit::LEN, Box::new(debug_exit::DebugExit));
+        ports.add(fw_cfg::PORT, fw_cfg::LEN, Box::new(fw_cfg::FwCfg::new(cfg.ram_size, cfg.cpus, cfg.cmdline)));
+        ports.add(pci_host::PORT, pci_host::LEN, Box::new(pci_host::PciHost::default()));
+        let ioapic = Arc::new(Mutex::new(ioapic::IoApic::new(IO_APIC_ID)));
+        let mut mmio = MmioBus::default();
+        mmio.add(ioapic::BASE, ioapic::LEN, Box::new(IoApicWindow(ioapic.clone())));
+        Self { ports, mmio, ioapic }
+    }
+
+    /// Routes a device's line change to its I/O APIC pin: the effects then carry the message
+    /// to deliver, if the pin sends one.
+    fn route(&mut self, mut e: Effects) -> Effects {
+        if let Some(irq) = e.irq.take() {
+            let pin = isa_irq_pin(irq.line);
+            let mut io = self.ioapic.lock();
+            let sent = match irq.change {
+                LineChange::Low => io.set_pin(pin, false),
+                LineChange::High => io.set_pin(pin, true),
+                LineChange::Pulse => {
+                    let low = io.set_pin(pin, false);
+                    low.or(io.set_pin(pin, true))
+                }
+            };
+            e.message = e.message.or(sent);
+        }
+        e
+    }
+
+    pub fn port_read(&mut self, port: u16, size: u8, now_ns: u64) -> (u32, Effects, bool) {
+        let (v, e, claimed) = self.ports.read(port, size, now_ns);
+        (v, self.route(e), claimed)
+    }
+
+    pub fn port_write(&mut self, port: u16, size: u8, value: u32, now_ns: u64) -> (Effects, bool) {
+        let (e, claimed) = self.ports.write(port, size, value, now_ns);
+        (self.route(e), claimed)
+    }
+
+    /// An MMIO read; `None` where no device answers.
+    pub fn mmio_read(&mut self, gpa: u64, size: u8) -> Option<(u64, Effects)> {
+        let (v, e) = self.mmio.read(gpa, size)?;
+        Some((v, self.route(e)))
+    }
+
+    /// An MMIO write; `None` where no device answers.
+    pub fn mmio_write(&mut self, gpa: u64, size: u8, value: u64) -> Option<Effects> {
+        let e = self.mmio.write(gpa, size, value)?;
+        Some(self.route(e))
+    }
+
+    /// A local APIC's EOI of `vector` for a level-triggered interrupt (an EOI-induced exit):
+    /// the I/O APIC re-arms the entries with that vector; a message if one sends again.
+    pub fn eoi(&mut self, vector: u8) -> Option<ioapic::Message> {
+        self.ioapic.lock().eoi(vector)
+    }
+
+    /// The vectors of the I/O APIC's unmasked level-triggered entries, as a 256-bit set: their
+    /// EOIs must reach the I/O APIC (the EOI-exit bitmap, SDM Vol. 3C §30.1.4).
+    pub fn level_vectors(&self) -> [u64; 4] {
+        self.ioapic.lock().level_vectors()
+    }
+}
+
+/// The I/O APIC's ID, as QEMU gives it (its namespace is not the local APICs').
+pub const IO_APIC_ID: u8 = 0;
 
 fn size_mask(size: u8) -> u32 {
     match size {
@@ -169,7 +324,7 @@ mod tests {
     #[test]
     fn the_pc_answers_where_a_pc_does() {
         let cfg = PcConfig { ram_size: 64 << 20, cpus: 3, cmdline: b"x", unix_time: 1_700_000_000 };
-        let mut bus = pc(&cfg);
+        let mut bus = Pc::new(&cfg).ports;
         // fw_cfg: signature, then the CPU count.
         bus.write(0x510, 2, fw_cfg::key::SIGNATURE as u32, 0);
         let sig: [u8; 4] = core::array::from_fn(|_| bus.read(0x511, 1, 0).0 as u8);
@@ -195,6 +350,45 @@ mod tests {
         // isa-debug-exit ends the VM; a port nobody claims floats.
         assert_eq!(bus.write(0xf4, 1, 0, 0).0.exit, Some(ExitRequest::Pass));
         assert_eq!(bus.read(0x80, 1, 0), (0xff, Effects::NONE, false));
+    }
+
+    #[test]
+    fn uart_interrupts_reach_the_io_apic_pin_as_its_entry_says() {
+        let cfg = PcConfig { ram_size: 64 << 20, cpus: 2, cmdline: b"", unix_time: 0 };
+        let mut pc = Pc::new(&cfg);
+        let reg = |pc: &mut Pc, index: u32, value: u32| {
+            pc.mmio_write(ioapic::BASE, 4, index as u64).unwrap();
+            pc.mmio_write(ioapic::BASE + 0x10, 4, value as u64).unwrap()
+        };
+        // Pin 4 (COM1): vector 0x44, fixed, physical, edge, to APIC 1.
+        reg(&mut pc, 0x19, 1 << 24);
+        reg(&mut pc, 0x18, 0x44);
+        assert_eq!(pc.level_vectors(), [0; 4]);
+        pc.port_write(0x3fc, 1, 0x08, 0); // MCR: OUT2
+        let (e, _) = pc.port_write(0x3f9, 1, 0x02, 0); // IER: THRE
+        let m = ioapic::Message { vector: 0x44, delivery_mode: 0, logical: false, dest: 1, level: false };
+        assert_eq!((e.irq, e.message), (None, Some(m)), "the line went to the I/O APIC");
+        // Each byte sent while the line is high is a new edge.
+        assert_eq!(pc.port_write(0x3f8, 1, b'a' as u32, 0).0.message, Some(m));
+        // The driver reads IIR (line low), then sends: one message each time.
+        assert_eq!(pc.port_read(0x3fa, 1, 0).1.message, None);
+        assert_eq!(pc.port_write(0x3f8, 1, b'b' as u32, 0).0.message, Some(m));
+        // Masked: nothing. Nothing answers outside the window.
+        reg(&mut pc, 0x18, 0x44 | (1 << 16));
+        assert_eq!(pc.port_write(0x3f8, 1, b'c' as u32, 0).0.message, None);
+        assert!(pc.mmio_read(ioapic::BASE + 0x1000, 4).is_none());
+        assert!(pc.mmio.claims(ioapic::BASE + 0x10, 4) && !pc.mmio.claims(ioapic::BASE + 0xffe, 4));
+    }
+
+    #[test]
+    fn level_triggered_entries_are_reported_for_eoi_exits() {
+        let cfg = PcConfig { ram_size: 64 << 20, cpus: 2, cmdline: b"", unix_time: 0 };
+        let mut pc = Pc::new(&cfg);
+        pc.mmio_write(ioapic::BASE, 4, 0x18).unwrap();
+        pc.mmio_write(ioapic::BASE + 0x10, 4, 0x8061).unwrap(); // level, vector 0x61
+        assert_eq!(pc.level_vectors(), [0, 1 << 0x21, 0, 0]);
+        assert_eq!(isa_irq_pin(0), 2);
+        assert_eq!(isa_irq_pin(4), 4);
     }
 
     #[test]

@@ -2,9 +2,14 @@
 //! loopback (which Linux's 8250 driver checks), FIFO identification, and the transmitter-empty
 //! interrupt. Transmission is instant: every byte goes to the VM's console at once, so the
 //! transmitter is always empty. Nothing is ever received (no input side).
+//!
+//! The interrupt line (IRQ 4 through OUT2, as a PC wires it) is reported whenever its level
+//! changes. Writing THR clears the transmitter-empty interrupt and the byte's transmission sets
+//! it again at once, so a write with the line high is a pulse: an edge-triggered I/O APIC pin
+//! sees a new interrupt per byte, as with real hardware a moment later.
 //! Register map and bits: the TI/National PC16550D datasheet, "Register Description".
 
-use super::{Effects, PortDevice};
+use super::{Effects, Irq, LineChange, PortDevice};
 
 pub const COM1: u16 = 0x3f8;
 pub const LEN: u16 = 8;
@@ -38,12 +43,14 @@ pub struct Uart16550 {
     thre_pending: bool,
     /// A byte written in loopback mode, read back from RBR.
     looped: Option<u8>,
+    /// The level of the interrupt line as last reported.
+    line_high: bool,
 }
 
 impl Uart16550 {
     pub fn new(irq: u8) -> Self {
         // Reset values (datasheet table "UART Reset Configuration"): divisor 12 = 9600 baud.
-        Self { irq, ier: 0, lcr: 0, mcr: 0, scr: 0, dll: 12, dlm: 0, fifo: false, thre_pending: false, looped: None }
+        Self { irq, ier: 0, lcr: 0, mcr: 0, scr: 0, dll: 12, dlm: 0, fifo: false, thre_pending: false, looped: None, line_high: false }
     }
 
     fn interrupt_pending(&self) -> bool {
@@ -51,13 +58,22 @@ impl Uart16550 {
     }
 
     /// The IRQ line as a PC wires it: only with OUT2 set, and never in loopback.
-    fn line_effects(&self, was: bool) -> Effects {
-        let out = self.mcr & MCR_OUT2 != 0 && self.mcr & MCR_LOOP == 0;
-        if out && self.interrupt_pending() && !was {
-            Effects { irq: Some(self.irq), ..Effects::NONE }
-        } else {
-            Effects::NONE
-        }
+    fn line(&self) -> bool {
+        self.mcr & MCR_OUT2 != 0 && self.mcr & MCR_LOOP == 0 && self.interrupt_pending()
+    }
+
+    /// The line change since the last report, if any; `pulse` when the source was cleared and
+    /// set again by one access (a THR write).
+    fn line_change(&mut self, pulse: bool) -> Option<Irq> {
+        let now = self.line();
+        let change = match (self.line_high, now) {
+            (false, true) => LineChange::High,
+            (true, false) => LineChange::Low,
+            (true, true) if pulse => LineChange::Pulse,
+            _ => return None,
+        };
+        self.line_high = now;
+        Some(Irq { line: self.irq, change })
     }
 }
 
@@ -78,10 +94,10 @@ impl PortDevice for Uart16550 {
                 if self.interrupt_pending() {
                     // Reading IIR with THRE as the source clears it.
                     self.thre_pending = false;
-                    IIR_THRE | fifo
-                } else {
-                    IIR_NONE | fifo
+                    let e = Effects { irq: self.line_change(false), ..Effects::NONE };
+                    return ((IIR_THRE | fifo) as u32, e);
                 }
+                IIR_NONE | fifo
             }
             3 => self.lcr,
             4 => self.mcr,
@@ -103,7 +119,6 @@ impl PortDevice for Uart16550 {
     fn write(&mut self, offset: u16, _: u8, value: u32, _now_ns: u64) -> Effects {
         let v = value as u8;
         let dlab = self.lcr & LCR_DLAB != 0;
-        let was = self.interrupt_pending();
         let mut e = Effects::NONE;
         match offset {
             0 if dlab => self.dll = v,
@@ -115,8 +130,7 @@ impl PortDevice for Uart16550 {
                 }
                 // Sent at once: the holding register is empty again.
                 self.thre_pending = true;
-                let line = self.line_effects(false);
-                e.irq = line.irq;
+                e.irq = self.line_change(true);
                 return e;
             }
             1 if dlab => self.dlm = v,
@@ -133,7 +147,7 @@ impl PortDevice for Uart16550 {
             7 => self.scr = v,
             _ => {} // LSR and MSR are read-only
         }
-        e.irq = self.line_effects(was).irq;
+        e.irq = self.line_change(false);
         e
     }
 }
@@ -182,15 +196,17 @@ mod tests {
         let mut u = Uart16550::new(COM1_IRQ);
         u.write(4, 1, MCR_OUT2 as u32, 0);
         assert_eq!(u.read(2, 1, 0).0, IIR_NONE as u32, "nothing pending at reset");
+        let irq = |change| Some(Irq { line: COM1_IRQ, change });
         // Enabling ETBEI with an empty holding register raises the interrupt at once.
-        assert_eq!(u.write(1, 1, IER_THRE as u32, 0).irq, Some(COM1_IRQ));
-        assert_eq!(u.read(2, 1, 0).0, IIR_THRE as u32);
-        assert_eq!(u.read(2, 1, 0).0, IIR_NONE as u32, "reading IIR cleared it");
-        // Each byte sent raises it again.
-        assert_eq!(u.write(0, 1, b'x' as u32, 0).irq, Some(COM1_IRQ));
+        assert_eq!(u.write(1, 1, IER_THRE as u32, 0).irq, irq(LineChange::High));
+        let (iir, e) = u.read(2, 1, 0);
+        assert_eq!((iir, e.irq), (IIR_THRE as u32, irq(LineChange::Low)), "reading IIR clears it");
+        assert_eq!(u.read(2, 1, 0), (IIR_NONE as u32, Effects::NONE));
+        // Each byte sent raises it again: from low, a rising edge; while still high, a pulse.
+        assert_eq!(u.write(0, 1, b'x' as u32, 0).irq, irq(LineChange::High));
+        assert_eq!(u.write(0, 1, b'x' as u32, 0).irq, irq(LineChange::Pulse));
         // Without OUT2 the line stays low (PC wiring), though IIR shows the source.
-        u.read(2, 1, 0);
-        u.write(4, 1, 0, 0);
+        assert_eq!(u.write(4, 1, 0, 0).irq, irq(LineChange::Low));
         assert_eq!(u.write(0, 1, b'y' as u32, 0).irq, None);
         assert_eq!(u.read(2, 1, 0).0, IIR_THRE as u32);
         // With ETBEI off nothing is pending.

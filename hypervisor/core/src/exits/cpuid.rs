@@ -18,7 +18,8 @@ pub struct VcpuIdentity {
 
 pub const HV_LEAF_BASE: u32 = 0x4000_0000;
 pub const HV_LEAF_FEATURES: u32 = 0x4000_0001;
-/// Timing information, at the index VMware and KVM use for it: EAX = TSC kHz.
+/// Timing information, at the index VMware and KVM use for it: EAX = TSC kHz, EBX = the local
+/// APIC timer's input clock in kHz (the TSC's: `apic::timer`).
 pub const HV_LEAF_TIMING: u32 = 0x4000_0010;
 pub const HV_LEAF_MAX: u32 = HV_LEAF_TIMING;
 
@@ -37,6 +38,17 @@ pub fn filter(leaf: u32, subleaf: u32, native: [u32; 4], who: VcpuIdentity) -> [
             c |= 1 << 31; // hypervisor present
             // EBX[31:24] initial APIC ID; EBX[23:16] addressable logical processor IDs.
             b = (b & 0x0000_ffff) | (who.apic_id << 24) | (who.vcpu_count.next_power_of_two().min(255) << 16);
+            c |= 1 << 24; // TSC-deadline timer: the vCPU's APIC timer has the mode (apic::timer)
+        }
+        // ARAT: the APIC timer runs in every C-state (the timer model does not stop).
+        6 => a |= 1 << 2,
+        // TSC and core crystal clock: the crystal runs at the TSC rate (ratio 1/1), which is the
+        // local APIC timer's input clock here, so an OS that takes the timer's rate from the
+        // crystal (Linux does) gets it right (SDM Vol. 2A CPUID leaf 15H).
+        0x15 => {
+            a = 1;
+            b = 1;
+            c = who.tsc_khz.saturating_mul(1000);
         }
         // x2APIC topology: EDX = x2APIC ID; the levels say one thread per core, vcpu_count cores.
         0xb | 0x1f => {
@@ -75,7 +87,7 @@ pub fn filter(leaf: u32, subleaf: u32, native: [u32; 4], who: VcpuIdentity) -> [
         }
         HV_LEAF_TIMING => {
             a = who.tsc_khz;
-            b = 0;
+            b = who.tsc_khz;
             c = 0;
             d = 0;
         }
@@ -107,6 +119,13 @@ mod tests {
         assert_eq!((b >> 16) & 0xff, 4);
         assert_eq!(b & 0xffff, 0x0800, "CLFLUSH size and brand index kept");
         assert_eq!(d, 0x178b_fbff);
+        assert_ne!(c & (1 << 24), 0, "TSC-deadline timer");
+    }
+
+    #[test]
+    fn timer_leaves_describe_the_apic_timer_clock() {
+        assert_eq!(filter(0x15, 0, [2, 168, 25_000_000, 0], WHO), [1, 1, 2_000_000_000, 0]);
+        assert_eq!(filter(6, 0, [0x77, 2, 9, 0], WHO)[0], 0x77 | 4, "ARAT");
     }
 
     #[test]
@@ -121,7 +140,7 @@ mod tests {
         assert_eq!(filter(HV_LEAF_FEATURES, 0, [9; 4], WHO), [HV_FEATURE_HYPERCALLS | HV_FEATURE_IPIV, 0, 0, 0]);
         let halting = VcpuIdentity { ipiv: false, hlt_passthrough: true, ..WHO };
         assert_eq!(filter(HV_LEAF_FEATURES, 0, [0; 4], halting)[0], HV_FEATURE_HYPERCALLS | HV_FEATURE_HLT_PASSTHROUGH);
-        assert_eq!(filter(HV_LEAF_TIMING, 0, [9; 4], WHO), [2_000_000, 0, 0, 0]);
+        assert_eq!(filter(HV_LEAF_TIMING, 0, [9; 4], WHO), [2_000_000, 2_000_000, 0, 0]);
         assert_eq!(filter(0x4000_0002, 0, [9; 4], WHO), [0; 4]);
         assert_eq!(filter(0x4000_0011, 0, [9; 4], WHO), [0; 4]);
     }

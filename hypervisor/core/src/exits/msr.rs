@@ -10,6 +10,8 @@ pub enum Rule {
     Fixed(u64),
     /// Reads return the value; writes are ignored.
     ReadValueIgnoreWrite(u64),
+    /// The vCPU's APIC timer answers (IA32_TSC_DEADLINE, `apic::timer`).
+    ApicTimer,
     /// Any access raises #GP in the guest.
     Gp,
 }
@@ -59,6 +61,7 @@ pub fn rule(msr: u32, vcpu: u32) -> Rule {
         IA32_MTRR_DEF_TYPE => Rule::Fixed(6 | 1 << 11), // enabled, default type WB
         IA32_PLATFORM_ID => Rule::Fixed(0),
         IA32_BIOS_SIGN_ID => Rule::ReadValueIgnoreWrite(0),
+        crate::apic::timer::IA32_TSC_DEADLINE => Rule::ApicTimer,
         _ => Rule::Gp,
     }
 }
@@ -84,8 +87,9 @@ pub const PASS_THROUGH: &[u32] = &[
 pub fn read(msr: u32, vcpu: u32) -> Option<u64> {
     match rule(msr, vcpu) {
         Rule::Fixed(v) | Rule::ReadValueIgnoreWrite(v) => Some(v),
-        // Reached only if the bitmap did not pass it through: treat as not allowed.
-        Rule::PassThrough | Rule::Gp => None,
+        // Reached only if the bitmap did not pass it through: treat as not allowed. The APIC
+        // timer's MSR is the vCPU's to answer before it asks here.
+        Rule::PassThrough | Rule::ApicTimer | Rule::Gp => None,
     }
 }
 
@@ -94,7 +98,7 @@ pub fn write_ok(msr: u32, vcpu: u32, value: u64) -> bool {
     match rule(msr, vcpu) {
         Rule::Fixed(v) => v == value,
         Rule::ReadValueIgnoreWrite(_) => true,
-        Rule::PassThrough | Rule::Gp => false,
+        Rule::PassThrough | Rule::ApicTimer | Rule::Gp => false,
     }
 }
 

@@ -157,3 +157,12 @@ fn u32_keys_out_of_range_are_errors_not_wrapped() {
     v.set("timeout_ms", "4294967297").unwrap();
     assert_eq!(v.timeout_ms, 4_294_967_297);
 }
+
+#[test]
+fn timer_source_key() {
+    let mut v = VmSpec::new(1);
+    assert_eq!(v.timer, TimerSource::Preemption);
+    v.set("timer", "host-apic").unwrap();
+    assert_eq!(v.timer, TimerSource::HostApic);
+    assert!(v.set("timer", "pit").unwrap_err().contains("preemption|host-apic"));
+}

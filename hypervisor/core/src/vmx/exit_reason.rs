@@ -107,6 +107,98 @@ pub const EPT_MISCONFIG: u16 = 49;
 pub const PREEMPTION_TIMER: u16 = 52;
 pub const XSETBV: u16 = 55;
 pub const APIC_WRITE: u16 = 56;
+pub const INTERRUPT_WINDOW: u16 = 7;
+pub const VIRTUALIZED_EOI: u16 = 45;
+
+/// The basic exit reasons this hypervisor handles, typed; every other number is `Other`, which
+/// the dispatcher reports as an unexpected exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BasicExit {
+    /// Exception or NMI (the exception bitmap is 0, so a host NMI).
+    ExceptionOrNmi,
+    ExternalInterrupt,
+    TripleFault,
+    InterruptWindow,
+    NmiWindow,
+    Cpuid,
+    Hlt,
+    Vmcall,
+    Io,
+    Rdmsr,
+    Wrmsr,
+    EntryFailGuestState,
+    EntryFailMsrLoad,
+    EntryFailMachineCheck,
+    ApicAccess,
+    /// EOI-induced exit (SDM Vol. 3C §30.1.4): a vector in the EOI-exit bitmap was EOI'd.
+    VirtualizedEoi,
+    EptViolation,
+    EptMisconfig,
+    PreemptionTimer,
+    Xsetbv,
+    ApicWrite,
+    Other(u16),
+}
+
+impl BasicExit {
+    pub const fn from_raw(r: u16) -> Self {
+        match r {
+            EXCEPTION_NMI => Self::ExceptionOrNmi,
+            EXTERNAL_INTERRUPT => Self::ExternalInterrupt,
+            TRIPLE_FAULT => Self::TripleFault,
+            INTERRUPT_WINDOW => Self::InterruptWindow,
+            NMI_WINDOW => Self::NmiWindow,
+            CPUID => Self::Cpuid,
+            HLT => Self::Hlt,
+            VMCALL => Self::Vmcall,
+            IO_INSTRUCTION => Self::Io,
+            RDMSR => Self::Rdmsr,
+            WRMSR => Self::Wrmsr,
+            ENTRY_FAIL_GUEST_STATE => Self::EntryFailGuestState,
+            ENTRY_FAIL_MSR_LOAD => Self::EntryFailMsrLoad,
+            ENTRY_FAIL_MACHINE_CHECK => Self::EntryFailMachineCheck,
+            APIC_ACCESS => Self::ApicAccess,
+            VIRTUALIZED_EOI => Self::VirtualizedEoi,
+            EPT_VIOLATION => Self::EptViolation,
+            EPT_MISCONFIG => Self::EptMisconfig,
+            PREEMPTION_TIMER => Self::PreemptionTimer,
+            XSETBV => Self::Xsetbv,
+            APIC_WRITE => Self::ApicWrite,
+            other => Self::Other(other),
+        }
+    }
+
+    pub const fn raw(self) -> u16 {
+        match self {
+            Self::ExceptionOrNmi => EXCEPTION_NMI,
+            Self::ExternalInterrupt => EXTERNAL_INTERRUPT,
+            Self::TripleFault => TRIPLE_FAULT,
+            Self::InterruptWindow => INTERRUPT_WINDOW,
+            Self::NmiWindow => NMI_WINDOW,
+            Self::Cpuid => CPUID,
+            Self::Hlt => HLT,
+            Self::Vmcall => VMCALL,
+            Self::Io => IO_INSTRUCTION,
+            Self::Rdmsr => RDMSR,
+            Self::Wrmsr => WRMSR,
+            Self::EntryFailGuestState => ENTRY_FAIL_GUEST_STATE,
+            Self::EntryFailMsrLoad => ENTRY_FAIL_MSR_LOAD,
+            Self::EntryFailMachineCheck => ENTRY_FAIL_MACHINE_CHECK,
+            Self::ApicAccess => APIC_ACCESS,
+            Self::VirtualizedEoi => VIRTUALIZED_EOI,
+            Self::EptViolation => EPT_VIOLATION,
+            Self::EptMisconfig => EPT_MISCONFIG,
+            Self::PreemptionTimer => PREEMPTION_TIMER,
+            Self::Xsetbv => XSETBV,
+            Self::ApicWrite => APIC_WRITE,
+            Self::Other(r) => r,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        name(self.raw())
+    }
+}
 
 /// The name of basic exit reason `r`.
 pub fn name(r: u16) -> &'static str {
@@ -120,6 +212,10 @@ pub struct ExitReason(pub u32);
 impl ExitReason {
     pub const fn basic(self) -> u16 {
         self.0 as u16
+    }
+
+    pub const fn kind(self) -> BasicExit {
+        BasicExit::from_raw(self.0 as u16)
     }
 
     pub const fn entry_failure(self) -> bool {
@@ -145,6 +241,17 @@ mod tests {
         assert_eq!(name(APIC_WRITE), "apic_write");
         assert_eq!(name(77), "tdcall");
         assert_eq!(name(200), "unknown");
+    }
+
+    #[test]
+    fn typed_reasons_round_trip() {
+        for r in 0..=u16::from(u8::MAX) {
+            assert_eq!(BasicExit::from_raw(r).raw(), r);
+        }
+        assert_eq!(BasicExit::from_raw(VIRTUALIZED_EOI).name(), "virtualized_eoi");
+        assert_eq!(BasicExit::from_raw(INTERRUPT_WINDOW).name(), "interrupt_window");
+        assert_eq!(BasicExit::from_raw(9), BasicExit::Other(9));
+        assert_eq!(ExitReason(0x8000_0021).kind(), BasicExit::EntryFailGuestState);
     }
 
     #[test]

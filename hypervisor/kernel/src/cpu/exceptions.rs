@@ -9,8 +9,7 @@ use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, Pag
 
 use super::gdt::{IST_DOUBLE_FAULT, IST_MACHINE_CHECK, IST_NMI};
 
-/// Spurious-interrupt vector programmed into the local APIC's SVR.
-pub const SPURIOUS_VECTOR: u8 = 0xff;
+use crate::vectors;
 
 static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     let mut idt = InterruptDescriptorTable::new();
@@ -40,13 +39,14 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
         idt.non_maskable_interrupt.set_handler_fn(nmi).set_stack_index(IST_NMI);
         idt.machine_check.set_handler_fn(mc).set_stack_index(IST_MACHINE_CHECK);
     }
-    idt[SPURIOUS_VECTOR].set_handler_fn(spurious);
+    idt[vectors::SPURIOUS].set_handler_fn(spurious);
     // Kicks and posted-interrupt notifications reach the host only while a CPU waits for them
     // with interrupts on (HLT with `hlt = exit`); the waiter looks at its descriptor itself.
-    idt[crate::KICK_VECTOR].set_handler_fn(eoi_only);
-    idt[crate::vm::vapic::POSTED_INTR_VECTOR].set_handler_fn(eoi_only);
+    idt[vectors::KICK].set_handler_fn(eoi_only);
+    idt[vectors::GUEST_TIMER].set_handler_fn(eoi_only);
+    idt[vectors::POSTED_INTR].set_handler_fn(eoi_only);
     // SAFETY: the benchmark handler is a complete interrupt handler ending in IRETQ.
-    unsafe { idt[crate::bench::NATIVE_VECTOR].set_handler_addr(x86_64::VirtAddr::new(crate::bench::isr_address())) };
+    unsafe { idt[vectors::NATIVE_BENCH].set_handler_addr(x86_64::VirtAddr::new(crate::bench::isr_address())) };
     idt
 });
 

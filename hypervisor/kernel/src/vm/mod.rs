@@ -1,9 +1,14 @@
-//! Virtual machines: guest RAM, EPT, MSR bitmap and boot area built from a manifest entry, and
-//! the shared state the VM's vCPUs (each pinned to its own physical CPU) report into.
+//! Virtual machines. A VM is a small PC: guest RAM behind an EPT, a multiboot kernel loaded as
+//! QEMU's `-kernel` loads it (`boot`), ACPI tables, the PC's devices (`devices`), and one
+//! virtual local APIC per vCPU (`vapic`, with interrupt delivery in `delivery`). Each vCPU
+//! (`vcpu`, its run loop in `run`, its exits in `exits`) runs on the physical CPU it is
+//! pinned to; this file holds what they share and how the VM ends.
 
-pub mod emulate;
+pub mod boot;
+pub mod delivery;
+pub mod devices;
 pub mod exits;
-pub mod ipi;
+pub mod run;
 pub mod vapic;
 pub mod vcpu;
 
@@ -12,20 +17,17 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use hvcore::acpi_tables;
 use hvcore::budget::{ConsoleBudget, ReportBudget};
-use hvcore::devices::{self, PcConfig, PortBus};
 use hvcore::ept::{Ept, RWX, TableMemory};
 use hvcore::exits::counters::ExitCounters;
 use hvcore::guest_abi::APIC_MMIO_GPA;
-use hvcore::manifest::{ApicMode, HltMode, VmResult, VmSpec};
-use hvcore::multiboot;
+use hvcore::manifest::{HltMode, TimerSource, VmResult, VmSpec};
 use hvcore::summary::VmReport;
-use hvcore::vmx::caps::VmxCaps;
 use hvcore::vmx::controls::resolve_ipiv;
 use spin::Mutex;
 
-use crate::memory;
+use crate::host::Host;
+use crate::{apic, memory, vectors};
 
 /// Frames for page tables, from the frame allocator.
 pub struct Frames;
@@ -53,10 +55,15 @@ pub struct Vm {
     pub ram_pa: u64,
     pub ram_size: u64,
     pub eptp: u64,
-    pub boot: Boot,
+    pub boot: boot::Boot,
     /// IPI virtualization, as resolved for this CPU.
     pub ipiv: bool,
+    /// What delivers the guest's APIC timer, as resolved for this CPU: the host APIC only
+    /// where it has TSC-deadline mode.
+    pub timer: TimerSource,
     pub apic: vapic::VmApic,
+    /// The PC's devices, shared by the VM's vCPUs.
+    pub devices: devices::VmDevices,
     stopping: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
     vcpus_done: AtomicU32,
@@ -64,27 +71,9 @@ pub struct Vm {
     pub reports: Mutex<Reports>,
     /// Console output of all the VM's vCPUs (PRINT and COM1) against its rate budget.
     pub console: Mutex<ConsoleBudget>,
-    /// The PC's port-I/O devices, shared by the VM's vCPUs.
-    pub ports: Mutex<PortBus>,
     /// The VM's clock: TSC at its creation and the TSC rate.
     clock0_tsc: u64,
     tsc_hz: u64,
-}
-
-/// Where a VM's multiboot kernel starts: the bootstrap vCPU at `entry` in 32-bit protected mode
-/// with EBX = `info`; the others wait for a SIPI.
-#[derive(Clone, Copy, Debug)]
-pub struct Boot {
-    pub entry: u32,
-    pub info: u32,
-}
-
-/// The host's time sources a VM's clock starts from.
-#[derive(Clone, Copy)]
-pub struct Clock {
-    pub tsc_hz: u64,
-    /// Wall-clock seconds since 1970 (the host RTC), for the VM's RTC.
-    pub unix_time: u64,
 }
 
 /// The REPORT values a VM has handed in, within its budget.
@@ -95,57 +84,31 @@ pub struct Reports {
 }
 
 impl Vm {
-    /// Builds a VM: RAM (2 MiB-aligned, zeroed), the multiboot kernel with its modules and
-    /// boot information, the ACPI tables, the APIC structures, and an EPT that maps RAM
-    /// and the APIC-access page and nothing else. `files` are the ramdisk's.
-    pub fn create<'f>(
-        spec: &VmSpec,
-        files: &dyn Fn(&str) -> Option<&'f [u8]>,
-        clock: Clock,
-        caps: &VmxCaps,
-        host_apic_ids: &[u32],
-    ) -> Result<Self, String> {
-        let tsc_hz = clock.tsc_hz;
+    /// Builds a VM: RAM (2 MiB-aligned, zeroed), the kernel with its modules, boot information
+    /// and ACPI tables (`boot`), the devices, the APIC structures, and an EPT that maps RAM and
+    /// the APIC-access page and nothing else (device MMIO is emulated on EPT violations).
+    /// `files` are the ramdisk's.
+    pub fn create<'f>(spec: &VmSpec, files: &dyn Fn(&str) -> Option<&'f [u8]>, host: &Host) -> Result<Self, String> {
         let ram_size = spec.ram_mib as u64 * 1024 * 1024;
-        // The manifest was checked (VmSpec::check_boot); a file missing now is still an error.
-        let file = |name: &str| files(name).ok_or_else(|| format!("`{name}` is not in the ramdisk"));
-        let ipiv = resolve_ipiv(spec.ipiv, caps).map_err(|e| format!("ipiv = {}: {e}", spec.ipiv.as_str()))?;
-        if !caps.features().unrestricted_guest {
+        let ipiv = resolve_ipiv(spec.ipiv, &host.caps).map_err(|e| format!("ipiv = {}: {e}", spec.ipiv.as_str()))?;
+        if !host.caps.features().unrestricted_guest {
             return Err(
                 "a multiboot kernel starts in protected mode without paging and its other vCPUs in real mode: \
-                        that needs the \"unrestricted guest\" VMX control, which this CPU lacks"
+                 that needs the \"unrestricted guest\" VMX control, which this CPU lacks"
                     .into(),
             );
         }
         let ram_pa = memory::alloc_zeroed(ram_size, 0x20_0000)
             .ok_or_else(|| format!("no {} MiB of contiguous memory for guest RAM", spec.ram_mib))?;
-        let ram = guest_ram_while_building(ram_pa, ram_size);
-        let kernel = file(&spec.kernel)?;
-        let plan = multiboot::LoadPlan::new(kernel, ram_size).map_err(|e| format!("kernel `{}`: {e}", spec.kernel))?;
-        plan.load(kernel, ram);
-        let mut modules = Vec::new();
-        for m in &spec.modules {
-            modules.push(multiboot::Module { data: file(m)?, string: m });
-        }
-        let placed = multiboot::place(ram, &plan, &spec.cmdline, &modules)?;
-        let boot = Boot { entry: plan.entry, info: placed.info };
-        // The ACPI tables where a BIOS leaves them. No I/O APIC is listed until the VM has one.
-        let tables = acpi_tables::build(&acpi_tables::Platform {
-            vcpus: spec.vcpus,
-            x2apic: spec.apic == ApicMode::X2Apic,
-            io_apic_id: None,
-        });
-        let at = acpi_tables::RSDP_GPA as usize;
-        ram.get_mut(at..at + tables.len())
-            .ok_or_else(|| format!("{} MiB of RAM cannot hold the ACPI tables", spec.ram_mib))?
-            .copy_from_slice(&tables);
-        let apic = vapic::VmApic::new(spec, ipiv, host_apic_ids)?;
+        let boot = boot::load(spec, files, guest_ram_while_building(ram_pa, ram_size))?;
+        let apic = vapic::VmApic::new(spec, ipiv, &host.apic_ids)?;
         let mut frames = Frames;
         let mut ept = Ept::new(&mut frames).map_err(|e| format!("EPT: {e:?}"))?;
         ept.map(&mut frames, 0, ram_pa, ram_size, RWX).map_err(|e| format!("EPT: {e:?}"))?;
         // xAPIC accesses hit the APIC-access page, which APIC virtualization redirects to the
         // vCPU's virtual-APIC page (SDM Vol. 3C §30.4).
         ept.map(&mut frames, APIC_MMIO_GPA, apic.apic_access_pa, 0x1000, RWX).map_err(|e| format!("EPT: {e:?}"))?;
+        let now = crate::time::rdtsc();
         Ok(Self {
             spec: spec.clone(),
             ram_pa,
@@ -153,21 +116,20 @@ impl Vm {
             eptp: ept.eptp(),
             boot,
             ipiv,
+            timer: match spec.timer {
+                TimerSource::HostApic if apic::has_tsc_deadline() => TimerSource::HostApic,
+                _ => TimerSource::Preemption,
+            },
             apic,
+            devices: devices::VmDevices::new(spec, ram_size, host.unix_time),
             stopping: AtomicBool::new(false),
             outcome: Mutex::new(None),
             vcpus_done: AtomicU32::new(0),
             exits: (0..spec.vcpus).map(|_| Mutex::new(ExitCounters::default())).collect(),
             reports: Mutex::new(Reports::default()),
-            console: Mutex::new(ConsoleBudget::new(tsc_hz, crate::time::rdtsc())),
-            ports: Mutex::new(devices::pc(&PcConfig {
-                ram_size,
-                cpus: spec.vcpus as u16,
-                cmdline: spec.cmdline.as_bytes(),
-                unix_time: clock.unix_time,
-            })),
-            clock0_tsc: crate::time::rdtsc(),
-            tsc_hz,
+            console: Mutex::new(ConsoleBudget::new(host.tsc_hz, now)),
+            clock0_tsc: now,
+            tsc_hz: host.tsc_hz,
         })
     }
 
@@ -214,8 +176,8 @@ impl Vm {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Ends the VM with `result` (the first call decides) and kicks its other vCPUs out of the
-    /// guest so they see it.
+    /// Ends the VM with `result` (the first call decides) and kicks its other vCPUs' CPUs out
+    /// of the guest (or out of a wait) so they see it.
     pub fn stop(&self, result: VmResult, reason: String) {
         {
             let mut o = self.outcome.lock();
@@ -226,8 +188,10 @@ impl Vm {
         }
         if !self.stopping.swap(true, Ordering::AcqRel) {
             let me = crate::cpu::index();
-            for &cpu in self.spec.cpus.iter().filter(|&&c| c != me) {
-                crate::kick_cpu(cpu);
+            for (v, &cpu) in self.apic.vcpus.iter().zip(&self.spec.cpus) {
+                if cpu != me {
+                    kick(v.host_apic_id);
+                }
             }
         }
     }
@@ -256,11 +220,18 @@ impl Vm {
             apic_mode: self.spec.apic.as_str(),
             ipiv: self.ipiv,
             hlt: self.spec.hlt.as_str(),
+            timer: self.timer.as_str(),
             vcpu_exits: self.exits.iter().map(|c| c.lock().clone()).collect(),
             console_dropped_bytes: self.console.lock().dropped,
             reports: self.reports.lock().values.clone(),
         }
     }
+}
+
+/// Makes the CPU with host APIC ID `host_apic_id` leave guest mode (an external-interrupt
+/// exit) or its wait in the hypervisor, so it looks at its vCPU again.
+pub fn kick(host_apic_id: u32) {
+    apic::send_ipi(host_apic_id, apic::ICR_FIXED | vectors::KICK as u32);
 }
 
 /// Guest RAM as a slice, only while the VM is built: no vCPU runs yet, so nothing else writes it.

@@ -14,10 +14,8 @@ use hvcore::apic::x2apic_msr;
 use hvcore::exits::msr;
 use hvcore::manifest::VmSpec;
 
-use crate::memory;
-
-/// Host vector of posted-interrupt notifications (POSTED_INTR_NV).
-pub const POSTED_INTR_VECTOR: u8 = 0xf2;
+use crate::vectors::POSTED_INTR as POSTED_INTR_VECTOR;
+use crate::{apic, memory};
 
 /// One vCPU's virtual APIC, shared: other vCPUs post to it.
 pub struct VcpuApic {
@@ -57,7 +55,7 @@ impl VcpuApic {
     /// §30.6): the target takes it without a VM exit if it is running.
     pub fn post(&self, vector: u8) {
         if self.pid().post(vector) {
-            crate::apic::send_ipi(self.host_apic_id, crate::apic::ICR_FIXED | POSTED_INTR_VECTOR as u32);
+            apic::send_ipi(self.host_apic_id, apic::ICR_FIXED | POSTED_INTR_VECTOR as u32);
         }
     }
 }
@@ -80,7 +78,7 @@ fn page() -> Result<u64, &'static str> {
 impl VmApic {
     /// Every vCPU but the first starts in wait-for-SIPI.
     pub fn new(spec: &VmSpec, ipiv: bool, host_apic_ids: &[u32]) -> Result<Self, &'static str> {
-        let host_mode = if crate::apic::is_x2apic() { HostApicMode::X2Apic } else { HostApicMode::XApic };
+        let host_mode = if apic::is_x2apic() { HostApicMode::X2Apic } else { HostApicMode::XApic };
         let mut vcpus = Vec::new();
         for i in 0..spec.vcpus {
             let page_pa = page()?;

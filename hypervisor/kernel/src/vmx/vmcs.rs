@@ -99,20 +99,6 @@ accessors!(Vmcs32, u32);
 accessors!(Vmcs64, u64);
 accessors!(VmcsNatural, u64);
 
-/// Reads a read-only field whose failure would only mean "no current VMCS" (a bug): exit
-/// handling reads these on the hot path, so a failure is fatal instead of a `Result`.
-pub fn read32(f: Vmcs32) -> u32 {
-    read_raw(f.encoding()) as u32
-}
-
-pub fn read_natural(f: VmcsNatural) -> u64 {
-    read_raw(f.encoding())
-}
-
-pub fn read64(f: Vmcs64) -> u64 {
-    read_raw(f.encoding())
-}
-
 /// A VMCS region (4 KiB, revision id at offset 0).
 pub struct Vmcs {
     pa: u64,

@@ -1,0 +1,48 @@
+//! HLT with `hlt = exit`: the vCPU waits in the hypervisor, its CPU halted with interrupts on,
+//! until the guest has an interrupt it would take (a recognized virtual interrupt with
+//! RFLAGS.IF = 1, or an NMI it does not block), an INIT, the VM stopping, or the watchdog.
+//! What is posted meanwhile is folded into VIRR/RVI at once, and a due APIC timer delivered,
+//! so nothing is lost even while the halt goes on (IF = 0, or masked by the guest's PPR).
+
+use core::sync::atomic::Ordering;
+
+use hvcore::apic::vapic::{self, raise_rvi};
+use hvcore::vmx::events::interruptibility::BLOCKING_BY_NMI;
+use hvcore::vmx::fields::{Vmcs16, Vmcs32, VmcsNatural};
+
+use super::{Flow, Handled, timeout};
+use crate::vm::vcpu::Vcpu;
+use crate::vmx::vmcs::Access;
+
+const RFLAGS_IF: u64 = 1 << 9;
+
+pub fn hlt(v: &mut Vcpu<'_>) -> Handled {
+    v.skip_instruction()?;
+    let interrupts_enabled = VmcsNatural::GuestRflags.read()? & RFLAGS_IF != 0;
+    let pid = v.apic.pid();
+    loop {
+        if pid.outstanding() || pid.pir_pending() {
+            let pir = pid.take();
+            if let Some(top) = v.apic.page().merge_pir(pir) {
+                let status = Vmcs16::GuestInterruptStatus.read()?;
+                Vmcs16::GuestInterruptStatus.write(raise_rvi(status, top))?;
+            }
+        }
+        v.timer_expire()?;
+        let rvi = Vmcs16::GuestInterruptStatus.read()? as u8;
+        // An NMI the guest blocks (still in its NMI handler) does not end the halt either.
+        let nmi = v.apic.pending_nmi.load(Ordering::Acquire)
+            && Vmcs32::GuestInterruptibilityState.read()? & BLOCKING_BY_NMI == 0;
+        // An INIT ends the halt too: the run loop applies it.
+        if vapic::hlt_wakes(rvi, v.apic.page().read(vapic::PPR), interrupts_enabled, nmi)
+            || v.vm.is_stopping()
+            || v.apic.startup.init_pending()
+        {
+            return Ok(Flow::Continue);
+        }
+        if v.watchdog_expired() {
+            return timeout(v);
+        }
+        crate::apic::sleep_until(v.wake_at());
+    }
+}

@@ -1,0 +1,62 @@
+//! The guest instruction behind an exit that names no instruction (an APIC-access exit, an MMIO
+//! access on an EPT violation): read from guest memory through the guest's own page tables
+//! (`hvcore::guest_paging`) and decoded by iced-x86 (`hvcore::exits::mmio`), which accepts
+//! only plain moves.
+
+use alloc::format;
+use alloc::string::String;
+
+use hvcore::exits::mmio::{self, MAX_INSTRUCTION_LEN, MemoryInstruction};
+use hvcore::guest_paging::{self, Mode};
+use hvcore::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
+
+use crate::vm::vcpu::Vcpu;
+use crate::vmx::vmcs::{Access, VmxInstrError};
+
+/// Reads up to 15 bytes at RIP and decodes them; the inner error says why the instruction
+/// cannot be completed (not mapped, not a plain move).
+pub fn fetch_and_decode(v: &Vcpu<'_>, rip: u64) -> Result<Result<MemoryInstruction, String>, VmxInstrError> {
+    let cs_ar = Vmcs32::GuestCsAccessRights.read()?;
+    // CS.L = 64-bit code, else CS.D/B picks 32 or 16 (SDM Vol. 3A §3.4.5).
+    let bitness = if cs_ar & (1 << 13) != 0 {
+        64
+    } else if cs_ar & (1 << 14) != 0 {
+        32
+    } else {
+        16
+    };
+    let cs_base = VmcsNatural::GuestCsBase.read()?;
+    let linear = if bitness == 64 { rip } else { cs_base.wrapping_add(rip) & 0xffff_ffff };
+    let cr4 = VmcsNatural::GuestCr4.read()?;
+    let mode = Mode::of(VmcsNatural::GuestCr0.read()?, cr4, Vmcs64::GuestIa32Efer.read()?);
+    let cr3 = VmcsNatural::GuestCr3.read()?;
+    let ram = v.vm.ram_size;
+    let read = |gpa: u64, size: usize| -> Option<u64> {
+        let end = gpa.checked_add(size as u64)?;
+        if end > ram {
+            return None;
+        }
+        let mut b = [0u8; 8];
+        v.vm.read_ram(gpa as usize..end as usize, &mut b[..size]);
+        Some(u64::from_le_bytes(b))
+    };
+    let mut bytes = [0u8; MAX_INSTRUCTION_LEN];
+    let mut got = 0;
+    // Page by page: the instruction may cross into the next page, which may not be mapped
+    // (then the decoder sees fewer bytes and refuses if it needed them).
+    while got < bytes.len() {
+        let la = linear.wrapping_add(got as u64);
+        let Ok(gpa) = guest_paging::translate(la, mode, cr3, cr4, read) else { break };
+        let in_page = (0x1000 - (gpa & 0xfff)) as usize;
+        let n = in_page.min(bytes.len() - got);
+        if gpa + n as u64 > ram {
+            break;
+        }
+        v.vm.read_ram(gpa as usize..gpa as usize + n, &mut bytes[got..got + n]);
+        got += n;
+    }
+    if got == 0 {
+        return Ok(Err(format!("RIP {rip:#x} does not map to guest RAM")));
+    }
+    Ok(mmio::decode(&bytes[..got], bitness).map_err(|e| format!("{e}")))
+}

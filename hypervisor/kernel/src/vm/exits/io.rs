@@ -1,0 +1,130 @@
+//! Device accesses: port I/O exits to the VM's port bus, and EPT violations in a device's MMIO
+//! window (the I/O APIC's) to its MMIO bus, the instruction decoded and completed. What the
+//! devices answer is applied here: console bytes (per VM budget), interrupt messages into the
+//! virtual local APICs, the VM's end by isa-debug-exit. Any other EPT violation stops the VM.
+
+use alloc::format;
+use alloc::string::String;
+
+use hvcore::devices::{Effects, ExitRequest};
+use hvcore::exits::io::{self, IoExit};
+use hvcore::exits::mmio::{self, Access as MemAccess};
+use hvcore::manifest::VmResult;
+use hvcore::vmx::events;
+use hvcore::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
+
+use super::{Flow, Handled, apic, instruction};
+use crate::vm::vcpu::Vcpu;
+use crate::vmx::vmcs::Access;
+
+pub fn port_io(v: &mut Vcpu<'_>) -> Handled {
+    let q = IoExit::decode(VmcsNatural::ExitQualification.read()?);
+    if q.string {
+        return Ok(Flow::Stop(VmResult::Killed, format!("string I/O on port {:#x} is not supported", q.port)));
+    }
+    let now = v.vm.now_ns();
+    let (effects, claimed) = if q.input {
+        let (value, effects, claimed) = v.vm.devices.port_read(q.port, q.size, now);
+        v.regs.rax = io::merge_in(v.regs.rax, q.size, value);
+        (effects, claimed)
+    } else {
+        v.vm.devices.port_write(q.port, q.size, v.regs.rax as u32, now)
+    };
+    if !claimed {
+        v.counters.ignored_io += 1;
+    }
+    v.skip_instruction()?;
+    device_effects(v, effects)
+}
+
+/// An EPT violation: an MMIO access to a device (completed), or an access outside the VM's
+/// memory, which stops it (SDM Vol. 3C Table 29-7: qualification bits 0/1/2 = the access was a
+/// read / write / instruction fetch).
+pub fn ept_violation(v: &mut Vcpu<'_>) -> Handled {
+    let q = VmcsNatural::ExitQualification.read()?;
+    let gpa = Vmcs64::GuestPhysicalAddress.read()?;
+    let rip = v.rip()?;
+    let access = if q & 4 != 0 {
+        "instruction fetch"
+    } else if q & 2 != 0 {
+        "write"
+    } else {
+        "read"
+    };
+    if q & 4 != 0 || !v.vm.devices.mmio_claims(gpa, 1) {
+        return Ok(Flow::Stop(VmResult::Killed, format!("EPT violation: {access} at GPA {gpa:#x}, guest RIP {rip:#x}")));
+    }
+    let stop = |why: String| Ok(Flow::Stop(VmResult::Killed, format!("MMIO {access} at GPA {gpa:#x}: {why} (RIP {rip:#x})")));
+    if Vmcs32::IdtVectoringInfo.read()? & events::info::VALID != 0 {
+        return stop("the guest's event delivery (IDT, stack) touched a device".into());
+    }
+    let insn = match instruction::fetch_and_decode(v, rip)? {
+        Ok(i) => i,
+        Err(why) => return stop(why),
+    };
+    let effects = match insn.access {
+        MemAccess::Read { dest, size } if q & 2 == 0 => match v.vm.devices.mmio_read(gpa, size) {
+            Some((value, e)) => {
+                let old = v.gpr(dest.number)?;
+                v.set_gpr(dest.number, mmio::load_into(old, dest, value))?;
+                e
+            }
+            None => return stop(format!("a {size}-byte access crosses the device's window")),
+        },
+        MemAccess::WriteReg { src, size } if q & 2 != 0 => {
+            let value = mmio::stored_value(v.gpr(src.number)?, src, size);
+            match v.vm.devices.mmio_write(gpa, size, value) {
+                Some(e) => e,
+                None => return stop(format!("a {size}-byte access crosses the device's window")),
+            }
+        }
+        MemAccess::WriteImm { value, size } if q & 2 != 0 => match v.vm.devices.mmio_write(gpa, size, value) {
+            Some(e) => e,
+            None => return stop(format!("a {size}-byte access crosses the device's window")),
+        },
+        other => return stop(format!("the decoded instruction ({other:?}) does not match the access")),
+    };
+    v.counters.emulated += 1;
+    v.skip_emulated(insn.len as u64)?;
+    device_effects(v, effects)
+}
+
+/// Applies what a device access asks of the VM.
+fn device_effects(v: &mut Vcpu<'_>, e: Effects) -> Handled {
+    if let Some(b) = e.console {
+        // Copied out of the line buffer (no allocation), which `v` owns.
+        let mut buf = [0u8; crate::console::GUEST_PIECE];
+        if let Some(line) = v.console_line.push(b) {
+            let n = line.len().min(buf.len());
+            buf[..n].copy_from_slice(&line.as_bytes()[..n]);
+            let text = core::str::from_utf8(&buf[..n]).unwrap_or("<non-UTF-8 output>");
+            if !text.trim().is_empty() {
+                v.last_line = text.chars().take(crate::console::GUEST_PIECE).collect();
+            }
+            guest_output(v, text);
+        }
+    }
+    if let Some(m) = e.message {
+        apic::send_message(v, &m)?;
+    }
+    Ok(match e.exit {
+        None => Flow::Continue,
+        Some(ExitRequest::Pass) => Flow::Stop(VmResult::Pass, String::from("isa-debug-exit: 0")),
+        Some(ExitRequest::Fail(code)) => {
+            let after = if v.last_line.is_empty() { String::new() } else { format!(" after: {}", v.last_line) };
+            Flow::Stop(VmResult::Fail, format!("isa-debug-exit: code {code}{after}"))
+        }
+    })
+}
+
+/// Prints what the guest wrote (PRINT or COM1), as much as the VM's console budget allows;
+/// the rest is dropped and counted (hvcore::budget).
+pub fn guest_output(v: &Vcpu<'_>, text: &str) {
+    let allowed = v.vm.console.lock().take(crate::time::rdtsc(), text.len());
+    let mut cut = allowed;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    crate::console::print_guest(&v.vm.spec.name, v.index, &text[..cut]);
+}
+

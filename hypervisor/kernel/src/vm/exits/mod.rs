@@ -1,0 +1,105 @@
+//! VM-exit handlers, one function per exit reason, dispatched on the typed reason; anything
+//! unexpected stops the VM with a report. Decisions come from `hvcore::exits` and the device
+//! models; these files apply them to the VMCS and the guest. Handlers return the next step or a
+//! VMCS error, never drop one.
+
+pub mod apic;
+pub mod entry_failure;
+pub mod hlt;
+pub mod hypercall;
+pub mod instruction;
+pub mod io;
+pub mod msr;
+pub mod xsetbv;
+
+use alloc::format;
+use alloc::string::String;
+
+use hvcore::exits::cpuid;
+use hvcore::manifest::VmResult;
+use hvcore::vmx::exit_reason::BasicExit;
+use hvcore::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
+
+use super::vcpu::Vcpu;
+use crate::vectors;
+use crate::vmx::vmcs::{Access, VmxInstrError};
+
+/// What the run loop does next.
+pub enum Flow {
+    Continue,
+    /// This vCPU finished (EXIT hypercall with code 0, or its VM is stopping).
+    VcpuDone,
+    /// The VM ends with this result and reason.
+    Stop(VmResult, String),
+}
+
+pub type Handled = Result<Flow, VmxInstrError>;
+
+pub fn handle(v: &mut Vcpu<'_>, reason: BasicExit) -> Handled {
+    match reason {
+        BasicExit::Cpuid => cpuid(v),
+        BasicExit::Hlt => hlt::hlt(v),
+        BasicExit::Vmcall => hypercall::vmcall(v),
+        BasicExit::Io => io::port_io(v),
+        BasicExit::Rdmsr => msr::rdmsr(v),
+        BasicExit::Wrmsr => msr::wrmsr(v),
+        BasicExit::ExternalInterrupt => external_interrupt(v),
+        // The exception bitmap is 0, so this is a host NMI (none is sent by this hypervisor;
+        // its NMI exit is all it needs); virtual NMIs are gated by the run loop.
+        BasicExit::ExceptionOrNmi => Ok(Flow::Continue),
+        // The guest stopped blocking NMIs: the run loop injects the waiting one.
+        BasicExit::NmiWindow => Ok(Flow::Continue),
+        // The watchdog or the APIC timer: the run loop delivers a due timer and re-arms.
+        BasicExit::PreemptionTimer if v.watchdog_expired() => timeout(v),
+        BasicExit::PreemptionTimer => Ok(Flow::Continue),
+        BasicExit::EptViolation => io::ept_violation(v),
+        BasicExit::ApicWrite => apic::apic_write(v),
+        BasicExit::ApicAccess => apic::apic_access(v),
+        BasicExit::VirtualizedEoi => apic::virtualized_eoi(v),
+        BasicExit::Xsetbv => xsetbv::xsetbv(v),
+        BasicExit::EptMisconfig => {
+            let gpa = Vmcs64::GuestPhysicalAddress.read()?;
+            Ok(Flow::Stop(VmResult::Killed, format!("EPT misconfiguration at GPA {gpa:#x}")))
+        }
+        BasicExit::TripleFault => Ok(Flow::Stop(VmResult::Killed, format!("triple fault at RIP {:#x}", v.rip()?))),
+        other => Ok(Flow::Stop(
+            VmResult::Killed,
+            format!(
+                "unexpected VM exit {} ({}) at RIP {:#x}, qualification {:#x}",
+                other.name(),
+                other.raw(),
+                v.rip()?,
+                VmcsNatural::ExitQualification.read()?
+            ),
+        )),
+    }
+}
+
+fn cpuid(v: &mut Vcpu<'_>) -> Handled {
+    let (leaf, sub) = (v.regs.rax as u32, v.regs.rcx as u32);
+    let n = core::arch::x86_64::__cpuid_count(leaf, sub);
+    let who = v.vm.cpuid_identity(v.index);
+    let [a, b, c, d] = cpuid::filter(leaf, sub, [n.eax, n.ebx, n.ecx, n.edx], who);
+    (v.regs.rax, v.regs.rbx, v.regs.rcx, v.regs.rdx) = (a as u64, b as u64, c as u64, d as u64);
+    v.skip_instruction()?;
+    Ok(Flow::Continue)
+}
+
+/// The watchdog fired: the VM ends as `timeout`, with where the guest was (a hang or a loop).
+pub fn timeout(v: &Vcpu<'_>) -> Handled {
+    let rip = v.rip()?;
+    Ok(Flow::Stop(VmResult::Timeout, format!("watchdog: still running after {} ms (RIP {rip:#x})", v.vm.spec.timeout_ms)))
+}
+
+fn external_interrupt(v: &mut Vcpu<'_>) -> Handled {
+    // "Acknowledge interrupt on exit": the vector is in the exit interruption information and
+    // the local APIC is waiting for our EOI (SDM Vol. 3C §28.2.2).
+    let info = Vmcs32::VmExitInterruptionInfo.read()?;
+    crate::apic::eoi();
+    let vector = info as u8;
+    // KICK: look at the VM again; GUEST_TIMER: the run loop delivers the due APIC timer.
+    if info & (1 << 31) != 0 && vector != vectors::KICK && vector != vectors::GUEST_TIMER {
+        log::warn!("vCPU {}: unexpected host interrupt vector {vector:#x}", v.index);
+    }
+    Ok(Flow::Continue)
+}

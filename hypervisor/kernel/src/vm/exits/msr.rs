@@ -1,0 +1,72 @@
+//! RDMSR and WRMSR the MSR bitmap intercepts: IA32_APIC_BASE (the way into x2APIC mode), the
+//! x2APIC registers the processor does not virtualize, IA32_TSC_DEADLINE (the APIC timer),
+//! and the allow-list of `hvcore::exits::msr`; everything else is #GP(0).
+
+use core::sync::atomic::Ordering;
+
+use hvcore::apic::timer::IA32_TSC_DEADLINE;
+use hvcore::apic::x2apic_msr::{self, ApicBaseWrite};
+use hvcore::exits::msr;
+use hvcore::manifest::VmResult;
+
+use super::{Flow, Handled, apic};
+use crate::vm::vcpu::Vcpu;
+
+const GP: u8 = 13;
+
+pub fn rdmsr(v: &mut Vcpu<'_>) -> Handled {
+    let m = v.regs.rcx as u32;
+    let value = match m {
+        msr::IA32_APIC_BASE => Some(v.apic.apic_base.load(Ordering::Relaxed)),
+        IA32_TSC_DEADLINE => Some(v.timer_tsc_deadline()),
+        // The one x2APIC read the bitmap intercepts (x2apic_msr::read_passes_through).
+        x2apic_msr::MSR_TIMER_CURRENT if v.x2apic => Some(v.timer_current_count() as u64),
+        _ => msr::read(m, v.index),
+    };
+    match value {
+        Some(val) => {
+            v.regs.rax = val & 0xffff_ffff;
+            v.regs.rdx = val >> 32;
+            v.skip_instruction()?;
+        }
+        None => v.inject_exception(GP, Some(0))?,
+    }
+    Ok(Flow::Continue)
+}
+
+pub fn wrmsr(v: &mut Vcpu<'_>) -> Handled {
+    let m = v.regs.rcx as u32;
+    let val = (v.regs.rdx << 32) | (v.regs.rax & 0xffff_ffff);
+    let ok = match m {
+        // x2APIC registers the MSR bitmap intercepts (only reachable in x2APIC mode: in xAPIC
+        // mode they do not exist, and the allow-list answers #GP).
+        x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST if v.x2apic => apic::x2apic_wrmsr(v, m, val)?,
+        IA32_TSC_DEADLINE => {
+            v.set_timer_tsc_deadline(val)?;
+            true
+        }
+        msr::IA32_APIC_BASE => {
+            let current = v.apic.apic_base.load(Ordering::Relaxed);
+            match x2apic_msr::apic_base_write(current, val) {
+                ApicBaseWrite::Unchanged => true,
+                ApicBaseWrite::EnterX2apic => match v.enter_x2apic() {
+                    Ok(()) => {
+                        v.apic.apic_base.store(val, Ordering::Relaxed);
+                        true
+                    }
+                    Err(e) => {
+                        return Ok(Flow::Stop(VmResult::Fail, alloc::format!("switching to x2APIC mode: {e}")));
+                    }
+                },
+                ApicBaseWrite::Gp => false,
+            }
+        }
+        _ => msr::write_ok(m, v.index, val),
+    };
+    if ok {
+        v.skip_instruction()?;
+    } else {
+        v.inject_exception(GP, Some(0))?;
+    }
+    Ok(Flow::Continue)
+}

@@ -1,0 +1,103 @@
+//! The vCPU's local APIC timer (the model: `hvcore::apic::timer`): guest writes of its
+//! registers, the current count, IA32_TSC_DEADLINE, and delivery.
+//!
+//! The hypervisor is back when the timer is due through the VMX-preemption timer, which also
+//! carries the watchdog: before each entry it is armed for the earlier of the two. A due timer's
+//! vector goes into VIRR and RVI, so the guest takes it by virtual-interrupt delivery at the
+//! entry that follows (SDM Vol. 3C §30.2): one exit per timer interrupt (the preemption-timer
+//! exit), and none at all to read the timer's registers but the current count. While the vCPU
+//! waits in the hypervisor (HLT that exits, wait-for-SIPI) the host APIC timer wakes its CPU
+//! at the same deadline.
+
+use hvcore::apic::timer::{self, CURRENT_COUNT, DIVIDE_CONFIG, INITIAL_COUNT, LVT_TIMER};
+use hvcore::manifest::TimerSource;
+use hvcore::vmx::fields::Vmcs32;
+
+use super::Vcpu;
+use crate::vectors::GUEST_TIMER;
+use crate::vmx::vmcs::{Access, VmxInstrError};
+
+impl Vcpu<'_> {
+    /// A guest write of the LVT timer, initial-count or divide-configuration register (an
+    /// APIC-write exit in xAPIC mode, a WRMSR in x2APIC mode). The virtual-APIC page then holds
+    /// what the register reads as, for the virtualized reads.
+    pub fn timer_write(&mut self, offset: usize, value: u32) -> Result<(), VmxInstrError> {
+        let now = crate::time::rdtsc();
+        let page = self.apic.page();
+        match offset {
+            LVT_TIMER => page.write(LVT_TIMER, self.timer.write_lvt(value)),
+            INITIAL_COUNT => {
+                self.timer.write_initial_count(value, now);
+                page.write(INITIAL_COUNT, self.timer.initial_count());
+            }
+            DIVIDE_CONFIG => page.write(DIVIDE_CONFIG, self.timer.write_divide(value, now)),
+            _ => return Ok(()),
+        }
+        self.counters.timer_writes += 1;
+        self.arm_preemption_timer()
+    }
+
+    /// The current-count register, now.
+    pub fn timer_current_count(&self) -> u32 {
+        self.timer.current_count(crate::time::rdtsc())
+    }
+
+    /// RDMSR IA32_TSC_DEADLINE.
+    pub fn timer_tsc_deadline(&self) -> u64 {
+        self.timer.read_tsc_deadline()
+    }
+
+    /// WRMSR IA32_TSC_DEADLINE.
+    pub fn set_timer_tsc_deadline(&mut self, value: u64) -> Result<(), VmxInstrError> {
+        self.timer.write_tsc_deadline(value);
+        self.counters.timer_writes += 1;
+        self.arm_preemption_timer()
+    }
+
+    /// Delivers the timer's interrupt if it is due; true if it did.
+    pub(in crate::vm) fn timer_expire(&mut self) -> Result<bool, VmxInstrError> {
+        if self.timer.next_expiry().is_none_or(|t| crate::time::rdtsc() < t) {
+            return Ok(false);
+        }
+        match self.timer.expire(crate::time::rdtsc()) {
+            Some(vector) => {
+                self.deliver_self(vector)?;
+                self.counters.timer_interrupts += 1;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The earlier of the watchdog's deadline and the APIC timer's, as a TSC value.
+    fn next_event(&self) -> u64 {
+        self.timer.deadline().map_or(self.deadline_tsc, |t| t.min(self.deadline_tsc))
+    }
+
+    /// Arms what brings the hypervisor back: the VMX-preemption timer for the next event (the
+    /// watchdog only, when the host APIC timer carries the guest's), rounded up so it never
+    /// fires early (it counts TSC >> shift; SDM Vol. 3C §26.5.1). It keeps counting across
+    /// exits ("save VMX-preemption timer value"), so only a change of a deadline needs this.
+    pub(in crate::vm) fn arm_preemption_timer(&self) -> Result<(), VmxInstrError> {
+        let next = match self.vm.timer {
+            TimerSource::Preemption => self.next_event(),
+            TimerSource::HostApic => {
+                crate::apic::set_tsc_deadline(GUEST_TIMER, self.timer.deadline());
+                self.deadline_tsc
+            }
+        };
+        let ticks = next.saturating_sub(crate::time::rdtsc());
+        let value = ticks.div_ceil(1 << self.timer_shift);
+        Vmcs32::VmxPreemptionTimerValue.write(value.min(u32::MAX as u64) as u32)
+    }
+
+    /// When a wait in the hypervisor must end at the latest: the next event, or a backstop of
+    /// 100 ms (every other wake-up comes by an interrupt: kicks, posted-interrupt notifications).
+    pub fn wake_at(&self) -> u64 {
+        let backstop = crate::time::rdtsc() + self.host.tsc_hz / 10;
+        self.next_event().min(backstop)
+    }
+}
+
+const _: () = assert!(CURRENT_COUNT == hvcore::apic::vapic::TIMER_CURRENT_COUNT);
+const _: () = assert!(timer::LVT_TIMER == 0x320 && timer::DIVIDE_CONFIG == 0x3e0);
