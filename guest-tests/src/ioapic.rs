@@ -34,19 +34,13 @@ impl IoApic {
     }
 
     pub fn read(&self, reg: u8) -> u32 {
-        // SAFETY: IOREGSEL and IOWIN, 32-bit aligned, in the identity-mapped MMIO window.
-        unsafe {
-            ((self.base) as *mut u32).write_volatile(reg as u32);
-            ((self.base + 0x10) as *const u32).read_volatile()
-        }
+        mmio_write(self.base, reg as u32);
+        mmio_read(self.base + 0x10)
     }
 
     pub fn write(&self, reg: u8, value: u32) {
-        // SAFETY: as in read.
-        unsafe {
-            ((self.base) as *mut u32).write_volatile(reg as u32);
-            ((self.base + 0x10) as *mut u32).write_volatile(value)
-        }
+        mmio_write(self.base, reg as u32);
+        mmio_write(self.base + 0x10, value);
     }
 
     /// Redirection entries (the version register's maximum entry + 1).
@@ -65,4 +59,18 @@ impl IoApic {
         self.write(reg + 1, (value >> 32) as u32);
         self.write(reg, value as u32);
     }
+}
+
+/// A 32-bit MMIO load as one MOV, as Linux's `readl` is written: a compiler may fold a volatile
+/// load into another instruction (`test [mem], imm`), which device emulation need not decode.
+fn mmio_read(addr: u64) -> u32 {
+    let v: u32;
+    // SAFETY: `addr` is a register of the identity-mapped device window.
+    unsafe { core::arch::asm!("mov {v:e}, [{a}]", a = in(reg) addr, v = out(reg) v, options(nostack, preserves_flags)) };
+    v
+}
+
+fn mmio_write(addr: u64, value: u32) {
+    // SAFETY: as in mmio_read.
+    unsafe { core::arch::asm!("mov [{a}], {v:e}", a = in(reg) addr, v = in(reg) value, options(nostack, preserves_flags)) };
 }

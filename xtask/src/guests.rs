@@ -38,6 +38,9 @@ pub const CATALOGUE: &[(&str, &str, u64, &str)] = &[
     ("pc-devices", "pass", 60_000, ""),
     ("acpi", "pass", 30_000, ""),
     ("timer", "pass", 60_000, ""),
+    ("uart", "pass", 30_000, ""),
+    ("ioapic", "pass", 30_000, ""),
+    ("smp-boot", "pass", 60_000, ""),
 ];
 
 /// Builds every guest (static executables at the ABI's image base) and returns them by name.

@@ -398,6 +398,51 @@ fn pc_cases() -> Vec<Case> {
             check: |o| timer_ok(o, 2, "xapic", "preemption"),
         },
         Case {
+            name: "smp-boot-xapic",
+            args: RunArgs { apic: Some("xapic".into()), ..bochs_guests("smp-boot:4") },
+            check: |o| smp_boot_ok(o, 4),
+        },
+        Case {
+            name: "smp-boot-x2apic",
+            args: RunArgs { apic: Some("x2apic".into()), ..bochs_guests("smp-boot:4") },
+            check: |o| smp_boot_ok(o, 4),
+        },
+        Case {
+            name: "smp-boot-xapic-ipiv-off",
+            args: RunArgs { apic: Some("xapic".into()), ipiv: Some("off".into()), ..bochs_guests("smp-boot:4") },
+            check: |o| smp_boot_ok(o, 4),
+        },
+        Case {
+            name: "smp-boot-x2apic-ipiv-off-hlt-exit",
+            args: RunArgs {
+                apic: Some("x2apic".into()),
+                ipiv: Some("off".into()),
+                hlt: Some("exit".into()),
+                ..bochs_guests("smp-boot:4")
+            },
+            check: |o| smp_boot_ok(o, 4),
+        },
+        Case {
+            name: "uart-xapic",
+            args: RunArgs { apic: Some("xapic".into()), ..bochs_guests("uart:1") },
+            check: uart_ok,
+        },
+        Case {
+            name: "uart-x2apic",
+            args: RunArgs { apic: Some("x2apic".into()), ..bochs_guests("uart:1") },
+            check: uart_ok,
+        },
+        Case {
+            name: "ioapic-xapic",
+            args: RunArgs { apic: Some("xapic".into()), ..bochs_guests("ioapic:2") },
+            check: ioapic_ok,
+        },
+        Case {
+            name: "ioapic-x2apic-ipiv-off",
+            args: RunArgs { apic: Some("x2apic".into()), ipiv: Some("off".into()), ..bochs_guests("ioapic:2") },
+            check: ioapic_ok,
+        },
+        Case {
             name: "pc-devices-exit-code",
             args: bochs_guests("pc-devices:1+cmdline=exit=49+expect=fail"),
             check: |o| {
@@ -442,6 +487,52 @@ fn timer_ok(o: &Outcome, vcpus: u64, mode: &str, source: &str) -> Result<()> {
             r["deadline_late_ticks"],
             c["timer_exit_ticks"].as_u64().unwrap_or(0) / exits.max(1)
         );
+    }
+    Ok(())
+}
+
+/// smp-boot passed, and every application processor was started three times (boot, INIT by
+/// destination, INIT by shorthand), each by a SIPI after an INIT the hypervisor applied.
+fn smp_boot_ok(o: &Outcome, vcpus: usize) -> Result<()> {
+    vm_result(o, "smp-boot-0", "pass")?;
+    let v = vm(o, "smp-boot-0")?;
+    let cpus = v["vcpu_exits"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if cpus.len() != vcpus {
+        bail!("{} vCPUs in the summary, expected {vcpus}", cpus.len());
+    }
+    for (i, c) in cpus.iter().enumerate().skip(1) {
+        if c["sipis"] != 3 || c["inits"].as_u64().unwrap_or(0) < 2 {
+            bail!("vCPU {i}: {} SIPIs and {} INITs applied, expected 3 and at least 2: {c}", c["sipis"], c["inits"]);
+        }
+    }
+    Ok(())
+}
+
+/// The interrupt-driven UART sent its line one byte per interrupt, each an I/O APIC message.
+fn uart_ok(o: &Outcome) -> Result<()> {
+    vm_result(o, "uart-0", "pass")?;
+    let v = vm(o, "uart-0")?;
+    let r = &v["reports"][0];
+    let bytes = r["bytes"].as_u64().unwrap_or(0);
+    if bytes == 0 || r["interrupts"].as_u64() != Some(bytes + 1) {
+        bail!("one interrupt per byte and one more: {r}");
+    }
+    if v["vcpu_exits"][0]["device_interrupts"].as_u64() != Some(bytes + 1) {
+        bail!("the I/O APIC should have sent {} messages: {}", bytes + 1, v["vcpu_exits"][0]);
+    }
+    Ok(())
+}
+
+/// The ioapic guest passed; its level-triggered interrupts' EOIs reached the I/O APIC.
+fn ioapic_ok(o: &Outcome) -> Result<()> {
+    vm_result(o, "ioapic-0", "pass")?;
+    let v = vm(o, "ioapic-0")?;
+    let r = &v["reports"][0];
+    if r["entries"].as_u64().unwrap_or(0) < 24 || r["level_runs"] != 3 {
+        bail!("the I/O APIC report is incomplete: {r}");
+    }
+    if v["exits"]["device_eois"].as_u64().unwrap_or(0) < 3 {
+        bail!("the three level-triggered interrupts should each end in an EOI exit: {}", v["exits"]);
     }
     Ok(())
 }

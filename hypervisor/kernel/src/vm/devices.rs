@@ -43,18 +43,21 @@ impl VmDevices {
         self.pc.lock().mmio_read(gpa, size)
     }
 
-    /// An MMIO write; afterwards the EOI-exit set follows the I/O APIC's level entries.
-    pub fn mmio_write(&self, gpa: u64, size: u8, value: u64) -> Option<Effects> {
+    /// An MMIO write; afterwards the EOI-exit set follows the I/O APIC's level entries. True
+    /// with the effects if that set changed: every vCPU must reload its EOI-exit bitmap before
+    /// it takes (and EOIs) such an interrupt.
+    pub fn mmio_write(&self, gpa: u64, size: u8, value: u64) -> Option<(Effects, bool)> {
         let mut pc = self.pc.lock();
         let e = pc.mmio_write(gpa, size, value)?;
         let level = pc.level_vectors();
-        if (0..4).any(|i| self.eoi_exit[i].load(Ordering::Relaxed) != level[i]) {
+        let changed = (0..4).any(|i| self.eoi_exit[i].load(Ordering::Relaxed) != level[i]);
+        if changed {
             for (slot, bits) in self.eoi_exit.iter().zip(level) {
                 slot.store(bits, Ordering::Relaxed);
             }
             self.eoi_exit_generation.fetch_add(1, Ordering::Release);
         }
-        Some(e)
+        Some((e, changed))
     }
 
     /// An EOI-induced exit for `vector`: the I/O APIC re-arms its level entries.

@@ -73,12 +73,12 @@ pub fn ept_violation(v: &mut Vcpu<'_>) -> Handled {
         },
         MemAccess::WriteReg { src, size } if q & 2 != 0 => {
             let value = mmio::stored_value(v.gpr(src.number)?, src, size);
-            match v.vm.devices.mmio_write(gpa, size, value) {
+            match mmio_write(v, gpa, size, value) {
                 Some(e) => e,
                 None => return stop(format!("a {size}-byte access crosses the device's window")),
             }
         }
-        MemAccess::WriteImm { value, size } if q & 2 != 0 => match v.vm.devices.mmio_write(gpa, size, value) {
+        MemAccess::WriteImm { value, size } if q & 2 != 0 => match mmio_write(v, gpa, size, value) {
             Some(e) => e,
             None => return stop(format!("a {size}-byte access crosses the device's window")),
         },
@@ -87,6 +87,21 @@ pub fn ept_violation(v: &mut Vcpu<'_>) -> Handled {
     v.counters.emulated += 1;
     v.skip_emulated(insn.len as u64)?;
     device_effects(v, effects)
+}
+
+/// A device MMIO write. When it changed which vectors are level-triggered, the VM's other
+/// vCPUs are kicked, so each reloads its EOI-exit bitmap (run.rs) before the device can
+/// interrupt it: a guest that does not exit would otherwise EOI past the I/O APIC.
+fn mmio_write(v: &Vcpu<'_>, gpa: u64, size: u8, value: u64) -> Option<Effects> {
+    let (e, eoi_set_changed) = v.vm.devices.mmio_write(gpa, size, value)?;
+    if eoi_set_changed {
+        for (i, other) in v.vm.apic.vcpus.iter().enumerate() {
+            if i != v.index as usize {
+                crate::vm::kick(other.host_apic_id);
+            }
+        }
+    }
+    Some(e)
 }
 
 /// Applies what a device access asks of the VM.
