@@ -80,6 +80,8 @@ pub fn x2apic_enabled() -> bool {
 /// bit 8).
 pub fn init(x2apic: bool) {
     if x2apic {
+        // QEMU's TCG before 8.0 has no x2APIC: say so rather than write MSRs that do nothing.
+        assert!(crate::cpuid(1, 0)[2] & (1 << 21) != 0, "x2APIC mode asked for, but CPUID.1:ECX[21] (x2APIC) is clear");
         let base = rdmsr(IA32_APIC_BASE);
         if base & APIC_BASE_EXTD == 0 {
             wrmsr(IA32_APIC_BASE, base | APIC_BASE_EXTD | APIC_BASE_EN);

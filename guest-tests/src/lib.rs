@@ -64,6 +64,13 @@ pub fn platform() -> &'static Platform {
 #[unsafe(no_mangle)]
 extern "C" fn bsp_main() -> ! {
     uart::init();
+    // Firmware leaves the 8259s programmed with the PIT on IRQ 0 at vector 8 (SeaBIOS under
+    // QEMU): masked, as an OS that uses the APICs masks them.
+    // SAFETY: OCW1 to both PICs only masks their lines.
+    unsafe {
+        x86_64::instructions::port::Port::<u8>::new(0x21).write(0xff);
+        x86_64::instructions::port::Port::<u8>::new(0xa1).write(0xff);
+    }
     let (magic, info) = boot::multiboot();
     let p = PLATFORM.call_once(|| Platform::discover(magic, info));
     apic::init(p.apic_mode == 1);

@@ -21,9 +21,11 @@ pub enum Need {
     Uefi,
     /// The project's Bochs and its BIOS images.
     Bochs,
+    /// GNU as and ld, for the test fixtures written in assembly (xtask/tests/fixtures).
+    Fixtures,
 }
 
-pub const ALL: &[Need] = &[Need::Qemu, Need::Uefi, Need::Bochs];
+pub const ALL: &[Need] = &[Need::Qemu, Need::Uefi, Need::Bochs, Need::Fixtures];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -75,6 +77,7 @@ const PACKAGES: &[Package] = &[
     Package { name: "ovmf", need: PackageNeed::Runtime(Need::Uefi), file: ovmf },
     Package { name: "bochsbios", need: PackageNeed::Runtime(Need::Bochs), file: || existing(bochs::BIOS) },
     Package { name: "vgabios", need: PackageNeed::Runtime(Need::Bochs), file: || existing(bochs::VGABIOS) },
+    Package { name: "binutils", need: PackageNeed::Runtime(Need::Fixtures), file: || on_path("as") },
     Package { name: "gcc", need: PackageNeed::BochsBuild, file: || on_path("gcc") },
     Package { name: "g++", need: PackageNeed::BochsBuild, file: || on_path("g++") },
     Package { name: "make", need: PackageNeed::BochsBuild, file: || on_path("make") },

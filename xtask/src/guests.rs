@@ -12,36 +12,55 @@ use std::process::Command;
 
 use crate::image::KERNEL_TARGET;
 
-/// The guest tests, with the result each is written to produce, its watchdog, and manifest
-/// keys it always needs.
-pub const CATALOGUE: &[(&str, &str, u64, &str)] = &[
-    ("hello", "pass", 30_000, ""),
-    ("memory", "pass", 60_000, ""),
-    ("cpuid-msr", "pass", 30_000, ""),
-    ("escape", "killed", 30_000, ""),
-    ("panic", "fail", 30_000, ""),
-    ("hang", "timeout", 2_000, ""),
-    ("ipi-basic", "pass", 60_000, ""),
-    ("ipi-storm", "pass", 120_000, ""),
-    ("ipiv-rules", "pass", 60_000, "ipiv = on\ndebug_invalid_pid_entry = 3\ntest_hooks = true\n"),
-    ("ipi-bench", "pass", 600_000, ""),
-    ("neighbour", "pass", 60_000, "cmdline = seconds=1\n"),
-    ("hostile-report", "killed", 30_000, ""),
-    ("hostile-exits", "timeout", 2_000, ""),
-    ("hostile-console", "pass", 60_000, ""),
-    ("hostile-hypercall", "pass", 60_000, ""),
-    ("hostile-icr", "pass", 60_000, ""),
-    ("hostile-nmi", "pass", 60_000, ""),
-    ("hostile-apic", "pass", 30_000, ""),
-    ("hostile-sweep", "pass", 120_000, ""),
-    ("hostile-memory", "killed", 30_000, ""),
-    ("pc-devices", "pass", 60_000, ""),
-    ("acpi", "pass", 30_000, ""),
-    ("timer", "pass", 60_000, ""),
-    ("uart", "pass", 30_000, ""),
-    ("ioapic", "pass", 30_000, ""),
-    ("smp-boot", "pass", 60_000, ""),
+/// A guest test: the result it is written to produce under this hypervisor, its watchdog,
+/// manifest keys it always needs, and whether it also means something on QEMU's reference PC
+/// (booted there directly; the others check this hypervisor's own behaviour: EPT kills,
+/// watchdogs, hypercall budgets, IPI virtualization's rules).
+pub struct Guest {
+    pub name: &'static str,
+    pub expect: &'static str,
+    pub timeout_ms: u64,
+    pub keys: &'static str,
+    pub qemu: bool,
+}
+
+const fn g(name: &'static str, expect: &'static str, timeout_ms: u64, keys: &'static str, qemu: bool) -> Guest {
+    Guest { name, expect, timeout_ms, keys, qemu }
+}
+
+pub const CATALOGUE: &[Guest] = &[
+    g("hello", "pass", 30_000, "", true),
+    g("memory", "pass", 60_000, "", true),
+    g("cpuid-msr", "pass", 30_000, "", true),
+    g("escape", "killed", 30_000, "", false),
+    g("panic", "fail", 30_000, "", true),
+    g("hang", "timeout", 2_000, "", false),
+    g("ipi-basic", "pass", 60_000, "", true),
+    g("ipi-storm", "pass", 120_000, "", true),
+    g("ipiv-rules", "pass", 60_000, "ipiv = on\ndebug_invalid_pid_entry = 3\ntest_hooks = true\n", false),
+    g("ipi-bench", "pass", 600_000, "", true),
+    g("neighbour", "pass", 60_000, "cmdline = seconds=1\n", true),
+    g("hostile-report", "killed", 30_000, "", false),
+    g("hostile-exits", "timeout", 2_000, "", false),
+    g("hostile-console", "pass", 60_000, "", false),
+    g("hostile-hypercall", "pass", 60_000, "", false),
+    g("hostile-icr", "pass", 60_000, "", false),
+    g("hostile-nmi", "pass", 60_000, "", false),
+    g("hostile-apic", "pass", 30_000, "", false),
+    g("hostile-sweep", "pass", 120_000, "", false),
+    g("hostile-memory", "killed", 30_000, "", false),
+    g("pc-devices", "pass", 60_000, "", true),
+    g("acpi", "pass", 30_000, "", true),
+    g("timer", "pass", 60_000, "", true),
+    g("uart", "pass", 30_000, "", true),
+    g("ioapic", "pass", 30_000, "", true),
+    g("smp-boot", "pass", 60_000, "", true),
 ];
+
+/// Whether guest `name` means something booted directly on QEMU.
+pub fn runs_on_qemu(name: &str) -> bool {
+    CATALOGUE.iter().any(|c| c.name == name && c.qemu)
+}
 
 /// Builds every guest (static executables at the ABI's image base) and returns them by name.
 pub fn build() -> Result<BTreeMap<String, Vec<u8>>> {
@@ -57,7 +76,7 @@ pub fn build() -> Result<BTreeMap<String, Vec<u8>>> {
     let dir = target_dir.join(KERNEL_TARGET).join("release");
     CATALOGUE
         .iter()
-        .map(|(name, ..)| {
+        .map(|Guest { name, .. }| {
             let image = std::fs::read(dir.join(name)).with_context(|| format!("guest {name}"))?;
             check_layout(&image).with_context(|| format!("guest {name} (guest-tests/guest.ld)"))?;
             Ok((name.to_string(), image))
@@ -94,8 +113,9 @@ pub fn manifest_from_list(list: &str, extra: &[(&str, &str)]) -> Result<String> 
             }
             None => (head, 1),
         };
-        let Some((_, expect, timeout, always)) = CATALOGUE.iter().find(|(n, ..)| *n == name) else {
-            let known: Vec<_> = CATALOGUE.iter().map(|c| c.0).collect();
+        let Some(Guest { expect, timeout_ms: timeout, keys: always, .. }) = CATALOGUE.iter().find(|c| c.name == name)
+        else {
+            let known: Vec<_> = CATALOGUE.iter().map(|c| c.name).collect();
             bail!("--guest: unknown guest `{name}` (known: {})", known.join(", "));
         };
         out += &format!(
@@ -107,6 +127,48 @@ pub fn manifest_from_list(list: &str, extra: &[(&str, &str)]) -> Result<String> 
         }
     }
     Ok(out)
+}
+
+/// A ramdisk name for a file: its file name, with anything but `A-Z a-z 0-9 . - _` as `_`.
+fn ramdisk_name(path: &std::path::Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
+}
+
+/// The `[vm]` section and the files for `--kernel FILE [--append ARGS] [--module FILE]...
+/// [--vcpus N]`: one VM called `kernel`, expected to pass (isa-debug-exit with 0).
+pub fn kernel_vm(
+    kernel: &std::path::Path,
+    append: Option<&str>,
+    modules: &[PathBuf],
+    vcpus: u32,
+    extra: &[(&str, &str)],
+) -> Result<(String, Vec<crate::image::GuestImage>)> {
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut files = vec![(ramdisk_name(kernel), read(kernel)?)];
+    for m in modules {
+        let name = ramdisk_name(m);
+        if files.iter().any(|(n, _)| *n == name) {
+            bail!("--module {}: a file named {name} is already packed", m.display());
+        }
+        files.push((name, read(m)?));
+    }
+    let cmdline = append.unwrap_or("");
+    if cmdline.contains(['\n', '#', '"']) {
+        bail!("--append: the command line may not hold a newline, `#` or `\"` (the manifest syntax), got {cmdline:?}");
+    }
+    let mut section = format!("\n[vm]\nname = kernel\nkernel = {}\nvcpus = {vcpus}\nexpect = pass\n", files[0].0);
+    if !cmdline.is_empty() {
+        section += &format!("cmdline = \"{cmdline}\"\n");
+    }
+    if files.len() > 1 {
+        let names: Vec<&str> = files[1..].iter().map(|(n, _)| n.as_str()).collect();
+        section += &format!("modules = {}\n", names.join(", "));
+    }
+    for (k, v) in extra {
+        section += &format!("{k} = {v}\n");
+    }
+    Ok((section, files))
 }
 
 /// Parses and validates the config text as the kernel will, against `cpus` CPUs and

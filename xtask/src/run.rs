@@ -66,8 +66,21 @@ pub struct RunArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Guests to run, one VM each: `NAME[:vcpus][,NAME...]` (see guest-tests/).
-    #[arg(long, conflicts_with = "manifest")]
+    #[arg(long, conflicts_with_all = ["manifest", "kernel"])]
     pub guest: Option<String>,
+    /// A multiboot v1 kernel (ELF32, ELF64 or a.out kludge) to boot as one VM, as QEMU's
+    /// `-kernel` boots it.
+    #[arg(long, conflicts_with = "manifest")]
+    pub kernel: Option<PathBuf>,
+    /// The --kernel's command line.
+    #[arg(long, requires = "kernel")]
+    pub append: Option<String>,
+    /// Multiboot modules for the --kernel (repeat for several), in order.
+    #[arg(long = "module", requires = "kernel")]
+    pub modules: Vec<PathBuf>,
+    /// vCPUs of the --kernel's VM.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
     /// APIC mode of the VMs given with --guest.
     #[arg(long, value_parser = ["xapic", "x2apic"])]
     pub apic: Option<String>,
@@ -109,6 +122,10 @@ impl RunArgs {
             memory: 512,
             quiet: true,
             guest: None,
+            kernel: None,
+            append: None,
+            modules: Vec::new(),
+            vcpus: 1,
             apic: None,
             ipiv: None,
             hlt: None,
@@ -128,6 +145,10 @@ impl RunArgs {
     fn slug(&self) -> String {
         let fw = if self.uefi { "uefi" } else { "bios" };
         let guests = match (&self.guest, &self.manifest) {
+            (None, None) if self.kernel.is_some() => {
+                let k = self.kernel.as_deref().unwrap_or(Path::new("kernel"));
+                format!("-kernel-{}-{}", k.file_stem().unwrap_or_default().to_string_lossy(), self.vcpus)
+            }
             (Some(g), _) => {
                 let opts: String = [&self.apic, &self.ipiv, &self.hlt]
                     .iter()
@@ -162,6 +183,10 @@ pub struct Outcome {
 pub fn run(args: &RunArgs) -> Result<Outcome> {
     if args.cpus == 0 || args.cpus > 255 {
         bail!("--cpus must be between 1 and 255");
+    }
+    // QEMU as the reference PC: the guest kernels themselves, no hypervisor underneath.
+    if args.platform == Platform::Qemu && (args.guest.is_some() || args.kernel.is_some()) {
+        return crate::qemu_guest::run(args);
     }
     if args.uefi && args.platform == Platform::Bochs {
         bail!("--uefi needs a QEMU platform: the project's Bochs boots BIOS images");
@@ -281,12 +306,17 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
         "# written by cargo xtask\nlog = {}\nexit = {exit}\nfault = {}\nhost_apic = {}\nnative_bench = {}\nnative_target = {}\n",
         args.log_level, args.fault, args.host_apic, args.native_bench, args.native_target
     );
+    let opts = [("apic", &args.apic), ("ipiv", &args.ipiv), ("hlt", &args.hlt)];
+    let extra: Vec<(&str, &str)> = opts.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))).collect();
+    if let Some(kernel) = &args.kernel {
+        let (section, files) = guests::kernel_vm(kernel, args.append.as_deref(), &args.modules, args.vcpus, &extra)?;
+        config += &section;
+        let manifest = guests::validate(&config, &files.iter().cloned().collect(), args.cpus, args.memory)?;
+        debug_assert_eq!(manifest.vms.len(), 1);
+        return Ok((config, files));
+    }
     match (&args.guest, &args.manifest) {
-        (Some(list), _) => {
-            let opts = [("apic", &args.apic), ("ipiv", &args.ipiv), ("hlt", &args.hlt)];
-            let extra: Vec<(&str, &str)> = opts.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))).collect();
-            config += &guests::manifest_from_list(list, &extra)?
-        }
+        (Some(list), _) => config += &guests::manifest_from_list(list, &extra)?,
         (None, Some(_)) if args.apic.is_some() || args.ipiv.is_some() || args.hlt.is_some() => {
             anyhow::bail!("--apic, --ipiv and --hlt apply to --guest; put them in the manifest's [vm] sections instead")
         }

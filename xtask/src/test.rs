@@ -873,6 +873,66 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// The guest tests that mean something on QEMU's reference PC, booted there directly (xAPIC:
+/// QEMU's TCG emulates x2APIC only from QEMU 8.0), each with the vCPUs it runs on and how many
+/// reports it must leave.
+const QEMU_GUESTS: &[(&str, usize)] = &[
+    ("hello:2", 2),
+    ("memory:2", 2),
+    ("cpuid-msr:2", 2),
+    ("panic", 0),
+    ("ipi-basic:4", 4),
+    ("ipi-storm:4", 4),
+    ("ipi-bench:2+cmdline=iterations=100", 1),
+    ("pc-devices:2", 1),
+    ("acpi:4", 4),
+    ("timer:2", 2),
+    ("uart:1", 1),
+    ("ioapic:2", 1),
+    ("smp-boot:4", 1),
+    ("neighbour", 1),
+];
+
+/// One guest test booted directly by QEMU: it ends as its catalogue entry expects, with its
+/// reports.
+fn qemu_guest(list: &str, reports: usize) -> Result<()> {
+    let args = RunArgs { timeout: 120, ..RunArgs::new(Platform::Qemu, 4) }.with_guests(list);
+    let o = run::run(&args)?;
+    let name = format!("{}-0", list.split([':', '+']).next().unwrap_or_default());
+    let v = vm(&o, &name)?;
+    if !o.accepted {
+        bail!("VM {name}: {} ({}), expected {}", v["result"], v["reason"], v["expect"]);
+    }
+    let got = v["reports"].as_array().map(Vec::len).unwrap_or(0);
+    if got != reports {
+        bail!("VM {name}: {got} reports, expected {reports}: {}", v["reports"]);
+    }
+    Ok(())
+}
+
+/// The assembly fixture kernel (not built with the project's runtime) with `--kernel FILE
+/// --vcpus 2`: it finds its command line, starts its second processor with INIT-SIPI-SIPI and
+/// passes.
+fn kernel_fixture(platform: Platform) -> Result<()> {
+    let kernel = crate::fixtures::mini_multiboot()?;
+    let args = RunArgs {
+        kernel: Some(kernel),
+        append: Some("cpus=2".into()),
+        vcpus: 2,
+        timeout: 120,
+        ..RunArgs::new(platform, 4)
+    };
+    let o = run::run(&args)?;
+    vm_result(&o, "kernel", "pass")?;
+    if !vm(&o, "kernel")?["reason"].as_str().unwrap_or("").ends_with("isa-debug-exit: 0") {
+        bail!("the fixture should end through isa-debug-exit with 0: {}", vm(&o, "kernel")?["reason"]);
+    }
+    if platform == Platform::Bochs && vm(&o, "kernel")?["vcpu_exits"][1]["sipis"] != 1 {
+        bail!("vCPU 1 should have been started by one SIPI: {}", vm(&o, "kernel")?["vcpu_exits"][1]);
+    }
+    Ok(())
+}
+
 /// A bad manifest is refused by xtask before any emulator starts.
 fn refuses_bad_manifest_before_launch() -> Result<()> {
     let args =
@@ -963,6 +1023,12 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
             }
             (case.check)(&o)
         });
+    }
+    tally.check("kernel-fixture-bochs", || kernel_fixture(Platform::Bochs));
+    tally.check("kernel-fixture-qemu", || kernel_fixture(Platform::Qemu));
+    for (list, reports) in QEMU_GUESTS {
+        let name = format!("qemu-guest-{}", list.split(['+']).next().unwrap_or_default().replace(':', "-"));
+        tally.check(&name, || qemu_guest(list, *reports));
     }
     tally.check("bench-exit-counts", bench_exit_counts);
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed.len());

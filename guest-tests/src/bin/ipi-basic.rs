@@ -40,10 +40,7 @@ fn main(me: u32, info: &'static Platform) {
     sync();
 
     // 1. Fixed, physical, to every other vCPU: the IPIs IPI virtualization covers.
-    let icr_exits = || {
-        let c = hypercall::exit_counters();
-        c[56] + c[32]
-    };
+    let icr_exits = || hypercall::exit_counters_if_present().map_or(0, |c| c[56] + c[32]);
     let before = icr_exits();
     let mut covered = 0u32;
     for r in (0..n).filter(|&r| r != me) {
@@ -63,7 +60,7 @@ fn main(me: u32, info: &'static Platform) {
     let covered_exits = icr_exits() - before;
     if info.ipiv != 0 {
         assert_eq!(covered_exits, 0, "with IPIv, fixed physical IPIs must not exit");
-    } else {
+    } else if info.hypervisor {
         assert!(covered_exits >= covered as u64, "without IPIv every ICR write exits");
     }
     sync();
@@ -160,7 +157,9 @@ fn main(me: u32, info: &'static Platform) {
     assert_eq!(count(me as usize, OUTSIDE_VECTOR), 0, "an IPI to an APIC ID outside the VM arrived");
     sync();
 
-    let exits = hypercall::exit_counters();
+    // Exits exist only under this hypervisor; elsewhere (QEMU) the delivery checks above are all.
+    let hv = info.hypervisor;
+    let exits = hypercall::exit_counters_if_present().unwrap_or([0; hvcore::vmx::exit_reason::COUNT]);
     let (apic_write, wrmsr, ext_int, hlt) = (exits[56], exits[32], exits[1], exits[12]);
     let received: u32 = IRQS[me as usize].count.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u32>()
         + IRQS[me as usize].nmis.load(Ordering::Relaxed);
@@ -168,14 +167,16 @@ fn main(me: u32, info: &'static Platform) {
         "vCPU {me}: sent {sent} IPIs, received {received}; exits: apic_write {apic_write}, wrmsr {wrmsr}, \
          external_interrupt {ext_int}, hlt {hlt}"
     );
-    if info.ipiv == 0 {
+    if hv && info.ipiv == 0 {
         assert!(apic_write + wrmsr >= sent as u64, "every ICR write should exit without IPIv");
     }
     let uncovered = sent - covered;
     // Posted interrupts reach a running receiver without an exit. The NMI of step 6 is not
     // posted: its target is kicked into one external-interrupt exit to have it injected.
     let kicks = if n > 1 && me == n - 1 { 1 } else { 0 };
-    assert_eq!(ext_int, kicks, "receivers take posted interrupts without external-interrupt exits");
+    if hv {
+        assert_eq!(ext_int, kicks, "receivers take posted interrupts without external-interrupt exits");
+    }
     report!(
         r#"{{"test":"ipi-basic","vcpu":{me},"apic":"{}","ipiv":{},"sent":{sent},"covered_sent":{covered},"covered_exits":{covered_exits},"uncovered_sent":{uncovered},"received":{received},"woken_from_hlt":{woken},"exits":{{"apic_write":{apic_write},"wrmsr":{wrmsr},"external_interrupt":{ext_int},"hlt":{hlt}}}}}"#,
         if apic::is_x2apic() { "x2apic" } else { "xapic" },

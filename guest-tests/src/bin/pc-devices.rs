@@ -69,7 +69,14 @@ fn main(me: u32, info: &'static Platform) {
     assert_eq!(u16::from_le_bytes(cpus) as u32, n, "fw_cfg CPU count");
     let mut ram = [0u8; 8];
     fw_cfg(0x03, &mut ram);
-    assert_eq!(u64::from_le_bytes(ram), info.ram_size, "fw_cfg RAM size");
+    // This hypervisor's fw_cfg says the RAM the memory map ends at; QEMU's all of RAM, of which
+    // firmware keeps some at the top for itself.
+    let fw_ram = u64::from_le_bytes(ram);
+    if info.hypervisor {
+        assert_eq!(fw_ram, info.ram_size, "fw_cfg RAM size");
+    } else {
+        assert!(fw_ram >= info.ram_size, "fw_cfg RAM size {fw_ram} below the memory map's {}", info.ram_size);
+    }
 
     // COM1: scratch register, loopback (Linux's 8250 probe), then back to normal.
     outb(0x3ff, 0xa5);
@@ -90,14 +97,19 @@ fn main(me: u32, info: &'static Platform) {
         assert_eq!(inb(base + 1), 0xff, "8259 at {base:#x} masked");
     }
 
-    // PCI mechanism #1: the address register reads back; no device answers on bus 0.
+    // PCI mechanism #1: the address register reads back; under this hypervisor no device
+    // answers on bus 0 (QEMU's machine has its host bridge and more there).
     outl(0xcf8, 0x8000_0000);
     assert_eq!(inl(0xcf8), 0x8000_0000, "PCI configuration address");
-    let found = (0..32u32).filter(|dev| {
-        outl(0xcf8, 0x8000_0000 | dev << 11);
-        inl(0xcfc) & 0xffff != 0xffff
-    });
-    assert_eq!(found.count(), 0, "PCI bus 0 is empty");
+    let found = (0..32u32)
+        .filter(|dev| {
+            outl(0xcf8, 0x8000_0000 | dev << 11);
+            inl(0xcfc) & 0xffff != 0xffff
+        })
+        .count();
+    if info.hypervisor {
+        assert_eq!(found, 0, "PCI bus 0 is empty");
+    }
 
     // CMOS: a valid BCD date in 24-hour mode.
     let date = [0u8, 2, 4, 7, 8, 9, 0x32].map(cmos);
@@ -120,7 +132,7 @@ fn main(me: u32, info: &'static Platform) {
     println!("PIT: {count} ticks took {ticks} TSC ticks, {per_mille}/1000 of the expected {expected}");
     assert!((900..=1200).contains(&per_mille), "PIT channel 2 against the TSC: {per_mille}/1000");
 
-    report!(r#"{{"test":"pc-devices","vcpu":{me},"pit_per_mille":{per_mille}}}"#);
+    report!(r#"{{"test":"pc-devices","vcpu":{me},"pit_per_mille":{per_mille},"pci_devices":{found}}}"#);
     BARRIER.wait(n);
     let code: u8 = info.arg("exit").and_then(|s| s.parse().ok()).unwrap_or(0);
     outb(0xf4, code);

@@ -1,0 +1,228 @@
+//! The reference PC: each VM's multiboot kernel booted directly by QEMU (TCG) with `-kernel`,
+//! `-smp N` and isa-debug-exit on 0xF4, no hypervisor underneath, so a guest binary is checked
+//! on a platform this project did not write. The VM ends as the kernel says through
+//! isa-debug-exit (QEMU exits with `code << 1 | 1`); the kernel's `REPORT {json}` lines are its
+//! reports. The result is a summary of the same shape as the hypervisor's `HV-SUMMARY`.
+
+use anyhow::{Context, Result, bail};
+use hvcore::bootcfg::BootConfig;
+use hvcore::manifest::{ApicMode, VmSpec};
+use serde_json::{Value, json};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::guests;
+use crate::run::{Outcome, RunArgs, compose};
+
+/// QEMU's TCG emulates x2APIC from QEMU 8.0 on.
+const X2APIC_SINCE: (u32, u32) = (8, 0);
+
+/// The installed QEMU's version, from `qemu-system-x86_64 --version`.
+fn qemu_version() -> Result<(u32, u32)> {
+    let out = Command::new("qemu-system-x86_64").arg("--version").output().context("running qemu-system-x86_64")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.split_whitespace().skip_while(|w| *w != "version").nth(1).context("no version in QEMU's output")?;
+    let mut parts = v.split(['.', '(']).map(|p| p.parse::<u32>().unwrap_or(0));
+    Ok((parts.next().unwrap_or(0), parts.next().unwrap_or(0)))
+}
+
+/// How one VM ended.
+struct Ended {
+    result: &'static str,
+    reason: String,
+    status: Option<i32>,
+    timed_out: bool,
+}
+
+/// Reads QEMU's exit status as isa-debug-exit encodes it.
+fn judge(status: Option<i32>, timed_out: bool, timeout_s: u64) -> Ended {
+    let (result, reason) = match status {
+        _ if timed_out => ("timeout", format!("still running after {timeout_s} s")),
+        Some(1) => ("pass", "isa-debug-exit: 0".to_string()),
+        Some(s) if s & 1 == 1 => ("fail", format!("isa-debug-exit: code {}", s >> 1)),
+        Some(s) => ("fail", format!("QEMU exited with status {s} without isa-debug-exit (a triple fault or shutdown)")),
+        None => ("fail", "QEMU was killed by a signal".to_string()),
+    };
+    Ended { result, reason, status, timed_out }
+}
+
+/// The JSON values of the serial log's `REPORT {...}` lines.
+pub fn reports(log: &str) -> Vec<Value> {
+    log.lines().filter_map(|l| l.trim_end().strip_prefix("REPORT ")).filter_map(|j| serde_json::from_str(j).ok()).collect()
+}
+
+pub fn run(args: &RunArgs) -> Result<Outcome> {
+    if args.uefi {
+        bail!("--uefi: QEMU boots multiboot kernels with its own -kernel loader, not through firmware");
+    }
+    let (config, images) = compose(args, "debug-port")?;
+    let (_, manifest) = BootConfig::parse(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(list) = &args.guest {
+        for item in list.split(',') {
+            let name = item.trim().split([':', '+']).next().unwrap_or_default();
+            if !guests::runs_on_qemu(name) {
+                bail!("--platform qemu: guest `{name}` checks this hypervisor's own behaviour (its expectation is meaningless without it); run it with --platform bochs");
+            }
+        }
+    }
+    if manifest.vms.iter().any(|v| v.apic == ApicMode::X2Apic) {
+        let v = qemu_version()?;
+        if v < X2APIC_SINCE {
+            bail!(
+                "--apic x2apic under QEMU needs QEMU {}.{} or later (TCG emulates no x2APIC before); this machine has {}.{}: run x2APIC guests with --platform bochs",
+                X2APIC_SINCE.0,
+                X2APIC_SINCE.1,
+                v.0,
+                v.1
+            );
+        }
+    }
+    let dir = PathBuf::from("target/xtask/runs").join(format!("qemu-multiboot{}", slug(args)));
+    fs::create_dir_all(&dir)?;
+    let file = |name: &str| -> Result<PathBuf> {
+        let (_, bytes) = images.iter().find(|(n, _)| n == name).with_context(|| format!("`{name}` was not built"))?;
+        let path = dir.join(name);
+        fs::write(&path, bytes)?;
+        Ok(path)
+    };
+    let started = Instant::now();
+    let mut vms = Vec::new();
+    let mut failure = None;
+    let mut last = None;
+    for spec in &manifest.vms {
+        let kernel = file(&spec.kernel)?;
+        let modules = spec.modules.iter().map(|m| file(m)).collect::<Result<Vec<_>>>()?;
+        let serial = dir.join(format!("{}.serial.log", spec.name));
+        let timeout = (spec.timeout_ms / 1000).clamp(5, args.timeout);
+        let ended = boot(spec, &kernel, &modules, &serial, timeout, args.quiet)?;
+        let log = String::from_utf8_lossy(&fs::read(&serial).unwrap_or_default()).into_owned();
+        let met = ended.result == spec.expect.as_str();
+        eprintln!(
+            "xtask: qemu: VM {} ({} vCPUs, {}): {} ({}){}",
+            spec.name,
+            spec.vcpus,
+            spec.apic.as_str(),
+            ended.result,
+            ended.reason,
+            if met { String::new() } else { format!(", expected {}", spec.expect.as_str()) }
+        );
+        if !met {
+            failure = failure.or(Some(format!(
+                "VM {}: expected {}, got {} ({})",
+                spec.name,
+                spec.expect.as_str(),
+                ended.result,
+                ended.reason
+            )));
+            if args.quiet {
+                tail(&log, 30);
+            }
+        }
+        vms.push(json!({"name": spec.name, "vcpus": spec.vcpus, "result": ended.result, "reason": ended.reason,
+            "expect": spec.expect.as_str(), "apic_mode": spec.apic.as_str(), "reports": reports(&log)}));
+        last = Some(ended);
+    }
+    let result = if failure.is_none() { "pass" } else { "fail" };
+    let summary = json!({"result": result, "reason": failure, "platform": "qemu", "firmware": "multiboot",
+        "vms": vms});
+    eprintln!("xtask: qemu in {:.1} s: {result}", started.elapsed().as_secs_f64());
+    if let Some(path) = &args.json {
+        fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")?;
+    }
+    let wanted = args.expect.as_deref().unwrap_or("pass");
+    let last = last.context("no VM to boot")?;
+    Ok(Outcome {
+        accepted: result == "pass" || result == wanted,
+        summary: Some(summary),
+        exit_status: last.status,
+        timed_out: last.timed_out,
+    })
+}
+
+/// One QEMU boot of `spec`'s kernel, killed after `timeout` seconds.
+fn boot(spec: &VmSpec, kernel: &Path, modules: &[PathBuf], serial: &Path, timeout: u64, quiet: bool) -> Result<Ended> {
+    let mut cmdline = spec.cmdline.clone();
+    if spec.apic == ApicMode::X2Apic {
+        // What this hypervisor's firmware does when asked; here the kernel switches itself.
+        cmdline = format!("{cmdline} apic=x2apic").trim().to_string();
+    }
+    let _ = fs::remove_file(serial);
+    let mut c = Command::new("qemu-system-x86_64");
+    // `max`: every feature TCG emulates (TSC-deadline among them); at least 32 MiB, as
+    // SeaBIOS and QEMU's multiboot loader need some memory besides the kernel's.
+    c.args(["-machine", "q35", "-cpu", "max", "-m"]).arg(format!("{}M", spec.ram_mib.max(32)));
+    c.arg("-smp").arg(spec.vcpus.to_string());
+    c.args(["-display", "none", "-monitor", "none", "-no-reboot"]);
+    c.arg("-serial").arg(format!("file:{}", serial.display()));
+    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    c.arg("-kernel").arg(kernel).arg("-append").arg(&cmdline);
+    if !modules.is_empty() {
+        let list: Vec<String> = modules.iter().map(|m| m.display().to_string()).collect();
+        c.arg("-initrd").arg(list.join(","));
+    }
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = c.spawn().context("starting qemu-system-x86_64")?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let mut shown = 0;
+    let (status, timed_out) = loop {
+        if !quiet {
+            let log = fs::read(serial).unwrap_or_default();
+            if log.len() > shown {
+                print!("{}", String::from_utf8_lossy(&log[shown..]));
+                shown = log.len();
+            }
+        }
+        if let Some(st) = child.try_wait()? {
+            break (st.code(), false);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break (None, true);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Ok(judge(status, timed_out, timeout))
+}
+
+fn slug(args: &RunArgs) -> String {
+    let what = match (&args.guest, &args.kernel) {
+        (Some(g), _) => g.replace([',', ':', '+', '='], "_"),
+        (None, Some(k)) => k.file_stem().unwrap_or_default().to_string_lossy().into_owned(),
+        _ => String::new(),
+    };
+    format!("-{what}{}", args.apic.as_deref().map(|a| format!("-{a}")).unwrap_or_default())
+}
+
+fn tail(log: &str, n: usize) {
+    let lines: Vec<&str> = log.lines().collect();
+    eprintln!("--- last {} lines ---", n.min(lines.len()));
+    for l in &lines[lines.len().saturating_sub(n)..] {
+        eprintln!("{l}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isa_debug_exit_statuses_are_results() {
+        let r = |s, t| {
+            let e = judge(s, t, 9);
+            (e.result, e.reason)
+        };
+        assert_eq!(r(Some(1), false), ("pass", "isa-debug-exit: 0".into()));
+        assert_eq!(r(Some(99), false), ("fail", "isa-debug-exit: code 49".into()));
+        assert!(r(Some(0), false).1.contains("without isa-debug-exit"));
+        assert_eq!(r(None, true).0, "timeout");
+    }
+
+    #[test]
+    fn report_lines_become_values() {
+        let log = "hello\nREPORT {\"test\":\"hello\",\"vcpu\":1}\nREPORT not json\n[x] REPORT {}\n";
+        assert_eq!(reports(log), vec![json!({"test": "hello", "vcpu": 1})]);
+    }
+}
