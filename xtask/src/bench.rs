@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: the IPI round trip in every configuration — APIC mode × {native,
 //! ipiv-on, ipiv-off} × target {spin, halt-passthrough, halt-exit}, plus a one-to-all broadcast
 //! — with exits per IPI and the hypervisor's cost of an exit-path IPI. Each cell is one boot:
-//! the `ipi-bench` guest in a VM, or the hypervisor's own native run. Prints the table, checks
-//! the targets, writes JSON and an SVG plot.
+//! the `ipi-bench` guest in a VM, or the hypervisor's own native run. On QEMU, where there is no
+//! VMX, the same `ipi-bench` kernel also runs as the machine's own kernel ("bare", booted by
+//! QEMU's `-kernel`): the reference PC's figure for that binary. Prints the table, checks the
+//! targets, writes JSON and an SVG plot.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -45,12 +47,14 @@ pub struct Cell {
     pub pattern: &'static str,
 }
 
-/// The matrix, in the order the table shows it.
-pub fn matrix(cpus: u32) -> Vec<Cell> {
+/// The matrix, in the order the table shows it; on QEMU with the "bare" cells too.
+pub fn matrix(cpus: u32, platform: Platform) -> Vec<Cell> {
     let mut cells = Vec::new();
+    let bare: &[&str] = if platform == Platform::Qemu { &["spin", "halt-passthrough"] } else { &[] };
     for apic in ["xapic", "x2apic"] {
         for (config, targets) in [
             ("native", &["spin", "halt-passthrough"][..]),
+            ("bare", bare),
             ("ipiv-on", &["spin", "halt-passthrough", "halt-exit"][..]),
             ("ipiv-off", &["spin", "halt-passthrough", "halt-exit"][..]),
         ] {
@@ -82,19 +86,25 @@ impl Cell {
             return Ok(r);
         }
         let vcpus = if self.pattern == "broadcast" { 4 } else { 2 };
-        let manifest = format!(
-            "[vm]\nname = bench\nkernel = ipi-bench\nvcpus = {vcpus}\napic = {}\nipiv = {}\nhlt = {}\ntimeout_ms = {}\n\
+        let mut manifest = format!(
+            "[vm]\nname = bench\nkernel = ipi-bench\nvcpus = {vcpus}\napic = {}\ntimeout_ms = {}\n\
              cmdline = iterations={iterations} target={} pattern={}\n",
             self.apic,
-            if self.config == "ipiv-on" { "on" } else { "off" },
-            if self.target == "halt-exit" { "exit" } else { "passthrough" },
             a.timeout * 1000,
             if self.target == "spin" { "spin" } else { "halt" },
             self.pattern
         );
+        if self.config != "bare" {
+            manifest += &format!(
+                "ipiv = {}\nhlt = {}\n",
+                if self.config == "ipiv-on" { "on" } else { "off" },
+                if self.target == "halt-exit" { "exit" } else { "passthrough" }
+            );
+        }
         let file = dir.join(format!("{}.manifest", self.name().replace(' ', "-")));
         fs::write(&file, manifest)?;
         r.manifest = Some(file);
+        r.direct = self.config == "bare";
         Ok(r)
     }
 }
@@ -250,6 +260,10 @@ pub fn measure(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec<Va
                 skipped.push(format!("{}: {e:#}", cell.name()));
                 continue;
             }
+            Err(e) if cell.config == "bare" && format!("{e:#}").contains("x2APIC") => {
+                skipped.push(format!("{}: {e:#}", cell.name()));
+                continue;
+            }
             Err(e) => return Err(e.context(format!("bench cell {}", cell.name()))),
         };
         let summary = outcome.summary.with_context(|| format!("bench cell {}: no summary", cell.name()))?;
@@ -278,7 +292,7 @@ pub fn measure(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec<Va
 
 pub fn run(a: &BenchArgs) -> Result<bool> {
     let iterations = a.iterations.unwrap_or(if a.full { 2000 } else { 200 });
-    let cells = matrix(a.cpus);
+    let cells = matrix(a.cpus, a.platform);
     let (records, skipped) = measure(a, &cells, iterations)?;
     let unit = cycles_unit(a.platform);
     println!("\nIPI round trip on {} ({} CPUs)\n{}", a.platform.name(), a.cpus, table(&records, unit));
@@ -326,10 +340,12 @@ mod tests {
 
     #[test]
     fn matrix_covers_every_cell_once() {
-        let m = matrix(4);
+        let m = matrix(4, Platform::Bochs);
         assert_eq!(m.len(), 2 * (2 + 3 + 3 + 2));
         assert!(m.iter().any(|c| c.apic == "x2apic" && c.config == "ipiv-off" && c.target == "halt-exit"));
-        assert_eq!(matrix(2).iter().filter(|c| c.pattern == "broadcast").count(), 0);
+        assert_eq!(matrix(2, Platform::Bochs).iter().filter(|c| c.pattern == "broadcast").count(), 0);
+        let q = matrix(4, Platform::Qemu);
+        assert_eq!(q.iter().filter(|c| c.config == "bare").count(), 4, "the guest kernel on the bare reference PC");
     }
 
     #[test]

@@ -106,6 +106,10 @@ pub struct RunArgs {
     /// kernel refuse it).
     #[arg(long, hide = true)]
     pub skip_manifest_check: bool,
+    /// Boot the VMs' kernels directly on QEMU, without the hypervisor (what `--platform qemu`
+    /// does with --guest or --kernel; the bench's "bare" cells ask it for a manifest).
+    #[arg(skip)]
+    pub direct: bool,
 }
 
 impl RunArgs {
@@ -134,6 +138,7 @@ impl RunArgs {
             native_target: "spin".into(),
             host_apic: "auto".into(),
             skip_manifest_check: false,
+            direct: false,
         }
     }
 
@@ -185,7 +190,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         bail!("--cpus must be between 1 and 255");
     }
     // QEMU as the reference PC: the guest kernels themselves, no hypervisor underneath.
-    if args.platform == Platform::Qemu && (args.guest.is_some() || args.kernel.is_some()) {
+    if args.platform == Platform::Qemu && (args.direct || args.guest.is_some() || args.kernel.is_some()) {
         return crate::qemu_guest::run(args);
     }
     if args.uefi && args.platform == Platform::Bochs {

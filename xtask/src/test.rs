@@ -933,6 +933,33 @@ fn kernel_fixture(platform: Platform) -> Result<()> {
     Ok(())
 }
 
+/// Every guest test that passes, batched four CPUs at a time, for the guest-matrix runs.
+const MATRIX_BATCHES: &[&str] = &[
+    "hello:1,memory:1,cpuid-msr:1,pc-devices:1",
+    "ipi-basic:4",
+    "ipi-storm:4",
+    "acpi:4",
+    "timer:2,ioapic:2",
+    "uart:1,smp-boot:3",
+    "ipi-bench:2+cmdline=iterations=50,neighbour",
+];
+
+/// One batch in one APIC mode with IPIv on or off: every VM ends as its test expects.
+fn matrix_batch(list: &str, apic: &str, ipiv: &str) -> Result<()> {
+    let args = RunArgs { apic: Some(apic.into()), ipiv: Some(ipiv.into()), ..bochs_guests(list) };
+    let o = run::run(&args)?;
+    if o.timed_out {
+        bail!("timed out");
+    }
+    expect_eq(&o, &["result"], "pass".into())?;
+    for v in field(&o, &["vms"]).as_array().into_iter().flatten() {
+        if v["ipiv"] != (ipiv == "on") || v["apic_mode"] != apic {
+            bail!("VM {} ran with ipiv {} in {} mode", v["name"], v["ipiv"], v["apic_mode"]);
+        }
+    }
+    Ok(())
+}
+
 /// A bad manifest is refused by xtask before any emulator starts.
 fn refuses_bad_manifest_before_launch() -> Result<()> {
     let args =
@@ -957,7 +984,7 @@ fn bench_exit_counts() -> Result<()> {
         plot: None,
         timeout: 300,
     };
-    let cells: Vec<Cell> = bench::matrix(4)
+    let cells: Vec<Cell> = bench::matrix(4, Platform::Bochs)
         .into_iter()
         .filter(|c| c.pattern == "unicast" && c.config != "native" && c.target != "halt-exit")
         .collect();
@@ -1023,6 +1050,15 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
             }
             (case.check)(&o)
         });
+    }
+    // Every guest test as a multiboot kernel in both APIC modes, IPIv on and off (ipiv-rules
+    // needs IPIv: its own cases above).
+    for apic in ["xapic", "x2apic"] {
+        for ipiv in ["on", "off"] {
+            for (i, list) in MATRIX_BATCHES.iter().enumerate() {
+                tally.check(&format!("guest-matrix-{apic}-ipiv-{ipiv}-{i}"), || matrix_batch(list, apic, ipiv));
+            }
+        }
     }
     tally.check("kernel-fixture-bochs", || kernel_fixture(Platform::Bochs));
     tally.check("kernel-fixture-qemu", || kernel_fixture(Platform::Qemu));
