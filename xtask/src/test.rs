@@ -340,6 +340,16 @@ fn hostile_cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "hostile-timer-xapic",
+            args: RunArgs { apic: Some("xapic".into()), ..bochs_guests("hostile-timer:2,neighbour") },
+            check: timer_floor_held,
+        },
+        Case {
+            name: "hostile-timer-x2apic",
+            args: RunArgs { apic: Some("x2apic".into()), ..bochs_guests("hostile-timer:2,neighbour") },
+            check: timer_floor_held,
+        },
+        Case {
             name: "hostile-exit-budget",
             args: bochs_guests("hostile-exits:1+max_exits_per_second=20000+expect=killed,neighbour"),
             check: |o| {
@@ -562,6 +572,20 @@ fn apic_legal_then(o: &Outcome, why: &str) -> Result<()> {
     // PPR, APR, RRD, LVT CMCI and the current count, read and written (10), plus the re-reads.
     if v["exits"]["emulated"].as_u64().unwrap_or(0) < 12 {
         bail!("the unvirtualized registers should have been emulated: {}", v["exits"]);
+    }
+    neighbour_untouched(o, "neighbour-1")
+}
+
+/// hostile-timer was not stopped (a fast timer is legal), its periodic timer was held to the
+/// minimum period on every vCPU, and the neighbour saw nothing.
+fn timer_floor_held(o: &Outcome) -> Result<()> {
+    hostile_ended(o, "hostile-timer-0", "pass", "")?;
+    every_vcpu_reported(o, "hostile-timer-0", 2)?;
+    for r in vm(o, "hostile-timer-0")?["reports"].as_array().unwrap() {
+        let (n, most) = (r["periodic"].as_u64().unwrap_or(0), r["periodic_most"].as_u64().unwrap_or(0));
+        if n == 0 || n > most || r["rearms"].as_u64().unwrap_or(0) < 2000 {
+            bail!("vCPU {}: {n} periodic interrupts (at most {most}), {} re-arms: {r}", r["vcpu"], r["rearms"]);
+        }
     }
     neighbour_untouched(o, "neighbour-1")
 }

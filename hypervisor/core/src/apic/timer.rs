@@ -7,6 +7,11 @@
 //! reports a crystal clock equal to the TSC rate, leaf 0x4000_0010 EBX the timer's kHz), so an
 //! OS that reads either needs no calibration, and one that calibrates finds the same.
 //!
+//! A periodic timer never fires more often than every `min_period` TSC ticks (KVM does the same
+//! with its `min_timer_period_us`, 200 µs): it is the one timer that re-arms itself, and with
+//! a count of 1 it would turn the vCPU's time into nothing but timer exits. One-shot and
+//! TSC-deadline arming each take a guest write (an exit), so they bound themselves.
+//!
 //! The model never fires by itself: the hypervisor asks [`ApicTimer::deadline`] when the next
 //! interrupt is due, arranges to be back then (the VMX-preemption timer), and calls
 //! [`ApicTimer::expire`], which returns the vector to deliver.
@@ -65,18 +70,35 @@ pub struct ApicTimer {
     count_at_start: u32,
     /// TSC-deadline mode: IA32_TSC_DEADLINE, 0 when disarmed.
     tsc_deadline: u64,
+    /// The shortest period of a periodic timer, in TSC ticks.
+    min_period: u64,
 }
 
 impl Default for ApicTimer {
     fn default() -> Self {
-        Self::new()
+        Self::new(0)
     }
 }
 
 impl ApicTimer {
-    /// As after reset or INIT: LVT masked, one-shot, divide by 2, stopped (SDM Vol. 3A §12.4.7.1).
-    pub const fn new() -> Self {
-        Self { lvt: LVT_MASK, divide: 0, initial: 0, counting: false, start: 0, count_at_start: 0, tsc_deadline: 0 }
+    /// As after reset or INIT: LVT masked, one-shot, divide by 2, stopped (SDM Vol. 3A
+    /// §12.4.7.1); periodic timers no faster than every `min_period` TSC ticks.
+    pub const fn new(min_period: u64) -> Self {
+        Self {
+            lvt: LVT_MASK,
+            divide: 0,
+            initial: 0,
+            counting: false,
+            start: 0,
+            count_at_start: 0,
+            tsc_deadline: 0,
+            min_period,
+        }
+    }
+
+    /// A periodic timer's period in TSC ticks, at least the minimum.
+    fn period(&self) -> u64 {
+        ((self.initial as u64) << self.shift()).max(self.min_period)
     }
 
     pub fn mode(&self) -> Mode {
@@ -175,9 +197,11 @@ impl ApicTimer {
     pub fn next_expiry(&self) -> Option<u64> {
         match self.mode() {
             Mode::TscDeadline => (self.tsc_deadline != 0).then_some(self.tsc_deadline),
-            _ if self.counting => {
-                Some(self.start.saturating_add((self.count_at_start as u64) << self.shift()))
+            Mode::Periodic if self.counting => {
+                let left = ((self.count_at_start as u64) << self.shift()).max(self.min_period);
+                Some(self.start.saturating_add(left))
             }
+            _ if self.counting => Some(self.start.saturating_add((self.count_at_start as u64) << self.shift())),
             _ => None,
         }
     }
@@ -201,7 +225,7 @@ impl ApicTimer {
             Mode::TscDeadline => self.tsc_deadline = 0,
             Mode::OneShot => self.counting = false,
             Mode::Periodic => {
-                let period = (self.initial as u64) << self.shift();
+                let period = self.period();
                 let late = (now - due) / period;
                 self.start = due + late * period;
                 self.count_at_start = self.initial;
@@ -227,15 +251,47 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any sequence of register writes and looks: never a panic, never an interrupt before
+        /// the timer's expiry, and a periodic timer never faster than its minimum period.
+        #[test]
+        fn any_register_writes(ops in proptest::collection::vec((0u8..5, proptest::num::u32::ANY, 0u64..5000), 1..60)) {
+            let mut t = ApicTimer::new(50);
+            let mut now = 0u64;
+            let mut last_fire: Option<u64> = None;
+            for (op, value, dt) in ops {
+                now += dt;
+                match op {
+                    0 => { t.write_lvt(value); }
+                    1 => t.write_initial_count(value, now),
+                    2 => { t.write_divide(value, now); }
+                    3 => t.write_tsc_deadline(value as u64),
+                    _ => {
+                        let due = t.next_expiry();
+                        let periodic = t.mode() == Mode::Periodic;
+                        if let Some(_v) = t.expire(now) {
+                            proptest::prop_assert!(due.is_some_and(|d| d <= now), "fired before it was due");
+                            if periodic && let Some(prev) = last_fire {
+                                proptest::prop_assert!(due.unwrap() >= prev, "periods run forward");
+                            }
+                            last_fire = due;
+                        }
+                    }
+                }
+                let _ = t.current_count(now);
+            }
+        }
+    }
+
     #[test]
     fn reset_state_is_masked_and_stopped() {
-        let t = ApicTimer::new();
+        let t = ApicTimer::new(0);
         assert_eq!((t.lvt(), t.mode(), t.current_count(100), t.deadline()), (LVT_MASK, Mode::OneShot, 0, None));
     }
 
     #[test]
     fn one_shot_counts_down_at_the_divided_rate_and_fires_once() {
-        let mut t = ApicTimer::new();
+        let mut t = ApicTimer::new(0);
         t.write_lvt(0x40);
         t.write_divide(0b0001, 0); // divide by 4
         t.write_initial_count(1000, 10_000);
@@ -254,7 +310,7 @@ mod tests {
 
     #[test]
     fn periodic_reloads_and_folds_missed_periods() {
-        let mut t = ApicTimer::new();
+        let mut t = ApicTimer::new(0);
         t.write_lvt(0x31 | PERIODIC);
         t.write_divide(0b1011, 0); // divide by 1
         t.write_initial_count(100, 0);
@@ -269,8 +325,25 @@ mod tests {
     }
 
     #[test]
+    fn periodic_timers_have_a_minimum_period() {
+        let mut t = ApicTimer::new(100);
+        t.write_lvt(0x31 | PERIODIC);
+        t.write_divide(0b1011, 0);
+        t.write_initial_count(1, 0);
+        assert_eq!(t.deadline(), Some(100), "a count of 1 waits the minimum period");
+        assert_eq!(t.expire(100), Some(0x31));
+        assert_eq!(t.deadline(), Some(200));
+        assert_eq!(t.expire(1050), Some(0x31), "late: one interrupt");
+        assert_eq!(t.deadline(), Some(1100));
+        // One-shot timers are not clamped: each needs a write of its own.
+        t.write_lvt(0x31);
+        t.write_initial_count(1, 2000);
+        assert_eq!(t.deadline(), Some(2001));
+    }
+
+    #[test]
     fn masked_timer_counts_but_does_not_interrupt() {
-        let mut t = ApicTimer::new();
+        let mut t = ApicTimer::new(0);
         t.write_lvt(0x50 | LVT_MASK);
         t.write_divide(0b1011, 0);
         t.write_initial_count(100, 0);
@@ -286,7 +359,7 @@ mod tests {
 
     #[test]
     fn divide_change_keeps_the_count_in_progress() {
-        let mut t = ApicTimer::new();
+        let mut t = ApicTimer::new(0);
         t.write_lvt(0x40);
         t.write_divide(0b1011, 0);
         t.write_initial_count(1000, 0);
@@ -298,7 +371,7 @@ mod tests {
 
     #[test]
     fn tsc_deadline_mode() {
-        let mut t = ApicTimer::new();
+        let mut t = ApicTimer::new(0);
         t.write_tsc_deadline(5000);
         assert_eq!(t.read_tsc_deadline(), 0, "ignored outside TSC-deadline mode");
         t.write_lvt(0xec | DEADLINE);
@@ -319,7 +392,7 @@ mod tests {
 
     #[test]
     fn changing_the_mode_disarms() {
-        let mut t = ApicTimer::new();
+        let mut t = ApicTimer::new(0);
         t.write_lvt(0x40 | DEADLINE);
         t.write_tsc_deadline(1000);
         assert_eq!(t.write_lvt(0x40 | PERIODIC | 0xff00_0000 | (1 << 12)), 0x40 | PERIODIC, "reserved and read-only bits");

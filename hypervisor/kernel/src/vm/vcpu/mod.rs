@@ -91,7 +91,7 @@ impl<'a> Vcpu<'a> {
             controls,
             apic: &vm.apic.vcpus[index as usize],
             x2apic: false,
-            timer: ApicTimer::new(),
+            timer: ApicTimer::new(timer::min_timer_period(host.tsc_hz)),
             counters: ExitCounters::default(),
             launched: false,
             deadline_tsc: now + vm.spec.timeout_ms * (host.tsc_hz / 1000),

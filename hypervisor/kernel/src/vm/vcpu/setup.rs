@@ -192,7 +192,7 @@ impl Vcpu<'_> {
         self.apic.page().reset(self.index, self.x2apic);
         self.apic.pid().take();
         self.apic.pending_nmi.store(false, Ordering::Release);
-        self.timer = ApicTimer::new();
+        self.timer = ApicTimer::new(super::timer::min_timer_period(self.host.tsc_hz));
         Vmcs16::GuestInterruptStatus.write(0)?;
         if self.controls.primary & NMI_WINDOW_EXITING != 0 {
             self.controls.primary &= !NMI_WINDOW_EXITING;
