@@ -90,7 +90,7 @@ pub struct RunArgs {
     /// What guest HLT does in the VMs given with --guest.
     #[arg(long, value_parser = ["passthrough", "exit"])]
     pub hlt: Option<String>,
-    /// A manifest file with `[vm]` sections (docs/guest-abi.md).
+    /// A manifest file with `[vm]` sections (docs/platform.md).
     #[arg(long)]
     pub manifest: Option<PathBuf>,
     /// Measure the native IPI round trip (CPU 0 → CPU 1) for this many iterations before any VM.

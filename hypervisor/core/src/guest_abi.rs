@@ -1,7 +1,7 @@
 //! What is particular to this hypervisor in the platform a guest sees: its hypercalls and CPUID
 //! signature (a guest boots as on any PC: `multiboot`, ACPI, devices). Shared by the hypervisor
 //! and the test kernels (`guest-tests`), so both sides use one definition. Documented for people
-//! in docs/guest-abi.md.
+//! in docs/platform.md.
 
 /// Hypercalls: `VMCALL` with the number in RAX and arguments in RDI, RSI; the result in RAX
 /// (negative = error).
@@ -16,7 +16,7 @@ pub mod hypercall {
     /// of them; returns how many were written.
     pub const EXIT_COUNTERS: u64 = 4;
 
-    /// Test support for the IPIv rules (docs/guest-abi.md): `ptr` = target vCPU index, `count`
+    /// Test support for the IPIv rules (docs/platform.md): `ptr` = target vCPU index, `count`
     /// = operation on its posted-interrupt descriptor (the PID_* constants); returns the
     /// control word or PIR word read, or 0. Only for VMs whose manifest sets
     /// `test_hooks = true`; others get E_NOSYS.

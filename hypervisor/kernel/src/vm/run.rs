@@ -91,7 +91,10 @@ impl Vcpu<'_> {
         self.sync_eoi_exit_bitmap()?;
         self.gate_nmi()?;
         match timed.take() {
-            Some(Timed::Ipi(t)) => self.counters.ipi_exit_ticks += crate::time::rdtsc() - t,
+            Some(Timed::Ipi(t)) => {
+                self.counters.ipi_exit_ticks += crate::time::rdtsc() - t;
+                self.counters.ipi_exits_timed += 1;
+            }
             Some(Timed::Timer(t)) => self.counters.timer_exit_ticks += crate::time::rdtsc() - t,
             None => {}
         }
@@ -113,7 +116,7 @@ impl Vcpu<'_> {
         if events::may_interrupt_delivery(reason.basic()) {
             self.reinject_interrupted_event()?;
         }
-        let sent = self.counters.ipi_sent_by_exit;
+        let (sent, startup) = (self.counters.ipi_sent_by_exit, self.counters.startup_ipis_sent);
         // The preemption timer counts only guest time; a guest that keeps exiting would
         // never let it fire, so every exit checks the deadline too.
         let flow = if exit_tsc >= self.deadline_tsc {
@@ -123,7 +126,7 @@ impl Vcpu<'_> {
         } else {
             exits::handle(self, kind)?
         };
-        if self.counters.ipi_sent_by_exit != sent {
+        if self.counters.ipi_sent_by_exit != sent && self.counters.startup_ipis_sent == startup {
             *timed = Some(Timed::Ipi(exit_tsc));
         } else if matches!(kind, BasicExit::PreemptionTimer | BasicExit::ExternalInterrupt) && self.timer_expire()? {
             self.counters.timer_exits += 1;
