@@ -17,6 +17,7 @@ pub mod ioapic;
 pub mod irq;
 pub mod pit;
 pub mod platform;
+pub mod port;
 pub mod sync;
 pub mod uart;
 

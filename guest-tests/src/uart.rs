@@ -1,21 +1,18 @@
 //! The console: the PC's first serial port, a 16550A driven by polling (the hypervisor and
 //! QEMU both emulate one on COM1). With the FIFO on, one LSR read per 16 bytes.
 
-use x86_64::instructions::port::Port;
+use crate::port::{inb, outb};
 
-const COM1: u16 = 0x3f8;
+pub const COM1: u16 = 0x3f8;
+/// COM1's ISA IRQ.
+pub const COM1_IRQ: usize = 4;
+/// Interrupt enable: transmitter holding register empty.
+pub const IER_THRE: u8 = 1 << 1;
+/// Interrupt identification: the source bits, and "transmitter empty".
+pub const IIR_SOURCE_MASK: u8 = 0x0f;
+pub const IIR_THRE: u8 = 0x02;
 const LSR_THR_EMPTY: u8 = 1 << 5;
 const FIFO_DEPTH: usize = 16;
-
-fn outb(port: u16, v: u8) {
-    // SAFETY: COM1's registers; writing them has no effect on memory.
-    unsafe { Port::<u8>::new(port).write(v) }
-}
-
-fn inb(port: u16) -> u8 {
-    // SAFETY: as in outb.
-    unsafe { Port::<u8>::new(port).read() }
-}
 
 /// 115200 baud, 8N1, FIFOs on and cleared, interrupts off.
 pub fn init() {

@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::guests;
-use crate::run::{Outcome, RunArgs, compose};
+use crate::run::{Outcome, RunArgs, compose, supervise};
 
 /// QEMU's TCG emulates x2APIC from QEMU 8.0 on.
 const X2APIC_SINCE: (u32, u32) = (8, 0);
@@ -162,28 +162,9 @@ fn boot(spec: &VmSpec, kernel: &Path, modules: &[PathBuf], serial: &Path, timeou
         let list: Vec<String> = modules.iter().map(|m| m.display().to_string()).collect();
         c.arg("-initrd").arg(list.join(","));
     }
-    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = c.spawn().context("starting qemu-system-x86_64")?;
-    let deadline = Instant::now() + Duration::from_secs(timeout);
-    let mut shown = 0;
-    let (status, timed_out) = loop {
-        if !quiet {
-            let log = fs::read(serial).unwrap_or_default();
-            if log.len() > shown {
-                print!("{}", String::from_utf8_lossy(&log[shown..]));
-                shown = log.len();
-            }
-        }
-        if let Some(st) = child.try_wait()? {
-            break (st.code(), false);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break (None, true);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let child = c.spawn().context("starting qemu-system-x86_64")?;
+    let (status, timed_out) = supervise(child, serial, !quiet, timeout)?;
     Ok(judge(status, timed_out, timeout))
 }
 

@@ -223,23 +223,8 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let emu_out = fs::File::create(dir.join("emulator.out"))?;
     cmd.stdin(Stdio::null()).stdout(emu_out.try_clone()?).stderr(emu_out);
     let start = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
-
-    let mut tail = SerialTail::new(&serial, !args.quiet);
-    let deadline = start + Duration::from_secs(args.timeout);
-    let (exit_status, timed_out) = loop {
-        tail.pump()?;
-        if let Some(st) = child.try_wait()? {
-            break (st.code(), false);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break (None, true);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    tail.pump()?;
+    let child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let (exit_status, timed_out) = supervise(child, &serial, !args.quiet, args.timeout)?;
     let elapsed = start.elapsed();
     let serial_log = String::from_utf8_lossy(&fs::read(&serial)?).into_owned();
 
@@ -370,6 +355,27 @@ fn qemu_command(args: &RunArgs, img: &Path, serial: &Path) -> Result<Command> {
         c.args(["-enable-kvm", "-cpu", "host"]);
     }
     Ok(c)
+}
+
+/// Waits for an emulator, echoing its serial log (`echo`), and kills it after `timeout_s`: its
+/// exit status (`None` if killed) and whether the timeout did it.
+pub fn supervise(mut child: std::process::Child, serial: &Path, echo: bool, timeout_s: u64) -> Result<(Option<i32>, bool)> {
+    let mut tail = SerialTail::new(serial, echo);
+    let deadline = Instant::now() + Duration::from_secs(timeout_s);
+    let ended = loop {
+        tail.pump()?;
+        if let Some(st) = child.try_wait()? {
+            break (st.code(), false);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break (None, true);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    tail.pump()?;
+    Ok(ended)
 }
 
 /// Follows the serial log file while the emulator writes it.

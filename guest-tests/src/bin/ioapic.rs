@@ -11,13 +11,11 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use guest_tests::ioapic::{IoApic, REG_ID, REG_VERSION, entry};
 use guest_tests::irq::{self, count};
 use guest_tests::{Platform, apic, entry, println, rdtsc, report, sti, wait_until};
-use x86_64::instructions::port::Port;
+use guest_tests::port::{inb, outb};
+use guest_tests::uart::{COM1, COM1_IRQ, IER_THRE};
 
 entry!(main);
 
-const COM1: u16 = 0x3f8;
-const COM1_IRQ: usize = 4;
-const IER_THRE: u8 = 1 << 1;
 const TO_CPU1: u8 = 0x61;
 const LOGICAL: u8 = 0x62;
 const LEVEL: u8 = 0x63;
@@ -32,16 +30,6 @@ static LEVEL_RIRR_SEEN: AtomicU32 = AtomicU32::new(0);
 static LEAVE_HIGH: AtomicBool = AtomicBool::new(false);
 static PIN: AtomicU32 = AtomicU32::new(0);
 static IO_BASE: AtomicU64 = AtomicU64::new(0);
-
-fn outb(port: u16, v: u8) {
-    // SAFETY: COM1's registers; no memory effects.
-    unsafe { Port::<u8>::new(port).write(v) }
-}
-
-fn inb(port: u16) -> u8 {
-    // SAFETY: as in outb.
-    unsafe { Port::<u8>::new(port).read() }
-}
 
 /// Raises COM1's line: a new rising edge of the transmitter-empty interrupt.
 fn raise() {

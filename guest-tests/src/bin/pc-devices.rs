@@ -6,37 +6,13 @@
 #![no_std]
 #![no_main]
 
+use guest_tests::port::{inb, inl, outb, outl, outw};
 use guest_tests::sync::Barrier;
 use guest_tests::{Platform, entry, println, rdtsc, report};
 
 entry!(main);
 
 static BARRIER: Barrier = Barrier::new();
-
-fn outb(port: u16, v: u8) {
-    // SAFETY: port I/O exits to the hypervisor's device models.
-    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack)) }
-}
-fn inb(port: u16) -> u8 {
-    let v: u8;
-    // SAFETY: as in outb.
-    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack)) };
-    v
-}
-fn outw(port: u16, v: u16) {
-    // SAFETY: as in outb.
-    unsafe { core::arch::asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack)) }
-}
-fn outl(port: u16, v: u32) {
-    // SAFETY: as in outb.
-    unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack)) }
-}
-fn inl(port: u16) -> u32 {
-    let v: u32;
-    // SAFETY: as in outb.
-    unsafe { core::arch::asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack)) };
-    v
-}
 
 fn fw_cfg(key: u16, buf: &mut [u8]) {
     outw(0x510, key);

@@ -10,31 +10,17 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use guest_tests::ioapic::{IoApic, entry};
 use guest_tests::irq::{self, this_vcpu};
 use guest_tests::{Platform, apic, entry, println, report, sti, wait_until};
-use x86_64::instructions::port::Port;
+use guest_tests::port::{inb, outb};
+use guest_tests::uart::{COM1, COM1_IRQ, IER_THRE, IIR_SOURCE_MASK, IIR_THRE};
 
 entry!(main);
 
-const COM1: u16 = 0x3f8;
-const COM1_IRQ: usize = 4;
-const IER_THRE: u8 = 1 << 1;
-const IIR_SOURCE_MASK: u8 = 0x0f;
-const IIR_THRE: u8 = 0x02;
 const VECTOR: u8 = 0x54;
 const LINE: &[u8] = b"uart: this line went out one byte per transmitter-empty interrupt\n";
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 static SENT_ALL: AtomicBool = AtomicBool::new(false);
 static OTHER_SOURCES: AtomicUsize = AtomicUsize::new(0);
-
-fn outb(port: u16, v: u8) {
-    // SAFETY: COM1's registers; no memory effects.
-    unsafe { Port::<u8>::new(port).write(v) }
-}
-
-fn inb(port: u16) -> u8 {
-    // SAFETY: as in outb.
-    unsafe { Port::<u8>::new(port).read() }
-}
 
 /// The interrupt handler: reading IIR acknowledges the transmitter-empty source; then the next
 /// byte goes out, or, with none left, the interrupt is switched off.
