@@ -66,11 +66,15 @@ impl IoApic {
 fn mmio_read(addr: u64) -> u32 {
     let v: u32;
     // SAFETY: `addr` is a register of the identity-mapped device window.
-    unsafe { core::arch::asm!("mov {v:e}, [{a}]", a = in(reg) addr, v = out(reg) v, options(nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov {v:e}, [{a}]", a = in(reg) addr, v = out(reg) v, options(nostack, preserves_flags))
+    };
     v
 }
 
 fn mmio_write(addr: u64, value: u32) {
     // SAFETY: as in mmio_read.
-    unsafe { core::arch::asm!("mov [{a}], {v:e}", a = in(reg) addr, v = in(reg) value, options(nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("mov [{a}], {v:e}", a = in(reg) addr, v = in(reg) value, options(nostack, preserves_flags))
+    };
 }

@@ -116,7 +116,8 @@ impl Platform {
                 MadtEntry::LocalApic(l) => (l.apic_id as u32, { l.flags } & 1 != 0),
                 MadtEntry::LocalX2Apic(l) => ({ l.x2apic_id }, { l.flags } & 1 != 0),
                 MadtEntry::IoApic(io) => {
-                    io_apic = io_apic.or(Some((io.io_apic_id, { io.io_apic_address } as u64, { io.global_system_interrupt_base })));
+                    io_apic = io_apic
+                        .or(Some((io.io_apic_id, { io.io_apic_address } as u64, { io.global_system_interrupt_base })));
                     continue;
                 }
                 MadtEntry::InterruptSourceOverride(o) => {
@@ -142,7 +143,18 @@ impl Platform {
             "APIC IDs must be below {MAX_CPUS}: {:?}",
             &apic_ids[..n]
         );
-        Self { vcpu_count: n as u32, apic_ids, ram_size, tsc_hz, apic_mode, hypervisor, ipiv, io_apic, isa_gsi, cmdline }
+        Self {
+            vcpu_count: n as u32,
+            apic_ids,
+            ram_size,
+            tsc_hz,
+            apic_mode,
+            hypervisor,
+            ipiv,
+            io_apic,
+            isa_gsi,
+            cmdline,
+        }
     }
 
     /// The kernel command line.

@@ -252,10 +252,14 @@ impl PrivateApt {
 
     /// Points the private list at `mirror`'s `suite` sources and fetches its index.
     pub fn update(&self, mirror: &str, suite: &str) -> Result<()> {
+        self.update_list(mirror, suite, "deb-src")
+    }
+
+    fn update_list(&self, mirror: &str, suite: &str, kind: &str) -> Result<()> {
         let keyring = Path::new("/usr/share/keyrings/debian-archive-keyring.gpg");
         let signed = if keyring.is_file() { format!("[signed-by={}] ", keyring.display()) } else { String::new() };
-        fs::write(self.root.join("sources.list"), format!("deb-src {signed}{mirror} {suite} main\n"))?;
-        let mut step = Step::new(format!("apt-get update (private deb-src {suite} list, {mirror})"));
+        fs::write(self.root.join("sources.list"), format!("{kind} {signed}{mirror} {suite} main\n"))?;
+        let mut step = Step::new(format!("apt-get update (private {kind} {suite} list, {mirror})"));
         let mut cmd = Command::new("apt-get");
         cmd.args(self.options()).args(["update", "-q"]);
         match progress::run(&mut cmd, &mut step, |_| false) {
@@ -274,6 +278,57 @@ impl PrivateApt {
         }
     }
 
+    /// Points the private list at `mirror`'s `suite` binary packages and fetches its index.
+    pub fn update_binary(&self, mirror: &str, suite: &str) -> Result<()> {
+        self.update_list(mirror, suite, "deb")
+    }
+
+    fn apt_cache(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("apt-cache")
+            .args(self.options())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running apt-cache {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!("apt-cache {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The candidate version of binary package `pkg` in the private index.
+    pub fn candidate(&self, pkg: &str) -> Result<String> {
+        let text = self.apt_cache(&["policy", pkg])?;
+        parse_candidate(&text).with_context(|| format!("{pkg} has no candidate version in the index"))
+    }
+
+    /// The packages `pkg` depends on directly (its `Depends:` lines).
+    pub fn depends(&self, pkg: &str) -> Result<Vec<String>> {
+        let text = self.apt_cache(&["depends", pkg])?;
+        Ok(text.lines().filter_map(|l| l.trim().strip_prefix("Depends: ")).map(|d| d.trim().to_string()).collect())
+    }
+
+    /// Downloads binary package `pkg=version` into `dir` (apt-get download); its .deb's path.
+    pub fn download_package(&self, pkg: &str, version: &str, dir: &Path) -> Result<PathBuf> {
+        fs::create_dir_all(dir)?;
+        let mut step = Step::new(format!("apt-get download {pkg}={version}"));
+        let mut cmd = Command::new("apt-get");
+        cmd.args(self.options()).args(["download", "-q"]).arg(format!("{pkg}={version}")).current_dir(dir);
+        if let Err(e) = progress::run(&mut cmd, &mut step, |_| false) {
+            step.failed();
+            return Err(e);
+        }
+        let deb = fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_")))
+                    && p.extension().is_some_and(|e| e == "deb")
+            })
+            .with_context(|| format!("apt-get download {pkg} left no .deb in {}", dir.display()))?;
+        step.done("downloaded");
+        Ok(deb)
+    }
+
     /// The files of `source=version` as the private index lists them (empty if it does not).
     pub fn source_files(&self, source: &str, version: &str) -> Result<Vec<SourceFile>> {
         let out = Command::new("apt-get")
@@ -286,6 +341,15 @@ impl PrivateApt {
             .context("running apt-get source --print-uris")?;
         Ok(parse_print_uris(&String::from_utf8_lossy(&out.stdout)))
     }
+}
+
+/// The `Candidate:` of `apt-cache policy` output.
+pub fn parse_candidate(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate: "))
+        .map(str::trim)
+        .filter(|v| *v != "(none)")
+        .map(String::from)
 }
 
 /// Downloads `uri` to `dest` with apt's own downloader (the caller checks the contents).
@@ -346,6 +410,13 @@ mod tests {
         assert_eq!(files[0].sha256.as_deref(), Some("6a4e"));
         assert_eq!(files[1].uri, "http://m.example/debian/pool/main/b/bochs/bochs_3.0%2bdfsg.orig.tar.xz");
         assert_eq!(files[2].sha256, None);
+    }
+
+    #[test]
+    fn candidates_are_read_from_apt_cache_policy() {
+        let text = "busybox-static:\n  Installed: (none)\n  Candidate: 1:1.35.0-4+deb12u1+b1\n  Version table:\n";
+        assert_eq!(parse_candidate(text).as_deref(), Some("1:1.35.0-4+deb12u1+b1"));
+        assert_eq!(parse_candidate("x:\n  Candidate: (none)\n"), None);
     }
 
     #[test]

@@ -137,16 +137,30 @@ fn ramdisk_name(path: &std::path::Path) -> String {
 }
 
 /// The `[vm]` section and the files for `--kernel FILE [--append ARGS] [--module FILE]...
-/// [--vcpus N]`: one VM called `kernel`, expected to pass (isa-debug-exit with 0).
+/// [--initrd FILE] [--vcpus N]`: one VM called `kernel`, expected to pass (isa-debug-exit with
+/// 0). A Linux bzImage (its setup header says so) is booted by the Linux boot protocol with
+/// the initrd; anything else as a multiboot kernel with the modules.
 pub fn kernel_vm(
     kernel: &std::path::Path,
     append: Option<&str>,
     modules: &[PathBuf],
+    initrd: Option<&std::path::Path>,
     vcpus: u32,
     extra: &[(&str, &str)],
 ) -> Result<(String, Vec<crate::image::GuestImage>)> {
     let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let mut files = vec![(ramdisk_name(kernel), read(kernel)?)];
+    let image = read(kernel)?;
+    let bzimage = image.get(0x202..0x206) == Some(b"HdrS".as_slice());
+    if bzimage && !modules.is_empty() {
+        bail!("--module: {} is a Linux bzImage; give it an --initrd", kernel.display());
+    }
+    if !bzimage && initrd.is_some() {
+        bail!("--initrd: {} is not a Linux bzImage; a multiboot kernel takes --module", kernel.display());
+    }
+    let mut files = vec![(ramdisk_name(kernel), image)];
+    if let Some(i) = initrd {
+        files.push((ramdisk_name(i), read(i)?));
+    }
     for m in modules {
         let name = ramdisk_name(m);
         if files.iter().any(|(n, _)| *n == name) {
@@ -158,11 +172,19 @@ pub fn kernel_vm(
     if cmdline.contains(['\n', '#', '"']) {
         bail!("--append: the command line may not hold a newline, `#` or `\"` (the manifest syntax), got {cmdline:?}");
     }
-    let mut section = format!("\n[vm]\nname = kernel\nkernel = {}\nvcpus = {vcpus}\nexpect = pass\n", files[0].0);
+    let key = if bzimage { "linux" } else { "kernel" };
+    let mut section = format!("\n[vm]\nname = kernel\n{key} = {}\nvcpus = {vcpus}\nexpect = pass\n", files[0].0);
     if !cmdline.is_empty() {
         section += &format!("cmdline = \"{cmdline}\"\n");
     }
-    if files.len() > 1 {
+    if bzimage {
+        // The decompressor works from its preferred address up to init_size (64 MiB for
+        // Debian's kernel): a Linux VM needs more than a test kernel's 16 MiB.
+        section += "ram_mib = 256\n";
+        if let Some((name, _)) = files.get(1) {
+            section += &format!("initrd = {name}\n");
+        }
+    } else if files.len() > 1 {
         let names: Vec<&str> = files[1..].iter().map(|(n, _)| n.as_str()).collect();
         section += &format!("modules = {}\n", names.join(", "));
     }

@@ -9,6 +9,7 @@ mod fixtures;
 mod fuzz;
 mod guests;
 mod image;
+mod linux;
 mod plot;
 mod progress;
 mod qemu_guest;

@@ -50,7 +50,10 @@ fn judge(status: Option<i32>, timed_out: bool, timeout_s: u64) -> Ended {
 
 /// The JSON values of the serial log's `REPORT {...}` lines.
 pub fn reports(log: &str) -> Vec<Value> {
-    log.lines().filter_map(|l| l.trim_end().strip_prefix("REPORT ")).filter_map(|j| serde_json::from_str(j).ok()).collect()
+    log.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("REPORT "))
+        .filter_map(|j| serde_json::from_str(j).ok())
+        .collect()
 }
 
 pub fn run(args: &RunArgs) -> Result<Outcome> {
@@ -63,7 +66,9 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         for item in list.split(',') {
             let name = item.trim().split([':', '+']).next().unwrap_or_default();
             if !guests::runs_on_qemu(name) {
-                bail!("--platform qemu: guest `{name}` checks this hypervisor's own behaviour (its expectation is meaningless without it); run it with --platform bochs");
+                bail!(
+                    "--platform qemu: guest `{name}` checks this hypervisor's own behaviour (its expectation is meaningless without it); run it with --platform bochs"
+                );
             }
         }
     }

@@ -78,9 +78,20 @@ pub struct RunArgs {
     /// Multiboot modules for the --kernel (repeat for several), in order.
     #[arg(long = "module", requires = "kernel")]
     pub modules: Vec<PathBuf>,
-    /// vCPUs of the --kernel's VM.
+    /// vCPUs of the --kernel's (or --linux') VM.
     #[arg(long, default_value_t = 1)]
     pub vcpus: u32,
+    /// An initrd for a --kernel that is a Linux bzImage.
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Boot Debian's Linux (fetched through apt) with the project's initramfs and IPI workload
+    /// as a VM called `linux`, beside the --guest VMs if any; --append adds to its command line
+    /// (`wl_wake=N wl_tlb=N wl_mb=N` set the workload's counts).
+    #[arg(long, conflicts_with_all = ["kernel", "manifest"])]
+    pub linux: bool,
+    /// RAM of the --linux VM, in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub linux_ram: u32,
     /// APIC mode of the VMs given with --guest.
     #[arg(long, value_parser = ["xapic", "x2apic"])]
     pub apic: Option<String>,
@@ -130,6 +141,9 @@ impl RunArgs {
             append: None,
             modules: Vec::new(),
             vcpus: 1,
+            initrd: None,
+            linux: false,
+            linux_ram: 256,
             apic: None,
             ipiv: None,
             hlt: None,
@@ -299,11 +313,35 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
     let opts = [("apic", &args.apic), ("ipiv", &args.ipiv), ("hlt", &args.hlt)];
     let extra: Vec<(&str, &str)> = opts.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))).collect();
     if let Some(kernel) = &args.kernel {
-        let (section, files) = guests::kernel_vm(kernel, args.append.as_deref(), &args.modules, args.vcpus, &extra)?;
+        let (section, files) = guests::kernel_vm(
+            kernel,
+            args.append.as_deref(),
+            &args.modules,
+            args.initrd.as_deref(),
+            args.vcpus,
+            &extra,
+        )?;
         config += &section;
         let manifest = guests::validate(&config, &files.iter().cloned().collect(), args.cpus, args.memory)?;
         debug_assert_eq!(manifest.vms.len(), 1);
         return Ok((config, files));
+    }
+    let mut linux_files = Vec::new();
+    if args.linux {
+        let (debian, files) = crate::linux::files(&deps::cache_dir())?;
+        eprintln!("xtask: Linux guest: {} with the project's initramfs", debian.kernel_package);
+        config += &crate::linux::vm_section(
+            args.vcpus,
+            args.linux_ram,
+            linux_watchdog_ms(args.timeout),
+            args.append.as_deref(),
+            &extra,
+        );
+        linux_files = files;
+        if args.guest.is_none() {
+            guests::validate(&config, &linux_files.iter().cloned().collect(), args.cpus, args.memory)?;
+            return Ok((config, linux_files));
+        }
     }
     match (&args.guest, &args.manifest) {
         (Some(list), _) => config += &guests::manifest_from_list(list, &extra)?,
@@ -316,14 +354,20 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
         }
         (None, None) => return Ok((config, Vec::new())),
     }
-    let images = guests::build()?;
+    let mut images = guests::build()?;
+    images.extend(linux_files);
     if args.skip_manifest_check {
         return Ok((config, images.into_iter().collect()));
     }
     let manifest = guests::validate(&config, &images, args.cpus, args.memory)?;
     let needed: Vec<image::GuestImage> = images
         .into_iter()
-        .filter(|(name, _)| manifest.vms.iter().any(|v| &v.kernel == name || v.modules.contains(name)))
+        .filter(|(name, _)| {
+            manifest
+                .vms
+                .iter()
+                .any(|v| &v.kernel == name || v.modules.contains(name) || &v.linux == name || &v.initrd == name)
+        })
         .collect();
     Ok((config, needed))
 }
@@ -359,7 +403,12 @@ fn qemu_command(args: &RunArgs, img: &Path, serial: &Path) -> Result<Command> {
 
 /// Waits for an emulator, echoing its serial log (`echo`), and kills it after `timeout_s`: its
 /// exit status (`None` if killed) and whether the timeout did it.
-pub fn supervise(mut child: std::process::Child, serial: &Path, echo: bool, timeout_s: u64) -> Result<(Option<i32>, bool)> {
+pub fn supervise(
+    mut child: std::process::Child,
+    serial: &Path,
+    echo: bool,
+    timeout_s: u64,
+) -> Result<(Option<i32>, bool)> {
     let mut tail = SerialTail::new(serial, echo);
     let deadline = Instant::now() + Duration::from_secs(timeout_s);
     let ended = loop {
@@ -404,4 +453,9 @@ impl SerialTail {
         out.flush()?;
         Ok(())
     }
+}
+
+/// The Linux VM's watchdog: 90 % of the run's timeout, so the hypervisor's report comes first.
+fn linux_watchdog_ms(run_timeout_s: u64) -> u64 {
+    run_timeout_s * 900
 }

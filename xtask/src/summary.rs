@@ -60,6 +60,7 @@ mod tests {
                 vcpu_exits: vec![ExitCounters::default()],
                 console_dropped_bytes: 0,
                 reports: vec![report],
+                report_exits: Vec::new(),
             };
             let cpus = vec![CpuReport { apic_id: 0, bsp: true, online: true, vmxon: true, error: None }];
             let s = HvSummary::judge(1, None, VmxFeatures::default(), 0, cpus, vec![vm]);

@@ -57,6 +57,10 @@ fn main(me: u32, p: &'static Platform) {
     let ticks = rdtsc() - t1;
     apic::write(timer::LVT, timer::MASKED);
     let rearms = REARMS.load(Ordering::Relaxed);
-    println!("hostile-timer vCPU {me}: {periodic} periodic interrupts in 50 ms (at most {most}); {rearms} one-shots re-armed from the handler in {ticks} TSC ticks");
-    report!(r#"{{"test":"hostile-timer","vcpu":{me},"periodic":{periodic},"periodic_most":{most},"rearms":{rearms},"rearm_ticks":{ticks}}}"#);
+    println!(
+        "hostile-timer vCPU {me}: {periodic} periodic interrupts in 50 ms (at most {most}); {rearms} one-shots re-armed from the handler in {ticks} TSC ticks"
+    );
+    report!(
+        r#"{{"test":"hostile-timer","vcpu":{me},"periodic":{periodic},"periodic_most":{most},"rearms":{rearms},"rearm_ticks":{ticks}}}"#
+    );
 }

@@ -10,9 +10,9 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use guest_tests::ioapic::{IoApic, REG_ID, REG_VERSION, entry};
 use guest_tests::irq::{self, count};
-use guest_tests::{Platform, apic, entry, println, rdtsc, report, sti, wait_until};
 use guest_tests::port::{inb, outb};
 use guest_tests::uart::{COM1, COM1_IRQ, IER_THRE};
+use guest_tests::{Platform, apic, entry, println, rdtsc, report, sti, wait_until};
 
 entry!(main);
 
@@ -148,7 +148,9 @@ fn main(me: u32, p: &'static Platform) {
     assert_eq!((count(0, MASKED), count(1, MASKED)), (0, 0), "a masked entry sends nothing");
     x86_64::instructions::interrupts::disable();
     DONE.store(true, Ordering::Release);
-    println!("ioapic: {entries} entries, version {version:#x}; physical, logical {logical}, level and masked delivery as specified");
+    println!(
+        "ioapic: {entries} entries, version {version:#x}; physical, logical {logical}, level and masked delivery as specified"
+    );
     report!(
         r#"{{"test":"ioapic","vcpu":{me},"entries":{entries},"version":{},"pin":{pin},"logical":{logical},"level_runs":{runs}}}"#,
         version & 0xff

@@ -9,9 +9,9 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use guest_tests::ioapic::{IoApic, entry};
 use guest_tests::irq::{self, this_vcpu};
-use guest_tests::{Platform, apic, entry, println, report, sti, wait_until};
 use guest_tests::port::{inb, outb};
 use guest_tests::uart::{COM1, COM1_IRQ, IER_THRE, IIR_SOURCE_MASK, IIR_THRE};
+use guest_tests::{Platform, apic, entry, println, report, sti, wait_until};
 
 entry!(main);
 

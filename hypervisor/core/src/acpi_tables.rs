@@ -53,7 +53,7 @@ pub fn build(p: &Platform) -> Vec<u8> {
         out.extend_from_slice(&table);
         at
     };
-    let dsdt = place(&mut out, sdt(b"DSDT", 2, &[]));
+    let dsdt = place(&mut out, sdt(b"DSDT", 2, &dsdt_aml()));
     let fadt = place(&mut out, fadt(dsdt));
     let madt = place(&mut out, madt(p));
     let mut entries = Vec::new();
@@ -98,6 +98,110 @@ fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     t.extend_from_slice(body);
     t[9] = checksum(&t);
     t
+}
+
+/// The DSDT's AML (§20.2): `Scope (\_SB) { Device (COM1) { _HID PNP0501, _UID 1, _CRS } }`.
+/// A hardware-reduced platform has no legacy PIC and so no ISA IRQ numbers of its own (Linux:
+/// `legacy_pic = &null_legacy_pic`, no preallocated IRQs 0-15); an OS learns the UART's GSI
+/// from this `_CRS` alone, as from any firmware's, and without it Linux's ttyS0 cannot open.
+fn dsdt_aml() -> Vec<u8> {
+    use crate::devices::uart16550::{COM1, COM1_IRQ, LEN};
+    let [lo, hi] = COM1.to_le_bytes();
+    let irq_mask = (1u16 << COM1_IRQ).to_le_bytes();
+    let crs: [u8; 13] = [
+        0x47,
+        0x01,
+        lo,
+        hi,
+        lo,
+        hi,
+        0x01,
+        LEN as u8, // I/O port descriptor (§6.4.2.5), 16-bit decode
+        0x22,
+        irq_mask[0],
+        irq_mask[1], // IRQ descriptor (§6.4.2.1): edge, active high
+        0x79,
+        0x00, // end tag (§6.4.2.9); checksum 0: "treated as correct"
+    ];
+    let mut dev = Vec::new();
+    dev.extend_from_slice(b"COM1");
+    dev.extend_from_slice(&aml::name(b"_HID", &aml::dword(eisa_id(*b"PNP", 0x0501))));
+    dev.extend_from_slice(&aml::name(b"_UID", &[aml::ONE_OP]));
+    dev.extend_from_slice(&aml::name(b"_CRS", &aml::buffer(&crs)));
+    let mut sb = Vec::new();
+    sb.extend_from_slice(b"\\_SB_");
+    sb.extend_from_slice(&aml::device(&dev));
+    aml::scope(&sb)
+}
+
+/// A compressed EISA ID (`EisaId ("PNP0501")`, §19.6.35): three letters of 5 bits, then the
+/// product number, stored big-endian.
+fn eisa_id(vendor: [u8; 3], product: u16) -> u32 {
+    let v = vendor.map(|c| (c - 0x40) as u16);
+    let mfg = (v[0] << 10) | (v[1] << 5) | v[2];
+    let [m0, m1] = mfg.to_be_bytes();
+    let [p0, p1] = product.to_be_bytes();
+    u32::from_le_bytes([m0, m1, p0, p1])
+}
+
+/// The few AML encodings (§20.2) the DSDT needs.
+mod aml {
+    use alloc::vec::Vec;
+
+    pub const ONE_OP: u8 = 0x01;
+    const NAME_OP: u8 = 0x08;
+    const SCOPE_OP: u8 = 0x10;
+    const BUFFER_OP: u8 = 0x11;
+    const BYTE_PREFIX: u8 = 0x0a;
+    const DWORD_PREFIX: u8 = 0x0c;
+    const EXT_OP: u8 = 0x5b;
+    const DEVICE_OP: u8 = 0x82;
+
+    /// PkgLength (§20.2.4) of a body of `len` bytes: the count includes its own bytes.
+    fn pkg(op: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut out = op.to_vec();
+        let n = body.len();
+        if n + 1 < 0x40 {
+            out.push((n + 1) as u8);
+        } else {
+            let total = n + 2;
+            assert!(total < 0x1000, "AML package too long for a 2-byte PkgLength");
+            out.push(0x40 | (total & 0xf) as u8);
+            out.push((total >> 4) as u8);
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    pub fn name(seg: &[u8; 4], value: &[u8]) -> Vec<u8> {
+        let mut out = alloc::vec![NAME_OP];
+        out.extend_from_slice(seg);
+        out.extend_from_slice(value);
+        out
+    }
+
+    pub fn dword(v: u32) -> Vec<u8> {
+        let mut out = alloc::vec![DWORD_PREFIX];
+        out.extend_from_slice(&v.to_le_bytes());
+        out
+    }
+
+    pub fn buffer(bytes: &[u8]) -> Vec<u8> {
+        assert!(bytes.len() < 0x100);
+        let mut body = alloc::vec![BYTE_PREFIX, bytes.len() as u8];
+        body.extend_from_slice(bytes);
+        pkg(&[BUFFER_OP], &body)
+    }
+
+    /// `body` starts with the scope's name.
+    pub fn scope(body: &[u8]) -> Vec<u8> {
+        pkg(&[SCOPE_OP], body)
+    }
+
+    /// `body` starts with the device's name.
+    pub fn device(body: &[u8]) -> Vec<u8> {
+        pkg(&[EXT_OP, DEVICE_OP], body)
+    }
 }
 
 /// FADT revision 6 (276 bytes, §5.2.9): hardware-reduced, APIC physical destination mode, reset
@@ -262,5 +366,92 @@ mod tests {
         let s = parse(&Platform { vcpus: 64, x2apic: true, io_apic_id: None });
         assert_eq!(s.aps, (1..64).collect::<Vec<u32>>());
         assert!(s.io_apics.is_empty() && s.overrides.is_empty());
+    }
+
+    /// An AML host that no method of ours reaches (the DSDT has names only).
+    struct NoHardware;
+    impl ::aml::Handler for NoHardware {
+        fn read_u8(&self, _: usize) -> u8 {
+            unreachable!()
+        }
+        fn read_u16(&self, _: usize) -> u16 {
+            unreachable!()
+        }
+        fn read_u32(&self, _: usize) -> u32 {
+            unreachable!()
+        }
+        fn read_u64(&self, _: usize) -> u64 {
+            unreachable!()
+        }
+        fn write_u8(&mut self, _: usize, _: u8) {
+            unreachable!()
+        }
+        fn write_u16(&mut self, _: usize, _: u16) {
+            unreachable!()
+        }
+        fn write_u32(&mut self, _: usize, _: u32) {
+            unreachable!()
+        }
+        fn write_u64(&mut self, _: usize, _: u64) {
+            unreachable!()
+        }
+        fn read_io_u8(&self, _: u16) -> u8 {
+            unreachable!()
+        }
+        fn read_io_u16(&self, _: u16) -> u16 {
+            unreachable!()
+        }
+        fn read_io_u32(&self, _: u16) -> u32 {
+            unreachable!()
+        }
+        fn write_io_u8(&self, _: u16, _: u8) {
+            unreachable!()
+        }
+        fn write_io_u16(&self, _: u16, _: u16) {
+            unreachable!()
+        }
+        fn write_io_u32(&self, _: u16, _: u32) {
+            unreachable!()
+        }
+        fn read_pci_u8(&self, _: u16, _: u8, _: u8, _: u8, _: u16) -> u8 {
+            unreachable!()
+        }
+        fn read_pci_u16(&self, _: u16, _: u8, _: u8, _: u8, _: u16) -> u16 {
+            unreachable!()
+        }
+        fn read_pci_u32(&self, _: u16, _: u8, _: u8, _: u8, _: u16) -> u32 {
+            unreachable!()
+        }
+        fn write_pci_u8(&self, _: u16, _: u8, _: u8, _: u8, _: u16, _: u8) {
+            unreachable!()
+        }
+        fn write_pci_u16(&self, _: u16, _: u8, _: u8, _: u8, _: u16, _: u16) {
+            unreachable!()
+        }
+        fn write_pci_u32(&self, _: u16, _: u8, _: u8, _: u8, _: u16, _: u32) {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn the_dsdt_describes_com1_with_its_ports_and_irq() {
+        use ::aml::resource::{Resource, resource_descriptor_list};
+        use ::aml::{AmlContext, AmlName, AmlValue, DebugVerbosity};
+        let block = build(&Platform { vcpus: 2, x2apic: true, io_apic_id: Some(2) });
+        let dsdt = &block[48..];
+        assert_eq!(&dsdt[..4], b"DSDT");
+        let len = u32::from_le_bytes(dsdt[4..8].try_into().unwrap()) as usize;
+        let mut ctx = AmlContext::new(std::boxed::Box::new(NoHardware), DebugVerbosity::None);
+        ctx.parse_table(&dsdt[36..len]).expect("the DSDT's AML parses");
+        let get = |path: &str| ctx.namespace.get_by_path(&AmlName::from_str(path).unwrap()).unwrap().clone();
+        // EisaId ("PNP0501") as every PC firmware (and QEMU's DSDT) encodes it.
+        assert!(matches!(get("\\_SB.COM1._HID"), AmlValue::Integer(0x0105_d041)));
+        assert!(matches!(get("\\_SB.COM1._UID"), AmlValue::Integer(1)));
+        let crs = resource_descriptor_list(&get("\\_SB.COM1._CRS")).expect("_CRS decodes");
+        assert_eq!(crs.len(), 2, "{crs:?}");
+        let io = std::format!("{:?}", crs[0]);
+        assert!(io.contains("memory_range: (1016, 1016)") && io.contains("range_length: 8"), "{io}");
+        let Resource::Irq(irq) = &crs[1] else { panic!("{crs:?}") };
+        assert_eq!(irq.irq, 1 << 4, "COM1 on IRQ 4");
     }
 }

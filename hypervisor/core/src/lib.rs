@@ -25,6 +25,8 @@ pub mod frames;
 pub mod guest_abi;
 pub mod guest_paging;
 #[cfg(feature = "alloc")]
+pub mod linux;
+#[cfg(feature = "alloc")]
 pub mod manifest;
 pub mod multiboot;
 #[cfg(feature = "alloc")]

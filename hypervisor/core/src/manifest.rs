@@ -117,6 +117,10 @@ pub struct VmSpec {
     pub name: String,
     /// Name of a multiboot v1 kernel in the ramdisk: the VM boots it as QEMU's `-kernel` does.
     pub kernel: String,
+    /// Or a Linux bzImage in the ramdisk, booted by the Linux x86 boot protocol (`crate::linux`),
+    /// with `initrd`, if any.
+    pub linux: String,
+    pub initrd: String,
     /// The kernel's command line (multiboot `cmdline`, and fw_cfg's).
     pub cmdline: String,
     /// Names of multiboot modules in the ramdisk, in order.
@@ -149,6 +153,8 @@ impl VmSpec {
         Self {
             name: String::new(),
             kernel: String::new(),
+            linux: String::new(),
+            initrd: String::new(),
             cmdline: String::new(),
             modules: Vec::new(),
             vcpus: 1,
@@ -177,6 +183,8 @@ impl VmSpec {
         match key {
             "name" => self.name = value.to_string(),
             "kernel" => self.kernel = value.to_string(),
+            "linux" => self.linux = value.to_string(),
+            "initrd" => self.initrd = value.to_string(),
             "cmdline" => {
                 let v = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
                 if v.len() > MAX_CMDLINE {
@@ -255,6 +263,22 @@ impl VmSpec {
     /// Checks that the VM's boot files are in `files` (the ramdisk) and load into its RAM.
     pub fn check_boot<'a>(&self, files: &dyn Fn(&str) -> Option<&'a [u8]>) -> Result<(), String> {
         let ram = self.ram_mib as u64 * 1024 * 1024;
+        if !self.linux.is_empty() {
+            let img = files(&self.linux).ok_or_else(|| format!("linux `{}`: not in the ramdisk", self.linux))?;
+            let plan = crate::linux::LoadPlan::new(img, ram).map_err(|e| format!("linux `{}`: {e}", self.linux))?;
+            if plan.cmdline_size <= self.cmdline.len() as u64 {
+                return Err(format!(
+                    "linux `{}`: the command line is longer than its {} bytes",
+                    self.linux, plan.cmdline_size
+                ));
+            }
+            if !self.initrd.is_empty() {
+                let data =
+                    files(&self.initrd).ok_or_else(|| format!("initrd `{}`: not in the ramdisk", self.initrd))?;
+                plan.initrd_addr(data.len() as u64, ram).map_err(|e| format!("initrd `{}`: {e}", self.initrd))?;
+            }
+            return Ok(());
+        }
         let img = files(&self.kernel).ok_or_else(|| format!("kernel `{}`: not in the ramdisk", self.kernel))?;
         let plan = crate::multiboot::LoadPlan::new(img, ram).map_err(|e| format!("kernel `{}`: {e}", self.kernel))?;
         let mut modules = Vec::new();
@@ -303,7 +327,18 @@ impl Manifest {
             if self.vms[..i].iter().any(|o| o.name == vm.name) {
                 return Err(format!("{who}: name used twice"));
             }
-            if vm.kernel.is_empty() {
+            match (vm.kernel.is_empty(), vm.linux.is_empty()) {
+                (true, true) => return Err(format!("{who}: needs a kernel (multiboot) or linux (bzImage)")),
+                (false, false) => return Err(format!("{who}: has both kernel and linux; give one")),
+                _ => {}
+            }
+            if !vm.linux.is_empty() && !vm.modules.is_empty() {
+                return Err(format!("{who}: modules are for multiboot kernels; Linux takes an initrd"));
+            }
+            if vm.linux.is_empty() && !vm.initrd.is_empty() {
+                return Err(format!("{who}: initrd is for linux; a multiboot kernel takes modules"));
+            }
+            if vm.kernel.is_empty() && vm.linux.is_empty() {
                 return Err(format!("{who}: needs a kernel"));
             }
             if vm.vcpus == 0 || vm.vcpus > MAX_VCPUS {

@@ -1,5 +1,5 @@
-//! The register state a vCPU starts in: the multiboot hand-off on the bootstrap processor, and
-//! real mode at a SIPI's vector on the others (after INIT). The kernel writes it to the VMCS
+//! The register state a vCPU starts in: the multiboot hand-off or Linux's 64-bit entry on the
+//! bootstrap processor, and real mode at a SIPI's vector on the others (after INIT). The kernel writes it to the VMCS
 //! guest-state area; the values here follow the rules VM entry checks for an unrestricted guest
 //! (SDM Vol. 3C §27.3.1.2).
 
@@ -27,6 +27,8 @@ pub mod access {
     pub const DATA16: u32 = 0x0093;
     /// Busy 32-bit TSS: the type VM entry wants in TR outside IA-32e mode.
     pub const TSS32_BUSY: u32 = 0x008b;
+    /// Execute/read code, 64-bit (L), 4 KiB granularity.
+    pub const CODE64: u32 = 0xa09b;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,14 +38,34 @@ pub struct StartState {
     pub data: Segment,
     /// CR0 as the guest asked for it; the kernel adds the bits VMX fixes (NE).
     pub cr0: u64,
+    pub cr3: u64,
+    /// CR4 as the guest asked for it; the kernel adds the bits VMX fixes (VMXE, hidden).
+    pub cr4: u64,
+    pub efer: u64,
+    /// GDTR base and limit (IDTR is base 0, limit 0xFFFF in every start).
+    pub gdt: (u64, u16),
     pub rip: u64,
     pub rax: u64,
     pub rbx: u64,
     pub rdx: u64,
+    pub rsi: u64,
+}
+
+impl StartState {
+    /// IA-32e mode (EFER.LMA): VM entry must then set "IA-32e mode guest".
+    pub fn long_mode(&self) -> bool {
+        self.efer & EFER_LMA != 0
+    }
 }
 
 const CR0_PE: u64 = 1 << 0;
 const CR0_ET: u64 = 1 << 4;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+/// What INIT leaves in the GDTR (SDM Vol. 3A Table 9-1).
+const GDT_AFTER_INIT: (u64, u16) = (0, 0xffff);
 
 /// The multiboot hand-off (spec §3.2): 32-bit protected mode without paging, flat 4 GiB CS
 /// and data segments, EAX the boot-loader magic, EBX the information structure, interrupts off.
@@ -52,10 +74,35 @@ pub fn multiboot(entry: u32, info: u32) -> StartState {
         cs: Segment { selector: 0x08, base: 0, limit: 0xffff_ffff, access: access::CODE32 },
         data: Segment { selector: 0x10, base: 0, limit: 0xffff_ffff, access: access::DATA32 },
         cr0: CR0_PE | CR0_ET,
+        cr3: 0,
+        cr4: 0,
+        efer: 0,
+        gdt: GDT_AFTER_INIT,
         rip: entry as u64,
         rax: BOOTLOADER_MAGIC as u64,
         rbx: info as u64,
         rdx: 0,
+        rsi: 0,
+    }
+}
+
+/// Linux's 64-bit entry (Documentation/arch/x86/boot.rst, "64-bit Boot Protocol"): long mode on
+/// identity page tables at `cr3`, a GDT with `__BOOT_CS` (`code`) and `__BOOT_DS` (`data`),
+/// interrupts off, RSI = the zero page.
+pub fn linux64(entry: u64, zero_page: u64, cr3: u64, gdt: (u64, u16), code: u16, data: u16) -> StartState {
+    StartState {
+        cs: Segment { selector: code, base: 0, limit: 0xffff_ffff, access: access::CODE64 },
+        data: Segment { selector: data, base: 0, limit: 0xffff_ffff, access: access::DATA32 },
+        cr0: CR0_PE | CR0_ET | CR0_PG,
+        cr3,
+        cr4: CR4_PAE,
+        efer: EFER_LME | EFER_LMA,
+        gdt,
+        rip: entry,
+        rax: 0,
+        rbx: 0,
+        rdx: 0,
+        rsi: zero_page,
     }
 }
 
@@ -72,10 +119,15 @@ pub fn after_sipi(vector: u8, signature: u32) -> StartState {
         },
         data: Segment { selector: 0, base: 0, limit: 0xffff, access: access::DATA16 },
         cr0: CR0_ET,
+        cr3: 0,
+        cr4: 0,
+        efer: 0,
+        gdt: GDT_AFTER_INIT,
         rip: 0,
         rax: 0,
         rbx: 0,
         rdx: signature as u64,
+        rsi: 0,
     }
 }
 
@@ -92,6 +144,17 @@ mod tests {
         assert_eq!((s.cs.base, s.cs.limit), (0, 0xffff_ffff));
         assert_eq!(s.cs.access & (1 << 14), 1 << 14, "32-bit code");
         assert_eq!(s.cs.access & (1 << 13), 0, "not 64-bit code");
+    }
+
+    #[test]
+    fn linux_enters_in_long_mode_with_its_boot_selectors() {
+        let s = linux64(0x100_0200, 0x9000, 0x1000, (0x7000, 31), 0x10, 0x18);
+        assert!(s.long_mode());
+        assert_eq!((s.rip, s.rsi, s.cr3, s.gdt), (0x100_0200, 0x9000, 0x1000, (0x7000, 31)));
+        assert_eq!((s.cs.selector, s.data.selector), (0x10, 0x18));
+        assert_ne!(s.cs.access & (1 << 13), 0, "64-bit code (L)");
+        assert_ne!(s.cr0 & CR0_PG, 0);
+        assert!(!multiboot(0, 0).long_mode() && !after_sipi(8, 0).long_mode());
     }
 
     #[test]

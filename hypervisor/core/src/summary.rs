@@ -7,6 +7,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
 
+use crate::exits::census::Window;
 use crate::exits::counters::ExitCounters;
 use crate::manifest::VmResult;
 use crate::vmx::caps::VmxFeatures;
@@ -90,6 +91,8 @@ pub struct VmReport {
     pub console_dropped_bytes: u64,
     /// JSON values the guest reported, in the canonical form `exits::report::canonical` made.
     pub reports: Vec<String>,
+    /// The exit census: for each report, the VM's exits since the previous one (`exits::census`).
+    pub report_exits: Vec<Window>,
 }
 
 impl VmReport {
@@ -131,6 +134,13 @@ impl fmt::Display for VmReport {
                 f.write_char(',')?;
             }
             f.write_str(r)?;
+        }
+        f.write_str("],\"report_exits\":[")?;
+        for (i, w) in self.report_exits.iter().enumerate() {
+            if i > 0 {
+                f.write_char(',')?;
+            }
+            write!(f, "{{\"us\":{},\"exits\":{}}}", w.us, w.exits)?;
         }
         f.write_str("]}")
     }
@@ -462,6 +472,7 @@ mod tests {
             vcpu_exits: vec![exits.clone(), exits.clone()],
             console_dropped_bytes: 0,
             reports: vec!["{\"vcpu\":0}".into()],
+            report_exits: vec![Window { us: 1500, exits: exits.clone() }],
         };
         let cpus = vec![cpu(0, true, true), cpu(1, true, true)];
         let ok = vec![vm("a", VmResult::Killed, VmResult::Killed), vm("b", VmResult::Pass, VmResult::Pass)];
@@ -475,6 +486,8 @@ mod tests {
         assert_eq!((v["vms"][0]["hlt"].as_str(), v["vms"][0]["timer"].as_str()), (Some("exit"), Some("host-apic")));
         assert_eq!(v["vms"][0]["vcpu_exits"][1]["vmcall"], 1);
         assert_eq!(v["vms"][1]["reports"][0]["vcpu"], 0);
+        assert_eq!(v["vms"][1]["report_exits"][0]["us"], 1500);
+        assert_eq!(v["vms"][1]["report_exits"][0]["exits"]["vmcall"], 1);
         let bad = vec![vm("a", VmResult::Killed, VmResult::Pass)];
         let s = HvSummary::judge(2, None, all_features(), 0, cpus, bad);
         assert_eq!(s.result, RunResult::Fail);

@@ -244,8 +244,16 @@ mod tests {
 
     #[test]
     fn divide_configuration_encodings() {
-        let divisors: [(u32, u32); 8] =
-            [(0b0000, 2), (0b0001, 4), (0b0010, 8), (0b0011, 16), (0b1000, 32), (0b1001, 64), (0b1010, 128), (0b1011, 1)];
+        let divisors: [(u32, u32); 8] = [
+            (0b0000, 2),
+            (0b0001, 4),
+            (0b0010, 8),
+            (0b0011, 16),
+            (0b1000, 32),
+            (0b1001, 64),
+            (0b1010, 128),
+            (0b1011, 1),
+        ];
         for (value, divisor) in divisors {
             assert_eq!(1 << divide_shift(value), divisor, "{value:#b}");
         }
@@ -395,7 +403,11 @@ mod tests {
         let mut t = ApicTimer::new(0);
         t.write_lvt(0x40 | DEADLINE);
         t.write_tsc_deadline(1000);
-        assert_eq!(t.write_lvt(0x40 | PERIODIC | 0xff00_0000 | (1 << 12)), 0x40 | PERIODIC, "reserved and read-only bits");
+        assert_eq!(
+            t.write_lvt(0x40 | PERIODIC | 0xff00_0000 | (1 << 12)),
+            0x40 | PERIODIC,
+            "reserved and read-only bits"
+        );
         assert_eq!(t.deadline(), None, "leaving TSC-deadline mode disarms");
         t.write_lvt(0x40 | DEADLINE);
         assert_eq!(t.read_tsc_deadline(), 0, "and clears IA32_TSC_DEADLINE");

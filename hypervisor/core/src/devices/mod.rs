@@ -11,6 +11,7 @@ use alloc::vec::Vec;
 use spin::Mutex;
 
 pub mod cmos;
+pub mod console_line;
 pub mod debug_exit;
 pub mod fw_cfg;
 pub mod ioapic;
@@ -137,7 +138,10 @@ pub struct MmioBus {
 impl MmioBus {
     /// Adds `device` at `base..base + len`. Windows must not overlap: a programming error.
     pub fn add(&mut self, base: u64, len: u64, device: Box<dyn MmioDevice>) {
-        assert!(self.devices.iter().all(|(b, l, _)| base + len <= *b || base >= b + l), "MMIO window {base:#x} overlaps");
+        assert!(
+            self.devices.iter().all(|(b, l, _)| base + len <= *b || base >= b + l),
+            "MMIO window {base:#x} overlaps"
+        );
         self.devices.push((base, len, device));
     }
 

@@ -50,7 +50,19 @@ pub struct Uart16550 {
 impl Uart16550 {
     pub fn new(irq: u8) -> Self {
         // Reset values (datasheet table "UART Reset Configuration"): divisor 12 = 9600 baud.
-        Self { irq, ier: 0, lcr: 0, mcr: 0, scr: 0, dll: 12, dlm: 0, fifo: false, thre_pending: false, looped: None, line_high: false }
+        Self {
+            irq,
+            ier: 0,
+            lcr: 0,
+            mcr: 0,
+            scr: 0,
+            dll: 12,
+            dlm: 0,
+            fifo: false,
+            thre_pending: false,
+            looped: None,
+            line_high: false,
+        }
     }
 
     fn interrupt_pending(&self) -> bool {

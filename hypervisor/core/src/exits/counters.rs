@@ -28,6 +28,16 @@ macro_rules! exit_counters {
                 $(self.$name += other.$name;)*
             }
 
+            /// What was counted since `earlier` (a snapshot of the same counters).
+            pub fn since(&self, earlier: &Self) -> Self {
+                let mut d = Self::default();
+                for (i, c) in d.by_reason.iter_mut().enumerate() {
+                    *c = self.by_reason[i].saturating_sub(earlier.by_reason[i]);
+                }
+                $(d.$name = self.$name.saturating_sub(earlier.$name);)*
+                d
+            }
+
             /// The extra counters by name, in definition order.
             pub fn extras(&self) -> impl Iterator<Item = (&'static str, u64)> {
                 [$((stringify!($name), self.$name),)*].into_iter()

@@ -1,6 +1,8 @@
 //! What the hypervisor answers on each kind of VM exit, as pure decisions. The kernel's exit
 //! handlers (hypervisor/kernel/src/vm/exits.rs) read the exit, call these, and apply the result.
 
+#[cfg(feature = "alloc")]
+pub mod census;
 pub mod counters;
 pub mod cpuid;
 #[cfg(feature = "alloc")]

@@ -166,3 +166,22 @@ fn timer_source_key() {
     assert_eq!(v.timer, TimerSource::HostApic);
     assert!(v.set("timer", "pit").unwrap_err().contains("preemption|host-apic"));
 }
+
+#[test]
+fn a_vm_boots_a_multiboot_kernel_or_linux() {
+    let base = || VmSpec { name: "a".into(), ..VmSpec::new(1) };
+    let mut m = Manifest { vms: vec![VmSpec { kernel: "k".into(), linux: "l".into(), ..base() }] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("both kernel and linux"));
+    let mut m = Manifest { vms: vec![VmSpec { linux: "l".into(), modules: vec!["m".into()], ..base() }] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("Linux takes an initrd"));
+    let mut m = Manifest { vms: vec![VmSpec { kernel: "k".into(), initrd: "i".into(), ..base() }] };
+    assert!(m.validate(&machine(4)).unwrap_err().contains("initrd is for linux"));
+    let mut m = Manifest { vms: vec![VmSpec { linux: "l".into(), initrd: "i".into(), ..base() }] };
+    assert!(m.validate(&machine(4)).is_ok());
+    // Files are checked as bzImages.
+    let v = VmSpec { linux: "l".into(), ..base() };
+    let not_linux = |_: &str| -> Option<&[u8]> { Some(b"not a kernel".as_slice()) };
+    assert!(v.check_boot(&not_linux).unwrap_err().starts_with("linux `l`: "));
+    let none = |_: &str| -> Option<&[u8]> { None };
+    assert!(v.check_boot(&none).unwrap_err().contains("not in the ramdisk"));
+}

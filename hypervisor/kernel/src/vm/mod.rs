@@ -17,8 +17,10 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use hvcore::budget::{ConsoleBudget, ReportBudget};
+use hvcore::budget::{ConsoleBudget, ReportBudget, ReportsExceeded};
+use hvcore::devices::console_line::Line;
 use hvcore::ept::{Ept, RWX, TableMemory};
+use hvcore::exits::census;
 use hvcore::exits::counters::ExitCounters;
 use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::manifest::{HltMode, TimerSource, VmResult, VmSpec};
@@ -69,8 +71,14 @@ pub struct Vm {
     vcpus_done: AtomicU32,
     pub exits: Vec<Mutex<ExitCounters>>,
     pub reports: Mutex<Reports>,
+    /// The exit census (hvcore::exits::census): how many REPORTs the VM has made, and each
+    /// vCPU's counters at each of them.
+    pub census_epoch: AtomicU32,
+    pub census: Vec<Mutex<Vec<ExitCounters>>>,
     /// Console output of all the VM's vCPUs (PRINT and COM1) against its rate budget.
     pub console: Mutex<ConsoleBudget>,
+    /// COM1's output until a newline, whichever vCPU wrote it.
+    pub console_line: Mutex<Line>,
     /// The VM's clock: TSC at its creation and the TSC rate.
     clock0_tsc: u64,
     tsc_hz: u64,
@@ -80,6 +88,8 @@ pub struct Vm {
 #[derive(Default)]
 pub struct Reports {
     pub values: Vec<String>,
+    /// TSC at each value (the census windows' ends).
+    pub tsc: Vec<u64>,
     pub budget: ReportBudget,
 }
 
@@ -127,7 +137,10 @@ impl Vm {
             vcpus_done: AtomicU32::new(0),
             exits: (0..spec.vcpus).map(|_| Mutex::new(ExitCounters::default())).collect(),
             reports: Mutex::new(Reports::default()),
+            census_epoch: AtomicU32::new(0),
+            census: (0..spec.vcpus).map(|_| Mutex::new(Vec::new())).collect(),
             console: Mutex::new(ConsoleBudget::new(host.tsc_hz, now)),
+            console_line: Mutex::new(Line::new()),
             clock0_tsc: now,
             tsc_hz: host.tsc_hz,
         })
@@ -196,6 +209,17 @@ impl Vm {
         }
     }
 
+    /// Records a REPORT value (canonical JSON) within the VM's report budget, and opens the next
+    /// census window.
+    pub fn record_report(&self, value: String) -> Result<(), ReportsExceeded> {
+        let mut reports = self.reports.lock();
+        reports.budget.take(value.len())?;
+        reports.values.push(value);
+        reports.tsc.push(crate::time::rdtsc());
+        self.census_epoch.store(reports.values.len() as u32, Ordering::Release);
+        Ok(())
+    }
+
     /// Called by each vCPU when it is finished.
     pub fn vcpu_done(&self) {
         self.vcpus_done.fetch_add(1, Ordering::AcqRel);
@@ -224,6 +248,10 @@ impl Vm {
             vcpu_exits: self.exits.iter().map(|c| c.lock().clone()).collect(),
             console_dropped_bytes: self.console.lock().dropped,
             reports: self.reports.lock().values.clone(),
+            report_exits: {
+                let snapshots: Vec<_> = self.census.iter().map(|c| c.lock().clone()).collect();
+                census::windows(&snapshots, &self.reports.lock().tsc, self.clock0_tsc, self.tsc_hz)
+            },
         }
     }
 }

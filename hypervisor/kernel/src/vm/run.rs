@@ -43,6 +43,7 @@ pub fn run_vcpu(vm: &Vm, index: u32, host: &Host) {
                 Ok(false) => {}
                 Err(e) => vm.stop(VmResult::Fail, format!("vCPU {index}: VMCS set-up: {e}")),
             }
+            vcpu.census_catch_up();
             *vm.exits[index as usize].lock() = vcpu.counters;
         }
         Err(e) => vm.stop(VmResult::Fail, format!("vCPU {index}: {e}")),
@@ -106,6 +107,7 @@ impl Vcpu<'_> {
         }
         self.launched = true;
         let reason = ExitReason(Vmcs32::ExitReason.read()?);
+        self.census_catch_up();
         self.counters.count(reason.basic());
         if reason.entry_failure() {
             let why = exits::entry_failure::describe(reason, &self.host.caps);
@@ -134,7 +136,9 @@ impl Vcpu<'_> {
         }
         // The preemption timer does not count while the hypervisor waits (HLT that exits), and
         // that wait used the host APIC timer.
-        if matches!(kind, BasicExit::PreemptionTimer | BasicExit::Hlt) || timed.is_some_and(|t| matches!(t, Timed::Timer(_))) {
+        if matches!(kind, BasicExit::PreemptionTimer | BasicExit::Hlt)
+            || timed.is_some_and(|t| matches!(t, Timed::Timer(_)))
+        {
             self.arm_preemption_timer()?;
         }
         Ok(flow)

@@ -113,9 +113,8 @@ pub fn apic_access(v: &mut Vcpu<'_>) -> Handled {
     let offset = (q & 0xfff) as usize;
     let rip = v.rip()?;
     let kind = (q >> 12) & 0xf;
-    let stop = |why: String| {
-        Ok(Flow::Stop(VmResult::Killed, format!("{why} (APIC page offset {offset:#x}, RIP {rip:#x})")))
-    };
+    let stop =
+        |why: String| Ok(Flow::Stop(VmResult::Killed, format!("{why} (APIC page offset {offset:#x}, RIP {rip:#x})")));
     match kind {
         ACCESS_LINEAR_READ | ACCESS_LINEAR_WRITE => {}
         ACCESS_FETCH => return stop("instruction fetch from the APIC-access page: code cannot run there".into()),

@@ -47,11 +47,9 @@ pub fn vmcall(v: &mut Vcpu<'_>) -> Handled {
         Call::Report { gpa, len } => match hypercall::check_buffer(gpa, len, MAX_LEN, ram_size) {
             Ok(r) => match report::canonical(snapshot(v, r, &mut [0u8; MAX_LEN as usize])) {
                 Ok(value) => {
-                    let mut reports = v.vm.reports.lock();
-                    if let Err(e) = reports.budget.take(value.len()) {
+                    if let Err(e) = v.vm.record_report(value) {
                         return Ok(Flow::Stop(VmResult::Killed, e.to_string()));
                     }
-                    reports.values.push(value);
                     0
                 }
                 Err(_) => E_INVAL,

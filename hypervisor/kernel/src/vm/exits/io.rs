@@ -6,9 +6,11 @@
 use alloc::format;
 use alloc::string::String;
 
+use hvcore::devices::console_line::{self, LINE_MAX};
 use hvcore::devices::{Effects, ExitRequest};
 use hvcore::exits::io::{self, IoExit};
 use hvcore::exits::mmio::{self, Access as MemAccess};
+use hvcore::exits::report;
 use hvcore::manifest::VmResult;
 use hvcore::vmx::events;
 use hvcore::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
@@ -52,9 +54,13 @@ pub fn ept_violation(v: &mut Vcpu<'_>) -> Handled {
         "read"
     };
     if q & 4 != 0 || !v.vm.devices.mmio_claims(gpa, 1) {
-        return Ok(Flow::Stop(VmResult::Killed, format!("EPT violation: {access} at GPA {gpa:#x}, guest RIP {rip:#x}")));
+        return Ok(Flow::Stop(
+            VmResult::Killed,
+            format!("EPT violation: {access} at GPA {gpa:#x}, guest RIP {rip:#x}"),
+        ));
     }
-    let stop = |why: String| Ok(Flow::Stop(VmResult::Killed, format!("MMIO {access} at GPA {gpa:#x}: {why} (RIP {rip:#x})")));
+    let stop =
+        |why: String| Ok(Flow::Stop(VmResult::Killed, format!("MMIO {access} at GPA {gpa:#x}: {why} (RIP {rip:#x})")));
     if Vmcs32::IdtVectoringInfo.read()? & events::info::VALID != 0 {
         return stop("the guest's event delivery (IDT, stack) touched a device".into());
     }
@@ -107,16 +113,18 @@ fn mmio_write(v: &Vcpu<'_>, gpa: u64, size: u8, value: u64) -> Option<Effects> {
 /// Applies what a device access asks of the VM.
 fn device_effects(v: &mut Vcpu<'_>, e: Effects) -> Handled {
     if let Some(b) = e.console {
-        // Copied out of the line buffer (no allocation), which `v` owns.
-        let mut buf = [0u8; crate::console::GUEST_PIECE];
-        if let Some(line) = v.console_line.push(b) {
-            let n = line.len().min(buf.len());
-            buf[..n].copy_from_slice(&line.as_bytes()[..n]);
-            let text = core::str::from_utf8(&buf[..n]).unwrap_or("<non-UTF-8 output>");
-            if !text.trim().is_empty() {
-                v.last_line = text.chars().take(crate::console::GUEST_PIECE).collect();
+        // Copied out of the VM's line buffer (no allocation), so the lock is not held while
+        // the line is printed.
+        let mut buf = [0u8; LINE_MAX];
+        let n = match v.vm.console_line.lock().push(b) {
+            Some(line) => {
+                buf[..line.len()].copy_from_slice(line);
+                line.len()
             }
-            guest_output(v, text);
+            None => 0,
+        };
+        if n > 0 || b == b'\n' {
+            console_line(v, &buf[..n]);
         }
     }
     if let Some(m) = e.message {
@@ -132,6 +140,21 @@ fn device_effects(v: &mut Vcpu<'_>, e: Effects) -> Handled {
     })
 }
 
+/// A whole line from COM1: printed, remembered for failure reasons, and, when it is a
+/// `REPORT {json}` line, recorded as the REPORT hypercall records a value (but never held
+/// against the VM: a line on a serial console is a legal act of any OS, so one that is not
+/// JSON or over the report budget is only printed).
+fn console_line(v: &mut Vcpu<'_>, line: &[u8]) {
+    let text = core::str::from_utf8(line).unwrap_or("<non-UTF-8 output>");
+    if !text.trim().is_empty() {
+        v.last_line = text.chars().take(crate::console::GUEST_PIECE).collect();
+    }
+    if let Some(value) = console_line::report_value(line).and_then(|j| report::canonical(j).ok()) {
+        let _ = v.vm.record_report(value);
+    }
+    guest_output(v, text);
+}
+
 /// Prints what the guest wrote (PRINT or COM1), as much as the VM's console budget allows;
 /// the rest is dropped and counted (hvcore::budget).
 pub fn guest_output(v: &Vcpu<'_>, text: &str) {
@@ -142,4 +165,3 @@ pub fn guest_output(v: &Vcpu<'_>, text: &str) {
     }
     crate::console::print_guest(&v.vm.spec.name, v.index, &text[..cut]);
 }
-

@@ -88,7 +88,10 @@ fn cpuid(v: &mut Vcpu<'_>) -> Handled {
 /// The watchdog fired: the VM ends as `timeout`, with where the guest was (a hang or a loop).
 pub fn timeout(v: &Vcpu<'_>) -> Handled {
     let rip = v.rip()?;
-    Ok(Flow::Stop(VmResult::Timeout, format!("watchdog: still running after {} ms (RIP {rip:#x})", v.vm.spec.timeout_ms)))
+    Ok(Flow::Stop(
+        VmResult::Timeout,
+        format!("watchdog: still running after {} ms (RIP {rip:#x})", v.vm.spec.timeout_ms),
+    ))
 }
 
 fn external_interrupt(v: &mut Vcpu<'_>) -> Handled {

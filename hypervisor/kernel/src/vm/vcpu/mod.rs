@@ -49,38 +49,27 @@ pub struct Vcpu<'a> {
     timer_shift: u32,
     /// The EOI-exit bitmap generation the VMCS holds (`super::devices`).
     pub(super) eoi_exit_generation: u32,
-    /// COM1 output collected until a newline.
-    pub console_line: Line,
     /// The last line this vCPU printed (quoted in failure reasons).
     pub last_line: String,
-}
-
-/// A fixed-size line buffer (no allocation on the I/O exit path).
-pub struct Line {
-    buf: [u8; 160],
-    len: usize,
-}
-
-impl Line {
-    pub const fn new() -> Self {
-        Self { buf: [0; 160], len: 0 }
-    }
-
-    /// Appends a byte; returns the full line when it ends or the buffer fills.
-    pub fn push(&mut self, b: u8) -> Option<&str> {
-        if b != b'\n' {
-            self.buf[self.len] = b;
-            self.len += 1;
-        }
-        if b == b'\n' || self.len == self.buf.len() {
-            let n = core::mem::take(&mut self.len);
-            return Some(core::str::from_utf8(&self.buf[..n]).unwrap_or("<non-UTF-8 output>"));
-        }
-        None
-    }
+    /// The census epoch this vCPU has recorded its counters for.
+    census_seen: u32,
 }
 
 impl<'a> Vcpu<'a> {
+    /// Records this vCPU's counters for every REPORT made since it last looked (before the
+    /// exit now being handled is counted: hvcore::exits::census).
+    pub(in crate::vm) fn census_catch_up(&mut self) {
+        let epoch = self.vm.census_epoch.load(core::sync::atomic::Ordering::Acquire);
+        if epoch != self.census_seen {
+            hvcore::exits::census::catch_up(
+                &mut self.vm.census[self.index as usize].lock(),
+                epoch as usize,
+                &self.counters,
+            );
+            self.census_seen = epoch;
+        }
+    }
+
     pub(super) fn new(vm: &'a Vm, index: u32, host: &'a Host, controls: Controls) -> Self {
         let now = crate::time::rdtsc();
         Self {
@@ -98,8 +87,8 @@ impl<'a> Vcpu<'a> {
             exit_budget: ExitBudget::new(vm.spec.max_exits_per_second, host.tsc_hz, now),
             timer_shift: host.caps.preemption_timer_shift(),
             eoi_exit_generation: 0,
-            console_line: Line::new(),
             last_line: String::new(),
+            census_seen: 0,
         }
     }
 
@@ -202,4 +191,3 @@ impl<'a> Vcpu<'a> {
         Vmcs16::GuestInterruptStatus.write(raise_rvi(status, vector))
     }
 }
-

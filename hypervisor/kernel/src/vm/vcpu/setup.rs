@@ -132,28 +132,32 @@ impl Vcpu<'_> {
             return Ok(true);
         }
         if self.index == 0 {
-            let b = self.vm.boot;
-            self.load_start(&start_state::multiboot(b.entry, b.info))?;
+            self.load_start(&self.vm.boot.start())?;
             return Ok(true);
         }
         self.wait_for_sipi()
     }
 
-    /// A multiboot hand-off or a SIPI start: protected mode without paging or real mode, an
-    /// unrestricted guest (SDM Vol. 3C §27.3.1.2), everything else as INIT leaves it (SDM Vol. 3A
-    /// §9.1.1, Table 9-1): no paging, EFER 0, descriptor tables at 0 with limit 0xFFFF, no
-    /// pending events.
+    /// A start state: the multiboot hand-off or a SIPI start (protected mode without paging, or
+    /// real mode: an unrestricted guest, SDM Vol. 3C §27.3.1.2), or Linux's 64-bit entry;
+    /// everything else as INIT leaves it (SDM Vol. 3A §9.1.1, Table 9-1): IDTR at 0 with limit
+    /// 0xFFFF, no pending events.
     fn load_start(&mut self, s: &StartState) -> Result<(), VmxInstrError> {
         let caps = &self.host.caps;
         VmcsNatural::GuestCr0.write(caps.fix_cr0_unrestricted(s.cr0))?;
-        let cr4 = caps.fix_cr4(0);
+        let cr4 = caps.fix_cr4(s.cr4);
         VmcsNatural::GuestCr4.write(cr4)?;
         VmcsNatural::Cr4ReadShadow.write(cr4 & !CR4_VMXE)?;
-        VmcsNatural::GuestCr3.write(0)?;
-        Vmcs64::GuestIa32Efer.write(0)?;
+        VmcsNatural::GuestCr3.write(s.cr3)?;
+        Vmcs64::GuestIa32Efer.write(s.efer)?;
         const IA32E_MODE_GUEST: u32 = 1 << hvcore::vmx::controls::entry_bits::IA32E_MODE_GUEST;
         // The processor keeps this bit equal to EFER.LMA across exits (SDM Vol. 3C §28.2).
-        Vmcs32::VmEntryControls.write(self.controls.entry & !IA32E_MODE_GUEST)?;
+        let entry = if s.long_mode() {
+            self.controls.entry | IA32E_MODE_GUEST
+        } else {
+            self.controls.entry & !IA32E_MODE_GUEST
+        };
+        Vmcs32::VmEntryControls.write(entry)?;
         Vmcs16::GuestCsSelector.write(s.cs.selector)?;
         VmcsNatural::GuestCsBase.write(s.cs.base)?;
         Vmcs32::GuestCsLimit.write(s.cs.limit)?;
@@ -168,8 +172,8 @@ impl Vcpu<'_> {
         VmcsNatural::GuestTrBase.write(0)?;
         Vmcs32::GuestTrLimit.write(0xffff)?;
         Vmcs32::GuestTrAccessRights.write(start_state::access::TSS32_BUSY)?;
-        VmcsNatural::GuestGdtrBase.write(0)?;
-        Vmcs32::GuestGdtrLimit.write(0xffff)?;
+        VmcsNatural::GuestGdtrBase.write(s.gdt.0)?;
+        Vmcs32::GuestGdtrLimit.write(s.gdt.1 as u32)?;
         VmcsNatural::GuestIdtrBase.write(0)?;
         Vmcs32::GuestIdtrLimit.write(0xffff)?;
         VmcsNatural::GuestDr7.write(0x400)?;
@@ -180,7 +184,7 @@ impl Vcpu<'_> {
         Vmcs32::GuestInterruptibilityState.write(0)?;
         Vmcs32::GuestActivityState.write(0)?;
         Vmcs32::VmEntryInterruptionInfo.write(0)?;
-        self.regs = GuestRegs { rax: s.rax, rbx: s.rbx, rdx: s.rdx, ..GuestRegs::default() };
+        self.regs = GuestRegs { rax: s.rax, rbx: s.rbx, rdx: s.rdx, rsi: s.rsi, ..GuestRegs::default() };
         // Time spent waiting (for a SIPI) did not count down the preemption timer.
         self.arm_preemption_timer()
     }
@@ -220,7 +224,8 @@ impl Vcpu<'_> {
             if self.watchdog_expired() {
                 let why = alloc::format!(
                     "vCPU {}: watchdog: still waiting for a SIPI after {} ms",
-                    self.index, self.vm.spec.timeout_ms
+                    self.index,
+                    self.vm.spec.timeout_ms
                 );
                 self.vm.stop(VmResult::Timeout, why);
                 return Ok(false);
