@@ -215,6 +215,9 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     fs::create_dir_all(&dir)?;
     let kernel = image::build_kernel()?;
     let img = dir.join("disk.img");
+    // Bochs locks its disk with `<image>.lock` and leaves it behind when killed on a timeout;
+    // the image is rebuilt for every run, so a lock left here is stale.
+    let _ = fs::remove_file(dir.join("disk.img.lock"));
     image::make_image(&kernel, &config, &guests, args.uefi, &img)?;
 
     let serial = dir.join("serial.log");

@@ -190,7 +190,17 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
         run_vcpu_here(0);
     }
     if let Some(vms) = VMS.get() {
+        // A VM's vCPUs leave within microseconds of its stop; one that has not after a
+        // second is named, and its CPU kicked again, rather than hanging the run in silence.
+        let grace = TSC_HZ_MEASURED.load(Ordering::Relaxed).max(1);
+        let mut reported: Vec<bool> = vms.iter().map(|_| false).collect();
         while !vms.iter().all(|v| v.all_done()) {
+            let now = time::rdtsc();
+            for (vm, r) in vms.iter().zip(reported.iter_mut()) {
+                if vm.watch_stragglers(now, grace, r) {
+                    time::pit_delay_us(100_000);
+                }
+            }
             core::hint::spin_loop();
         }
     }

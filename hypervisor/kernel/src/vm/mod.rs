@@ -15,7 +15,7 @@ pub mod vcpu;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use hvcore::budget::{ConsoleBudget, ReportBudget, ReportsExceeded};
 use hvcore::devices::console_line::Line;
@@ -69,6 +69,10 @@ pub struct Vm {
     stopping: AtomicBool,
     outcome: Mutex<Option<Outcome>>,
     vcpus_done: AtomicU32,
+    /// TSC when the VM began to stop (0: running), for the straggler watch.
+    stop_tsc: AtomicU64,
+    /// Where each vCPU is (`VcpuWhere`), for the straggler watch's report.
+    pub vcpu_where: Vec<AtomicU32>,
     pub exits: Vec<Mutex<ExitCounters>>,
     pub reports: Mutex<Reports>,
     /// The exit census (hvcore::exits::census): how many REPORTs the VM has made, and each
@@ -135,6 +139,8 @@ impl Vm {
             stopping: AtomicBool::new(false),
             outcome: Mutex::new(None),
             vcpus_done: AtomicU32::new(0),
+            stop_tsc: AtomicU64::new(0),
+            vcpu_where: (0..spec.vcpus).map(|_| AtomicU32::new(VcpuWhere::NotStarted.encode())).collect(),
             exits: (0..spec.vcpus).map(|_| Mutex::new(ExitCounters::default())).collect(),
             reports: Mutex::new(Reports::default()),
             census_epoch: AtomicU32::new(0),
@@ -200,6 +206,7 @@ impl Vm {
             }
         }
         if !self.stopping.swap(true, Ordering::AcqRel) {
+            self.stop_tsc.store(crate::time::rdtsc().max(1), Ordering::Release);
             let me = crate::cpu::index();
             for (v, &cpu) in self.apic.vcpus.iter().zip(&self.spec.cpus) {
                 if cpu != me {
@@ -221,8 +228,36 @@ impl Vm {
     }
 
     /// Called by each vCPU when it is finished.
-    pub fn vcpu_done(&self) {
+    pub fn vcpu_done(&self, index: u32) {
+        self.vcpu_where[index as usize].store(VcpuWhere::Done.encode(), Ordering::Release);
         self.vcpus_done.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The straggler watch, called by the CPU that waits for every VM to end: once the VM has
+    /// been stopping for `grace_ticks`, kicks its unfinished vCPUs' CPUs again (a lost kick
+    /// must not hang the run) and, the first time, names them and where they are. Returns
+    /// whether it had to.
+    pub fn watch_stragglers(&self, now: u64, grace_ticks: u64, reported: &mut bool) -> bool {
+        let since = self.stop_tsc.load(Ordering::Acquire);
+        if since == 0 || now.saturating_sub(since) < grace_ticks || self.all_done() {
+            return false;
+        }
+        for (i, w) in self.vcpu_where.iter().enumerate() {
+            let at = VcpuWhere::decode(w.load(Ordering::Acquire));
+            if at == VcpuWhere::Done {
+                continue;
+            }
+            if !*reported {
+                log::error!(
+                    "VM {}: vCPU {i} (CPU {}) has not finished since the VM stopped: {at:?}",
+                    self.spec.name,
+                    self.spec.cpus[i]
+                );
+            }
+            kick(self.apic.vcpus[i].host_apic_id);
+        }
+        *reported = true;
+        true
     }
 
     pub fn all_done(&self) -> bool {
@@ -252,6 +287,41 @@ impl Vm {
                 let snapshots: Vec<_> = self.census.iter().map(|c| c.lock().clone()).collect();
                 census::windows(&snapshots, &self.reports.lock().tsc, self.clock0_tsc, self.tsc_hz)
             },
+        }
+    }
+}
+
+/// Where a vCPU is, as the straggler watch sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuWhere {
+    NotStarted,
+    /// Entering or in guest mode.
+    InGuest,
+    /// In the hypervisor, handling an exit with this basic reason.
+    Handling(u16),
+    /// Waiting in the hypervisor (for INIT-SIPI or a halted vCPU's wake-up).
+    Waiting,
+    Done,
+}
+
+impl VcpuWhere {
+    pub fn encode(self) -> u32 {
+        match self {
+            Self::NotStarted => 0,
+            Self::InGuest => 1,
+            Self::Waiting => 2,
+            Self::Done => 3,
+            Self::Handling(r) => 0x1_0000 | r as u32,
+        }
+    }
+
+    fn decode(v: u32) -> Self {
+        match v {
+            1 => Self::InGuest,
+            2 => Self::Waiting,
+            3 => Self::Done,
+            v if v & 0x1_0000 != 0 => Self::Handling(v as u16),
+            _ => Self::NotStarted,
         }
     }
 }

@@ -12,9 +12,9 @@ use hvcore::vmx::events::{self, NmiGate};
 use hvcore::vmx::exit_reason::{BasicExit, ExitReason};
 use hvcore::vmx::fields::{Vmcs32, Vmcs64};
 
-use super::Vm;
 use super::exits::{self, Flow};
 use super::vcpu::Vcpu;
+use super::{VcpuWhere, Vm};
 use crate::host::Host;
 use crate::vmx::entry::{self, Entry};
 use crate::vmx::vmcs::{Access, Vmcs, VmxInstrError};
@@ -26,7 +26,7 @@ const NMI_WINDOW_EXITING: u32 = 1 << hvcore::vmx::caps::primary_bits::NMI_WINDOW
 pub fn run_vcpu(vm: &Vm, index: u32, host: &Host) {
     let Some(vmcs) = Vmcs::new(host.caps.revision_id) else {
         vm.stop(VmResult::Fail, format!("vCPU {index}: no memory for its VMCS"));
-        vm.vcpu_done();
+        vm.vcpu_done(index);
         return;
     };
     let opts = VcpuControlOptions {
@@ -49,7 +49,7 @@ pub fn run_vcpu(vm: &Vm, index: u32, host: &Host) {
         Err(e) => vm.stop(VmResult::Fail, format!("vCPU {index}: {e}")),
     }
     vmcs.release();
-    vm.vcpu_done();
+    vm.vcpu_done(index);
 }
 
 /// What the exit being handled cost, measured to the next entry.
@@ -99,6 +99,7 @@ impl Vcpu<'_> {
             Some(Timed::Timer(t)) => self.counters.timer_exit_ticks += crate::time::rdtsc() - t,
             None => {}
         }
+        self.set_where(VcpuWhere::InGuest);
         // SAFETY: this vCPU's VMCS is current with complete host state and HOST_RIP.
         let entered = unsafe { entry::enter(&mut self.regs, self.launched) };
         let exit_tsc = crate::time::rdtsc();
@@ -107,6 +108,7 @@ impl Vcpu<'_> {
         }
         self.launched = true;
         let reason = ExitReason(Vmcs32::ExitReason.read()?);
+        self.set_where(VcpuWhere::Handling(reason.basic()));
         self.census_catch_up();
         self.counters.count(reason.basic());
         if reason.entry_failure() {

@@ -43,6 +43,7 @@ pub fn hlt(v: &mut Vcpu<'_>) -> Handled {
         if v.watchdog_expired() {
             return timeout(v);
         }
+        v.set_where(crate::vm::VcpuWhere::Waiting);
         crate::apic::sleep_until(v.wake_at());
     }
 }

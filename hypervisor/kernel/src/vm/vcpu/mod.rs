@@ -56,6 +56,11 @@ pub struct Vcpu<'a> {
 }
 
 impl<'a> Vcpu<'a> {
+    /// Tells the straggler watch where this vCPU is (`Vm::watch_stragglers`).
+    pub(in crate::vm) fn set_where(&self, at: super::VcpuWhere) {
+        self.vm.vcpu_where[self.index as usize].store(at.encode(), core::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Records this vCPU's counters for every REPORT made since it last looked (before the
     /// exit now being handled is counted: hvcore::exits::census).
     pub(in crate::vm) fn census_catch_up(&mut self) {

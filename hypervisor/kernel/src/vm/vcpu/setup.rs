@@ -230,6 +230,7 @@ impl Vcpu<'_> {
                 self.vm.stop(VmResult::Timeout, why);
                 return Ok(false);
             }
+            self.set_where(crate::vm::VcpuWhere::Waiting);
             crate::apic::sleep_until(self.wake_at());
         }
     }
