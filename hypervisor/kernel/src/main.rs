@@ -189,21 +189,7 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     if bsp_vmx.is_some() {
         run_vcpu_here(0);
     }
-    if let Some(vms) = VMS.get() {
-        // A VM's vCPUs leave within microseconds of its stop; one that has not after a
-        // second is named, and its CPU kicked again, rather than hanging the run in silence.
-        let grace = TSC_HZ_MEASURED.load(Ordering::Relaxed).max(1);
-        let mut reported: Vec<bool> = vms.iter().map(|_| false).collect();
-        while !vms.iter().all(|v| v.all_done()) {
-            let now = time::rdtsc();
-            for (vm, r) in vms.iter().zip(reported.iter_mut()) {
-                if vm.watch_stragglers(now, grace, r) {
-                    time::pit_delay_us(100_000);
-                }
-            }
-            core::hint::spin_loop();
-        }
-    }
+    watch_until_vms_end();
 
     RELEASE.store(true, Ordering::Release);
     if let Some(v) = bsp_vmx {
@@ -286,6 +272,22 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
 }
 
 /// Runs the vCPU pinned to this CPU, if the manifest gives it one.
+/// Waits, on a CPU whose own vCPU (if any) is done, until every VM has ended, watching for
+/// stragglers meanwhile: a VM's vCPUs leave within microseconds of its stop, and one that has
+/// not after a second is named and its CPU kicked again rather than hanging the run in
+/// silence. Every such CPU watches, so the watch does not depend on any one of them.
+fn watch_until_vms_end() {
+    let Some(vms) = VMS.get() else { return };
+    let grace = TSC_HZ_MEASURED.load(Ordering::Relaxed).max(1);
+    while !vms.iter().all(|v| v.all_done()) {
+        let now = time::rdtsc();
+        for vm in vms.iter() {
+            vm.watch_stragglers(now, grace);
+        }
+        core::hint::spin_loop();
+    }
+}
+
 fn run_vcpu_here(cpu: u32) {
     let (Some(manifest), Some(vms), Some(host)) = (MANIFEST.get(), VMS.get(), HOST.get()) else { return };
     let Some((vm_index, vcpu)) = manifest.vcpu_on(cpu) else { return };
@@ -394,6 +396,7 @@ extern "C" fn ap_entry(arg: u64) -> ! {
     }
     if vmx.is_some() {
         run_vcpu_here(index);
+        watch_until_vms_end();
     }
     while !RELEASE.load(Ordering::Acquire) {
         core::hint::spin_loop();

@@ -71,6 +71,8 @@ pub struct Vm {
     vcpus_done: AtomicU32,
     /// TSC when the VM began to stop (0: running), for the straggler watch.
     stop_tsc: AtomicU64,
+    /// TSC of the straggler watch's last kick (0: none yet; the first one names the vCPUs).
+    straggler_kick_tsc: AtomicU64,
     /// Where each vCPU is (`VcpuWhere`), for the straggler watch's report.
     pub vcpu_where: Vec<AtomicU32>,
     pub exits: Vec<Mutex<ExitCounters>>,
@@ -140,6 +142,7 @@ impl Vm {
             outcome: Mutex::new(None),
             vcpus_done: AtomicU32::new(0),
             stop_tsc: AtomicU64::new(0),
+            straggler_kick_tsc: AtomicU64::new(0),
             vcpu_where: (0..spec.vcpus).map(|_| AtomicU32::new(VcpuWhere::NotStarted.encode())).collect(),
             exits: (0..spec.vcpus).map(|_| Mutex::new(ExitCounters::default())).collect(),
             reports: Mutex::new(Reports::default()),
@@ -233,21 +236,28 @@ impl Vm {
         self.vcpus_done.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The straggler watch, called by the CPU that waits for every VM to end: once the VM has
-    /// been stopping for `grace_ticks`, kicks its unfinished vCPUs' CPUs again (a lost kick
-    /// must not hang the run) and, the first time, names them and where they are. Returns
-    /// whether it had to.
-    pub fn watch_stragglers(&self, now: u64, grace_ticks: u64, reported: &mut bool) -> bool {
+    /// The straggler watch, run by every CPU whose own vCPU is done while it waits for every
+    /// VM to end (so a straggler on the CPU that would otherwise watch still gets watched):
+    /// once the VM has been stopping for `grace_ticks`, kicks its unfinished vCPUs' CPUs again,
+    /// at most once per `grace_ticks` whichever CPUs watch (a lost kick must not hang the
+    /// run), and the first time names them and where they are.
+    pub fn watch_stragglers(&self, now: u64, grace_ticks: u64) {
         let since = self.stop_tsc.load(Ordering::Acquire);
         if since == 0 || now.saturating_sub(since) < grace_ticks || self.all_done() {
-            return false;
+            return;
+        }
+        let last = self.straggler_kick_tsc.load(Ordering::Acquire);
+        if (last != 0 && now.saturating_sub(last) < grace_ticks)
+            || self.straggler_kick_tsc.compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Acquire).is_err()
+        {
+            return;
         }
         for (i, w) in self.vcpu_where.iter().enumerate() {
             let at = VcpuWhere::decode(w.load(Ordering::Acquire));
             if at == VcpuWhere::Done {
                 continue;
             }
-            if !*reported {
+            if last == 0 {
                 log::error!(
                     "VM {}: vCPU {i} (CPU {}) has not finished since the VM stopped: {at:?}",
                     self.spec.name,
@@ -256,8 +266,6 @@ impl Vm {
             }
             kick(self.apic.vcpus[i].host_apic_id);
         }
-        *reported = true;
-        true
     }
 
     pub fn all_done(&self) -> bool {
@@ -270,6 +278,10 @@ impl Vm {
             Some(o) => (o.result, o.reason.clone()),
             None => (VmResult::Pass, None),
         };
+        // One lock of the reports for both fields: a second lock inside the struct literal
+        // would wait for the first, whose guard lives to the end of the literal.
+        let reports = self.reports.lock();
+        let snapshots: Vec<_> = self.census.iter().map(|c| c.lock().clone()).collect();
         VmReport {
             name: self.spec.name.clone(),
             vcpus: self.spec.vcpus,
@@ -282,11 +294,8 @@ impl Vm {
             timer: self.timer.as_str(),
             vcpu_exits: self.exits.iter().map(|c| c.lock().clone()).collect(),
             console_dropped_bytes: self.console.lock().dropped,
-            reports: self.reports.lock().values.clone(),
-            report_exits: {
-                let snapshots: Vec<_> = self.census.iter().map(|c| c.lock().clone()).collect();
-                census::windows(&snapshots, &self.reports.lock().tsc, self.clock0_tsc, self.tsc_hz)
-            },
+            reports: reports.values.clone(),
+            report_exits: census::windows(&snapshots, &reports.tsc, self.clock0_tsc, self.tsc_hz),
         }
     }
 }
