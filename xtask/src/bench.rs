@@ -36,6 +36,11 @@ pub struct BenchArgs {
     /// Per-boot timeout in seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// The Linux benchmark instead: Debian's kernel with the project's IPI workload in a
+    /// 4-vCPU VM (IPIv on and off, xAPIC and x2APIC) and booted directly on Bochs (native);
+    /// --iterations sets the workload's counts (default 2000, --full 10000).
+    #[arg(long)]
+    pub linux: bool,
 }
 
 /// One cell of the matrix.
@@ -291,6 +296,9 @@ pub fn measure(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec<Va
 }
 
 pub fn run(a: &BenchArgs) -> Result<bool> {
+    if a.linux {
+        return crate::bench_linux::run(a);
+    }
     let iterations = a.iterations.unwrap_or(if a.full { 2000 } else { 200 });
     let cells = matrix(a.cpus, a.platform);
     let (records, skipped) = measure(a, &cells, iterations)?;

@@ -179,10 +179,15 @@ pub fn initramfs(busybox: &[u8], workload: &[u8]) -> Vec<u8> {
 /// the run's own timeout, so that a stuck guest is reported by the hypervisor, with its RIP,
 /// rather than cut off by xtask), and the `extra` keys (apic, ipiv, hlt).
 pub fn vm_section(vcpus: u32, ram_mib: u32, timeout_ms: u64, append: Option<&str>, extra: &[(&str, &str)]) -> String {
-    let cmdline = match append {
-        Some(a) if !a.trim().is_empty() => format!("{CMDLINE} {}", a.trim()),
-        _ => CMDLINE.to_string(),
-    };
+    let mut cmdline = CMDLINE.to_string();
+    // An xAPIC VM's Linux stays in xAPIC mode: the CPUID it sees offers x2APIC (and the
+    // KVM-compatible leaf makes it usable without interrupt remapping), so Linux would switch.
+    if !extra.contains(&("apic", "x2apic")) {
+        cmdline += " nox2apic";
+    }
+    if let Some(a) = append.map(str::trim).filter(|a| !a.is_empty()) {
+        cmdline = format!("{cmdline} {a}");
+    }
     let mut s = format!(
         "\n[vm]\nname = linux\nlinux = vmlinuz\ninitrd = initramfs\nvcpus = {vcpus}\nram_mib = {ram_mib}\n\
          expect = pass\ntimeout_ms = {timeout_ms}\ncmdline = \"{cmdline}\"\n"
@@ -213,8 +218,11 @@ pub fn files(cache: &Path) -> Result<(Debian, Vec<crate::image::GuestImage>)> {
 mod tests {
     use super::*;
 
-    /// Reads a newc archive back: (name, mode, rdev, data) per entry.
-    fn read_cpio(mut b: &[u8]) -> Vec<(String, u32, (u32, u32), Vec<u8>)> {
+    /// One entry read back: name, mode, rdev, data.
+    type CpioEntry = (String, u32, (u32, u32), Vec<u8>);
+
+    /// Reads a newc archive back.
+    fn read_cpio(mut b: &[u8]) -> Vec<CpioEntry> {
         let mut out = Vec::new();
         let start = b.as_ptr() as usize;
         loop {

@@ -3,6 +3,7 @@
 
 mod apt;
 mod bench;
+mod bench_linux;
 mod bochs;
 mod deps;
 mod fixtures;
@@ -10,6 +11,7 @@ mod fuzz;
 mod guests;
 mod image;
 mod linux;
+mod linux_native;
 mod plot;
 mod progress;
 mod qemu_guest;

@@ -1,5 +1,5 @@
-//! The benchmark plot (plotters, SVG): one horizontal bar per cell, median cycles, with a
-//! whisker to p99, grouped by APIC mode.
+//! The benchmark plots (plotters, SVG): one horizontal bar per cell; for the IPI round trip the
+//! median cycles with a whisker to p99, coloured by APIC mode.
 
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::Path;
 
 pub fn bars(path: &Path, records: &[Value], unit: &str, platform: &str) -> Result<()> {
-    let rows: Vec<(String, f64, f64, bool)> = records
+    let rows: Vec<Bar> = records
         .iter()
         .map(|r| {
             let label = format!(
@@ -19,21 +19,34 @@ pub fn bars(path: &Path, records: &[Value], unit: &str, platform: &str) -> Resul
             );
             let median = r["cycles"]["median"].as_f64().unwrap_or(0.0);
             let p99 = r["cycles"]["p99"].as_f64().unwrap_or(median);
-            (label, median, p99, r["apic"] == "x2apic")
+            Bar { label, value: median, whisker: p99, second_colour: r["apic"] == "x2apic" }
         })
         .collect();
-    let max = rows.iter().map(|r| r.2).fold(1.0, f64::max) * 1.15;
+    hbars(path, &rows, &format!("IPI round trip, median with p99 whisker ({platform}, {unit})"), unit)
+}
+
+/// One bar: its label, length, whisker end (= `value` for none) and colour.
+pub struct Bar {
+    pub label: String,
+    pub value: f64,
+    pub whisker: f64,
+    pub second_colour: bool,
+}
+
+/// Horizontal bars, one row each, with their values printed at the whisker's end.
+pub fn hbars(path: &Path, rows: &[Bar], caption: &str, x_desc: &str) -> Result<()> {
+    let max = rows.iter().map(|r| r.whisker.max(r.value)).fold(1.0, f64::max) * 1.15;
     let height = 120 + 26 * rows.len() as u32;
     let root = SVGBackend::new(path, (1000, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("IPI round trip, median with p99 whisker ({platform}, {unit})"), ("sans-serif", 18))
+        .caption(caption, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(260)
         .build_cartesian_2d(0.0..max, (0..rows.len()).into_segmented())
         .map_err(|e| anyhow!("{e}"))?;
-    let labels: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let labels: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
     chart
         .configure_mesh()
         .disable_y_mesh()
@@ -42,7 +55,7 @@ pub fn bars(path: &Path, records: &[Value], unit: &str, platform: &str) -> Resul
             SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
             _ => String::new(),
         })
-        .x_desc(unit)
+        .x_desc(x_desc)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     let blue = RGBColor(70, 110, 190);
@@ -50,8 +63,8 @@ pub fn bars(path: &Path, records: &[Value], unit: &str, platform: &str) -> Resul
     chart
         .draw_series(rows.iter().enumerate().map(|(i, r)| {
             let mut bar = Rectangle::new(
-                [(0.0, SegmentValue::Exact(i)), (r.1, SegmentValue::Exact(i + 1))],
-                (if r.3 { orange } else { blue }).filled(),
+                [(0.0, SegmentValue::Exact(i)), (r.value, SegmentValue::Exact(i + 1))],
+                (if r.second_colour { orange } else { blue }).filled(),
             );
             bar.set_margin(4, 4, 0, 0);
             bar
@@ -60,14 +73,18 @@ pub fn bars(path: &Path, records: &[Value], unit: &str, platform: &str) -> Resul
     chart
         .draw_series(rows.iter().enumerate().map(|(i, r)| {
             PathElement::new(
-                vec![(r.1, SegmentValue::CenterOf(i)), (r.2, SegmentValue::CenterOf(i))],
+                vec![(r.value, SegmentValue::CenterOf(i)), (r.whisker, SegmentValue::CenterOf(i))],
                 BLACK.stroke_width(2),
             )
         }))
         .map_err(|e| anyhow!("{e}"))?;
     chart
         .draw_series(rows.iter().enumerate().map(|(i, r)| {
-            Text::new(format!("{:.0}", r.1), (r.2 + max * 0.01, SegmentValue::CenterOf(i)), ("sans-serif", 12))
+            Text::new(
+                format!("{:.0}", r.value),
+                (r.whisker + max * 0.01, SegmentValue::CenterOf(i)),
+                ("sans-serif", 12),
+            )
         }))
         .map_err(|e| anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow!("{e}"))?;

@@ -96,6 +96,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let mut vms = Vec::new();
     let mut failure = None;
     let mut last = None;
+    let mut last_serial = PathBuf::new();
     for spec in &manifest.vms {
         let kernel = file(&spec.kernel)?;
         let modules = spec.modules.iter().map(|m| file(m)).collect::<Result<Vec<_>>>()?;
@@ -128,6 +129,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         vms.push(json!({"name": spec.name, "vcpus": spec.vcpus, "result": ended.result, "reason": ended.reason,
             "expect": spec.expect.as_str(), "apic_mode": spec.apic.as_str(), "reports": reports(&log)}));
         last = Some(ended);
+        last_serial = serial;
     }
     let result = if failure.is_none() { "pass" } else { "fail" };
     let summary = json!({"result": result, "reason": failure, "platform": "qemu", "firmware": "multiboot",
@@ -143,6 +145,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         summary: Some(summary),
         exit_status: last.status,
         timed_out: last.timed_out,
+        serial: last_serial,
     })
 }
 

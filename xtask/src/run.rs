@@ -121,6 +121,10 @@ pub struct RunArgs {
     /// does with --guest or --kernel; the bench's "bare" cells ask it for a manifest).
     #[arg(skip)]
     pub direct: bool,
+    /// CPU features the project's Bochs hides from its model for this run (the Linux
+    /// benchmark's: `bochs::LINUX_EXCLUDED_FEATURES`).
+    #[arg(skip)]
+    pub bochs_exclude: Vec<&'static str>,
 }
 
 impl RunArgs {
@@ -153,6 +157,7 @@ impl RunArgs {
             host_apic: "auto".into(),
             skip_manifest_check: false,
             direct: false,
+            bochs_exclude: Vec::new(),
         }
     }
 
@@ -163,22 +168,18 @@ impl RunArgs {
     /// A short name for the run's output folder.
     fn slug(&self) -> String {
         let fw = if self.uefi { "uefi" } else { "bios" };
+        let opts: String =
+            [&self.apic, &self.ipiv, &self.hlt].iter().filter_map(|o| o.as_deref()).map(|o| format!("-{o}")).collect();
         let guests = match (&self.guest, &self.manifest) {
             (None, None) if self.kernel.is_some() => {
                 let k = self.kernel.as_deref().unwrap_or(Path::new("kernel"));
                 format!("-kernel-{}-{}", k.file_stem().unwrap_or_default().to_string_lossy(), self.vcpus)
             }
-            (Some(g), _) => {
-                let opts: String = [&self.apic, &self.ipiv, &self.hlt]
-                    .iter()
-                    .filter_map(|o| o.as_deref())
-                    .map(|o| format!("-{o}"))
-                    .collect();
-                format!("-{}{opts}", g.replace([',', ':'], "_"))
-            }
+            (Some(g), _) => format!("-{}{opts}", g.replace([',', ':'], "_")),
             (None, Some(m)) => format!("-{}", m.file_stem().unwrap_or_default().to_string_lossy()),
             (None, None) => String::new(),
         };
+        let guests = if self.linux { format!("-linux-{}{opts}{guests}", self.vcpus) } else { guests };
         let native = if self.native_bench > 0 {
             format!("-native-{}-{}", self.host_apic, self.native_target)
         } else {
@@ -197,6 +198,8 @@ pub struct Outcome {
     pub timed_out: bool,
     /// Whether `cargo xtask run` should exit 0: a "pass", or the `--expect`ed result.
     pub accepted: bool,
+    /// The serial log of the run.
+    pub serial: PathBuf,
 }
 
 pub fn run(args: &RunArgs) -> Result<Outcome> {
@@ -225,7 +228,8 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     fs::write(&serial, b"")?;
     let mut cmd = match args.platform {
         Platform::Bochs => {
-            bochs::command(&bochs::binary(&deps::cache_dir())?, &dir, &img, &serial, args.cpus, args.memory)?
+            let bochs = bochs::binary(&deps::cache_dir())?;
+            bochs::command(&bochs, &dir, &img, &serial, args.cpus, args.memory, &args.bochs_exclude)?
         }
         Platform::Qemu | Platform::QemuKvm => qemu_command(args, &img, &serial)?,
     };
@@ -303,7 +307,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             }
         }
     }
-    Ok(Outcome { summary, exit_status, timed_out, accepted })
+    Ok(Outcome { summary, exit_status, timed_out, accepted, serial })
 }
 
 /// The boot config text (global keys, then the manifest's `[vm]` sections) and the guest

@@ -995,6 +995,45 @@ fn refuses_bad_manifest_before_launch() -> Result<()> {
     }
 }
 
+/// Debian's Linux, SMP on 4 vCPUs in x2APIC mode with IPIv, runs a short IPI workload beside a
+/// 2-vCPU test guest that must pass too; every part of the workload must meet the IPIv target
+/// (IPI-related exits per guest IPI, from the exit census).
+fn linux_beside_guest() -> Result<()> {
+    use crate::bench_linux::{self, Config};
+    let args = RunArgs {
+        linux: true,
+        vcpus: 4,
+        apic: Some("x2apic".into()),
+        ipiv: Some("on".into()),
+        append: Some(bench_linux::counts(200)),
+        timeout: 900,
+        ..RunArgs::new(Platform::Bochs, 6).with_guests("ipi-storm:2")
+    };
+    let o = run::run(&args)?;
+    if o.timed_out {
+        bail!("timed out");
+    }
+    vm_result(&o, "linux", "pass")?;
+    vm_result(&o, "ipi-storm-0", "pass")?;
+    ipi_storm_counts(&o, "ipi-storm-0")?;
+    let log = std::fs::read_to_string(&o.serial)?;
+    if !log.contains("smpboot: Total of 4 processors activated") {
+        bail!("Linux did not bring all 4 vCPUs online");
+    }
+    let records = bench_linux::vm_records(Config { config: "ipiv-on", apic: "x2apic" }, vm(&o, "linux")?)?;
+    let parts: Vec<&str> = records.iter().filter_map(|r| r["workload"].as_str()).collect();
+    if parts != ["wake", "tlb", "membarrier"] {
+        bail!("the workload reported {parts:?}, not wake, tlb and membarrier");
+    }
+    for c in bench_linux::check_targets(&records) {
+        if c.met != Some(true) {
+            bail!("{} ({})", c.what, c.detail);
+        }
+        println!("xtask test:   {} ({})", c.what, c.detail);
+    }
+    Ok(())
+}
+
 /// A short bench run: the exit counts per IPI it reports must meet the targets (timings are
 /// not checked here; they are `cargo xtask bench`'s business).
 fn bench_exit_counts() -> Result<()> {
@@ -1007,6 +1046,7 @@ fn bench_exit_counts() -> Result<()> {
         json: None,
         plot: None,
         timeout: 300,
+        linux: false,
     };
     let cells: Vec<Cell> = bench::matrix(4, Platform::Bochs)
         .into_iter()
@@ -1091,6 +1131,7 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
         tally.check(&name, || qemu_guest(list, *reports));
     }
     tally.check("bench-exit-counts", bench_exit_counts);
+    tally.check("linux-smp-x2apic-ipiv-beside-guest", linux_beside_guest);
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed.len());
     if !tally.failed.is_empty() {
         bail!("failed: {}", tally.failed.join(", "));
