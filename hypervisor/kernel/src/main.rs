@@ -279,12 +279,18 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
 fn watch_until_vms_end() {
     let Some(vms) = VMS.get() else { return };
     let grace = TSC_HZ_MEASURED.load(Ordering::Relaxed).max(1);
+    let interrupts_were_on = x86_64::instructions::interrupts::are_enabled();
     while !vms.iter().all(|v| v.all_done()) {
         let now = time::rdtsc();
         for vm in vms.iter() {
             vm.watch_stragglers(now, grace);
         }
-        core::hint::spin_loop();
+        // Halted rather than spinning between looks (every 50 ms, or at a kick): a spinning
+        // CPU takes an emulator's turns from the VMs still running beside it.
+        apic::sleep_until(now + grace / 20);
+    }
+    if interrupts_were_on {
+        x86_64::instructions::interrupts::enable();
     }
 }
 
