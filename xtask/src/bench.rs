@@ -158,6 +158,29 @@ pub struct TargetCheck {
     pub detail: String,
 }
 
+/// Prints the targets as met, NOT MET or not measured; whether none was missed.
+pub fn print_targets(checks: &[TargetCheck]) -> bool {
+    let mut ok = true;
+    println!("\ntargets:");
+    for c in checks {
+        let mark = match c.met {
+            Some(true) => "met",
+            Some(false) => {
+                ok = false;
+                "NOT MET"
+            }
+            None => "not measured",
+        };
+        println!("  [{mark}] {} ({})", c.what, c.detail);
+    }
+    ok
+}
+
+/// The targets as the JSON file lists them.
+pub fn targets_json(checks: &[TargetCheck]) -> Value {
+    checks.iter().map(|c| json!({"target": c.what, "met": c.met, "detail": c.detail})).collect()
+}
+
 fn find<'a>(records: &'a [Value], apic: &str, config: &str, target: &str, pattern: &str) -> Option<&'a Value> {
     records
         .iter()
@@ -308,22 +331,10 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
         println!("not measured: {s}");
     }
     let checks = check_targets(&records, 500, true);
-    let mut ok = true;
-    println!("\ntargets:");
-    for c in &checks {
-        let mark = match c.met {
-            Some(true) => "met",
-            Some(false) => {
-                ok = false;
-                "NOT MET"
-            }
-            None => "not measured",
-        };
-        println!("  [{mark}] {} ({})", c.what, c.detail);
-    }
+    let ok = print_targets(&checks);
     if let Some(path) = &a.json {
         let doc = json!({"platform": a.platform.name(), "cycles_unit": unit, "records": records,
-            "targets": checks.iter().map(|c| json!({"target": c.what, "met": c.met, "detail": c.detail})).collect::<Vec<_>>()});
+            "targets": targets_json(&checks)});
         fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
         eprintln!("xtask bench: wrote {}", path.display());
     }

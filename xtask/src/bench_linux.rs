@@ -255,26 +255,14 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
     add_ratios(&mut records);
     println!("\nLinux IPI workload on bochs ({VCPUS} vCPUs, {RAM_MIB} MiB, {append})\n{}", table(&records));
     let checks = check_targets(&records);
-    let mut ok = true;
-    println!("targets:");
-    for c in &checks {
-        let mark = match c.met {
-            Some(true) => "met",
-            Some(false) => {
-                ok = false;
-                "NOT MET"
-            }
-            None => "not measured",
-        };
-        println!("  [{mark}] {} ({})", c.what, c.detail);
-    }
+    let ok = crate::bench::print_targets(&checks);
     if let Some(path) = &a.json {
         let doc = json!({"platform": a.platform.name(), "kind": "linux", "workload_counts": append,
             "vcpus": VCPUS, "ram_mib": RAM_MIB, "kernel": crate::linux::debian(&crate::deps::cache_dir())?.kernel_package,
             "excluded_cpu_features": exclude,
             "seconds_unit": "emulated seconds: the part's TSC ticks / Bochs' ips (its TSC ticks once per instruction per CPU)", "tsc_hz": crate::bochs::IPS,
             "records": records,
-            "targets": checks.iter().map(|c| json!({"target": c.what, "met": c.met, "detail": c.detail})).collect::<Vec<_>>()});
+            "targets": crate::bench::targets_json(&checks)});
         fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
         eprintln!("xtask bench: wrote {}", path.display());
     }

@@ -15,17 +15,19 @@ pub fn mini_multiboot() -> Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     let obj = dir.join("mini-multiboot.o");
     let out = dir.join("mini-multiboot");
-    let run = |c: &mut Command, what: &str| -> Result<()> {
-        let o = c.output().with_context(|| format!("{what}: starting {:?} (Debian's binutils)", c.get_program()))?;
-        if !o.status.success() {
-            bail!("{what} failed: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        Ok(())
-    };
-    run(Command::new("as").args(["--32", "-o"]).arg(&obj).arg(SRC), "assembling the mini-multiboot fixture")?;
-    run(
+    binutils(Command::new("as").args(["--32", "-o"]).arg(&obj).arg(SRC), "assembling the mini-multiboot fixture")?;
+    binutils(
         Command::new("ld").args(["-m", "elf_i386", "--no-warn-rwx-segments", "-T", SCRIPT, "-o"]).arg(&out).arg(&obj),
         "linking the mini-multiboot fixture",
     )?;
     Ok(out)
+}
+
+/// Runs `as` or `ld` (Debian's binutils), with its error output in the error.
+pub fn binutils(c: &mut Command, what: &str) -> Result<()> {
+    let o = c.output().with_context(|| format!("{what}: starting {:?} (Debian's binutils)", c.get_program()))?;
+    if !o.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(())
 }

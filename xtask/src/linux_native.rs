@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use hvcore::linux::LoadPlan;
 
+use crate::fixtures::binutils;
+
 const SOURCE: &str = "xtask/boot/linux-bootsector.S";
 const SECTOR: usize = 512;
 /// Where the command line goes on the disk, and its room (the boot sector puts it at 0x9E000,
@@ -31,15 +33,8 @@ pub fn bootsector() -> Result<Vec<u8>> {
     let dir = PathBuf::from("target/xtask/linux-native");
     fs::create_dir_all(&dir)?;
     let (obj, bin) = (dir.join("bootsector.o"), dir.join("bootsector.bin"));
-    let run = |c: &mut Command, what: &str| -> Result<()> {
-        let o = c.output().with_context(|| format!("{what}: starting {:?} (Debian's binutils)", c.get_program()))?;
-        if !o.status.success() {
-            bail!("{what} failed: {}", String::from_utf8_lossy(&o.stderr));
-        }
-        Ok(())
-    };
-    run(Command::new("as").args(["--32", "-o"]).arg(&obj).arg(SOURCE), "assembling the Linux boot sector")?;
-    run(
+    binutils(Command::new("as").args(["--32", "-o"]).arg(&obj).arg(SOURCE), "assembling the Linux boot sector")?;
+    binutils(
         Command::new("ld")
             .args(["-m", "elf_i386", "-Ttext=0x7c00", "-e", "_start", "--oformat", "binary", "-o"])
             .arg(&bin)
