@@ -24,7 +24,7 @@ pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Every fuzz target (fuzz/fuzz_targets/<name>.rs).
 pub const TARGETS: &[&str] =
-    &["report_json", "hypercall", "icr", "manifest", "ramdisk", "multiboot", "mmio", "guest_paging"];
+    &["report_json", "hypercall", "icr", "manifest", "ramdisk", "multiboot", "bzimage", "mmio", "guest_paging"];
 
 /// The fuzz crate, outside the main workspace.
 const FUZZ_DIR: &str = "fuzz";
