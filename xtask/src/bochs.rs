@@ -246,6 +246,14 @@ pub fn provision(cache: &Path, privilege: Privilege) -> Result<PathBuf> {
     if bin.is_file() {
         return Ok(bin);
     }
+    // Two xtask commands started together would otherwise build into the same work folder;
+    // the second waits here and then finds the first one's build.
+    fs::create_dir_all(cache)?;
+    let lock = fs::File::create(cache.join("bochs-build.lock"))?;
+    lock.lock().context("locking the Bochs build")?;
+    if bin.is_file() {
+        return Ok(bin);
+    }
     fetch_source(cache, privilege)?;
     eprintln!(
         "xtask: building Bochs {SOURCE_VERSION} with VMX and {} project patches into {} (once; 1-2 minutes on 2 cores)",

@@ -42,6 +42,10 @@ pub fn debian(cache: &Path) -> Result<Debian> {
     if let Some(d) = DEBIAN.get() {
         return Ok(d.clone());
     }
+    // One xtask at a time updates the private index and unpacks packages into the cache.
+    fs::create_dir_all(cache)?;
+    let lock = fs::File::create(cache.join("debian.lock"))?;
+    lock.lock().context("locking the Debian package cache")?;
     let privilege = Privilege::detect();
     let apt = PrivateApt::new(&cache.join(format!("apt-{SUITE}")), privilege)?;
     let mirror = apt::debian_mirrors()?.into_iter().next().context("no Debian mirror in apt's configuration")?;
