@@ -98,8 +98,13 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let mut last = None;
     let mut last_serial = PathBuf::new();
     for spec in &manifest.vms {
-        let kernel = file(&spec.kernel)?;
-        let modules = spec.modules.iter().map(|m| file(m)).collect::<Result<Vec<_>>>()?;
+        // QEMU's -kernel boots a Linux bzImage (with -initrd) as it boots a multiboot kernel.
+        let (kernel, modules) = if spec.linux.is_empty() {
+            (file(&spec.kernel)?, spec.modules.iter().map(|m| file(m)).collect::<Result<Vec<_>>>()?)
+        } else {
+            let initrd = if spec.initrd.is_empty() { Vec::new() } else { vec![file(&spec.initrd)?] };
+            (file(&spec.linux)?, initrd)
+        };
         let serial = dir.join(format!("{}.serial.log", spec.name));
         let timeout = (spec.timeout_ms / 1000).clamp(5, args.timeout);
         let ended = boot(spec, &kernel, &modules, &serial, timeout, args.quiet)?;

@@ -207,7 +207,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         bail!("--cpus must be between 1 and 255");
     }
     // QEMU as the reference PC: the guest kernels themselves, no hypervisor underneath.
-    if args.platform == Platform::Qemu && (args.direct || args.guest.is_some() || args.kernel.is_some()) {
+    if args.platform == Platform::Qemu && (args.direct || args.guest.is_some() || args.kernel.is_some() || args.linux) {
         return crate::qemu_guest::run(args);
     }
     if args.uefi && args.platform == Platform::Bochs {

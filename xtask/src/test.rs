@@ -1034,6 +1034,26 @@ fn linux_beside_guest() -> Result<()> {
     Ok(())
 }
 
+/// The same kernel and initramfs on the reference PC (QEMU, TCG, no hypervisor): the workload
+/// must see 4 CPUs, run its three parts and end the machine through isa-debug-exit with 0.
+fn linux_on_qemu() -> Result<()> {
+    let args = RunArgs {
+        linux: true,
+        vcpus: 4,
+        append: Some(crate::bench_linux::counts(200)),
+        timeout: 300,
+        ..RunArgs::new(Platform::Qemu, 4)
+    };
+    let o = run::run(&args)?;
+    vm_result(&o, "linux", "pass")?;
+    let reports = vm(&o, "linux")?["reports"].as_array().cloned().unwrap_or_default();
+    let parts: Vec<&str> = reports.iter().filter_map(|r| r["workload"].as_str()).collect();
+    if parts != ["wake", "tlb", "membarrier"] || reports.iter().any(|r| r["workload"].is_string() && r["cpus"] != 4) {
+        bail!("the workload on QEMU reported {reports:?}");
+    }
+    Ok(())
+}
+
 /// A short bench run: the exit counts per IPI it reports must meet the targets (timings are
 /// not checked here; they are `cargo xtask bench`'s business).
 fn bench_exit_counts() -> Result<()> {
@@ -1132,6 +1152,7 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
     }
     tally.check("bench-exit-counts", bench_exit_counts);
     tally.check("linux-smp-x2apic-ipiv-beside-guest", linux_beside_guest);
+    tally.check("linux-qemu-reference", linux_on_qemu);
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed.len());
     if !tally.failed.is_empty() {
         bail!("failed: {}", tally.failed.join(", "));
