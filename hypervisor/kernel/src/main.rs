@@ -279,25 +279,23 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
 fn watch_until_vms_end() {
     let Some(vms) = VMS.get() else { return };
     let grace = TSC_HZ_MEASURED.load(Ordering::Relaxed).max(1);
-    let interrupts_were_on = x86_64::instructions::interrupts::are_enabled();
     while !vms.iter().all(|v| v.all_done()) {
         let now = time::rdtsc();
         for vm in vms.iter() {
             vm.watch_stragglers(now, grace);
         }
-        // Halted rather than spinning between looks (every 50 ms, or at a kick): a spinning
-        // CPU takes an emulator's turns from the VMs still running beside it.
-        apic::sleep_until(now + grace / 20);
-    }
-    if interrupts_were_on {
-        x86_64::instructions::interrupts::enable();
+        // Spinning, not halted: under Bochs a halted CPU changes how fast the TSC advances per
+        // round of its CPUs (docs/results.md), and the benchmark's figures with it.
+        core::hint::spin_loop();
     }
 }
 
-fn run_vcpu_here(cpu: u32) {
-    let (Some(manifest), Some(vms), Some(host)) = (MANIFEST.get(), VMS.get(), HOST.get()) else { return };
-    let Some((vm_index, vcpu)) = manifest.vcpu_on(cpu) else { return };
+/// Runs the vCPU pinned to this CPU, if any, until it is done; whether there was one.
+fn run_vcpu_here(cpu: u32) -> bool {
+    let (Some(manifest), Some(vms), Some(host)) = (MANIFEST.get(), VMS.get(), HOST.get()) else { return false };
+    let Some((vm_index, vcpu)) = manifest.vcpu_on(cpu) else { return false };
     vm::run::run_vcpu(&vms[vm_index], vcpu, host);
+    true
 }
 
 fn ramdisk(boot_info: &BootInfo) -> Option<Archive<'static>> {
@@ -400,8 +398,9 @@ extern "C" fn ap_entry(arg: u64) -> ! {
     while !VMS_READY.load(Ordering::Acquire) {
         core::hint::spin_loop();
     }
-    if vmx.is_some() {
-        run_vcpu_here(index);
+    // A CPU that ran a vCPU watches for stragglers until every VM has ended; one that has none
+    // spins on the tightest loop, as the benchmark's figures assume (docs/results.md).
+    if vmx.is_some() && run_vcpu_here(index) {
         watch_until_vms_end();
     }
     while !RELEASE.load(Ordering::Acquire) {

@@ -91,6 +91,7 @@ impl Vcpu<'_> {
         }
         self.sync_eoi_exit_bitmap()?;
         self.gate_nmi()?;
+        self.rearm_for_entry()?;
         match timed.take() {
             Some(Timed::Ipi(t)) => {
                 self.counters.ipi_exit_ticks += crate::time::rdtsc() - t;

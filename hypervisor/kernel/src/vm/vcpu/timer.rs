@@ -85,9 +85,22 @@ impl Vcpu<'_> {
 
     /// Arms what brings the hypervisor back: the VMX-preemption timer for the next event (the
     /// watchdog only, when the host APIC timer carries the guest's), rounded up so it never
-    /// fires early (it counts TSC >> shift; SDM Vol. 3C §26.5.1). It keeps counting across
-    /// exits ("save VMX-preemption timer value"), so only a change of a deadline needs this.
+    /// fires early (it counts TSC >> shift; SDM Vol. 3C §26.5.1). Its value is saved across
+    /// exits ("save VMX-preemption timer value"); `rearm_for_entry` makes up for the time the
+    /// hypervisor itself ran.
     pub(in crate::vm) fn arm_preemption_timer(&self) -> Result<(), VmxInstrError> {
+        if self.rearmed_at_entry() {
+            return Ok(());
+        }
+        self.write_preemption_timer()
+    }
+
+    /// Whether `rearm_for_entry` will arm the timer anyway (so arming it earlier is wasted).
+    fn rearmed_at_entry(&self) -> bool {
+        self.vm.timer == TimerSource::Preemption && self.timer.deadline().is_some()
+    }
+
+    fn write_preemption_timer(&self) -> Result<(), VmxInstrError> {
         let next = match self.vm.timer {
             TimerSource::Preemption => self.next_event(),
             TimerSource::HostApic => {
@@ -98,6 +111,18 @@ impl Vcpu<'_> {
         let ticks = next.saturating_sub(crate::time::rdtsc());
         let value = ticks.div_ceil(1 << self.timer_shift);
         Vmcs32::VmxPreemptionTimerValue.write(value.min(u32::MAX as u64) as u32)
+    }
+
+    /// The VMX-preemption timer counts down only while the guest runs (SDM Vol. 3C §26.5.1), so
+    /// the hypervisor's own time since it was armed (a decoded APIC access, a console line)
+    /// would make a pending guest timer late by that much, even with its value saved across
+    /// exits. While a guest deadline is pending it is therefore re-armed from the TSC before
+    /// every entry: a rdtsc and a VMWRITE.
+    pub(in crate::vm) fn rearm_for_entry(&self) -> Result<(), VmxInstrError> {
+        if self.rearmed_at_entry() {
+            self.write_preemption_timer()?;
+        }
+        Ok(())
     }
 
     /// When a wait in the hypervisor must end at the latest: the next event, or a backstop of
