@@ -271,7 +271,6 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
     None
 }
 
-/// Runs the vCPU pinned to this CPU, if the manifest gives it one.
 /// Waits, on a CPU whose own vCPU (if any) is done, until every VM has ended, watching for
 /// stragglers meanwhile: a VM's vCPUs leave within microseconds of its stop, and one that has
 /// not after a second is named and its CPU kicked again rather than hanging the run in
