@@ -11,6 +11,7 @@ pub const IER_THRE: u8 = 1 << 1;
 /// Interrupt identification: the source bits, and "transmitter empty".
 pub const IIR_SOURCE_MASK: u8 = 0x0f;
 pub const IIR_THRE: u8 = 0x02;
+const LSR_DATA_READY: u8 = 1;
 const LSR_THR_EMPTY: u8 = 1 << 5;
 const FIFO_DEPTH: usize = 16;
 
@@ -35,4 +36,12 @@ pub fn write(bytes: &[u8]) {
             outb(COM1, b);
         }
     }
+}
+
+/// Waits (polling the line status) for a byte from the other end and returns it.
+pub fn read_byte() -> u8 {
+    while inb(COM1 + 5) & LSR_DATA_READY == 0 {
+        core::hint::spin_loop();
+    }
+    inb(COM1)
 }

@@ -231,6 +231,7 @@ impl PrivateApt {
         for d in ["lists/partial", "cache/archives/partial"] {
             fs::create_dir_all(root.join(d)).with_context(|| format!("creating {}", root.join(d).display()))?;
         }
+        fs::write(root.join("status"), b"")?;
         Ok(Self { root: root.to_path_buf(), privilege })
     }
 
@@ -241,6 +242,9 @@ impl PrivateApt {
             format!("Dir::Etc::SourceParts={r}/sources.list.d"),
             format!("Dir::State::Lists={r}/lists"),
             format!("Dir::Cache={r}/cache"),
+            // The machine's installed packages are not candidates: a version installed from
+            // another suite (security updates) may be one this index cannot download.
+            format!("Dir::State::status={r}/status"),
         ];
         // As root apt downloads as the `_apt` user, which cannot write under a private cache in
         // root's home; the files are checked against pinned sums anyway.
@@ -327,6 +331,25 @@ impl PrivateApt {
             .with_context(|| format!("apt-get download {pkg} left no .deb in {}", dir.display()))?;
         step.done("downloaded");
         Ok(deb)
+    }
+
+    /// Downloads the candidate versions of `pkgs` into `dir` in one `apt-get download`; the
+    /// .deb files `dir` then holds.
+    pub fn download_candidates(&self, pkgs: &[String], dir: &Path) -> Result<Vec<PathBuf>> {
+        fs::create_dir_all(dir)?;
+        let mut step = Step::new(format!("apt-get download ({} packages)", pkgs.len()));
+        let mut cmd = Command::new("apt-get");
+        cmd.args(self.options()).args(["download", "-q"]).args(pkgs).current_dir(dir);
+        if let Err(e) = progress::run(&mut cmd, &mut step, |_| false) {
+            step.failed();
+            return Err(e);
+        }
+        let debs: Vec<PathBuf> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+            .collect();
+        step.done(&format!("{} downloaded", debs.len()));
+        Ok(debs)
     }
 
     /// The files of `source=version` as the private index lists them (empty if it does not).

@@ -7,7 +7,7 @@
 //! targets, writes JSON and an SVG plot.
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 use std::fs;
 use std::path::PathBuf;
@@ -41,6 +41,16 @@ pub struct BenchArgs {
     /// --iterations sets the workload's counts (default 2000, --full 10000).
     #[arg(long)]
     pub linux: bool,
+    /// Measure a peer hypervisor side by side on the same emulated CPU: `kvm` boots Debian's
+    /// kernel as KVM's host on the project's Bochs and runs the same `ipi-bench` kernel under
+    /// Debian's QEMU with IPIv on, IPIv off and APICv off (not part of `cargo xtask test`: slow).
+    #[arg(long, value_enum)]
+    pub peer: Option<Peer>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Kvm,
 }
 
 /// One cell of the matrix.
@@ -77,7 +87,7 @@ pub fn matrix(cpus: u32, platform: Platform) -> Vec<Cell> {
 }
 
 impl Cell {
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         format!("{} {} {} {}", self.apic, self.config, self.target, self.pattern)
     }
 
@@ -116,7 +126,10 @@ impl Cell {
 
 /// A measured cell, as written to the JSON file.
 pub fn record(cell: &Cell, summary: &Value) -> Result<Value> {
-    let mut rec = json!({"apic": cell.apic, "config": cell.config, "target": cell.target, "pattern": cell.pattern});
+    // "bare" is the guest kernel on the reference PC without a hypervisor: native too.
+    let hypervisor = if matches!(cell.config, "native" | "bare") { "native" } else { "ipiv-hv" };
+    let mut rec = json!({"hypervisor": hypervisor, "apic": cell.apic, "config": cell.config, "target": cell.target,
+        "pattern": cell.pattern});
     if cell.config == "native" {
         let n = &summary["native"];
         if n.is_null() {
@@ -181,10 +194,26 @@ pub fn targets_json(checks: &[TargetCheck]) -> Value {
     checks.iter().map(|c| json!({"target": c.what, "met": c.met, "detail": c.detail})).collect()
 }
 
+/// This hypervisor's (or the native) record of a cell; a peer's records are not these.
 fn find<'a>(records: &'a [Value], apic: &str, config: &str, target: &str, pattern: &str) -> Option<&'a Value> {
-    records
-        .iter()
-        .find(|r| r["apic"] == apic && r["config"] == config && r["target"] == target && r["pattern"] == pattern)
+    find_of(records, &["ipiv-hv", "native"], apic, config, target, pattern)
+}
+
+fn find_of<'a>(
+    records: &'a [Value],
+    hypervisors: &[&str],
+    apic: &str,
+    config: &str,
+    target: &str,
+    pattern: &str,
+) -> Option<&'a Value> {
+    records.iter().find(|r| {
+        hypervisors.iter().any(|h| r["hypervisor"] == *h)
+            && r["apic"] == apic
+            && r["config"] == config
+            && r["target"] == target
+            && r["pattern"] == pattern
+    })
 }
 
 /// The targets: exits per IPI for ipiv-on and ipiv-off, ipiv-on within 10 % of native,
@@ -236,14 +265,15 @@ pub fn check_targets(records: &[Value], exit_path_limit: u64, timing_targets: bo
 
 pub fn table(records: &[Value], unit: &str) -> String {
     let mut s = format!(
-        "{:<7} {:<9} {:<17} {:<10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>8}\n",
-        "apic", "config", "target", "pattern", "median", "min", "p99", "mean", "iters", "exits/S", "exits/R", "hv-path"
+        "{:<7} {:<7} {:<9} {:<17} {:<10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>8}\n",
+        "hv", "apic", "config", "target", "pattern", "median", "min", "p99", "mean", "iters", "exits/S", "exits/R", "hv-path"
     );
     for r in records {
         let c = &r["cycles"];
         let n = |v: &Value| v.as_u64().map(|x| x.to_string()).unwrap_or_else(|| "-".into());
         s += &format!(
-            "{:<7} {:<9} {:<17} {:<10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>8}\n",
+            "{:<7} {:<7} {:<9} {:<17} {:<10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>8}\n",
+            r["hypervisor"].as_str().unwrap_or(""),
             r["apic"].as_str().unwrap_or(""),
             r["config"].as_str().unwrap_or(""),
             r["target"].as_str().unwrap_or(""),
@@ -318,23 +348,102 @@ pub fn measure(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec<Va
     Ok((records, skipped))
 }
 
+/// Each cell a peer measured beside this hypervisor's and the native figure: medians, the
+/// ratios ours/native and ours/peer, and both hypervisors' exits per IPI. The native round
+/// trip of a halting target is the native "halt-passthrough" cell (natively a HLT is a HLT).
+pub fn comparison(records: &[Value], peer: &str) -> Vec<Value> {
+    let median_of = |r: Option<&Value>| r.and_then(median);
+    let ratio = |a: Option<u64>, b: Option<u64>| a.zip(b).filter(|(_, b)| *b > 0).map(|(a, b)| a as f64 / b as f64);
+    let mut rows = Vec::new();
+    for p in records.iter().filter(|r| r["hypervisor"] == peer) {
+        let s = |k: &str| p[k].as_str().unwrap_or("");
+        let (apic, config, target, pattern) = (s("apic"), s("config"), s("target"), s("pattern"));
+        let native_target = if target == "spin" { "spin" } else { "halt-passthrough" };
+        let native = median_of(find_of(records, &["native"], apic, "native", native_target, "unicast"));
+        let ours = find_of(records, &["ipiv-hv"], apic, config, target, pattern);
+        let (ours_m, peer_m) = (median_of(ours), median(p));
+        rows.push(json!({
+            "apic": apic, "config": config, "target": target, "pattern": pattern,
+            "native": native, "ipiv-hv": ours_m, peer: peer_m,
+            "ours_vs_native": ratio(ours_m, native), format!("ours_vs_{peer}"): ratio(ours_m, peer_m),
+            format!("{peer}_vs_native"): ratio(peer_m, native),
+            "exits_per_ipi": {"ipiv-hv": ours.map(|o| o["exits_per_ipi"].clone()), peer: p["exits_per_ipi"].clone()},
+        }));
+    }
+    rows
+}
+
+/// The side-by-side table of [`comparison`]'s rows.
+pub fn comparison_table(rows: &[Value], peer: &str, unit: &str) -> String {
+    let mut s = format!(
+        "{:<7} {:<9} {:<17} {:<10} {:>7} {:>8} {:>8} {:>9} {:>9} {:>11} {:>11}\n",
+        "apic", "config", "target", "pattern", "native", "ipiv-hv", peer, "ours/nat", format!("ours/{peer}"),
+        "exits ours", format!("exits {peer}")
+    );
+    let n = |v: &Value| v.as_u64().map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+    let f = |v: &Value| v.as_f64().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+    let e = |v: &Value| {
+        if v.is_null() { "-".to_string() } else { format!("{}/{}", f(&v["sender"]), f(&v["receiver"])) }
+    };
+    for r in rows {
+        s += &format!(
+            "{:<7} {:<9} {:<17} {:<10} {:>7} {:>8} {:>8} {:>9} {:>9} {:>11} {:>11}\n",
+            r["apic"].as_str().unwrap_or(""),
+            r["config"].as_str().unwrap_or(""),
+            r["target"].as_str().unwrap_or(""),
+            r["pattern"].as_str().unwrap_or(""),
+            n(&r["native"]),
+            n(&r["ipiv-hv"]),
+            n(&r[peer]),
+            f(&r["ours_vs_native"]),
+            f(&r[format!("ours_vs_{peer}")]),
+            e(&r["exits_per_ipi"]["ipiv-hv"]),
+            e(&r["exits_per_ipi"][peer]),
+        );
+    }
+    s += &format!(
+        "medians of the round trip in {unit}; ours/nat, ours/{peer}: this hypervisor's median over the native one and over {peer}'s; exits: VM exits per IPI, sender/receiver\n"
+    );
+    s
+}
+
 pub fn run(a: &BenchArgs) -> Result<bool> {
     if a.linux {
+        if a.peer.is_some() {
+            bail!("--peer measures the IPI round trip; it does not combine with --linux");
+        }
         return crate::bench_linux::run(a);
+    }
+    if a.peer.is_some() && a.platform != Platform::Bochs {
+        bail!("--peer kvm runs KVM inside the project's Bochs (its CPU has VMX and IPIv): use --platform bochs");
     }
     let iterations = a.iterations.unwrap_or(if a.full { 2000 } else { 200 });
     let cells = matrix(a.cpus, a.platform);
-    let (records, skipped) = measure(a, &cells, iterations)?;
+    let (mut records, mut skipped) = if std::env::var("TMP_PEER_ONLY").is_ok() { (vec![], vec![]) } else { measure(a, &cells, iterations)? };
+    if a.peer == Some(Peer::Kvm) {
+        let cells = crate::kvm_peer::cells(a.cpus);
+        eprintln!("xtask bench: KVM: {} cells in one boot of KVM's host ({iterations} iterations)", cells.len());
+        let (kvm, not) = crate::kvm_peer::measure(&cells, iterations, a.cpus, false)?;
+        records.extend(kvm);
+        skipped.extend(not);
+    }
     let unit = cycles_unit(a.platform);
     println!("\nIPI round trip on {} ({} CPUs)\n{}", a.platform.name(), a.cpus, table(&records, unit));
+    let rows = if a.peer.is_some() { comparison(&records, "kvm") } else { Vec::new() };
+    if !rows.is_empty() {
+        println!("\nside by side with KVM on the same emulated CPU\n{}", comparison_table(&rows, "kvm", unit));
+    }
     for s in &skipped {
         println!("not measured: {s}");
     }
     let checks = check_targets(&records, 500, true);
     let ok = print_targets(&checks);
     if let Some(path) = &a.json {
-        let doc = json!({"platform": a.platform.name(), "cycles_unit": unit, "records": records,
-            "targets": targets_json(&checks)});
+        let mut doc = json!({"platform": a.platform.name(), "cycles_unit": unit, "records": records,
+            "targets": targets_json(&checks), "not_measured": skipped});
+        if a.peer.is_some() {
+            doc["comparison"] = json!(rows);
+        }
         fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
         eprintln!("xtask bench: wrote {}", path.display());
     }
@@ -390,7 +499,7 @@ mod tests {
             let c = Cell { apic, config: "ipiv-on", target: "spin", pattern: "unicast" };
             record(&c, &vm_summary(median, 0, 0)).unwrap()
         };
-        let native = json!({"apic": "xapic", "config": "native", "target": "spin", "pattern": "unicast",
+        let native = json!({"hypervisor": "native", "apic": "xapic", "config": "native", "target": "spin", "pattern": "unicast",
             "cycles": {"median": 40}, "exits_per_ipi": {"sender": 0.0, "receiver": 0.0}});
         let records = vec![off("xapic"), on("xapic", 43), native];
         let checks = check_targets(&records, 500, true);

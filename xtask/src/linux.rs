@@ -43,13 +43,8 @@ pub fn debian(cache: &Path) -> Result<Debian> {
         return Ok(d.clone());
     }
     // One xtask at a time updates the private index and unpacks packages into the cache.
-    fs::create_dir_all(cache)?;
-    let lock = fs::File::create(cache.join("debian.lock"))?;
-    lock.lock().context("locking the Debian package cache")?;
-    let privilege = Privilege::detect();
-    let apt = PrivateApt::new(&cache.join(format!("apt-{SUITE}")), privilege)?;
-    let mirror = apt::debian_mirrors()?.into_iter().next().context("no Debian mirror in apt's configuration")?;
-    apt.update_binary(&mirror, SUITE)?;
+    let _lock = lock_cache(cache)?;
+    let apt = private_apt(cache)?;
     let kernel_pkg = apt
         .depends(KERNEL_META)?
         .into_iter()
@@ -73,13 +68,37 @@ pub fn debian(cache: &Path) -> Result<Debian> {
     Ok(DEBIAN.get_or_init(|| d).clone())
 }
 
-fn package_dir(cache: &Path, pkg: &str, version: &str) -> PathBuf {
+/// Holds the Debian package cache for this process until dropped (one xtask at a time updates
+/// the private index and unpacks packages).
+pub fn lock_cache(cache: &Path) -> Result<fs::File> {
+    fs::create_dir_all(cache)?;
+    let lock = fs::File::create(cache.join("debian.lock"))?;
+    lock.lock().context("locking the Debian package cache")?;
+    Ok(lock)
+}
+
+static INDEX_FETCHED: OnceLock<()> = OnceLock::new();
+
+/// apt on [`SUITE`]'s binary packages from the machine's own Debian mirror, its index fetched
+/// once per process (call with [`lock_cache`] held).
+pub fn private_apt(cache: &Path) -> Result<PrivateApt> {
+    let apt = PrivateApt::new(&cache.join(format!("apt-{SUITE}")), Privilege::detect())?;
+    if INDEX_FETCHED.get().is_none() {
+        let mirror = apt::debian_mirrors()?.into_iter().next().context("no Debian mirror in apt's configuration")?;
+        apt.update_binary(&mirror, SUITE)?;
+        let _ = INDEX_FETCHED.set(());
+    }
+    Ok(apt)
+}
+
+/// Where `pkg=version` is unpacked in the cache.
+pub fn package_dir(cache: &Path, pkg: &str, version: &str) -> PathBuf {
     cache.join("debian").join(format!("{pkg}_{}", version.replace(':', "%3a")))
 }
 
 /// The file `pick` finds in `pkg=version` unpacked under `dir` (downloaded and unpacked on the
 /// first use, then reused).
-fn extracted(
+pub fn extracted(
     apt: &PrivateApt,
     pkg: &str,
     version: &str,

@@ -102,6 +102,8 @@ pub struct NativeOutcome {
     /// Whether the workload ended the machine through isa-debug-exit with 0.
     pub passed: bool,
     pub detail: String,
+    /// The serial log.
+    pub serial: PathBuf,
 }
 
 /// Boots the kernel and initramfs of `crate::linux::files` on Bochs with `cpus` CPUs and
@@ -114,18 +116,37 @@ pub fn run(cpus: u32, ram_mib: u32, append: Option<&str>, timeout_s: u64, echo: 
         Some(a) if !a.trim().is_empty() => format!("{} {}", crate::linux::CMDLINE, a.trim()),
         _ => crate::linux::CMDLINE.to_string(),
     };
-    let dir = PathBuf::from(format!("target/xtask/runs/bochs-native-linux-{cpus}"));
+    let exclude: Vec<&str> = crate::bochs::LINUX_EXCLUDED_FEATURES.iter().map(|(f, _)| *f).collect();
+    let machine = Machine { name: format!("native-linux-{cpus}"), cpus, ram_mib, exclude: &exclude };
+    boot(&machine, kernel, initrd, &cmdline, timeout_s, echo)
+}
+
+/// The Bochs machine a kernel boots on.
+pub struct Machine<'a> {
+    /// Names the run's folder under target/xtask/runs.
+    pub name: String,
+    pub cpus: u32,
+    pub ram_mib: u32,
+    /// CPU features hidden from the model (Bochs' names).
+    pub exclude: &'a [&'a str],
+}
+
+/// Boots `kernel` with `initrd` and `cmdline` on the project's Bochs as `m` describes, without
+/// the hypervisor, until the kernel's userspace ends the machine through isa-debug-exit or
+/// `timeout_s` passes.
+pub fn boot(m: &Machine, kernel: &[u8], initrd: &[u8], cmdline: &str, timeout_s: u64, echo: bool) -> Result<NativeOutcome> {
+    let dir = PathBuf::from(format!("target/xtask/runs/bochs-{}", m.name));
     fs::create_dir_all(&dir)?;
     let img = dir.join("disk.img");
     let _ = fs::remove_file(dir.join("disk.img.lock"));
-    fs::write(&img, disk(&bootsector()?, kernel, initrd, &cmdline, (ram_mib as u64) << 20)?)?;
+    fs::write(&img, disk(&bootsector()?, kernel, initrd, cmdline, (m.ram_mib as u64) << 20)?)?;
     let serial = dir.join("serial.log");
     fs::write(&serial, b"")?;
-    let exclude: Vec<&str> = crate::bochs::LINUX_EXCLUDED_FEATURES.iter().map(|(f, _)| *f).collect();
     let bochs = crate::bochs::binary(&crate::deps::cache_dir())?;
-    let mut cmd = crate::bochs::command(&bochs, &dir, &img, &serial, cpus, ram_mib, &exclude)?;
+    let mut cmd = crate::bochs::command(&bochs, &dir, &img, &serial, m.cpus, m.ram_mib, m.exclude)?;
     eprintln!(
-        "xtask: booting Linux directly on bochs with {cpus} CPUs, no hypervisor (timeout {timeout_s} s, log in {})",
+        "xtask: booting Linux directly on bochs with {} CPUs, no hypervisor (timeout {timeout_s} s, log in {})",
+        m.cpus,
         serial.display()
     );
     let out = fs::File::create(dir.join("emulator.out"))?;
@@ -146,14 +167,14 @@ pub fn run(cpus: u32, ram_mib: u32, append: Option<&str>, timeout_s: u64, echo: 
             s => format!("Bochs exited with {s:?}"),
         }
     };
-    eprintln!("xtask: native Linux on bochs in {:.1} s: {detail}", start.elapsed().as_secs_f64());
+    eprintln!("xtask: Linux on bochs ({}) in {:.1} s: {detail}", m.name, start.elapsed().as_secs_f64());
     if !passed {
         let lines: Vec<&str> = log.lines().collect();
         for l in &lines[lines.len().saturating_sub(30)..] {
             eprintln!("{l}");
         }
     }
-    Ok(NativeOutcome { reports, passed, detail })
+    Ok(NativeOutcome { reports, passed, detail, serial })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod fixtures;
 mod fuzz;
 mod guests;
 mod image;
+mod kvm_peer;
 mod linux;
 mod linux_native;
 mod plot;

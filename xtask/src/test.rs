@@ -1054,6 +1054,18 @@ fn linux_on_qemu() -> Result<()> {
     Ok(())
 }
 
+/// The image of `cargo xtask bench --peer kvm` builds from Debian's packages: KVM's modules,
+/// QEMU with every library its ELF files name, its firmware, and a plan line for every cell.
+fn kvm_peer_image() -> Result<()> {
+    let cells = crate::kvm_peer::cells(4);
+    let img = crate::kvm_peer::image(&cells, 200)?;
+    eprintln!("xtask test: KVM's host image: {}", img.describe);
+    if img.initrd.len() < 4 << 20 || img.kernel.len() < 1 << 20 {
+        bail!("the image is too small to hold QEMU and the kernel: {}", img.describe);
+    }
+    Ok(())
+}
+
 /// A short bench run: the exit counts per IPI it reports must meet the targets (timings are
 /// not checked here; they are `cargo xtask bench`'s business).
 fn bench_exit_counts() -> Result<()> {
@@ -1067,6 +1079,7 @@ fn bench_exit_counts() -> Result<()> {
         plot: None,
         timeout: 300,
         linux: false,
+        peer: None,
     };
     let cells: Vec<Cell> = bench::matrix(4, Platform::Bochs)
         .into_iter()
@@ -1153,6 +1166,8 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
     tally.check("bench-exit-counts", bench_exit_counts);
     tally.check("linux-smp-x2apic-ipiv-beside-guest", linux_beside_guest);
     tally.check("linux-qemu-reference", linux_on_qemu);
+    // `cargo xtask bench --peer kvm` is too slow for the suite; its image must build.
+    tally.check("kvm-peer-image", kvm_peer_image);
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed.len());
     if !tally.failed.is_empty() {
         bail!("failed: {}", tally.failed.join(", "));

@@ -12,7 +12,7 @@ use guest_tests::apic::{self, ICR_ASSERT, ICR_FIXED, SHORTHAND_OTHERS};
 use guest_tests::hypercall::exits_except_vmcall;
 use guest_tests::irq::{FAST_HITS, FAST_VECTOR};
 use guest_tests::sync::Barrier;
-use guest_tests::{Platform, entry, println, rdtsc, report, sti};
+use guest_tests::{Platform, entry, println, rdtsc, report, sti, uart};
 use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::stats::summarize;
 
@@ -60,8 +60,13 @@ fn main(me: u32, info: &'static Platform) {
     let mut exits_start = 0;
     let shorthand = if broadcast { SHORTHAND_OTHERS } else { 0 };
     let icr_low = ICR_FIXED | ICR_ASSERT | shorthand | VECTOR as u32;
+    let sync = info.arg("sync") == Some("serial");
     for i in 0..warmup + iterations {
         if i == warmup {
+            if sync {
+                println!("SYNC begin");
+                uart::read_byte();
+            }
             exits_start = exits_except_vmcall();
         }
         let expected = FAST_HITS.load(Ordering::Acquire).wrapping_add(receivers);
@@ -79,6 +84,10 @@ fn main(me: u32, info: &'static Platform) {
         }
     }
     let sender_exits = exits_except_vmcall() - exits_start;
+    if sync {
+        println!("SYNC end");
+        uart::read_byte();
+    }
     DONE.store(true, Ordering::Release);
     // Wake halted receivers so they see DONE.
     for t in 1..n {
