@@ -266,7 +266,19 @@ pub fn check_targets(records: &[Value], exit_path_limit: u64, timing_targets: bo
 pub fn table(records: &[Value], unit: &str) -> String {
     let mut s = format!(
         "{:<7} {:<7} {:<9} {:<17} {:<10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>7} {:>8}\n",
-        "hv", "apic", "config", "target", "pattern", "median", "min", "p99", "mean", "iters", "exits/S", "exits/R", "hv-path"
+        "hv",
+        "apic",
+        "config",
+        "target",
+        "pattern",
+        "median",
+        "min",
+        "p99",
+        "mean",
+        "iters",
+        "exits/S",
+        "exits/R",
+        "hv-path"
     );
     for r in records {
         let c = &r["cycles"];
@@ -377,8 +389,17 @@ pub fn comparison(records: &[Value], peer: &str) -> Vec<Value> {
 pub fn comparison_table(rows: &[Value], peer: &str, unit: &str) -> String {
     let mut s = format!(
         "{:<7} {:<9} {:<17} {:<10} {:>7} {:>8} {:>8} {:>9} {:>9} {:>11} {:>11}\n",
-        "apic", "config", "target", "pattern", "native", "ipiv-hv", peer, "ours/nat", format!("ours/{peer}"),
-        "exits ours", format!("exits {peer}")
+        "apic",
+        "config",
+        "target",
+        "pattern",
+        "native",
+        "ipiv-hv",
+        peer,
+        "ours/nat",
+        format!("ours/{peer}"),
+        "exits ours",
+        format!("exits {peer}")
     );
     let n = |v: &Value| v.as_u64().map(|x| x.to_string()).unwrap_or_else(|| "-".into());
     let f = |v: &Value| v.as_f64().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
@@ -419,7 +440,8 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
     }
     let iterations = a.iterations.unwrap_or(if a.full { 2000 } else { 200 });
     let cells = matrix(a.cpus, a.platform);
-    let (mut records, mut skipped) = if std::env::var("TMP_PEER_ONLY").is_ok() { (vec![], vec![]) } else { measure(a, &cells, iterations)? };
+    let (mut records, mut skipped) =
+        if std::env::var("TMP_PEER_ONLY").is_ok() { (vec![], vec![]) } else { measure(a, &cells, iterations)? };
     if a.peer == Some(Peer::Kvm) {
         let cells = crate::kvm_peer::cells(a.cpus);
         eprintln!("xtask bench: KVM: {} cells in one boot of KVM's host ({iterations} iterations)", cells.len());
@@ -514,5 +536,31 @@ mod tests {
         let checks = check_targets(&slow, 500, true);
         assert_eq!(checks.iter().find(|c| c.what.starts_with("xapic ipiv-on spin median")).unwrap().met, Some(false));
         assert!(table(&records, "bochs-instructions").contains("cycles in bochs-instructions"));
+    }
+
+    #[test]
+    fn the_comparison_puts_native_ours_and_the_peer_side_by_side() {
+        let rec = |hv: &str, config: &str, target: &str, median: u64, s: f64, r: f64| {
+            json!({"hypervisor": hv, "apic": "x2apic", "config": config, "target": target, "pattern": "unicast",
+                "cycles": {"median": median}, "exits_per_ipi": {"sender": s, "receiver": r}})
+        };
+        let records = vec![
+            rec("native", "native", "spin", 10, 0.0, 0.0),
+            rec("native", "native", "halt-passthrough", 12, 0.0, 0.0),
+            rec("ipiv-hv", "ipiv-on", "halt-exit", 260, 0.0, 0.55),
+            rec("kvm", "ipiv-on", "halt-exit", 2080, 0.0, 1.0),
+            rec("kvm", "apicv-off", "spin", 5000, 1.0, 1.0),
+        ];
+        let rows = comparison(&records, "kvm");
+        assert_eq!(rows.len(), 2, "one row per peer cell");
+        let r = &rows[0];
+        assert_eq!((r["native"].as_u64(), r["ipiv-hv"].as_u64(), r["kvm"].as_u64()), (Some(12), Some(260), Some(2080)));
+        assert_eq!(r["ours_vs_kvm"], 0.125);
+        assert_eq!(r["exits_per_ipi"]["kvm"]["receiver"], 1.0);
+        assert!(rows[1]["ipiv-hv"].is_null() && rows[1]["ours_vs_kvm"].is_null(), "no apicv-off cell of ours");
+        assert_eq!(rows[1]["kvm_vs_native"], 500.0);
+        let t = comparison_table(&rows, "kvm", "bochs-instructions");
+        assert!(t.contains("0.12") && t.contains("0.00/1.00") && t.contains("bochs-instructions"), "{t}");
+        assert!(find(&records, "x2apic", "ipiv-on", "halt-exit", "unicast").unwrap()["hypervisor"] == "ipiv-hv");
     }
 }

@@ -280,7 +280,7 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
                     ),
                     value: v,
                     whisker: v,
-                    second_colour: r["apic"] == "x2apic",
+                    colour: usize::from(r["apic"] == "x2apic"),
                 }
             })
             .collect();

@@ -31,13 +31,15 @@ pub const CONFIGS: [(&str, &str); 3] = [
 /// by hiding features from the Bochs CPU, which stays the bench's (docs/results.md):
 /// `clearcpuid=600` (AMX_TILE: the model reports AMX without XFD, and this kernel's XSETBV
 /// faults) and `no5lvl` (with CR4.LA57 set, Bochs panics at RSM after the first SMI).
-pub const HOST_CMDLINE: &str = "console=ttyS0,115200 nokaslr rdinit=/init panic=-1 reboot=t tsc=reliable mitigations=off clearcpuid=600 no5lvl";
+pub const HOST_CMDLINE: &str =
+    "console=ttyS0,115200 nokaslr rdinit=/init panic=-1 reboot=t tsc=reliable mitigations=off clearcpuid=600 no5lvl";
 
 /// The RAM of KVM's host: the kernel, the initramfs (QEMU and its libraries) and a 128 MiB guest.
 const HOST_RAM_MIB: u32 = 1024;
 /// Each QEMU run's limit, in seconds of the host's clock (which believes the 2.2 GHz of CPUID
-/// 0x15 while Bochs retires far fewer instructions a second: one is about a minute and a half).
-const CELL_TIMEOUT_S: u64 = 4;
+/// 0x15 while Bochs retires far fewer instructions a second: one is about 50 s of wall time). A
+/// cell takes about 0.2 s of it, mostly QEMU's start.
+const CELL_TIMEOUT_S: u64 = 1;
 
 /// The cells KVM runs: for each APIC mode and configuration the target spinning, halting with
 /// an exit (KVM's default, with halt polling) and halting without one (`-overcommit cpu-pm=on`,
@@ -212,7 +214,11 @@ pub fn qemu(cache: &Path) -> Result<Qemu> {
     let binary = in_root(&root, QEMU).context("QEMU's binary")?;
     let (libs, missing) = closure(&root, &binary)?;
     if !missing.is_empty() {
-        bail!("{} misses {}: remove it to fetch again", dir.display(), missing.into_iter().collect::<Vec<_>>().join(", "));
+        bail!(
+            "{} misses {}: remove it to fetch again",
+            dir.display(),
+            missing.into_iter().collect::<Vec<_>>().join(", ")
+        );
     }
     let loader = in_root(&root, LOADER).context("no dynamic loader in libc6")?;
     let firmware = FIRMWARE
@@ -254,7 +260,8 @@ pub fn image(cells: &[Cell], iterations: u32) -> Result<Image> {
     let bench = crate::guests::build()?.remove("ipi-bench").context("no ipi-bench guest")?;
     // The package root: .../root/boot/vmlinuz-VERSION.
     let kroot = debian.vmlinuz.parent().and_then(Path::parent).context("the kernel package's root")?;
-    let kver = debian.vmlinuz.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+    let kver =
+        debian.vmlinuz.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
     let modules = kroot.join("lib/modules").join(&kver).join("kernel");
     let mut files: Vec<(String, u32, Vec<u8>)> = vec![
         ("bin/busybox".into(), 0o755, fs::read(&debian.busybox)?),
@@ -262,7 +269,11 @@ pub fn image(cells: &[Cell], iterations: u32) -> Result<Image> {
         ("bin/kvm-peer".into(), 0o755, driver),
         ("ipi-bench".into(), 0o644, bench),
         ("init".into(), 0o755, INIT.as_bytes().to_vec()),
-        ("kvm-peer.plan".into(), 0o644, cells.iter().map(|c| plan_line(c, iterations) + "\n").collect::<String>().into()),
+        (
+            "kvm-peer.plan".into(),
+            0o644,
+            cells.iter().map(|c| plan_line(c, iterations) + "\n").collect::<String>().into(),
+        ),
         ("usr/bin/qemu-system-x86_64".into(), 0o755, fs::read(&qemu.binary)?),
         ("lib64/ld-linux-x86-64.so.2".into(), 0o755, fs::read(&qemu.loader)?),
     ];
@@ -277,8 +288,20 @@ pub fn image(cells: &[Cell], iterations: u32) -> Result<Image> {
         files.push((path.trim_start_matches('/').to_string(), 0o644, fs::read(p)?));
     }
     let dirs = [
-        "bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules", "lib/x86_64-linux-gnu", "lib64", "usr", "usr/bin",
-        "usr/share", "usr/share/qemu", "usr/share/seabios",
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "lib",
+        "lib/modules",
+        "lib/x86_64-linux-gnu",
+        "lib64",
+        "usr",
+        "usr/bin",
+        "usr/share",
+        "usr/share/qemu",
+        "usr/share/seabios",
     ];
     let mut entries: Vec<Entry> = dirs.iter().map(|d| Entry::Dir(d)).collect();
     entries.push(Entry::CharDev { path: "dev/console", major: 5, minor: 1 });
@@ -306,7 +329,8 @@ pub fn measure(cells: &[Cell], iterations: u32, cpus: u32, echo: bool) -> Result
     let img = image(cells, iterations)?;
     eprintln!("xtask bench: KVM's host: {}", img.describe);
     let machine = Machine { name: format!("kvm-peer-{cpus}"), cpus, ram_mib: HOST_RAM_MIB, exclude: &[] };
-    // The boot, and each cell's limit (in wall seconds: about 100 of the host's seconds).
+    // The boot, and each cell's limit (in wall seconds: about 50 a second of the host's clock,
+    // twice that to be safe).
     let timeout = 900 + cells.len() as u64 * CELL_TIMEOUT_S * 100;
     let out = linux_native::boot(&machine, &img.kernel, &img.initrd, HOST_CMDLINE, timeout, echo)?;
     let mut records = Vec::new();
@@ -327,16 +351,20 @@ pub fn measure(cells: &[Cell], iterations: u32, cpus: u32, echo: bool) -> Result
         }
     }
     for c in cells.iter().filter(|c| !seen.contains(&c.name())) {
-        skipped.push(format!("kvm {}: no result (KVM's host on Bochs: {}; log {})", c.name(), out.detail, out.serial.display()));
+        skipped.push(format!(
+            "kvm {}: no result (KVM's host on Bochs: {}; log {})",
+            c.name(),
+            out.detail,
+            out.serial.display()
+        ));
     }
     Ok((records, skipped))
 }
 
 /// One vCPU's scalar counters in a snapshot, by `cpu-index`.
 fn counters(snapshot: &Value, cpus: &Value) -> BTreeMap<u64, BTreeMap<String, u64>> {
-    let index_of = |path: &Value| {
-        cpus.as_array()?.iter().find(|c| c["qom-path"] == *path).and_then(|c| c["cpu-index"].as_u64())
-    };
+    let index_of =
+        |path: &Value| cpus.as_array()?.iter().find(|c| c["qom-path"] == *path).and_then(|c| c["cpu-index"].as_u64());
     let mut out = BTreeMap::new();
     for v in snapshot["vcpus"].as_array().into_iter().flatten() {
         let Some(i) = index_of(&v["qom-path"]) else { continue };
@@ -347,15 +375,25 @@ fn counters(snapshot: &Value, cpus: &Value) -> BTreeMap<u64, BTreeMap<String, u6
 }
 
 /// The cell's record from the driver's report `r` and the parameters `kvm_intel` said it runs
-/// with; why not, if the cell was not measured. Exits per IPI: each vCPU's VM exits in the
-/// timed loop, less the port I/O of the guest's SYNC hand-shake (the loop does none), over the
-/// IPIs; the receiver's is that of the receiver with the most, as the guest counts it here.
+/// with; why not, if the cell was not measured. Exits per IPI: each vCPU's VM exits between the
+/// two SYNC points over the IPIs, less those the measurement itself causes: the port I/O of the
+/// guest's hand-shake (the loop does none) and the signal exits of QEMU's `query-stats`, which
+/// reads each vCPU's counters on that vCPU's thread and so kicks it out of the guest. The
+/// receiver's is that of the receiver with the most, as the guest counts it under ipiv-hv.
 pub fn record(cell: &Cell, module: &Value, r: &Value) -> Result<Value, String> {
     if let Some(e) = r["error"].as_str() {
         return Err(e.to_string());
     }
     if r["timed_out"] == true {
-        return Err(format!("QEMU still ran after {CELL_TIMEOUT_S} s of the host's clock"));
+        let at = r["stuck_at"].as_str().map(|s| format!("; its vCPUs: {}", s.replace('\n', " "))).unwrap_or_default();
+        let said = if r["guest"].as_array().is_some_and(|g| !g.is_empty())
+            || !r["snapshots"].as_array().is_none_or(Vec::is_empty)
+        {
+            "after the guest began"
+        } else {
+            "before the guest printed anything"
+        };
+        return Err(format!("QEMU still ran after {CELL_TIMEOUT_S} s of the host's clock, {said}{at}"));
     }
     // isa-debug-exit with 0: QEMU exits with (0 << 1) | 1.
     if r["status"] != 1 {
@@ -369,7 +407,10 @@ pub fn record(cell: &Cell, module: &Value, r: &Value) -> Result<Value, String> {
         _ => ("N", ipiv),
     };
     if (apicv, ipiv) != wanted {
-        return Err(format!("kvm_intel runs with enable_apicv={apicv} enable_ipiv={ipiv}, not what {} needs", cell.config));
+        return Err(format!(
+            "kvm_intel runs with enable_apicv={apicv} enable_ipiv={ipiv}, not what {} needs",
+            cell.config
+        ));
     }
     let report = r["guest"]
         .as_array()
@@ -385,10 +426,14 @@ pub fn record(cell: &Cell, module: &Value, r: &Value) -> Result<Value, String> {
     let delta = |cpu: u64| -> Result<BTreeMap<String, u64>, String> {
         let (b, e) = (begin.get(&cpu), end.get(&cpu));
         let (b, e) = b.zip(e).ok_or(format!("no counters for vCPU {cpu}"))?;
-        Ok(e.iter().filter_map(|(k, v)| Some((k.clone(), v.checked_sub(*b.get(k)?)?))).filter(|(_, d)| *d > 0).collect())
+        Ok(e.iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.checked_sub(*b.get(k)?)?)))
+            .filter(|(_, d)| *d > 0)
+            .collect())
     };
     let exits = |d: &BTreeMap<String, u64>| {
-        d.get("exits").copied().unwrap_or(0).saturating_sub(d.get("io_exits").copied().unwrap_or(0))
+        let n = |k: &str| d.get(k).copied().unwrap_or(0);
+        n("exits").saturating_sub(n("io_exits") + n("signal_exits"))
     };
     let sender = delta(0)?;
     let vcpus = end.keys().copied().filter(|&c| c != 0).collect::<Vec<_>>();
@@ -408,6 +453,7 @@ pub fn record(cell: &Cell, module: &Value, r: &Value) -> Result<Value, String> {
         "exits_per_ipi": {"sender": per(exits(&sender)), "receiver": per(exits(&receiver))},
         "kvm_counters": {"sender": sender, "receiver": receiver},
         "kvm_intel": module,
+        "kvm_pinning": r["pinning"],
     });
     if let Some((b, e)) = vm(at("begin")?).zip(vm(at("end")?)) {
         rec["kvm_vm_exits"] = json!(e.saturating_sub(b));
@@ -423,12 +469,13 @@ mod tests {
         Cell { apic: "x2apic", config, target: "halt-exit", pattern: "unicast" }
     }
 
-    fn snap(at: &str, exits: [u64; 2], io: [u64; 2], halts: [u64; 2]) -> Value {
+    /// vCPU `i`'s counters; each reading kicks each vCPU once (a signal exit).
+    fn snap(at: &str, kicks: u64, exits: [u64; 2], io: [u64; 2], halts: [u64; 2]) -> Value {
         let v = |i: usize| {
             json!({"qom-path": format!("/machine/unattached/device[{i}]"), "provider": "kvm",
-                "stats": {"exits": exits[i], "io_exits": io[i], "halt_exits": halts[i]}})
+                "stats": {"exits": exits[i] + kicks, "io_exits": io[i], "halt_exits": halts[i], "signal_exits": kicks}})
         };
-        json!({"at": at, "vcpus": [v(1), v(0)], "vm": {"exits": exits[0] + exits[1]}})
+        json!({"at": at, "vcpus": [v(1), v(0)], "vm": {"exits": exits[0] + exits[1] + 2 * kicks}})
     }
 
     fn report(status: u64) -> Value {
@@ -437,7 +484,7 @@ mod tests {
                      {"cpu-index": 1, "qom-path": "/machine/unattached/device[1]"}],
             "guest": [{"test": "ipi-bench", "apic": "x2apic", "iterations": 100,
                        "cycles": {"median": 2200, "min": 2000, "p99": 2500, "mean": 2210}}],
-            "snapshots": [snap("begin", [50, 70], [40, 0], [0, 5]), snap("end", [130, 170], [120, 0], [0, 105])]})
+            "snapshots": [snap("begin", 1, [50, 70], [40, 0], [0, 5]), snap("end", 2, [130, 170], [120, 0], [0, 105])]})
     }
 
     #[test]
@@ -445,10 +492,11 @@ mod tests {
         let module = json!({"enable_apicv": "Y", "enable_ipiv": "Y"});
         let r = record(&cell("ipiv-on"), &module, &report(1)).unwrap();
         assert_eq!(r["hypervisor"], "kvm");
-        assert_eq!(r["exits_per_ipi"]["sender"], 0.0, "80 exits, all 80 port I/O");
+        assert_eq!(r["exits_per_ipi"]["sender"], 0.0, "81 exits: 80 port I/O and a kick");
         assert_eq!(r["exits_per_ipi"]["receiver"], 1.0);
         assert_eq!(r["kvm_counters"]["receiver"]["halt_exits"], 100);
-        assert_eq!(r["kvm_vm_exits"], 180);
+        assert_eq!(r["kvm_vm_exits"], 182);
+        assert_eq!(r["kvm_counters"]["receiver"]["signal_exits"], 1);
         assert_eq!(r["cycles"]["median"], 2200);
     }
 
@@ -473,7 +521,10 @@ mod tests {
 
     #[test]
     fn plan_lines_carry_the_cells_configuration() {
-        let l = plan_line(&Cell { apic: "x2apic", config: "ipiv-off", target: "halt-passthrough", pattern: "unicast" }, 200);
+        let l = plan_line(
+            &Cell { apic: "x2apic", config: "ipiv-off", target: "halt-passthrough", pattern: "unicast" },
+            200,
+        );
         let f: Vec<&str> = l.split('\t').collect();
         assert_eq!(f.len(), 6);
         assert_eq!(f[1], "enable_apicv=1 enable_ipiv=0");

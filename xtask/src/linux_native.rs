@@ -134,7 +134,14 @@ pub struct Machine<'a> {
 /// Boots `kernel` with `initrd` and `cmdline` on the project's Bochs as `m` describes, without
 /// the hypervisor, until the kernel's userspace ends the machine through isa-debug-exit or
 /// `timeout_s` passes.
-pub fn boot(m: &Machine, kernel: &[u8], initrd: &[u8], cmdline: &str, timeout_s: u64, echo: bool) -> Result<NativeOutcome> {
+pub fn boot(
+    m: &Machine,
+    kernel: &[u8],
+    initrd: &[u8],
+    cmdline: &str,
+    timeout_s: u64,
+    echo: bool,
+) -> Result<NativeOutcome> {
     let dir = PathBuf::from(format!("target/xtask/runs/bochs-{}", m.name));
     fs::create_dir_all(&dir)?;
     let img = dir.join("disk.img");

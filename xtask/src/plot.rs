@@ -1,17 +1,29 @@
 //! The benchmark plots (plotters, SVG): one horizontal bar per cell; for the IPI round trip the
-//! median cycles with a whisker to p99, coloured by APIC mode.
+//! median cycles with a whisker to p99, coloured by APIC mode, or by hypervisor when a peer's
+//! records are there (each cell's bars then side by side).
 
 use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 use serde_json::Value;
 use std::path::Path;
 
+/// The hypervisors of the records, in the order their bars are coloured.
+const HYPERVISORS: [&str; 3] = ["native", "ipiv-hv", "kvm"];
+
 pub fn bars(path: &Path, records: &[Value], unit: &str, platform: &str) -> Result<()> {
+    let peer = records.iter().any(|r| r["hypervisor"] == "kvm");
+    let mut records: Vec<&Value> = records.iter().collect();
+    let s = |r: &Value, k: &str| r[k].as_str().unwrap_or("").to_string();
+    let hv = |r: &Value| HYPERVISORS.iter().position(|h| r["hypervisor"] == *h).unwrap_or(0);
+    if peer {
+        records.sort_by_key(|r| (s(r, "apic"), s(r, "pattern"), s(r, "target"), s(r, "config"), hv(r)));
+    }
     let rows: Vec<Bar> = records
         .iter()
         .map(|r| {
             let label = format!(
-                "{} {} {} {}",
+                "{}{} {} {} {}",
+                if peer { format!("{} ", s(r, "hypervisor")) } else { String::new() },
                 r["apic"].as_str().unwrap_or(""),
                 r["config"].as_str().unwrap_or(""),
                 r["target"].as_str().unwrap_or(""),
@@ -19,18 +31,21 @@ pub fn bars(path: &Path, records: &[Value], unit: &str, platform: &str) -> Resul
             );
             let median = r["cycles"]["median"].as_f64().unwrap_or(0.0);
             let p99 = r["cycles"]["p99"].as_f64().unwrap_or(median);
-            Bar { label, value: median, whisker: p99, second_colour: r["apic"] == "x2apic" }
+            let colour = if peer { hv(r) } else { usize::from(r["apic"] == "x2apic") };
+            Bar { label, value: median, whisker: p99, colour }
         })
         .collect();
-    hbars(path, &rows, &format!("IPI round trip, median with p99 whisker ({platform}, {unit})"), unit)
+    let by = if peer { "native, ipiv-hv, kvm" } else { "xAPIC, x2APIC" };
+    hbars(path, &rows, &format!("IPI round trip, median with p99 whisker ({platform}, {unit}; colours: {by})"), unit)
 }
 
-/// One bar: its label, length, whisker end (= `value` for none) and colour.
+/// One bar: its label, length, whisker end (= `value` for none) and colour (an index into
+/// the palette: blue, orange, green).
 pub struct Bar {
     pub label: String,
     pub value: f64,
     pub whisker: f64,
-    pub second_colour: bool,
+    pub colour: usize,
 }
 
 /// Horizontal bars, one row each, with their values printed at the whisker's end.
@@ -58,13 +73,12 @@ pub fn hbars(path: &Path, rows: &[Bar], caption: &str, x_desc: &str) -> Result<(
         .x_desc(x_desc)
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
-    let blue = RGBColor(70, 110, 190);
-    let orange = RGBColor(220, 130, 40);
+    let palette = [RGBColor(70, 110, 190), RGBColor(220, 130, 40), RGBColor(60, 150, 80)];
     chart
         .draw_series(rows.iter().enumerate().map(|(i, r)| {
             let mut bar = Rectangle::new(
                 [(0.0, SegmentValue::Exact(i)), (r.value, SegmentValue::Exact(i + 1))],
-                (if r.second_colour { orange } else { blue }).filled(),
+                palette[r.colour % palette.len()].filled(),
             );
             bar.set_margin(4, 4, 0, 0);
             bar
@@ -111,5 +125,23 @@ mod tests {
         }
         let _ = std::fs::copy(&path, std::env::temp_dir().join("ipiv-hv-plot-last.svg"));
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_peers_bars_stand_beside_ours_labelled_by_hypervisor() {
+        let recs: Vec<Value> = serde_json::from_str(
+            r#"[{"hypervisor":"ipiv-hv","apic":"xapic","config":"ipiv-on","target":"spin","pattern":"unicast","cycles":{"median":9,"p99":10}},
+                {"hypervisor":"native","apic":"xapic","config":"native","target":"spin","pattern":"unicast","cycles":{"median":8,"p99":9}},
+                {"hypervisor":"kvm","apic":"xapic","config":"ipiv-on","target":"spin","pattern":"unicast","cycles":{"median":1537,"p99":1600}}]"#,
+        )
+        .unwrap();
+        let path = std::env::temp_dir().join(format!("ipiv-hv-plot-peer-{}.svg", std::process::id()));
+        bars(&path, &recs, "bochs-instructions", "bochs").unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let (ours, kvm) =
+            (svg.find("ipiv-hv xapic ipiv-on spin").unwrap(), svg.find("kvm xapic ipiv-on spin").unwrap());
+        assert!(ours < kvm, "the same cell's bars are adjacent, ours first");
+        assert!(svg.contains("1537") && svg.contains("colours: native, ipiv-hv, kvm"));
     }
 }

@@ -5,7 +5,8 @@
 //! lines reads KVM's own counters: QEMU's per-vCPU statistics (QMP `query-stats`) and the VM's
 //! debugfs files. It then lets the guest go on with one byte on its serial line.
 //!
-//! It interprets nothing: each cell ends in one `REPORT {json}` line on the console with the
+//! KVM runs as on dedicated cores: each vCPU thread pinned to a CPU of its own, QEMU's other
+//! threads and the driver on the remaining ones. It interprets nothing: each cell ends in one `REPORT {json}` line on the console with the
 //! guest's report, the raw snapshots and how QEMU ended; `cargo xtask` computes the figures.
 //!
 //! The plan, one cell per line, fields separated by tabs:
@@ -51,8 +52,12 @@ fn parse_plan(text: &str) -> Result<Vec<Cell>, String> {
     Ok(cells)
 }
 
+/// One line on the console, drained before going on: `/init` ends the machine right after the
+/// last one, and the serial port is slow.
 fn report(v: Value) {
     println!("REPORT {v}");
+    // SAFETY: tcdrain on this process' stdout; no memory is passed.
+    unsafe { libc::tcdrain(1) };
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
@@ -80,13 +85,16 @@ fn load_kvm_intel(params: &str) -> Result<Value, String> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run("/bin/busybox", &[&["insmod"][..], &args].concat())?;
     let mut got = Map::new();
-    for p in ["enable_apicv", "enable_ipiv", "preemption_timer", "ept", "vpid"] {
-        if let Ok(v) = std::fs::read_to_string(format!("/sys/module/kvm_intel/parameters/{p}")) {
-            got.insert(p.into(), json!(v.trim()));
-        }
-    }
-    for p in ["halt_poll_ns"] {
-        if let Ok(v) = std::fs::read_to_string(format!("/sys/module/kvm/parameters/{p}")) {
+    let params = [
+        ("kvm_intel", "enable_apicv"),
+        ("kvm_intel", "enable_ipiv"),
+        ("kvm_intel", "preemption_timer"),
+        ("kvm_intel", "ept"),
+        ("kvm_intel", "vpid"),
+        ("kvm", "halt_poll_ns"),
+    ];
+    for (m, p) in params {
+        if let Ok(v) = std::fs::read_to_string(format!("/sys/module/{m}/parameters/{p}")) {
             got.insert(p.into(), json!(v.trim()));
         }
     }
@@ -201,6 +209,48 @@ fn snapshot(qmp: &mut Qmp, pid: u32, at: &str) -> Value {
     json!({"at": at, "vcpus": vcpus, "vm": debugfs_vm(pid)})
 }
 
+/// Pins `threads` (task IDs) to `cpus`; the first error.
+fn set_affinity(threads: &[i32], cpus: &[usize]) -> Result<(), String> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays within it (CPU numbers come
+    // from the online count, far below CPU_SETSIZE); sched_setaffinity reads the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        for &t in threads {
+            if libc::sched_setaffinity(t, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(format!("sched_setaffinity({t}): {}", std::io::Error::last_os_error()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// KVM on dedicated cores, as the hypervisor it is compared with runs: vCPU i on its own CPU
+/// (the highest ones), QEMU's other threads and this driver on the rest (on all of them when
+/// the vCPUs take every CPU). Returns what was done.
+fn pin(qemu: u32, cpus: &Value) -> Value {
+    // Not available_parallelism: that is this thread's own affinity, which the first cell narrows.
+    // SAFETY: sysconf reads a system constant.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    let vcpu_threads: Vec<i32> =
+        cpus.as_array().into_iter().flatten().filter_map(|c| c["thread-id"].as_i64().map(|t| t as i32)).collect();
+    let first = online.saturating_sub(vcpu_threads.len());
+    let vcpu_cpus: Vec<usize> = (0..vcpu_threads.len()).map(|i| (first + i) % online).collect();
+    let others: Vec<usize> = if first == 0 { (0..online).collect() } else { (0..first).collect() };
+    let tasks: Vec<i32> = std::fs::read_dir(format!("/proc/{qemu}/task"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|t| !vcpu_threads.contains(t))
+        .collect();
+    let done = set_affinity(&[0], &others)
+        .and_then(|_| set_affinity(&tasks, &others))
+        .and_then(|_| vcpu_threads.iter().zip(&vcpu_cpus).try_for_each(|(t, c)| set_affinity(&[*t], &[*c])));
+    json!({"vcpu_cpus": vcpu_cpus, "others": others, "error": done.err()})
+}
+
 fn ack(stdin: &mut ChildStdin) -> Result<(), String> {
     stdin.write_all(b"\n").and_then(|_| stdin.flush()).map_err(|e| format!("writing to the guest's COM1: {e}"))
 }
@@ -245,6 +295,7 @@ fn measure(cell: &Cell) -> Value {
     };
     if let Some(q) = qmp.as_mut() {
         rec["cpus"] = q.execute("query-cpus-fast", Value::Null).unwrap_or_else(|e| json!({"error": e}));
+        rec["pinning"] = pin(pid, &rec["cpus"]);
     }
     let mut snapshots = Vec::new();
     let mut guest_reports = Vec::new();
@@ -270,6 +321,17 @@ fn measure(cell: &Cell) -> Value {
         }
         if Instant::now() > deadline {
             timed_out = true;
+            // Where each vCPU is, for the report: QEMU's `info registers -a`, the lines with RIP
+            // and the activity.
+            if let Some(q) = qmp.as_mut() {
+                let regs = q.execute("human-monitor-command", json!({"command-line": "info registers -a"}));
+                let text = regs.as_ref().ok().and_then(Value::as_str).unwrap_or_default();
+                let keep: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.starts_with("CPU#") || l.starts_with("RIP=") || l.contains("HLT"))
+                    .collect();
+                rec["stuck_at"] = json!(keep.join("\n"));
+            }
             let _ = child.kill();
             break;
         }
