@@ -360,29 +360,47 @@ pub fn measure(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec<Va
     Ok((records, skipped))
 }
 
-/// Each cell a peer measured beside this hypervisor's and the native figure: medians, the
-/// ratios ours/native and ours/peer, and both hypervisors' exits per IPI. The native round
-/// trip of a halting target is the native "halt-passthrough" cell (natively a HLT is a HLT).
+/// Every cell this hypervisor or a peer measured, with the other's figure beside it and the
+/// native one: medians, the ratios ours/native and ours/peer, and both hypervisors' exits per
+/// IPI (`null` where one did not measure the cell). The native round trip of a halting target
+/// is the native "halt-passthrough" cell (natively a HLT is a HLT).
 pub fn comparison(records: &[Value], peer: &str) -> Vec<Value> {
     let median_of = |r: Option<&Value>| r.and_then(median);
     let ratio = |a: Option<u64>, b: Option<u64>| a.zip(b).filter(|(_, b)| *b > 0).map(|(a, b)| a as f64 / b as f64);
-    let mut rows = Vec::new();
-    for p in records.iter().filter(|r| r["hypervisor"] == peer) {
-        let s = |k: &str| p[k].as_str().unwrap_or("");
-        let (apic, config, target, pattern) = (s("apic"), s("config"), s("target"), s("pattern"));
-        let native_target = if target == "spin" { "spin" } else { "halt-passthrough" };
-        let native = median_of(find_of(records, &["native"], apic, "native", native_target, "unicast"));
-        let ours = find_of(records, &["ipiv-hv"], apic, config, target, pattern);
-        let (ours_m, peer_m) = (median_of(ours), median(p));
-        rows.push(json!({
-            "apic": apic, "config": config, "target": target, "pattern": pattern,
-            "native": native, "ipiv-hv": ours_m, peer: peer_m,
-            "ours_vs_native": ratio(ours_m, native), format!("ours_vs_{peer}"): ratio(ours_m, peer_m),
-            format!("{peer}_vs_native"): ratio(peer_m, native),
-            "exits_per_ipi": {"ipiv-hv": ours.map(|o| o["exits_per_ipi"].clone()), peer: p["exits_per_ipi"].clone()},
-        }));
+    let order = |list: &[&str], v: &str| list.iter().position(|x| *x == v).unwrap_or(list.len());
+    let mut keys: Vec<(String, String, String, String)> = Vec::new();
+    for r in records.iter().filter(|r| r["hypervisor"] == "ipiv-hv" || r["hypervisor"] == peer) {
+        let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+        let key = (s("apic"), s("pattern"), s("config"), s("target"));
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
     }
-    rows
+    keys.sort_by_key(|(apic, pattern, config, target)| {
+        (
+            order(&["xapic", "x2apic"], apic),
+            order(&["unicast", "broadcast"], pattern),
+            order(&["ipiv-on", "ipiv-off", "apicv-off"], config),
+            order(&["spin", "halt-passthrough", "halt-exit"], target),
+        )
+    });
+    keys.iter()
+        .map(|(apic, pattern, config, target)| {
+            let native_target = if target == "spin" { "spin" } else { "halt-passthrough" };
+            let native = median_of(find_of(records, &["native"], apic, "native", native_target, "unicast"));
+            let ours = find_of(records, &["ipiv-hv"], apic, config, target, pattern);
+            let theirs = find_of(records, &[peer], apic, config, target, pattern);
+            let (ours_m, peer_m) = (median_of(ours), median_of(theirs));
+            json!({
+                "apic": apic, "config": config, "target": target, "pattern": pattern,
+                "native": native, "ipiv-hv": ours_m, peer: peer_m,
+                "ours_vs_native": ratio(ours_m, native), format!("ours_vs_{peer}"): ratio(ours_m, peer_m),
+                format!("{peer}_vs_native"): ratio(peer_m, native),
+                "exits_per_ipi": {"ipiv-hv": ours.map(|o| o["exits_per_ipi"].clone()),
+                    peer: theirs.map(|t| t["exits_per_ipi"].clone())},
+            })
+        })
+        .collect()
 }
 
 /// The side-by-side table of [`comparison`]'s rows.
@@ -440,8 +458,7 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
     }
     let iterations = a.iterations.unwrap_or(if a.full { 2000 } else { 200 });
     let cells = matrix(a.cpus, a.platform);
-    let (mut records, mut skipped) =
-        if std::env::var("TMP_PEER_ONLY").is_ok() { (vec![], vec![]) } else { measure(a, &cells, iterations)? };
+    let (mut records, mut skipped) = measure(a, &cells, iterations)?;
     if a.peer == Some(Peer::Kvm) {
         let cells = crate::kvm_peer::cells(a.cpus);
         eprintln!("xtask bench: KVM: {} cells in one boot of KVM's host ({iterations} iterations)", cells.len());
@@ -552,13 +569,17 @@ mod tests {
             rec("kvm", "apicv-off", "spin", 5000, 1.0, 1.0),
         ];
         let rows = comparison(&records, "kvm");
-        assert_eq!(rows.len(), 2, "one row per peer cell");
+        assert_eq!(rows.len(), 2, "one row per cell either measured");
         let r = &rows[0];
         assert_eq!((r["native"].as_u64(), r["ipiv-hv"].as_u64(), r["kvm"].as_u64()), (Some(12), Some(260), Some(2080)));
         assert_eq!(r["ours_vs_kvm"], 0.125);
         assert_eq!(r["exits_per_ipi"]["kvm"]["receiver"], 1.0);
+        assert_eq!(rows[1]["config"], "apicv-off", "configurations in order: ipiv-on, ipiv-off, apicv-off");
         assert!(rows[1]["ipiv-hv"].is_null() && rows[1]["ours_vs_kvm"].is_null(), "no apicv-off cell of ours");
         assert_eq!(rows[1]["kvm_vs_native"], 500.0);
+        let only_ours = comparison(&records[..3], "kvm");
+        assert_eq!(only_ours.len(), 1);
+        assert!(only_ours[0]["kvm"].is_null() && only_ours[0]["exits_per_ipi"]["kvm"].is_null());
         let t = comparison_table(&rows, "kvm", "bochs-instructions");
         assert!(t.contains("0.12") && t.contains("0.00/1.00") && t.contains("bochs-instructions"), "{t}");
         assert!(find(&records, "x2apic", "ipiv-on", "halt-exit", "unicast").unwrap()["hypervisor"] == "ipiv-hv");
