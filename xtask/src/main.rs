@@ -79,7 +79,15 @@ fn xtask() -> Result<()> {
     match &cli.cmd {
         Cmd::Run(args) => deps::ensure(&needs(args.platform, args.uefi))?,
         Cmd::Test(_) => deps::ensure(deps::ALL)?,
-        Cmd::Bench(args) => deps::ensure(&needs(args.platform, false))?,
+        Cmd::Bench(args) => {
+            let mut n = needs(args.platform, false);
+            // Linux booted directly on Bochs (--linux's native baseline, KVM's host) starts
+            // from a boot sector assembled with GNU as and ld.
+            if args.linux || args.peer.is_some() {
+                n.push(deps::Need::Fixtures);
+            }
+            deps::ensure(&n)?
+        }
         Cmd::Bochs => deps::ensure(&[deps::Need::Bochs])?,
         Cmd::Image { .. } | Cmd::Doctor { .. } | Cmd::Fuzz(_) => {}
     }
