@@ -412,10 +412,10 @@ pub fn record(cell: &Cell, module: &Value, r: &Value) -> Result<Value, String> {
             cell.config
         ));
     }
-    let report = r["guest"]
-        .as_array()
-        .and_then(|g| g.iter().find(|g| g["test"] == "ipi-bench"))
-        .ok_or("the guest printed no ipi-bench report")?;
+    // QEMU also exits with 1 when it cannot start: its own words then say why.
+    let report = r["guest"].as_array().and_then(|g| g.iter().find(|g| g["test"] == "ipi-bench")).ok_or_else(|| {
+        format!("the guest printed no ipi-bench report (QEMU: {})", r["qemu_stderr"].as_str().unwrap_or("").trim())
+    })?;
     if report["apic"] != cell.apic {
         return Err(format!("the guest ran in {} mode", report["apic"]));
     }
@@ -515,6 +515,10 @@ mod tests {
         let mut r = report(1);
         r["guest"][0]["apic"] = json!("xapic");
         assert!(record(&cell("ipiv-on"), &on, &r).is_err());
+        let mut r = report(1);
+        r["guest"] = json!([]);
+        r["qemu_stderr"] = json!("qemu-system-x86_64: Could not access KVM kernel module");
+        assert!(record(&cell("ipiv-on"), &on, &r).unwrap_err().contains("Could not access KVM"));
         let r = json!({"kvm_cell": "x", "error": "QMP socket: refused"});
         assert_eq!(record(&cell("ipiv-on"), &on, &r).unwrap_err(), "QMP socket: refused");
     }
