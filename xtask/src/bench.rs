@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Debian's QEMU with IPIv on, IPIv off and APICv off (not part of `cargo xtask test`: slow).
     #[arg(long, value_enum)]
     pub peer: Option<Peer>,
+    /// Bochs' CPU model for this hypervisor's cells (Bochs only; not with --linux or --peer,
+    /// which run on the default model).
+    #[arg(long, default_value = crate::bochs::DEFAULT_MODEL)]
+    pub cpu_model: String,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +97,7 @@ impl Cell {
 
     /// The run that measures this cell.
     fn run_args(&self, a: &BenchArgs, iterations: u32, dir: &std::path::Path) -> Result<RunArgs> {
-        let mut r = RunArgs { timeout: a.timeout, ..RunArgs::new(a.platform, a.cpus) };
+        let mut r = RunArgs { timeout: a.timeout, cpu_model: a.cpu_model.clone(), ..RunArgs::new(a.platform, a.cpus) };
         if self.config == "native" {
             r.native_bench = iterations;
             r.native_target = if self.target == "spin" { "spin" } else { "halt" }.into();
@@ -447,6 +451,12 @@ pub fn comparison_table(rows: &[Value], peer: &str, unit: &str) -> String {
 }
 
 pub fn run(a: &BenchArgs) -> Result<bool> {
+    if a.cpu_model != crate::bochs::DEFAULT_MODEL && (a.linux || a.peer.is_some()) {
+        bail!(
+            "--cpu-model applies to the IPI round trip's own cells; --linux and --peer run on {}",
+            crate::bochs::DEFAULT_MODEL
+        );
+    }
     if a.linux {
         if a.peer.is_some() {
             bail!("--peer measures the IPI round trip; it does not combine with --linux");
@@ -467,7 +477,8 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
         skipped.extend(not);
     }
     let unit = cycles_unit(a.platform);
-    println!("\nIPI round trip on {} ({} CPUs)\n{}", a.platform.name(), a.cpus, table(&records, unit));
+    let model = if a.platform == Platform::Bochs { format!(", CPU model {}", a.cpu_model) } else { String::new() };
+    println!("\nIPI round trip on {} ({} CPUs{model})\n{}", a.platform.name(), a.cpus, table(&records, unit));
     let rows = if a.peer.is_some() { comparison(&records, "kvm") } else { Vec::new() };
     if !rows.is_empty() {
         println!("\nside by side with KVM on the same emulated CPU\n{}", comparison_table(&rows, "kvm", unit));
@@ -480,6 +491,9 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
     if let Some(path) = &a.json {
         let mut doc = json!({"platform": a.platform.name(), "cycles_unit": unit, "records": records,
             "targets": targets_json(&checks), "not_measured": skipped});
+        if a.platform == Platform::Bochs {
+            doc["cpu_model"] = json!(a.cpu_model);
+        }
         if a.peer.is_some() {
             doc["comparison"] = json!(rows);
         }

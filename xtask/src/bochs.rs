@@ -402,23 +402,58 @@ pub const LINUX_EXCLUDED_FEATURES: &[(&str, &str)] = &[
     ("mwait", "the same idle path as in the VMs: HLT, woken by IPIs"),
 ];
 
-/// The command line that boots `img` on the project's Bochs, with its bochsrc in `dir`;
-/// `exclude` names CPU features to hide from the model (Bochs' feature names).
-pub fn command(
-    bochs: &Path,
-    dir: &Path,
-    img: &Path,
-    serial: &Path,
-    cpus: u32,
-    memory_mib: u32,
-    exclude: &[&str],
-) -> Result<Command> {
+/// The CPU model every run uses unless told otherwise (`--cpu-model`): the one with IPIv.
+pub const DEFAULT_MODEL: &str = "sapphire_rapids";
+
+/// The emulated machine.
+#[derive(Clone, Copy, Debug)]
+pub struct Machine<'a> {
+    /// Bochs' CPU model (`bochs -help cpu` lists them).
+    pub model: &'a str,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// CPU features hidden from the model (Bochs' feature names).
+    pub exclude: &'a [&'a str],
+}
+
+/// The CPU models `bochs` offers, as `bochs -help cpu` lists them.
+pub fn models(bochs: &Path) -> Result<Vec<String>> {
+    let out = Command::new(bochs).args(["-help", "cpu"]).env("BXSHARE", "/usr/share/bochs").output()?;
+    // The list goes to stderr in this build; read both.
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let models = parse_models(&text);
+    if models.is_empty() {
+        bail!("`{} -help cpu` listed no CPU models", bochs.display());
+    }
+    Ok(models)
+}
+
+fn parse_models(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Supported CPU models"))
+        .skip(1)
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The command line that boots `img` on the project's Bochs as `m` describes, with its bochsrc
+/// in `dir`. An unknown CPU model is refused here, with the list, before anything starts.
+pub fn command(bochs: &Path, dir: &Path, img: &Path, serial: &Path, m: &Machine) -> Result<Command> {
     for f in [BIOS, VGABIOS] {
         if !Path::new(f).is_file() {
             bail!("{f} is missing: install Debian's bochsbios and vgabios packages");
         }
     }
-    let rc = bochsrc(img, serial, &dir.join("bochs.log"), cpus, memory_mib, exclude);
+    if m.model != DEFAULT_MODEL {
+        let known = models(bochs)?;
+        if !known.iter().any(|k| k == m.model) {
+            bail!("--cpu-model {}: the project's Bochs has no such CPU model; it offers {}", m.model, known.join(", "));
+        }
+    }
+    let rc = bochsrc(img, serial, &dir.join("bochs.log"), m);
     let rc_path = dir.join("bochsrc");
     fs::write(&rc_path, rc)?;
     let mut c = Command::new(bochs);
@@ -427,16 +462,16 @@ pub fn command(
     Ok(c)
 }
 
-fn bochsrc(img: &Path, serial: &Path, log: &Path, cpus: u32, memory_mib: u32, exclude: &[&str]) -> String {
+fn bochsrc(img: &Path, serial: &Path, log: &Path, m: &Machine) -> String {
     let abs = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
     let exclude =
-        if exclude.is_empty() { String::new() } else { format!(", exclude_features=\"{}\"", exclude.join(" ")) };
+        if m.exclude.is_empty() { String::new() } else { format!(", exclude_features=\"{}\"", m.exclude.join(" ")) };
     format!(
         "# written by cargo xtask\n\
          display_library: nogui\n\
          romimage: file={BIOS}, options=fastboot\n\
          vgaromimage: file={VGABIOS}\n\
-         cpu: model=sapphire_rapids, count={cpus}, ips={IPS}, quantum=16, reset_on_triple_fault=0{exclude}\n\
+         cpu: model={model}, count={cpus}, ips={IPS}, quantum=16, reset_on_triple_fault=0{exclude}\n\
          memory: guest={memory_mib}, host={memory_mib}\n\
          pci: enabled=1, chipset=i440fx\n\
          vga: extension=vbe\n\
@@ -451,6 +486,9 @@ fn bochsrc(img: &Path, serial: &Path, log: &Path, cpus: u32, memory_mib: u32, ex
         img = abs(img),
         serial = abs(serial),
         log = log.display(),
+        model = m.model,
+        cpus = m.cpus,
+        memory_mib = m.memory_mib,
     )
 }
 
@@ -460,11 +498,23 @@ mod tests {
 
     #[test]
     fn bochsrc_names_the_vmx_model_and_files() {
-        let rc = bochsrc(Path::new("/x/disk.img"), Path::new("/x/serial.log"), Path::new("/x/b.log"), 4, 512, &[]);
+        let m = Machine { model: DEFAULT_MODEL, cpus: 4, memory_mib: 512, exclude: &[] };
+        let rc = bochsrc(Path::new("/x/disk.img"), Path::new("/x/serial.log"), Path::new("/x/b.log"), &m);
         assert!(rc.contains("cpu: model=sapphire_rapids, count=4,"));
         assert!(rc.contains("path=/x/disk.img"));
         assert!(rc.contains("com1: enabled=1, mode=file, dev=/x/serial.log"));
         assert!(rc.contains("memory: guest=512, host=512"));
+        let m = Machine { model: "corei7_haswell_4770", exclude: &["la57", "mwait"], ..m };
+        let rc = bochsrc(Path::new("/x/disk.img"), Path::new("/x/serial.log"), Path::new("/x/b.log"), &m);
+        assert!(rc.contains("cpu: model=corei7_haswell_4770, count=4,"));
+        assert!(rc.contains("exclude_features=\"la57 mwait\""));
+    }
+
+    #[test]
+    fn the_model_list_is_read_from_bochs_help() {
+        let help = "Supported CPU models:\n\ni386\npentium\ncorei7_haswell_4770\nsapphire_rapids\n\n00000000000i[SIM ] quit_sim\n";
+        assert_eq!(parse_models(help), ["i386", "pentium", "corei7_haswell_4770", "sapphire_rapids"]);
+        assert!(parse_models("no list").is_empty());
     }
 
     fn scratch(name: &str) -> PathBuf {

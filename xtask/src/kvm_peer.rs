@@ -17,8 +17,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::bench::Cell;
+use crate::bochs::Machine;
 use crate::linux::{self, Entry};
-use crate::linux_native::{self, Machine};
+use crate::linux_native;
 
 /// KVM's configurations, as `kvm_intel` parameters.
 pub const CONFIGS: [(&str, &str); 3] = [
@@ -328,11 +329,19 @@ pub fn image(cells: &[Cell], iterations: u32) -> Result<Image> {
 pub fn measure(cells: &[Cell], iterations: u32, cpus: u32, echo: bool) -> Result<(Vec<Value>, Vec<String>)> {
     let img = image(cells, iterations)?;
     eprintln!("xtask bench: KVM's host: {}", img.describe);
-    let machine = Machine { name: format!("kvm-peer-{cpus}"), cpus, ram_mib: HOST_RAM_MIB, exclude: &[] };
+    let machine = Machine { model: crate::bochs::DEFAULT_MODEL, cpus, memory_mib: HOST_RAM_MIB, exclude: &[] };
     // The boot, and each cell's limit (in wall seconds: about 50 a second of the host's clock,
     // twice that to be safe).
     let timeout = 900 + cells.len() as u64 * CELL_TIMEOUT_S * 100;
-    let out = linux_native::boot(&machine, &img.kernel, &img.initrd, HOST_CMDLINE, timeout, echo)?;
+    let out = linux_native::boot(
+        &format!("kvm-peer-{cpus}"),
+        &machine,
+        &img.kernel,
+        &img.initrd,
+        HOST_CMDLINE,
+        timeout,
+        echo,
+    )?;
     let mut records = Vec::new();
     let mut skipped = Vec::new();
     let mut module = Value::Null;

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use hvcore::linux::LoadPlan;
 
+use crate::bochs::Machine;
 use crate::fixtures::binutils;
 
 const SOURCE: &str = "xtask/boot/linux-bootsector.S";
@@ -117,24 +118,15 @@ pub fn run(cpus: u32, ram_mib: u32, append: Option<&str>, timeout_s: u64, echo: 
         _ => crate::linux::CMDLINE.to_string(),
     };
     let exclude: Vec<&str> = crate::bochs::LINUX_EXCLUDED_FEATURES.iter().map(|(f, _)| *f).collect();
-    let machine = Machine { name: format!("native-linux-{cpus}"), cpus, ram_mib, exclude: &exclude };
-    boot(&machine, kernel, initrd, &cmdline, timeout_s, echo)
-}
-
-/// The Bochs machine a kernel boots on.
-pub struct Machine<'a> {
-    /// Names the run's folder under target/xtask/runs.
-    pub name: String,
-    pub cpus: u32,
-    pub ram_mib: u32,
-    /// CPU features hidden from the model (Bochs' names).
-    pub exclude: &'a [&'a str],
+    let machine = Machine { model: crate::bochs::DEFAULT_MODEL, cpus, memory_mib: ram_mib, exclude: &exclude };
+    boot(&format!("native-linux-{cpus}"), &machine, kernel, initrd, &cmdline, timeout_s, echo)
 }
 
 /// Boots `kernel` with `initrd` and `cmdline` on the project's Bochs as `m` describes, without
 /// the hypervisor, until the kernel's userspace ends the machine through isa-debug-exit or
 /// `timeout_s` passes.
 pub fn boot(
+    name: &str,
     m: &Machine,
     kernel: &[u8],
     initrd: &[u8],
@@ -142,15 +134,15 @@ pub fn boot(
     timeout_s: u64,
     echo: bool,
 ) -> Result<NativeOutcome> {
-    let dir = PathBuf::from(format!("target/xtask/runs/bochs-{}", m.name));
+    let dir = PathBuf::from(format!("target/xtask/runs/bochs-{name}"));
     fs::create_dir_all(&dir)?;
     let img = dir.join("disk.img");
     let _ = fs::remove_file(dir.join("disk.img.lock"));
-    fs::write(&img, disk(&bootsector()?, kernel, initrd, cmdline, (m.ram_mib as u64) << 20)?)?;
+    fs::write(&img, disk(&bootsector()?, kernel, initrd, cmdline, (m.memory_mib as u64) << 20)?)?;
     let serial = dir.join("serial.log");
     fs::write(&serial, b"")?;
     let bochs = crate::bochs::binary(&crate::deps::cache_dir())?;
-    let mut cmd = crate::bochs::command(&bochs, &dir, &img, &serial, m.cpus, m.ram_mib, m.exclude)?;
+    let mut cmd = crate::bochs::command(&bochs, &dir, &img, &serial, m)?;
     eprintln!(
         "xtask: booting Linux directly on bochs with {} CPUs, no hypervisor (timeout {timeout_s} s, log in {})",
         m.cpus,
@@ -174,7 +166,7 @@ pub fn boot(
             s => format!("Bochs exited with {s:?}"),
         }
     };
-    eprintln!("xtask: Linux on bochs ({}) in {:.1} s: {detail}", m.name, start.elapsed().as_secs_f64());
+    eprintln!("xtask: Linux on bochs ({name}) in {:.1} s: {detail}", start.elapsed().as_secs_f64());
     if !passed {
         let lines: Vec<&str> = log.lines().collect();
         for l in &lines[lines.len().saturating_sub(30)..] {

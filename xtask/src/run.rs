@@ -44,6 +44,9 @@ pub struct RunArgs {
     /// Number of CPUs.
     #[arg(long, default_value_t = 4)]
     pub cpus: u32,
+    /// Bochs' CPU model (Bochs only; `bochs -help cpu` lists them).
+    #[arg(long, default_value = crate::bochs::DEFAULT_MODEL)]
+    pub cpu_model: String,
     /// Write the HV-SUMMARY object, plus "platform", to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -158,6 +161,7 @@ impl RunArgs {
             skip_manifest_check: false,
             direct: false,
             bochs_exclude: Vec::new(),
+            cpu_model: crate::bochs::DEFAULT_MODEL.into(),
         }
     }
 
@@ -185,7 +189,9 @@ impl RunArgs {
         } else {
             String::new()
         };
-        format!("{}-{fw}-{}cpu-{}{guests}{native}", self.platform.name(), self.cpus, self.fault)
+        let model =
+            if self.cpu_model == crate::bochs::DEFAULT_MODEL { String::new() } else { format!("-{}", self.cpu_model) };
+        format!("{}{model}-{fw}-{}cpu-{}{guests}{native}", self.platform.name(), self.cpus, self.fault)
     }
 }
 
@@ -210,6 +216,9 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     if args.platform == Platform::Qemu && (args.direct || args.guest.is_some() || args.kernel.is_some() || args.linux) {
         return crate::qemu_guest::run(args);
     }
+    if args.platform != Platform::Bochs && args.cpu_model != crate::bochs::DEFAULT_MODEL {
+        bail!("--cpu-model chooses the project's Bochs' CPU model: use it with --platform bochs");
+    }
     if args.uefi && args.platform == Platform::Bochs {
         bail!("--uefi needs a QEMU platform: the project's Bochs boots BIOS images");
     }
@@ -229,7 +238,13 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let mut cmd = match args.platform {
         Platform::Bochs => {
             let bochs = bochs::binary(&deps::cache_dir())?;
-            bochs::command(&bochs, &dir, &img, &serial, args.cpus, args.memory, &args.bochs_exclude)?
+            let m = bochs::Machine {
+                model: &args.cpu_model,
+                cpus: args.cpus,
+                memory_mib: args.memory,
+                exclude: &args.bochs_exclude,
+            };
+            bochs::command(&bochs, &dir, &img, &serial, &m)?
         }
         Platform::Qemu | Platform::QemuKvm => qemu_command(args, &img, &serial)?,
     };

@@ -1080,6 +1080,7 @@ fn bench_exit_counts() -> Result<()> {
         timeout: 300,
         linux: false,
         peer: None,
+        cpu_model: crate::bochs::DEFAULT_MODEL.into(),
     };
     let cells: Vec<Cell> = bench::matrix(4, Platform::Bochs)
         .into_iter()
