@@ -186,3 +186,79 @@ fn control_caps_split_allowed_0_and_allowed_1() {
     assert!(c.allows(pin_bits::PROCESS_POSTED_INTERRUPTS));
     assert!(!c.allows(8));
 }
+
+/// What KVM's nested VMX offers an L1 hypervisor on a Sapphire Rapids host with default module
+/// parameters (no MPX, with SGX, INS/OUTS reporting and 5-level EPT on the host), derived from
+/// Linux's arch/x86/kvm/vmx/nested.c, `nested_vmx_setup_ctls_msrs` and the helpers it calls
+/// (`nested_vmx_setup_pinbased_ctls`, `_cpubased_ctls`, `_secondary_ctls`, `_exit_ctls`,
+/// `_entry_ctls`, `_misc_data`, `_basic`, `_cr_fixed`), as read in gregkh/linux at
+/// 0e729a53689257803ec0c3d633b26f6a5e57d22b (about v6.12), with the host masks of vmx.c's
+/// `setup_vmcs_config`. Not read from a machine: where a value follows the host it is an
+/// assumption about Sapphire Rapids. What matters for this hypervisor: primary bit 17
+/// ("activate tertiary controls") is never offered, so IA32_VMX_PROCBASED_CTLS3 is not there
+/// and IPIv cannot be used by an L1; posted interrupts, APIC virtualization, EPT, VPID and
+/// unrestricted guest are.
+fn nested_kvm_sapphire_rapids() -> BTreeMap<u32, u64> {
+    BTreeMap::from([
+        // QEMU sets IA32_FEATURE_CONTROL locked with VMX outside SMX for a guest with VMX.
+        (IA32_FEATURE_CONTROL, 0x5),
+        // VMCS12 revision 0x11e57ed0, 4 KiB, write-back, INS/OUTS info (54), true controls (55).
+        (IA32_VMX_BASIC, 0x00d8_1000_11e5_7ed0),
+        // Posted interrupts (7) with enable_apicv; the preemption timer (6) is emulated.
+        (IA32_VMX_TRUE_PINBASED_CTLS, 0xff_0000_0016),
+        // Bit 17 (tertiary controls) clear; HLT and interrupt-window exiting may be 0.
+        (IA32_VMX_TRUE_PROCBASED_CTLS, 0xfff9_fffe_0400_6172),
+        (IA32_VMX_TRUE_EXIT_CTLS, 0x007f_ffff_0003_6dfb),
+        (IA32_VMX_TRUE_ENTRY_CTLS, 0x0000_f3ff_0000_11fb),
+        // APIC accesses (0), EPT (1), x2APIC mode (4), VPID (5), unrestricted guest (7),
+        // APIC-register virtualization (8), virtual-interrupt delivery (9), ...; no PAUSE-loop
+        // exiting (10).
+        (IA32_VMX_PROCBASED_CTLS2, 0x0613_fbff_0000_0000),
+        (IA32_VMX_EPT_VPID_CAP, 0xf01_0633_40c1),
+        // Preemption-timer rate 5, HLT and wait-for-SIPI activity states, VMWRITE to any field.
+        (IA32_VMX_MISC, 0x2000_0165),
+        (IA32_VMX_CR0_FIXED0, 0x8000_0021),
+        (IA32_VMX_CR0_FIXED1, 0xffff_ffff),
+        (IA32_VMX_CR4_FIXED0, 0x2000),
+        // KVM derives it from the guest's CPUID; the Bochs model's value stands in for it.
+        (IA32_VMX_CR4_FIXED1, 0x3f7_3fff),
+    ])
+}
+
+#[test]
+fn nested_kvm_offers_everything_but_tertiary_controls_and_the_controls_negotiate() {
+    use crate::vmx::controls::{VcpuControlOptions, resolve_ipiv, vcpu_controls};
+    let (m, seen) = read(true, &nested_kvm_sapphire_rapids());
+    assert!(!seen.contains(&IA32_VMX_PROCBASED_CTLS3), "primary bit 17 clear: CTLS3 is never read");
+    let caps = VmxCaps::decode(&m).unwrap();
+    assert_eq!(caps.revision_id, 0x11e5_7ed0);
+    assert_eq!(caps.preemption_timer_shift(), 5);
+    assert_eq!(
+        caps.features(),
+        VmxFeatures {
+            tertiary: false,
+            ipiv: false,
+            apicv: true,
+            posted_interrupts: true,
+            x2apic_virt: true,
+            ept: true,
+            vpid: true,
+            unrestricted_guest: true,
+        }
+    );
+    // `ipiv = auto` runs without IPIv; `ipiv = on` is refused naming the missing control.
+    assert_eq!(resolve_ipiv(crate::manifest::IpivSetting::Auto, &caps), Ok(false));
+    let e = resolve_ipiv(crate::manifest::IpivSetting::On, &caps).unwrap_err();
+    assert!(std::format!("{e}").contains("IPI virtualization"), "{e}");
+    // Every vCPU configuration the hypervisor uses without IPIv negotiates.
+    for x2apic in [false, true] {
+        for hlt_exiting in [false, true] {
+            let opts = VcpuControlOptions { ipiv: false, x2apic, hlt_exiting, unrestricted_guest: true };
+            let c = vcpu_controls(&caps, opts).unwrap_or_else(|e| panic!("{opts:?}: {e}"));
+            assert_eq!(c.tertiary, 0);
+            assert_eq!(c.primary & (1 << 17), 0);
+            assert_ne!(c.pin & (1 << 7), 0, "posted interrupts");
+            assert_eq!(c.pin & 0x16, 0x16, "must-be-one bits kept");
+        }
+    }
+}
