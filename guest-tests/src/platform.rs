@@ -6,9 +6,10 @@
 use acpi::madt::{Madt, MadtEntry};
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 use core::ptr::NonNull;
-use hvcore::exits::cpuid::{HV_FEATURE_IPIV, HV_LEAF_BASE, HV_LEAF_FEATURES, HV_LEAF_TIMING};
+use hvcore::exits::cpuid::{HV_FEATURE_IPIV, HV_LEAF_BASE, HV_LEAF_FEATURES, HV_LEAF_TIMING, path_from_code};
 use hvcore::guest_abi::CPUID_SIGNATURE;
 use hvcore::multiboot::{BOOTLOADER_MAGIC, MEMORY_AVAILABLE, info_flags};
+use hvcore::vmx::interrupt_path::InterruptPath;
 
 use crate::boot::MAX_CPUS;
 use crate::{apic, cpuid, pit};
@@ -28,6 +29,9 @@ pub struct Platform {
     pub hypervisor: bool,
     /// 1 if the hypervisor says the VM has IPI virtualization.
     pub ipiv: u32,
+    /// The VM's interrupt path, as the hypervisor's leaf 0x4000_0001 EBX names it (`None`
+    /// without this hypervisor).
+    pub interrupt_path: Option<InterruptPath>,
     /// The MADT's I/O APIC: ID, MMIO address, first GSI.
     pub io_apic: Option<(u8, u64, u32)>,
     /// The GSI each ISA IRQ arrives on (identity, but for the MADT's source overrides).
@@ -97,11 +101,12 @@ impl Platform {
             found[i * 4..i * 4 + 4].copy_from_slice(&r.to_le_bytes());
         }
         let hypervisor = &found == CPUID_SIGNATURE && sig[0] >= HV_LEAF_TIMING;
-        let (tsc_hz, ipiv) = if hypervisor {
+        let (tsc_hz, ipiv, interrupt_path) = if hypervisor {
             let khz = cpuid(HV_LEAF_TIMING, 0)[0] as u64;
-            (khz * 1000, (cpuid(HV_LEAF_FEATURES, 0)[0] & HV_FEATURE_IPIV != 0) as u32)
+            let [features, path, _, _] = cpuid(HV_LEAF_FEATURES, 0);
+            (khz * 1000, (features & HV_FEATURE_IPIV != 0) as u32, path_from_code(path))
         } else {
-            (pit::calibrate_tsc(), 0)
+            (pit::calibrate_tsc(), 0, None)
         };
 
         // SAFETY: the BIOS area and the tables are RAM, mapped by `Identity`.
@@ -151,6 +156,7 @@ impl Platform {
             apic_mode,
             hypervisor,
             ipiv,
+            interrupt_path,
             io_apic,
             isa_gsi,
             cmdline,

@@ -416,6 +416,42 @@ pub struct Machine<'a> {
     pub exclude: &'a [&'a str],
 }
 
+/// The Intel models of the project's Bochs that have VMX (Bochs 3.0 `cpu/cpudb/intel/*.cc`:
+/// those that call `enable_cpu_extension(BX_ISA_VMX)`), oldest first, with whether they have
+/// long mode (`BX_ISA_LONG_MODE`). `cargo xtask test --filter cpu-model` runs each.
+pub const INTEL_VMX_MODELS: [(&str, bool); 14] = [
+    ("core_duo_t2400_yonah", false),
+    ("core2_penryn_t9600", true),
+    ("corei5_lynnfield_750", true),
+    ("corei5_arrandale_m520", true),
+    ("corei7_sandy_bridge_2600k", true),
+    ("corei7_ivy_bridge_3770k", true),
+    ("corei7_haswell_4770", true),
+    ("broadwell_ult", true),
+    ("corei7_skylake_x", true),
+    ("corei3_cnl", true),
+    ("corei7_icelake_u", true),
+    ("tigerlake", true),
+    ("sapphire_rapids", true),
+    ("arrow_lake", true),
+];
+
+/// Bochs' models without long mode (the same sources): this x86-64 hypervisor cannot boot on
+/// them (the bootloader's switch to long mode would triple-fault), so xtask refuses them.
+pub const MODELS_WITHOUT_LONG_MODE: [&str; 11] = [
+    "i386",
+    "i486dx4",
+    "pentium",
+    "pentium_mmx",
+    "amd_k6_2_chomper",
+    "athlon_xp",
+    "p2_klamath",
+    "p3_katmai",
+    "p4_willamette",
+    "core_duo_t2400_yonah",
+    "atom_n270",
+];
+
 /// The CPU models `bochs` offers, as `bochs -help cpu` lists them.
 pub fn models(bochs: &Path) -> Result<Vec<String>> {
     let out = Command::new(bochs).args(["-help", "cpu"]).env("BXSHARE", "/usr/share/bochs").output()?;
@@ -451,6 +487,13 @@ pub fn command(bochs: &Path, dir: &Path, img: &Path, serial: &Path, m: &Machine)
         let known = models(bochs)?;
         if !known.iter().any(|k| k == m.model) {
             bail!("--cpu-model {}: the project's Bochs has no such CPU model; it offers {}", m.model, known.join(", "));
+        }
+        if MODELS_WITHOUT_LONG_MODE.contains(&m.model) {
+            bail!(
+                "--cpu-model {}: this CPU model has no long mode (x86-64), and the hypervisor is an x86-64 kernel: \
+                 it cannot boot there",
+                m.model
+            );
         }
     }
     let rc = bochsrc(img, serial, &dir.join("bochs.log"), m);
@@ -508,6 +551,14 @@ mod tests {
         let rc = bochsrc(Path::new("/x/disk.img"), Path::new("/x/serial.log"), Path::new("/x/b.log"), &m);
         assert!(rc.contains("cpu: model=corei7_haswell_4770, count=4,"));
         assert!(rc.contains("exclude_features=\"la57 mwait\""));
+    }
+
+    #[test]
+    fn model_tables_agree() {
+        for (m, long_mode) in INTEL_VMX_MODELS {
+            assert_eq!(MODELS_WITHOUT_LONG_MODE.contains(&m), !long_mode, "{m}");
+        }
+        assert!(INTEL_VMX_MODELS.iter().any(|(m, _)| *m == DEFAULT_MODEL));
     }
 
     #[test]

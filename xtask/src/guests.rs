@@ -98,7 +98,7 @@ fn check_layout(image: &[u8]) -> Result<()> {
 }
 
 /// `[vm]` sections for `--guest hello:2,escape` (VMs named `<image>-<position>`), each with the
-/// `extra` keys (`apic`, `ipiv`, `hlt`).
+/// `extra` keys (`apic`, `ipiv`, `hlt`, `interrupt_path`).
 pub fn manifest_from_list(list: &str, extra: &[(&str, &str)]) -> Result<String> {
     let mut out = String::new();
     for (i, item) in list.split(',').map(str::trim).filter(|s| !s.is_empty()).enumerate() {

@@ -104,6 +104,10 @@ pub struct RunArgs {
     /// What guest HLT does in the VMs given with --guest.
     #[arg(long, value_parser = ["passthrough", "exit"])]
     pub hlt: Option<String>,
+    /// How interrupts reach the --guest VMs (`auto`: the best path the CPU has; any other value
+    /// asks for exactly that path, and the VM is refused where the CPU lacks it).
+    #[arg(long, value_parser = ["auto", "ipiv", "posted", "virtual-delivery", "injection"])]
+    pub interrupt_path: Option<String>,
     /// A manifest file with `[vm]` sections (docs/platform.md).
     #[arg(long)]
     pub manifest: Option<PathBuf>,
@@ -154,6 +158,7 @@ impl RunArgs {
             apic: None,
             ipiv: None,
             hlt: None,
+            interrupt_path: None,
             manifest: None,
             native_bench: 0,
             native_target: "spin".into(),
@@ -172,8 +177,11 @@ impl RunArgs {
     /// A short name for the run's output folder.
     fn slug(&self) -> String {
         let fw = if self.uefi { "uefi" } else { "bios" };
-        let opts: String =
-            [&self.apic, &self.ipiv, &self.hlt].iter().filter_map(|o| o.as_deref()).map(|o| format!("-{o}")).collect();
+        let opts: String = [&self.apic, &self.ipiv, &self.hlt, &self.interrupt_path]
+            .iter()
+            .filter_map(|o| o.as_deref())
+            .map(|o| format!("-{o}"))
+            .collect();
         let guests = match (&self.guest, &self.manifest) {
             (None, None) if self.kernel.is_some() => {
                 let k = self.kernel.as_deref().unwrap_or(Path::new("kernel"));
@@ -332,7 +340,8 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
         "# written by cargo xtask\nlog = {}\nexit = {exit}\nfault = {}\nhost_apic = {}\nnative_bench = {}\nnative_target = {}\n",
         args.log_level, args.fault, args.host_apic, args.native_bench, args.native_target
     );
-    let opts = [("apic", &args.apic), ("ipiv", &args.ipiv), ("hlt", &args.hlt)];
+    let opts =
+        [("apic", &args.apic), ("ipiv", &args.ipiv), ("hlt", &args.hlt), ("interrupt_path", &args.interrupt_path)];
     let extra: Vec<(&str, &str)> = opts.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))).collect();
     if let Some(kernel) = &args.kernel {
         let (section, files) = guests::kernel_vm(
@@ -367,8 +376,12 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
     }
     match (&args.guest, &args.manifest) {
         (Some(list), _) => config += &guests::manifest_from_list(list, &extra)?,
-        (None, Some(_)) if args.apic.is_some() || args.ipiv.is_some() || args.hlt.is_some() => {
-            anyhow::bail!("--apic, --ipiv and --hlt apply to --guest; put them in the manifest's [vm] sections instead")
+        (None, Some(_))
+            if args.apic.is_some() || args.ipiv.is_some() || args.hlt.is_some() || args.interrupt_path.is_some() =>
+        {
+            anyhow::bail!(
+                "--apic, --ipiv, --hlt and --interrupt-path apply to --guest; put them in the manifest's [vm] sections instead"
+            )
         }
         (None, Some(file)) => {
             config += "\n";

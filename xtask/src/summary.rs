@@ -55,6 +55,8 @@ mod tests {
                 expect: VmResult::Pass,
                 apic_mode: "xapic",
                 ipiv: true,
+                interrupt_path: "ipiv",
+                interrupt_path_reason: None,
                 hlt: "passthrough",
                 timer: "preemption",
                 vcpu_exits: vec![ExitCounters::default()],

@@ -16,6 +16,11 @@ pub struct TestArgs {
     /// Run only the end-to-end tests whose name contains this.
     #[arg(long)]
     pub filter: Option<String>,
+    /// Bochs' CPU model for the suite's Bochs runs (`bochs -help cpu`); cases that ask for IPI
+    /// virtualization need a model with it. The `cpu-model-*` tests run every Intel VMX model
+    /// whatever this says.
+    #[arg(long, default_value = crate::bochs::DEFAULT_MODEL)]
+    pub cpu_model: String,
 }
 
 /// One end-to-end check: a run and what its summary must say.
@@ -968,17 +973,27 @@ const MATRIX_BATCHES: &[&str] = &[
     "ipi-bench:2+cmdline=iterations=50,neighbour",
 ];
 
-/// One batch in one APIC mode with IPIv on or off: every VM ends as its test expects.
-fn matrix_batch(list: &str, apic: &str, ipiv: &str) -> Result<()> {
-    let args = RunArgs { apic: Some(apic.into()), ipiv: Some(ipiv.into()), ..bochs_guests(list) };
+/// The interrupt paths the guest matrix runs on: IPIv on, IPIv off (the posted path), and the
+/// two paths of CPUs without posted interrupts, asked for by name (`interrupt_path`).
+const MATRIX_PATHS: [(&str, &str); 4] =
+    [("ipiv-on", "ipiv"), ("ipiv-off", "posted"), ("virtual-delivery", "virtual-delivery"), ("injection", "injection")];
+
+/// One batch in one APIC mode on one interrupt path: every VM ends as its test expects.
+fn matrix_batch(list: &str, apic: &str, path: &str, cpu_model: &str) -> Result<()> {
+    let mut args = RunArgs { apic: Some(apic.into()), cpu_model: cpu_model.into(), ..bochs_guests(list) };
+    match path {
+        "ipiv" => args.ipiv = Some("on".into()),
+        "posted" => args.ipiv = Some("off".into()),
+        p => args.interrupt_path = Some(p.into()),
+    }
     let o = run::run(&args)?;
     if o.timed_out {
         bail!("timed out");
     }
     expect_eq(&o, &["result"], "pass".into())?;
     for v in field(&o, &["vms"]).as_array().into_iter().flatten() {
-        if v["ipiv"] != (ipiv == "on") || v["apic_mode"] != apic {
-            bail!("VM {} ran with ipiv {} in {} mode", v["name"], v["ipiv"], v["apic_mode"]);
+        if v["interrupt_path"] != path || v["apic_mode"] != apic {
+            bail!("VM {} ran on interrupt path {} in {} mode", v["name"], v["interrupt_path"], v["apic_mode"]);
         }
     }
     Ok(())
@@ -1102,6 +1117,118 @@ fn bench_exit_counts() -> Result<()> {
     Ok(())
 }
 
+/// What each Intel VMX model of the project's Bochs does with this hypervisor (docs/hardware.md):
+/// the interrupt path it runs on, or the words of its refusal.
+#[derive(Clone, Copy, Debug)]
+enum ModelExpect {
+    Path(&'static str),
+    /// The kernel refuses the VMs, naming this feature (and the CPU).
+    Refused(&'static str),
+    /// xtask refuses the model before booting (no long mode).
+    NotBooted,
+}
+
+fn model_expectation(model: &str) -> Result<ModelExpect> {
+    use ModelExpect::*;
+    Ok(match model {
+        "core_duo_t2400_yonah" => NotBooted,
+        "core2_penryn_t9600" => Refused("EPT"),
+        "corei5_lynnfield_750" => Refused("unrestricted guest"),
+        "corei5_arrandale_m520" | "corei7_sandy_bridge_2600k" | "corei7_ivy_bridge_3770k" | "corei3_cnl" => {
+            Path("injection")
+        }
+        "corei7_haswell_4770" | "broadwell_ult" => Path("virtual-delivery"),
+        "corei7_skylake_x" | "corei7_icelake_u" | "tigerlake" | "arrow_lake" => Path("posted"),
+        // The project's Bochs patches give this model IPI virtualization (xtask/patches).
+        "sapphire_rapids" => Path("ipiv"),
+        other => bail!("no expectation for CPU model {other}: add it here and to docs/hardware.md"),
+    })
+}
+
+/// The guests every CPU model runs: an SMP start by INIT and SIPI, IPIs of every kind, the
+/// APIC timer (8 CPUs).
+const CPU_MODEL_GUESTS: &str = "smp-boot:2,ipi-basic:4,timer:2";
+
+/// `cpu-model-<model>`: boots the model and checks its expectation.
+fn cpu_model(model: &str) -> Result<()> {
+    let args = RunArgs { cpu_model: model.into(), ..RunArgs { timeout: 300, ..RunArgs::new(Platform::Bochs, 8) } }
+        .with_guests(CPU_MODEL_GUESTS);
+    let want = model_expectation(model)?;
+    if let ModelExpect::NotBooted = want {
+        let e = match run::run(&args) {
+            Ok(_) => bail!("{model} has no long mode, yet xtask booted it"),
+            Err(e) => format!("{e:#}"),
+        };
+        if !e.contains("no long mode") {
+            bail!("the refusal should say the model has no long mode: {e}");
+        }
+        println!("  {model}: refused before boot ({e})");
+        return Ok(());
+    }
+    let o = run::run(&args)?;
+    if o.timed_out {
+        bail!("timed out");
+    }
+    let brand = field(&o, &["cpu_model"]).as_str().unwrap_or_default().to_string();
+    if brand.is_empty() {
+        bail!("the summary names no CPU model");
+    }
+    match want {
+        ModelExpect::Refused(feature) => {
+            expect_eq(&o, &["result"], "fail".into())?;
+            let reason = field(&o, &["reason"]).as_str().unwrap_or_default();
+            if !reason.contains(feature) || !reason.contains(&format!("cannot run on this CPU ({brand})")) {
+                bail!("the refusal should name {feature:?} and the CPU ({brand}): {reason}");
+            }
+            if field(&o, &["vms"]).as_array().is_some_and(|v| !v.is_empty()) {
+                bail!("a refused VM should not have run");
+            }
+            println!("  {model} ({brand}): refused: {reason}");
+        }
+        ModelExpect::Path(path) => {
+            for name in ["smp-boot-0", "ipi-basic-1", "timer-2"] {
+                vm_result(&o, name, "pass")?;
+                let v = vm(&o, name)?;
+                if v["interrupt_path"] != path {
+                    bail!("{name}: interrupt path {}, expected {path}", v["interrupt_path"]);
+                }
+                if (path == "ipiv") != v["interrupt_path_reason"].is_null() {
+                    bail!("{name}: a reason is due exactly when the path is not ipiv: {}", v["interrupt_path_reason"]);
+                }
+            }
+            every_vcpu_reported(&o, "ipi-basic-1", 4)?;
+            every_vcpu_reported(&o, "timer-2", 2)?;
+            let ipi = vm(&o, "ipi-basic-1")?;
+            for r in ipi["reports"].as_array().into_iter().flatten() {
+                if r["interrupt_path"] != path {
+                    bail!("the guest was told interrupt path {}, expected {path}", r["interrupt_path"]);
+                }
+            }
+            for (i, c) in vm(&o, "smp-boot-0")?["vcpu_exits"].as_array().into_iter().flatten().enumerate().skip(1) {
+                if c["sipis"] != 3 {
+                    bail!("smp-boot vCPU {i}: {} SIPIs, expected 3", c["sipis"]);
+                }
+            }
+            for (i, c) in vm(&o, "timer-2")?["vcpu_exits"].as_array().into_iter().flatten().enumerate() {
+                if c["timer_interrupts"].as_u64().unwrap_or(0) < 23 {
+                    bail!("timer vCPU {i}: {} timer interrupts, expected at least 23", c["timer_interrupts"]);
+                }
+            }
+            let e = &ipi["exits"];
+            let n = |k: &str| e[k].as_u64().unwrap_or(0);
+            println!(
+                "  {model} ({brand}): {path}; ipi-basic: {} IPIs by exit, {} external-interrupt exits, {} interrupts injected{}",
+                n("ipi_sent_by_exit"),
+                n("external_interrupt"),
+                n("interrupts_injected"),
+                ipi["interrupt_path_reason"].as_str().map(|r| format!(" (not better: {r})")).unwrap_or_default()
+            );
+        }
+        ModelExpect::NotBooted => unreachable!(),
+    }
+    Ok(())
+}
+
 /// Runs named checks, counting and reporting each.
 struct Tally<'a> {
     filter: Option<&'a str>,
@@ -1140,7 +1267,10 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
     tally.check("xtask-refuses-bad-manifest", refuses_bad_manifest_before_launch);
     // Every parser fed by a guest or a user, briefly (docs/fuzzing.md; `cargo xtask fuzz` for long runs).
     tally.check("fuzz-smoke", crate::fuzz::smoke);
-    for case in cases().into_iter().chain(pc_cases()).chain(hostile_cases()) {
+    for mut case in cases().into_iter().chain(pc_cases()).chain(hostile_cases()) {
+        if case.args.platform == Platform::Bochs {
+            case.args.cpu_model = args.cpu_model.clone();
+        }
         tally.check(case.name, || {
             let o = run::run(&case.args)?;
             if o.timed_out {
@@ -1149,12 +1279,14 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
             (case.check)(&o)
         });
     }
-    // Every guest test as a multiboot kernel in both APIC modes, IPIv on and off (ipiv-rules
-    // needs IPIv: its own cases above).
+    // Every guest test as a multiboot kernel in both APIC modes on every interrupt path
+    // (ipiv-rules needs IPIv: its own cases above).
     for apic in ["xapic", "x2apic"] {
-        for ipiv in ["on", "off"] {
+        for (label, path) in MATRIX_PATHS {
             for (i, list) in MATRIX_BATCHES.iter().enumerate() {
-                tally.check(&format!("guest-matrix-{apic}-ipiv-{ipiv}-{i}"), || matrix_batch(list, apic, ipiv));
+                tally.check(&format!("guest-matrix-{apic}-{label}-{i}"), || {
+                    matrix_batch(list, apic, path, &args.cpu_model)
+                });
             }
         }
     }
@@ -1165,6 +1297,22 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
         tally.check(&name, || qemu_guest(list, *reports));
     }
     tally.check("bench-exit-counts", bench_exit_counts);
+    // Every Intel VMX model of the project's Bochs: the path it gets, or its refusal.
+    tally.check("cpu-model-list", || {
+        let offered = crate::bochs::models(&crate::bochs::binary(&crate::deps::cache_dir())?)?;
+        let missing: Vec<_> = crate::bochs::INTEL_VMX_MODELS
+            .iter()
+            .map(|(m, _)| *m)
+            .filter(|m| !offered.iter().any(|o| o == m))
+            .collect();
+        if !missing.is_empty() {
+            bail!("the project's Bochs does not offer {}", missing.join(", "));
+        }
+        Ok(())
+    });
+    for (model, _) in crate::bochs::INTEL_VMX_MODELS {
+        tally.check(&format!("cpu-model-{model}"), || cpu_model(model));
+    }
     tally.check("linux-smp-x2apic-ipiv-beside-guest", linux_beside_guest);
     tally.check("linux-qemu-reference", linux_on_qemu);
     // `cargo xtask bench --peer kvm` is too slow for the suite; its image must build.

@@ -7,6 +7,8 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
+use crate::vmx::interrupt_path::InterruptPath;
+
 /// Most vCPUs per VM (the boot-info page and PID tables are sized for it).
 pub const MAX_VCPUS: u32 = 64;
 pub const DEFAULT_RAM_MIB: u32 = 16;
@@ -132,6 +134,9 @@ pub struct VmSpec {
     pub expect: VmResult,
     pub timeout_ms: u64,
     pub ipiv: IpivSetting,
+    /// The interrupt path (`interrupt_path = auto | ipiv | posted | virtual-delivery |
+    /// injection`): `None` for the best the CPU offers (`vmx::interrupt_path`).
+    pub interrupt_path: Option<InterruptPath>,
     pub apic: ApicMode,
     pub hlt: HltMode,
     /// What delivers the guest's APIC timer (`timer = preemption | host-apic`).
@@ -163,6 +168,7 @@ impl VmSpec {
             expect: VmResult::Pass,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             ipiv: IpivSetting::Auto,
+            interrupt_path: None,
             apic: ApicMode::XApic,
             hlt: HltMode::PassThrough,
             timer: TimerSource::Preemption,
@@ -208,6 +214,14 @@ impl VmSpec {
                     "on" => IpivSetting::On,
                     "off" => IpivSetting::Off,
                     _ => return Err(format!("ipiv must be auto|on|off, not `{value}`")),
+                }
+            }
+            "interrupt_path" => {
+                self.interrupt_path = match value {
+                    "auto" => None,
+                    v => Some(InterruptPath::parse(v).ok_or_else(|| {
+                        format!("interrupt_path must be auto|ipiv|posted|virtual-delivery|injection, not `{value}`")
+                    })?),
                 }
             }
             "apic" => {
@@ -326,6 +340,15 @@ impl Manifest {
             }
             if self.vms[..i].iter().any(|o| o.name == vm.name) {
                 return Err(format!("{who}: name used twice"));
+            }
+            match (vm.ipiv, vm.interrupt_path) {
+                (IpivSetting::On, Some(p)) if p != InterruptPath::Ipiv => {
+                    return Err(format!("{who}: ipiv = on, but interrupt_path = {p}"));
+                }
+                (IpivSetting::Off, Some(InterruptPath::Ipiv)) => {
+                    return Err(format!("{who}: ipiv = off, but interrupt_path = ipiv"));
+                }
+                _ => {}
             }
             match (vm.kernel.is_empty(), vm.linux.is_empty()) {
                 (true, true) => return Err(format!("{who}: needs a kernel (multiboot) or linux (bzImage)")),

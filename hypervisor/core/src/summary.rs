@@ -82,6 +82,11 @@ pub struct VmReport {
     pub apic_mode: &'static str,
     /// Whether IPI virtualization was really enabled.
     pub ipiv: bool,
+    /// How interrupts reached the guest (`vmx::interrupt_path`: "ipiv", "posted",
+    /// "virtual-delivery", "injection").
+    pub interrupt_path: &'static str,
+    /// Why no better path was used (`None` on the best one).
+    pub interrupt_path_reason: Option<String>,
     /// "passthrough" or "exit".
     pub hlt: &'static str,
     /// What delivered the guest's APIC timer: "preemption" or "host-apic".
@@ -110,7 +115,7 @@ impl fmt::Display for VmReport {
         write!(
             f,
             "{{\"name\":{},\"vcpus\":{},\"result\":\"{}\",\"reason\":{},\"expect\":\"{}\",\"apic_mode\":\"{}\",\
-             \"ipiv\":{},\"hlt\":\"{}\",\"timer\":\"{}\",\"console_dropped_bytes\":{},\"exits\":{total},\"vcpu_exits\":[",
+             \"ipiv\":{},\"interrupt_path\":\"{}\",\"interrupt_path_reason\":{},\"hlt\":\"{}\",\"timer\":\"{}\",\"console_dropped_bytes\":{},\"exits\":{total},\"vcpu_exits\":[",
             JsonStr(&self.name),
             self.vcpus,
             self.result.as_str(),
@@ -118,6 +123,8 @@ impl fmt::Display for VmReport {
             self.expect.as_str(),
             self.apic_mode,
             self.ipiv,
+            self.interrupt_path,
+            OptStr(self.interrupt_path_reason.as_deref()),
             self.hlt,
             self.timer,
             self.console_dropped_bytes
@@ -180,6 +187,9 @@ pub struct HvSummary {
     pub vms: Vec<VmReport>,
     /// Set after `judge` when a native round trip was measured.
     pub native: Option<NativeBench>,
+    /// The processor's brand string (CPUID 0x80000002-4), set after `judge`: which CPU model
+    /// the run's paths and refusals are about.
+    pub cpu_model: String,
 }
 
 impl HvSummary {
@@ -229,6 +239,7 @@ impl HvSummary {
             cpus,
             vms,
             native: None,
+            cpu_model: String::new(),
         }
     }
 
@@ -331,7 +342,7 @@ impl fmt::Display for HvSummary {
             s && v.vpid,
             s && v.unrestricted_guest
         )?;
-        write!(f, "\"tsc_hz\":{},\"cpus\":[", self.tsc_hz)?;
+        write!(f, "\"tsc_hz\":{},\"cpu_model\":{},\"cpus\":[", self.tsc_hz, JsonStr(&self.cpu_model))?;
         for (i, c) in self.cpus.iter().enumerate() {
             if i > 0 {
                 f.write_char(',')?;
@@ -467,6 +478,8 @@ mod tests {
             expect,
             apic_mode: "x2apic",
             ipiv: false,
+            interrupt_path: "posted",
+            interrupt_path_reason: Some("IPI virtualization: ipiv = off in the manifest".into()),
             hlt: "exit",
             timer: "host-apic",
             vcpu_exits: vec![exits.clone(), exits.clone()],
@@ -484,6 +497,9 @@ mod tests {
         assert_eq!(v["vms"][0]["exits"]["vmcall"], 2);
         assert_eq!((v["vms"][0]["apic_mode"].as_str(), v["vms"][0]["ipiv"].as_bool()), (Some("x2apic"), Some(false)));
         assert_eq!((v["vms"][0]["hlt"].as_str(), v["vms"][0]["timer"].as_str()), (Some("exit"), Some("host-apic")));
+        assert_eq!(v["vms"][0]["interrupt_path"], "posted");
+        assert_eq!(v["vms"][0]["interrupt_path_reason"], "IPI virtualization: ipiv = off in the manifest");
+        assert_eq!(v["cpu_model"], "");
         assert_eq!(v["vms"][0]["vcpu_exits"][1]["vmcall"], 1);
         assert_eq!(v["vms"][1]["reports"][0]["vcpu"], 0);
         assert_eq!(v["vms"][1]["report_exits"][0]["us"], 1500);

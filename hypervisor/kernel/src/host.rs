@@ -2,6 +2,7 @@
 //! then handed explicitly to what needs it (building VMs, running vCPUs, reports), so no VM or
 //! vCPU code reaches up into the crate root for it.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 
 use hvcore::bootcfg::FaultInjection;
@@ -19,4 +20,6 @@ pub struct Host {
     pub fault: FaultInjection,
     /// Wall-clock seconds since 1970 at boot (the host RTC), for the VMs' RTCs.
     pub unix_time: u64,
+    /// The processor's brand string (`cpu::brand`), named when a VM cannot run on it.
+    pub cpu_model: String,
 }

@@ -206,6 +206,7 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     let vm_reports = VMS.get().map(|vms| vms.iter().map(|v| v.report()).collect()).unwrap_or_default();
     let mut summary = HvSummary::judge(expected, unsupported, features, tsc_hz, reports, vm_reports);
     summary.native = native;
+    summary.cpu_model = cpu::brand();
     match vm_error {
         // Without VMX the platform stays "unsupported"; the reason says the VMs could not run.
         Some(e) if summary.result == RunResult::Unsupported => {
@@ -245,20 +246,22 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
         apic_ids: APIC_IDS.get().expect("set before the APs start").clone(),
         fault: CONFIG.get().map_or(FaultInjection::None, |c| c.fault),
         unix_time: time::host_unix_time(),
+        cpu_model: cpu::brand(),
     });
     let mut vms = Vec::new();
     for spec in &manifest.vms {
         match vm::Vm::create(spec, &files, host) {
             Ok(v) => {
                 info!(
-                    "VM {}: {} vCPUs on CPUs {:?}, {} MiB at {:#x}, {} APIC, IPIv {}, HLT {}",
+                    "VM {}: {} vCPUs on CPUs {:?}, {} MiB at {:#x}, {} APIC, interrupt path {}{}, HLT {}",
                     spec.name,
                     spec.vcpus,
                     spec.cpus,
                     spec.ram_mib,
                     v.ram_pa,
                     spec.apic.as_str(),
-                    if v.ipiv { "on" } else { "off" },
+                    v.path,
+                    v.path_reason.as_deref().map(|r| alloc::format!(" ({r})")).unwrap_or_default(),
                     spec.hlt.as_str()
                 );
                 vms.push(v);

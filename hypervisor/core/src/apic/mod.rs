@@ -3,6 +3,7 @@
 //! virtualization (SDM Vol. 3C ch. 30 "APIC Virtualization and Virtual Interrupts").
 
 pub mod icr;
+pub mod injection;
 pub mod pid;
 pub mod startup;
 pub mod timer;

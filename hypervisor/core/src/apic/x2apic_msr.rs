@@ -2,6 +2,8 @@
 //! through the MSR bitmap, and what an intercepted write means. And IA32_APIC_BASE writes, the
 //! guest's way from xAPIC to x2APIC mode (SDM Vol. 3A §12.12.5).
 
+use crate::vmx::interrupt_path::InterruptPath;
+
 pub const X2APIC_MSR_FIRST: u32 = 0x800;
 pub const X2APIC_MSR_LAST: u32 = 0x8ff;
 pub const MSR_ID: u32 = 0x802;
@@ -19,16 +21,23 @@ pub const MSR_TIMER_DIVIDE: u32 = 0x83e;
 
 /// MSRs whose writes go straight to the virtual APIC without an exit: TPR, EOI and self-IPI
 /// are virtualized by virtual-interrupt delivery; the ICR only when IPI virtualization is on,
-/// because otherwise the write would reach the *physical* ICR (SDM Vol. 3C §30.5).
-pub fn write_passes_through(msr: u32, ipiv: bool) -> bool {
-    matches!(msr, MSR_TPR | MSR_EOI | MSR_SELF_IPI) || (ipiv && msr == MSR_ICR)
+/// because otherwise the write would reach the *physical* ICR (SDM Vol. 3C §30.5). On the
+/// injection path nothing is virtualized in x2APIC mode: every write exits.
+pub fn write_passes_through(msr: u32, path: InterruptPath) -> bool {
+    match path {
+        InterruptPath::Injection => false,
+        _ => matches!(msr, MSR_TPR | MSR_EOI | MSR_SELF_IPI) || (path == InterruptPath::Ipiv && msr == MSR_ICR),
+    }
 }
 
 /// Reads of the range pass through in x2APIC mode: with APIC-register virtualization, RDMSR of
 /// 0x800–0x8FF reads the virtual-APIC page at `(msr & 0xff) << 4` (SDM Vol. 3C §30.5). All but
-/// the timer's current count, which only the hypervisor's timer model knows.
-pub fn read_passes_through(msr: u32) -> bool {
-    (X2APIC_MSR_FIRST..=X2APIC_MSR_LAST).contains(&msr) && msr != MSR_TIMER_CURRENT
+/// the timer's current count, which only the hypervisor's timer model knows. Without it (the
+/// injection path) a read that passed would reach the physical APIC: every read exits.
+pub fn read_passes_through(msr: u32, path: InterruptPath) -> bool {
+    path >= InterruptPath::VirtualDelivery
+        && (X2APIC_MSR_FIRST..=X2APIC_MSR_LAST).contains(&msr)
+        && msr != MSR_TIMER_CURRENT
 }
 
 /// An intercepted x2APIC-mode WRMSR.
@@ -87,13 +96,24 @@ mod tests {
 
     #[test]
     fn icr_passes_through_only_with_ipiv() {
-        assert!(write_passes_through(MSR_EOI, false));
-        assert!(write_passes_through(MSR_SELF_IPI, false));
-        assert!(!write_passes_through(MSR_ICR, false));
-        assert!(write_passes_through(MSR_ICR, true));
-        assert!(!write_passes_through(0x838, true));
-        assert!(read_passes_through(MSR_ICR) && read_passes_through(MSR_ID) && !read_passes_through(0x900));
-        assert!(!read_passes_through(MSR_TIMER_CURRENT), "the current count is the timer model's");
+        use InterruptPath::*;
+        assert!(write_passes_through(MSR_EOI, Posted));
+        assert!(write_passes_through(MSR_SELF_IPI, VirtualDelivery));
+        assert!(!write_passes_through(MSR_ICR, Posted));
+        assert!(write_passes_through(MSR_ICR, Ipiv));
+        assert!(!write_passes_through(0x838, Ipiv));
+        assert!(read_passes_through(MSR_ICR, Posted) && read_passes_through(MSR_ID, Ipiv));
+        assert!(!read_passes_through(0x900, Posted));
+        assert!(!read_passes_through(MSR_TIMER_CURRENT, Ipiv), "the current count is the timer model's");
+    }
+
+    #[test]
+    fn injection_intercepts_every_x2apic_msr() {
+        for m in X2APIC_MSR_FIRST..=X2APIC_MSR_LAST {
+            assert!(
+                !read_passes_through(m, InterruptPath::Injection) && !write_passes_through(m, InterruptPath::Injection)
+            );
+        }
     }
 
     #[test]

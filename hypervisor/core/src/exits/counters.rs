@@ -68,6 +68,10 @@ exit_counters! {
     nmi_injected,
     /// Events injected again because an exit interrupted their delivery (IDT-vectoring).
     events_reinjected,
+    /// Interrupts injected as events at VM entry (the injection path: no virtual-interrupt
+    /// delivery), and the interrupt windows opened for them (the guest could not take one yet).
+    interrupts_injected,
+    interrupt_windows,
     /// Guest instructions the hypervisor decoded and completed itself (APIC-access reads of
     /// registers the hardware does not virtualize, device MMIO, XSETBV).
     emulated,
@@ -151,7 +155,7 @@ mod tests {
         assert_eq!(ExitCounters::default().to_string(), "{}");
         b.timer_exit_ticks = 7;
         let names: std::vec::Vec<_> = b.extras().map(|(k, _)| k).collect();
-        assert_eq!((names[0], names.len()), ("ignored_io", 19));
+        assert_eq!((names[0], names.len()), ("ignored_io", 21));
         assert!(b.to_string().contains("\"timer_exit_ticks\":7"));
     }
 }

@@ -6,6 +6,7 @@
 //! timer leaves describing the APIC timer. Each hidden bit is named below with its reason.
 
 use crate::guest_abi::CPUID_SIGNATURE;
+use crate::vmx::interrupt_path::InterruptPath;
 
 /// Who is asking.
 #[derive(Clone, Copy, Debug, Default)]
@@ -14,8 +15,8 @@ pub struct VcpuIdentity {
     pub vcpu_count: u32,
     /// The TSC rate the hypervisor measured, in kHz (leaf 0x4000_0010).
     pub tsc_khz: u32,
-    /// IPI virtualization is on for this VM.
-    pub ipiv: bool,
+    /// How interrupts reach this VM (`vmx::interrupt_path`); IPI virtualization is `Ipiv`.
+    pub path: InterruptPath,
     /// HLT halts in the guest (no exit).
     pub hlt_passthrough: bool,
 }
@@ -90,6 +91,22 @@ pub const KVM_HINTS_REALTIME: u32 = 1 << 0;
 pub const HV_FEATURE_HYPERCALLS: u32 = 1 << 0;
 pub const HV_FEATURE_IPIV: u32 = 1 << 1;
 pub const HV_FEATURE_HLT_PASSTHROUGH: u32 = 1 << 2;
+
+/// Leaf 0x4000_0001 EBX: the VM's interrupt path (`path_code`), so a test can tell which
+/// exits its interrupts should cost.
+pub const fn path_code(path: InterruptPath) -> u32 {
+    match path {
+        InterruptPath::Injection => 1,
+        InterruptPath::VirtualDelivery => 2,
+        InterruptPath::Posted => 3,
+        InterruptPath::Ipiv => 4,
+    }
+}
+
+/// The path leaf 0x4000_0001 EBX names (`None` for 0, an older or another hypervisor).
+pub fn path_from_code(code: u32) -> Option<InterruptPath> {
+    InterruptPath::BEST_FIRST.into_iter().find(|p| path_code(*p) == code)
+}
 
 /// The guest's view of CPUID leaf `leaf`/`subleaf`, given the host's `native` [eax, ebx, ecx, edx].
 pub fn filter(leaf: u32, subleaf: u32, native: [u32; 4], who: VcpuIdentity) -> [u32; 4] {
@@ -168,9 +185,9 @@ pub fn filter(leaf: u32, subleaf: u32, native: [u32; 4], who: VcpuIdentity) -> [
         }
         HV_LEAF_FEATURES => {
             a = HV_FEATURE_HYPERCALLS
-                | if who.ipiv { HV_FEATURE_IPIV } else { 0 }
+                | if who.path == InterruptPath::Ipiv { HV_FEATURE_IPIV } else { 0 }
                 | if who.hlt_passthrough { HV_FEATURE_HLT_PASSTHROUGH } else { 0 };
-            b = 0;
+            b = path_code(who.path);
             c = 0;
             d = 0;
         }
@@ -207,8 +224,13 @@ pub fn filter(leaf: u32, subleaf: u32, native: [u32; 4], who: VcpuIdentity) -> [
 mod tests {
     use super::*;
 
-    const WHO: VcpuIdentity =
-        VcpuIdentity { apic_id: 3, vcpu_count: 4, tsc_khz: 2_000_000, ipiv: true, hlt_passthrough: false };
+    const WHO: VcpuIdentity = VcpuIdentity {
+        apic_id: 3,
+        vcpu_count: 4,
+        tsc_khz: 2_000_000,
+        path: InterruptPath::Ipiv,
+        hlt_passthrough: false,
+    };
 
     #[test]
     fn leaf1_hides_vmx_sets_hypervisor_bit_and_apic_id() {
@@ -238,9 +260,15 @@ mod tests {
         sig[4..8].copy_from_slice(&c.to_le_bytes());
         sig[8..12].copy_from_slice(&d.to_le_bytes());
         assert_eq!(&sig, CPUID_SIGNATURE);
-        assert_eq!(filter(HV_LEAF_FEATURES, 0, [9; 4], WHO), [HV_FEATURE_HYPERCALLS | HV_FEATURE_IPIV, 0, 0, 0]);
-        let halting = VcpuIdentity { ipiv: false, hlt_passthrough: true, ..WHO };
-        assert_eq!(filter(HV_LEAF_FEATURES, 0, [0; 4], halting)[0], HV_FEATURE_HYPERCALLS | HV_FEATURE_HLT_PASSTHROUGH);
+        assert_eq!(filter(HV_LEAF_FEATURES, 0, [9; 4], WHO), [HV_FEATURE_HYPERCALLS | HV_FEATURE_IPIV, 4, 0, 0]);
+        let halting = VcpuIdentity { path: InterruptPath::Injection, hlt_passthrough: true, ..WHO };
+        let [a, b, _, _] = filter(HV_LEAF_FEATURES, 0, [0; 4], halting);
+        assert_eq!(a, HV_FEATURE_HYPERCALLS | HV_FEATURE_HLT_PASSTHROUGH);
+        assert_eq!(path_from_code(b), Some(InterruptPath::Injection));
+        assert_eq!(path_from_code(0), None);
+        for p in InterruptPath::BEST_FIRST {
+            assert_eq!(path_from_code(path_code(p)), Some(p));
+        }
         assert_eq!(filter(HV_LEAF_TIMING, 0, [9; 4], WHO), [2_000_000, 2_000_000, 0, 0]);
         assert_eq!(filter(0x4000_0002, 0, [9; 4], WHO), [0; 4]);
         assert_eq!(filter(0x4000_0011, 0, [9; 4], WHO), [0; 4]);

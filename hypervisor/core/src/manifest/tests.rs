@@ -185,3 +185,22 @@ fn a_vm_boots_a_multiboot_kernel_or_linux() {
     let none = |_: &str| -> Option<&[u8]> { None };
     assert!(v.check_boot(&none).unwrap_err().contains("not in the ramdisk"));
 }
+
+#[test]
+fn interrupt_path_key() {
+    let mut v = vm("a", 1, &[]);
+    v.set("interrupt_path", "virtual-delivery").unwrap();
+    assert_eq!(v.interrupt_path, Some(InterruptPath::VirtualDelivery));
+    v.set("interrupt_path", "auto").unwrap();
+    assert_eq!(v.interrupt_path, None);
+    assert!(v.set("interrupt_path", "apicv").unwrap_err().contains("auto|ipiv|posted|virtual-delivery|injection"));
+    let mut on = vm("a", 1, &[]);
+    on.set("ipiv", "on").unwrap();
+    on.set("interrupt_path", "injection").unwrap();
+    let e = Manifest { vms: vec![on] }.validate(&machine(4)).unwrap_err();
+    assert!(e.contains("ipiv = on, but interrupt_path = injection"), "{e}");
+    let mut off = vm("a", 1, &[]);
+    off.set("ipiv", "off").unwrap();
+    off.set("interrupt_path", "ipiv").unwrap();
+    assert!(Manifest { vms: vec![off] }.validate(&machine(4)).is_err());
+}

@@ -119,6 +119,7 @@ pub mod pin_bits {
 
 /// Bit positions of the primary processor-based controls (SDM Vol. 3C §25.6.2, Table 25-6).
 pub mod primary_bits {
+    pub const INTERRUPT_WINDOW_EXITING: u32 = 2;
     pub const HLT_EXITING: u32 = 7;
     pub const NMI_WINDOW_EXITING: u32 = 22;
     pub const ACTIVATE_TERTIARY_CONTROLS: u32 = 17;

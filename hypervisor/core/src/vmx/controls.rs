@@ -5,6 +5,7 @@
 use core::fmt;
 
 use super::caps::{ControlCaps, VmxCaps, exit_bits, pin_bits, primary_bits, secondary_bits, tertiary_bits};
+use super::interrupt_path::InterruptPath;
 
 /// One control word of the VMCS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,8 +206,8 @@ pub mod secondary_more_bits {
 /// Options that change the controls a vCPU gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VcpuControlOptions {
-    /// IPI virtualization (tertiary bit 4), already resolved against the CPU.
-    pub ipiv: bool,
+    /// How interrupts reach the guest (`super::interrupt_path`), already chosen for the CPU.
+    pub path: InterruptPath,
     /// The guest's APIC is in x2APIC mode (virtualize x2APIC mode) rather than xAPIC mode
     /// (virtualize APIC accesses).
     pub x2apic: bool,
@@ -217,38 +218,35 @@ pub struct VcpuControlOptions {
     pub unrestricted_guest: bool,
 }
 
-/// Resolves the manifest's `ipiv` against what the CPU offers.
-#[cfg(feature = "alloc")]
-pub fn resolve_ipiv(setting: crate::manifest::IpivSetting, caps: &VmxCaps) -> Result<bool, MissingControl> {
-    use crate::manifest::IpivSetting::*;
-    let ipiv = 1 << tertiary_bits::IPI_VIRTUALIZATION;
-    match setting {
-        Off => Ok(false),
-        Auto => Ok(caps.features().ipiv),
-        On => {
-            negotiate_tertiary(if caps.features().ipiv { caps.tertiary } else { 0 }, ipiv, 0)?;
-            Ok(true)
-        }
-    }
-}
-
-/// The controls of a 64-bit guest vCPU (SDM Vol. 3C §25.6): EPT + VPID; exits on I/O, MSRs
-/// (through the bitmap), external interrupts (acknowledged on exit) and the VMX-preemption
-/// timer watchdog; and APIC virtualization (ch. 30): TPR shadow, APIC-register virtualization,
-/// virtual-interrupt delivery, posted interrupts, the APIC mode's virtualization, and IPI
-/// virtualization when asked.
+/// The controls of a 64-bit guest vCPU (SDM Vol. 3C §25.6): EPT (with VPID where the CPU has
+/// it: without, every VM entry and exit flushes the guest's linear mappings, §29.4.3.1, which
+/// is all a VPID-less vCPU needs); exits on I/O, MSRs (through the bitmap), external
+/// interrupts (acknowledged on exit) and the VMX-preemption timer watchdog; and as much APIC
+/// virtualization (ch. 30) as `opts.path` uses:
+/// - `Injection`: a TPR shadow and APIC-access virtualization in xAPIC mode (the hypervisor
+///   models the rest of the APIC and injects interrupts, with interrupt-window exiting);
+/// - `VirtualDelivery`: APIC-register virtualization and virtual-interrupt delivery too, and
+///   x2APIC-mode virtualization;
+/// - `Posted`: posted-interrupt processing too;
+/// - `Ipiv`: IPI virtualization (tertiary bit 4) too.
 pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Controls, MissingControl> {
     use ControlWord::*;
+    use InterruptPath::*;
+    let path = opts.path;
+    // First, so that a CPU without IPIv is told so, whatever else it lacks.
+    let tertiary =
+        if path == Ipiv { negotiate_tertiary(caps.tertiary, 1 << tertiary_bits::IPI_VIRTUALIZATION, 0)? } else { 0 };
+    let posted = if path >= Posted { 1 << pin_bits::PROCESS_POSTED_INTERRUPTS } else { 0 };
     let pin = negotiate(
         Pin,
         caps.pin,
-        bits(&[
-            pin_bits::EXTERNAL_INTERRUPT_EXITING,
-            pin_bits::NMI_EXITING,
-            pin_bits::VIRTUAL_NMIS,
-            pin_bits::ACTIVATE_VMX_PREEMPTION_TIMER,
-            pin_bits::PROCESS_POSTED_INTERRUPTS,
-        ]),
+        posted
+            | bits(&[
+                pin_bits::EXTERNAL_INTERRUPT_EXITING,
+                pin_bits::NMI_EXITING,
+                pin_bits::VIRTUAL_NMIS,
+                pin_bits::ACTIVATE_VMX_PREEMPTION_TIMER,
+            ]),
         0,
     )?;
     let mut primary_req = bits(&[
@@ -260,30 +258,36 @@ pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Control
     if opts.hlt_exiting {
         primary_req |= 1 << primary_bits::HLT_EXITING;
     }
-    let tertiary =
-        if opts.ipiv { negotiate_tertiary(caps.tertiary, 1 << tertiary_bits::IPI_VIRTUALIZATION, 0)? } else { 0 };
     if tertiary != 0 {
         primary_req |= 1 << primary_bits::ACTIVATE_TERTIARY_CONTROLS;
     }
-    // "NMI-window exiting" is set only while a virtual NMI waits (vmx::events): checked here,
-    // left clear in the base value.
-    let nmi_window = 1 << primary_bits::NMI_WINDOW_EXITING;
-    let primary = negotiate(Primary, caps.primary, primary_req | nmi_window, 0)? & !nmi_window;
-    let apic_access =
-        if opts.x2apic { secondary_bits::VIRTUALIZE_X2APIC_MODE } else { secondary_bits::VIRTUALIZE_APIC_ACCESSES };
+    // "NMI-window exiting" is set only while a virtual NMI waits (vmx::events), and
+    // "interrupt-window exiting" only while an injected interrupt waits (the injection path):
+    // checked here, left clear in the base value.
+    let mut windows = 1 << primary_bits::NMI_WINDOW_EXITING;
+    if path == Injection {
+        windows |= 1 << primary_bits::INTERRUPT_WINDOW_EXITING;
+    }
+    let primary = negotiate(Primary, caps.primary, primary_req | windows, 0)? & !windows;
+    // In x2APIC mode the injection path intercepts every x2APIC MSR (the MSR bitmap) and needs
+    // no x2APIC-mode virtualization; an xAPIC access always goes through the APIC-access page.
+    let apic_access = match (opts.x2apic, path) {
+        (false, _) => 1 << secondary_bits::VIRTUALIZE_APIC_ACCESSES,
+        (true, Injection) => 0,
+        (true, _) => 1 << secondary_bits::VIRTUALIZE_X2APIC_MODE,
+    };
+    let delivery = if path >= VirtualDelivery {
+        bits(&[secondary_bits::APIC_REGISTER_VIRTUALIZATION, secondary_bits::VIRTUAL_INTERRUPT_DELIVERY])
+    } else {
+        0
+    };
     let unrestricted = if opts.unrestricted_guest { 1 << secondary_bits::UNRESTRICTED_GUEST } else { 0 };
     let secondary = negotiate(
         Secondary,
         caps.secondary,
-        unrestricted
-            | bits(&[
-                secondary_bits::ENABLE_EPT,
-                secondary_bits::ENABLE_VPID,
-                secondary_bits::APIC_REGISTER_VIRTUALIZATION,
-                secondary_bits::VIRTUAL_INTERRUPT_DELIVERY,
-                apic_access,
-            ]),
+        unrestricted | apic_access | delivery | 1 << secondary_bits::ENABLE_EPT,
         bits(&[
+            secondary_bits::ENABLE_VPID,
             secondary_more_bits::ENABLE_RDTSCP,
             secondary_more_bits::ENABLE_INVPCID,
             secondary_more_bits::ENABLE_XSAVES,
@@ -314,14 +318,28 @@ pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Control
 
 impl Controls {
     /// The secondary controls for the other APIC mode: "virtualize x2APIC mode" and "virtualize
-    /// APIC accesses" are exclusive (SDM Vol. 3C §26.2.1.1).
+    /// APIC accesses" are exclusive (SDM Vol. 3C §26.2.1.1). The injection path (no
+    /// virtual-interrupt delivery) sets neither in x2APIC mode: it intercepts the x2APIC MSRs.
     pub fn secondary_for(&self, x2apic: bool) -> u32 {
-        let (on, off) = if x2apic {
-            (secondary_bits::VIRTUALIZE_X2APIC_MODE, secondary_bits::VIRTUALIZE_APIC_ACCESSES)
-        } else {
-            (secondary_bits::VIRTUALIZE_APIC_ACCESSES, secondary_bits::VIRTUALIZE_X2APIC_MODE)
-        };
-        (self.secondary | 1 << on) & !(1 << off)
+        let access = 1 << secondary_bits::VIRTUALIZE_APIC_ACCESSES;
+        let x2 = 1 << secondary_bits::VIRTUALIZE_X2APIC_MODE;
+        let base = self.secondary & !(access | x2);
+        match (x2apic, self.virtual_interrupt_delivery()) {
+            (false, _) => base | access,
+            (true, true) => base | x2,
+            (true, false) => base,
+        }
+    }
+
+    /// Whether the processor delivers virtual interrupts (secondary bit 9; SDM Vol. 3C §30.2):
+    /// then RVI, the EOI-exit bitmap and virtual EOIs exist; otherwise the hypervisor injects.
+    pub fn virtual_interrupt_delivery(&self) -> bool {
+        self.secondary & (1 << secondary_bits::VIRTUAL_INTERRUPT_DELIVERY) != 0
+    }
+
+    /// Whether "enable VPID" is set.
+    pub fn vpid(&self) -> bool {
+        self.secondary & (1 << secondary_bits::ENABLE_VPID) != 0
     }
 }
 

@@ -101,6 +101,7 @@ pub const WRMSR: u16 = 32;
 pub const ENTRY_FAIL_GUEST_STATE: u16 = 33;
 pub const ENTRY_FAIL_MSR_LOAD: u16 = 34;
 pub const ENTRY_FAIL_MACHINE_CHECK: u16 = 41;
+pub const TPR_BELOW_THRESHOLD: u16 = 43;
 pub const APIC_ACCESS: u16 = 44;
 pub const EPT_VIOLATION: u16 = 48;
 pub const EPT_MISCONFIG: u16 = 49;
@@ -129,6 +130,8 @@ pub enum BasicExit {
     EntryFailGuestState,
     EntryFailMsrLoad,
     EntryFailMachineCheck,
+    /// The guest lowered its TPR shadow below the TPR threshold (SDM Vol. 3C §30.1.2).
+    TprBelowThreshold,
     ApicAccess,
     /// EOI-induced exit (SDM Vol. 3C §30.1.4): a vector in the EOI-exit bitmap was EOI'd.
     VirtualizedEoi,
@@ -157,6 +160,7 @@ impl BasicExit {
             ENTRY_FAIL_GUEST_STATE => Self::EntryFailGuestState,
             ENTRY_FAIL_MSR_LOAD => Self::EntryFailMsrLoad,
             ENTRY_FAIL_MACHINE_CHECK => Self::EntryFailMachineCheck,
+            TPR_BELOW_THRESHOLD => Self::TprBelowThreshold,
             APIC_ACCESS => Self::ApicAccess,
             VIRTUALIZED_EOI => Self::VirtualizedEoi,
             EPT_VIOLATION => Self::EptViolation,
@@ -184,6 +188,7 @@ impl BasicExit {
             Self::EntryFailGuestState => ENTRY_FAIL_GUEST_STATE,
             Self::EntryFailMsrLoad => ENTRY_FAIL_MSR_LOAD,
             Self::EntryFailMachineCheck => ENTRY_FAIL_MACHINE_CHECK,
+            Self::TprBelowThreshold => TPR_BELOW_THRESHOLD,
             Self::ApicAccess => APIC_ACCESS,
             Self::VirtualizedEoi => VIRTUALIZED_EOI,
             Self::EptViolation => EPT_VIOLATION,

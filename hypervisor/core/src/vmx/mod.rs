@@ -7,4 +7,5 @@ pub mod events;
 pub mod exit_reason;
 pub mod fields;
 pub mod instruction_error;
+pub mod interrupt_path;
 pub mod msr;

@@ -58,3 +58,24 @@ pub fn activate(pc: &'static PerCpu) {
     pc.gdt.load();
     exceptions::load_idt();
 }
+
+/// The processor's brand string (CPUID 0x80000002-0x80000004; SDM Vol. 2A "CPUID"), trimmed:
+/// the CPU model a run's interrupt paths and refusals are about. Empty where there is none.
+pub fn brand() -> alloc::string::String {
+    use core::arch::x86_64::__cpuid;
+    if __cpuid(0x8000_0000).eax < 0x8000_0004 {
+        return alloc::string::String::new();
+    }
+    let mut bytes = alloc::vec::Vec::with_capacity(48);
+    for leaf in 0x8000_0002..=0x8000_0004u32 {
+        let r = __cpuid(leaf);
+        for reg in [r.eax, r.ebx, r.ecx, r.edx] {
+            bytes.extend_from_slice(&reg.to_le_bytes());
+        }
+    }
+    // Brand strings pad with spaces inside too ("CPU     T9600  @"): one space between words.
+    let text = alloc::string::String::from_utf8_lossy(&bytes);
+    let words: alloc::vec::Vec<&str> =
+        text.split(|c: char| c == '\0' || c.is_whitespace()).filter(|w| !w.is_empty()).collect();
+    words.join(" ")
+}

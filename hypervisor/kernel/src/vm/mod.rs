@@ -25,7 +25,8 @@ use hvcore::exits::counters::ExitCounters;
 use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::manifest::{HltMode, TimerSource, VmResult, VmSpec};
 use hvcore::summary::VmReport;
-use hvcore::vmx::controls::resolve_ipiv;
+use hvcore::vmx::controls::VcpuControlOptions;
+use hvcore::vmx::interrupt_path::{self, InterruptPath};
 use spin::Mutex;
 
 use crate::host::Host;
@@ -58,8 +59,10 @@ pub struct Vm {
     pub ram_size: u64,
     pub eptp: u64,
     pub boot: boot::Boot,
-    /// IPI virtualization, as resolved for this CPU.
-    pub ipiv: bool,
+    /// How interrupts reach the guest, chosen for this CPU (`hvcore::vmx::interrupt_path`),
+    /// and why no better path was used.
+    pub path: InterruptPath,
+    pub path_reason: Option<String>,
     /// What delivers the guest's APIC timer, as resolved for this CPU: the host APIC only
     /// where it has TSC-deadline mode.
     pub timer: TimerSource,
@@ -106,18 +109,17 @@ impl Vm {
     /// `files` are the ramdisk's.
     pub fn create<'f>(spec: &VmSpec, files: &dyn Fn(&str) -> Option<&'f [u8]>, host: &Host) -> Result<Self, String> {
         let ram_size = spec.ram_mib as u64 * 1024 * 1024;
-        let ipiv = resolve_ipiv(spec.ipiv, &host.caps).map_err(|e| format!("ipiv = {}: {e}", spec.ipiv.as_str()))?;
-        if !host.caps.features().unrestricted_guest {
-            return Err(
-                "a multiboot kernel starts in protected mode without paging and its other vCPUs in real mode: \
-                 that needs the \"unrestricted guest\" VMX control, which this CPU lacks"
-                    .into(),
-            );
-        }
+        let base = VcpuControlOptions {
+            hlt_exiting: spec.hlt == HltMode::Exit,
+            unrestricted_guest: true,
+            ..Default::default()
+        };
+        let choice = interrupt_path::choose(&host.caps, spec.ipiv, spec.interrupt_path, base)
+            .map_err(|e| format!("cannot run on this CPU ({}): {e}", host.cpu_model))?;
         let ram_pa = memory::alloc_zeroed(ram_size, 0x20_0000)
             .ok_or_else(|| format!("no {} MiB of contiguous memory for guest RAM", spec.ram_mib))?;
         let boot = boot::load(spec, files, guest_ram_while_building(ram_pa, ram_size))?;
-        let apic = vapic::VmApic::new(spec, ipiv, &host.apic_ids)?;
+        let apic = vapic::VmApic::new(spec, choice.path, &host.apic_ids)?;
         let mut frames = Frames;
         let mut ept = Ept::new(&mut frames).map_err(|e| format!("EPT: {e:?}"))?;
         ept.map(&mut frames, 0, ram_pa, ram_size, RWX).map_err(|e| format!("EPT: {e:?}"))?;
@@ -131,7 +133,8 @@ impl Vm {
             ram_size,
             eptp: ept.eptp(),
             boot,
-            ipiv,
+            path: choice.path,
+            path_reason: choice.why_not_better,
             timer: match spec.timer {
                 TimerSource::HostApic if apic::has_tsc_deadline() => TimerSource::HostApic,
                 _ => TimerSource::Preemption,
@@ -161,7 +164,7 @@ impl Vm {
             apic_id: index,
             vcpu_count: self.spec.vcpus,
             tsc_khz: (self.tsc_hz / 1000).min(u32::MAX as u64) as u32,
-            ipiv: self.ipiv,
+            path: self.path,
             hlt_passthrough: self.spec.hlt == HltMode::PassThrough,
         }
     }
@@ -289,7 +292,9 @@ impl Vm {
             reason,
             expect: self.spec.expect,
             apic_mode: self.spec.apic.as_str(),
-            ipiv: self.ipiv,
+            ipiv: self.path == InterruptPath::Ipiv,
+            interrupt_path: self.path.as_str(),
+            interrupt_path_reason: self.path_reason.clone(),
             hlt: self.spec.hlt.as_str(),
             timer: self.timer.as_str(),
             vcpu_exits: self.exits.iter().map(|c| c.lock().clone()).collect(),

@@ -1,5 +1,7 @@
 //! A vCPU's run loop: before each entry, what the hypervisor owes the guest (an INIT to apply,
-//! a due APIC timer, the EOI-exit bitmap, a virtual NMI, the preemption timer); then VM entry,
+//! interrupts other CPUs marked pending where the processor does not take posted interrupts, a
+//! due APIC timer, the EOI-exit bitmap, a virtual NMI, an injected interrupt on the injection
+//! path, the preemption timer); then VM entry,
 //! the exit's bookkeeping (counters, entry failures, re-injection, the watchdog and the exit
 //! budget) and its handler (`exits`). Any VMCS error stops the VM with the field at fault.
 
@@ -11,6 +13,7 @@ use hvcore::vmx::controls::{VcpuControlOptions, vcpu_controls};
 use hvcore::vmx::events::{self, NmiGate};
 use hvcore::vmx::exit_reason::{BasicExit, ExitReason};
 use hvcore::vmx::fields::{Vmcs32, Vmcs64};
+use hvcore::vmx::interrupt_path::InterruptPath;
 
 use super::exits::{self, Flow};
 use super::vcpu::Vcpu;
@@ -30,7 +33,7 @@ pub fn run_vcpu(vm: &Vm, index: u32, host: &Host) {
         return;
     };
     let opts = VcpuControlOptions {
-        ipiv: vm.ipiv,
+        path: vm.path,
         x2apic: false,
         hlt_exiting: vm.spec.hlt == HltMode::Exit,
         unrestricted_guest: true,
@@ -86,11 +89,19 @@ impl Vcpu<'_> {
         if self.apic.startup.take_init() && !self.init()? {
             return Ok(Flow::VcpuDone);
         }
+        if !self.processor_posts() {
+            self.fold_posted()?;
+        }
         if self.timer_expire()? {
             self.arm_preemption_timer()?;
         }
-        self.sync_eoi_exit_bitmap()?;
+        if self.controls.virtual_interrupt_delivery() {
+            self.sync_eoi_exit_bitmap()?;
+        }
         self.gate_nmi()?;
+        if self.vm.path == InterruptPath::Injection {
+            self.inject_for_entry()?;
+        }
         self.rearm_for_entry()?;
         match timed.take() {
             Some(Timed::Ipi(t)) => {

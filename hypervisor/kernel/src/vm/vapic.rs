@@ -13,6 +13,7 @@ use hvcore::apic::vapic::{self, VirtualApicPage};
 use hvcore::apic::x2apic_msr;
 use hvcore::exits::msr;
 use hvcore::manifest::VmSpec;
+use hvcore::vmx::interrupt_path::InterruptPath;
 
 use crate::vectors::POSTED_INTR as POSTED_INTR_VECTOR;
 use crate::{apic, memory};
@@ -77,7 +78,7 @@ fn page() -> Result<u64, &'static str> {
 
 impl VmApic {
     /// Every vCPU but the first starts in wait-for-SIPI.
-    pub fn new(spec: &VmSpec, ipiv: bool, host_apic_ids: &[u32]) -> Result<Self, &'static str> {
+    pub fn new(spec: &VmSpec, path: InterruptPath, host_apic_ids: &[u32]) -> Result<Self, &'static str> {
         let host_mode = if apic::is_x2apic() { HostApicMode::X2Apic } else { HostApicMode::XApic };
         let mut vcpus = Vec::new();
         for i in 0..spec.vcpus {
@@ -110,15 +111,15 @@ impl VmApic {
             apic_access_pa: page()?,
             pid_table_pa,
             last_pid_index: last_pid_pointer_index(spec.vcpus),
-            msr_bitmap_xapic: msr_bitmap(false, ipiv)?,
-            msr_bitmap_x2apic: msr_bitmap(true, ipiv)?,
+            msr_bitmap_xapic: msr_bitmap(false, path)?,
+            msr_bitmap_x2apic: msr_bitmap(true, path)?,
         })
     }
 }
 
 /// A 4 KiB MSR bitmap: everything intercepted except the pass-through list and, in x2APIC
 /// mode, the x2APIC MSRs that APIC virtualization handles (hvcore::apic::x2apic_msr).
-fn msr_bitmap(x2apic: bool, ipiv: bool) -> Result<u64, &'static str> {
+fn msr_bitmap(x2apic: bool, path: InterruptPath) -> Result<u64, &'static str> {
     let pa = page()?;
     // SAFETY: fresh frame, mapped by the physical window.
     let bm = unsafe { core::slice::from_raw_parts_mut(memory::phys_to_virt(pa), 0x1000) };
@@ -134,10 +135,10 @@ fn msr_bitmap(x2apic: bool, ipiv: bool) -> Result<u64, &'static str> {
     }
     if x2apic {
         for m in x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST {
-            if x2apic_msr::read_passes_through(m) {
+            if x2apic_msr::read_passes_through(m, path) {
                 clear(m, false);
             }
-            if x2apic_msr::write_passes_through(m, ipiv) {
+            if x2apic_msr::write_passes_through(m, path) {
                 clear(m, true);
             }
         }

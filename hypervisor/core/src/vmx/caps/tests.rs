@@ -227,7 +227,9 @@ fn nested_kvm_sapphire_rapids() -> BTreeMap<u32, u64> {
 
 #[test]
 fn nested_kvm_offers_everything_but_tertiary_controls_and_the_controls_negotiate() {
-    use crate::vmx::controls::{VcpuControlOptions, resolve_ipiv, vcpu_controls};
+    use crate::manifest::IpivSetting;
+    use crate::vmx::controls::{VcpuControlOptions, vcpu_controls};
+    use crate::vmx::interrupt_path::{InterruptPath, PathError, choose};
     let (m, seen) = read(true, &nested_kvm_sapphire_rapids());
     assert!(!seen.contains(&IA32_VMX_PROCBASED_CTLS3), "primary bit 17 clear: CTLS3 is never read");
     let caps = VmxCaps::decode(&m).unwrap();
@@ -246,14 +248,23 @@ fn nested_kvm_offers_everything_but_tertiary_controls_and_the_controls_negotiate
             unrestricted_guest: true,
         }
     );
-    // `ipiv = auto` runs without IPIv; `ipiv = on` is refused naming the missing control.
-    assert_eq!(resolve_ipiv(crate::manifest::IpivSetting::Auto, &caps), Ok(false));
-    let e = resolve_ipiv(crate::manifest::IpivSetting::On, &caps).unwrap_err();
+    // `ipiv = auto` runs on the posted path (the next best); `ipiv = on` is refused naming the
+    // missing control.
+    let base = VcpuControlOptions { unrestricted_guest: true, ..Default::default() };
+    let c = choose(&caps, IpivSetting::Auto, None, base).unwrap();
+    assert_eq!(c.path, InterruptPath::Posted);
+    assert!(c.why_not_better.is_some_and(|w| w.contains("IPI virtualization")));
+    let e = choose(&caps, IpivSetting::On, None, base).unwrap_err();
+    assert!(matches!(e, PathError::Missing { path: InterruptPath::Ipiv, .. }));
     assert!(std::format!("{e}").contains("IPI virtualization"), "{e}");
-    // Every vCPU configuration the hypervisor uses without IPIv negotiates.
+    // Every vCPU configuration the hypervisor uses without IPIv negotiates, on every path
+    // below it too (`interrupt_path = ...` in a manifest).
     for x2apic in [false, true] {
         for hlt_exiting in [false, true] {
-            let opts = VcpuControlOptions { ipiv: false, x2apic, hlt_exiting, unrestricted_guest: true };
+            let opts = VcpuControlOptions { x2apic, hlt_exiting, ..base };
+            for path in [InterruptPath::VirtualDelivery, InterruptPath::Injection] {
+                vcpu_controls(&caps, VcpuControlOptions { path, ..opts }).unwrap_or_else(|e| panic!("{path}: {e}"));
+            }
             let c = vcpu_controls(&caps, opts).unwrap_or_else(|e| panic!("{opts:?}: {e}"));
             assert_eq!(c.tertiary, 0);
             assert_eq!(c.primary & (1 << 17), 0);

@@ -1,5 +1,6 @@
 use super::*;
 use crate::vmx::caps::{VmxCaps, VmxMsrs};
+use crate::vmx::interrupt_path::InterruptPath;
 
 /// The recorded Bochs sapphire_rapids capabilities (see caps/tests.rs).
 fn bochs() -> VmxCaps {
@@ -40,31 +41,16 @@ fn missing_required_control_is_named() {
 }
 
 #[test]
-fn ipiv_resolution() {
-    use crate::manifest::IpivSetting;
-    let caps = bochs();
-    let e = resolve_ipiv(IpivSetting::On, &caps).unwrap_err();
-    assert_eq!(e.word, ControlWord::Tertiary);
-    assert!(std::format!("{e}").contains("IPI virtualization"));
-    assert_eq!(resolve_ipiv(IpivSetting::Auto, &caps), Ok(false));
-    let mut with = bochs();
-    with.tertiary |= 1 << 4;
-    assert_eq!(resolve_ipiv(IpivSetting::Auto, &with), Ok(true));
-    assert_eq!(resolve_ipiv(IpivSetting::On, &with), Ok(true));
-    assert_eq!(resolve_ipiv(IpivSetting::Off, &with), Ok(false));
-}
-
-#[test]
 fn ipiv_gets_tertiary_bit_4_and_activation() {
     let mut caps = bochs();
     caps.tertiary |= 1 << 4;
-    let c = vcpu_controls(&caps, VcpuControlOptions { ipiv: true, ..Default::default() }).unwrap();
+    let c = vcpu_controls(&caps, VcpuControlOptions { path: InterruptPath::Ipiv, ..Default::default() }).unwrap();
     assert_eq!(c.tertiary, 1 << 4);
     assert_ne!(c.primary & (1 << 17), 0);
     let off = vcpu_controls(&caps, VcpuControlOptions::default()).unwrap();
     assert_eq!(off.tertiary, 0);
     assert_eq!(off.primary & (1 << 17), 0, "no tertiary controls when none are used");
-    assert!(vcpu_controls(&bochs(), VcpuControlOptions { ipiv: true, ..Default::default() }).is_err());
+    assert!(vcpu_controls(&bochs(), VcpuControlOptions { path: InterruptPath::Ipiv, ..Default::default() }).is_err());
 }
 
 #[test]

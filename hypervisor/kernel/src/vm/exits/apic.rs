@@ -7,6 +7,7 @@ use alloc::format;
 use alloc::string::String;
 
 use hvcore::apic::icr::Icr;
+use hvcore::apic::injection::{self, Write as InjectedWrite};
 use hvcore::apic::timer::{DIVIDE_CONFIG, INITIAL_COUNT, LVT_TIMER};
 use hvcore::apic::vapic::{self, UnvirtualizedRefusal};
 use hvcore::apic::x2apic_msr::{self, X2apicWrite};
@@ -14,6 +15,7 @@ use hvcore::devices::ioapic::Message;
 use hvcore::exits::mmio::{self, Access as MemAccess};
 use hvcore::manifest::VmResult;
 use hvcore::vmx::fields::VmcsNatural;
+use hvcore::vmx::interrupt_path::InterruptPath;
 
 use super::{Flow, Handled, instruction};
 use crate::vm::delivery;
@@ -74,8 +76,17 @@ pub fn apic_write(v: &mut Vcpu<'_>) -> Handled {
     Ok(Flow::Continue)
 }
 
-/// An intercepted x2APIC-mode WRMSR (0x800-0x8FF); false for #GP.
+/// An intercepted x2APIC-mode WRMSR (0x800-0x8FF); false for #GP. On the injection path TPR,
+/// EOI and SELF IPI exit too, for the modelled APIC.
 pub fn x2apic_wrmsr(v: &mut Vcpu<'_>, msr: u32, value: u64) -> Result<bool, VmxInstrError> {
+    if v.vm.path == InterruptPath::Injection
+        && matches!(msr, x2apic_msr::MSR_TPR | x2apic_msr::MSR_EOI | x2apic_msr::MSR_SELF_IPI)
+    {
+        return match injection::x2apic_write(&v.apic.page(), msr, value) {
+            Some(w) => injected_write(v, w).map(|()| true),
+            None => Ok(false),
+        };
+    }
     match x2apic_msr::write_action(msr, value) {
         X2apicWrite::Icr(value) => {
             v.counters.msr_write_icr += 1;
@@ -126,9 +137,16 @@ pub fn apic_access(v: &mut Vcpu<'_>) -> Handled {
         Err(why) => return stop(format!("APIC register access not completed: {why}")),
     };
     let page = v.apic.page();
+    let modelled = v.vm.path == InterruptPath::Injection;
     let done = match insn.access {
         MemAccess::Read { dest, size } if kind == ACCESS_LINEAR_READ => {
-            match vapic::unvirtualized_read(&page, offset, size, v.timer_current_count()) {
+            let count = v.timer_current_count();
+            let read = if modelled {
+                injection::xapic_read(&page, offset, size, count)
+            } else {
+                vapic::unvirtualized_read(&page, offset, size, count)
+            };
+            match read {
                 Ok(value) => {
                     let old = v.gpr(dest.number)?;
                     v.set_gpr(dest.number, mmio::load_into(old, dest, value as u64))?;
@@ -139,10 +157,10 @@ pub fn apic_access(v: &mut Vcpu<'_>) -> Handled {
         }
         MemAccess::WriteReg { src, size } if kind == ACCESS_LINEAR_WRITE => {
             let value = mmio::stored_value(v.gpr(src.number)?, src, size);
-            vapic::unvirtualized_write(&page, offset, size, value as u32)
+            write_register(v, offset, size, value as u32)?
         }
         MemAccess::WriteImm { value, size } if kind == ACCESS_LINEAR_WRITE => {
-            vapic::unvirtualized_write(&page, offset, size, value as u32)
+            write_register(v, offset, size, value as u32)?
         }
         other => return stop(format!("the decoded instruction ({other:?}) does not match the access type {kind}")),
     };
@@ -156,5 +174,64 @@ pub fn apic_access(v: &mut Vcpu<'_>) -> Handled {
             stop("APIC register access that is not an aligned 32-bit access (SDM Vol. 3A §12.4.1)".into())
         }
         Err(UnvirtualizedRefusal::OutsideRegisters) => stop("access beyond the APIC registers".into()),
+    }
+}
+
+/// An xAPIC register write that exited: the registers the processor does not virtualize, or on
+/// the injection path every register but TPR, completed by the modelled APIC.
+fn write_register(
+    v: &mut Vcpu<'_>,
+    offset: usize,
+    size: u8,
+    value: u32,
+) -> Result<Result<(), UnvirtualizedRefusal>, VmxInstrError> {
+    let page = v.apic.page();
+    if v.vm.path != InterruptPath::Injection {
+        return Ok(vapic::unvirtualized_write(&page, offset, size, value));
+    }
+    match injection::xapic_write(&page, offset, size, value) {
+        Ok(w) => injected_write(v, w).map(Ok),
+        Err(e) => Ok(Err(e)),
+    }
+}
+
+/// What a register write on the injection path asks beyond the stored value: an EOI (which
+/// a level-triggered I/O APIC interrupt hears of), an IPI, a timer register, a self-IPI.
+fn injected_write(v: &mut Vcpu<'_>, w: InjectedWrite) -> Result<(), VmxInstrError> {
+    let page = v.apic.page();
+    match w {
+        InjectedWrite::Done => Ok(()),
+        InjectedWrite::Eoi(vector) => injected_eoi(v, vector),
+        InjectedWrite::Icr => {
+            let icr = Icr::xapic(page.read(vapic::ICR_LO), page.read(vapic::ICR_HI));
+            send_ipi(v, &icr)
+        }
+        InjectedWrite::Timer(offset, value) => v.timer_write(offset, value),
+        InjectedWrite::SelfIpi(vector) => {
+            // SDM Vol. 3A §12.12.11: a fixed, edge-triggered self-IPI; vectors below 16 are
+            // illegal and dropped.
+            if vector >= 16 {
+                v.deliver_self(vector)
+            } else {
+                v.counters.ipi_dropped += 1;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A guest EOI on the injection path: the modelled APIC retired `vector`; a level-triggered
+/// I/O APIC interrupt re-arms its entry, as an EOI-induced exit does with virtual-interrupt
+/// delivery (`virtualized_eoi`).
+fn injected_eoi(v: &mut Vcpu<'_>, vector: Option<u8>) -> Result<(), VmxInstrError> {
+    let Some(vector) = vector else { return Ok(()) };
+    let (_, level) = v.vm.devices.eoi_exit_bitmap();
+    if level[vector as usize / 64] & (1 << (vector % 64)) == 0 {
+        return Ok(());
+    }
+    v.counters.device_eois += 1;
+    match v.vm.devices.eoi(vector) {
+        Some(m) => send_message(v, &m),
+        None => Ok(()),
     }
 }

@@ -6,7 +6,8 @@
 
 use core::sync::atomic::Ordering;
 
-use hvcore::apic::vapic::{self, raise_rvi};
+use hvcore::apic::injection;
+use hvcore::apic::vapic;
 use hvcore::vmx::events::interruptibility::BLOCKING_BY_NMI;
 use hvcore::vmx::fields::{Vmcs16, Vmcs32, VmcsNatural};
 
@@ -19,25 +20,23 @@ const RFLAGS_IF: u64 = 1 << 9;
 pub fn hlt(v: &mut Vcpu<'_>) -> Handled {
     v.skip_instruction()?;
     let interrupts_enabled = VmcsNatural::GuestRflags.read()? & RFLAGS_IF != 0;
-    let pid = v.apic.pid();
     loop {
-        if pid.outstanding() || pid.pir_pending() {
-            let pir = pid.take();
-            if let Some(top) = v.apic.page().merge_pir(pir) {
-                let status = Vmcs16::GuestInterruptStatus.read()?;
-                Vmcs16::GuestInterruptStatus.write(raise_rvi(status, top))?;
-            }
-        }
+        v.fold_posted()?;
         v.timer_expire()?;
-        let rvi = Vmcs16::GuestInterruptStatus.read()? as u8;
         // An NMI the guest blocks (still in its NMI handler) does not end the halt either.
         let nmi = v.apic.pending_nmi.load(Ordering::Acquire)
             && Vmcs32::GuestInterruptibilityState.read()? & BLOCKING_BY_NMI == 0;
+        // With virtual-interrupt delivery the processor's rule decides (RVI against VPPR); on
+        // the injection path the modelled APIC's.
+        let page = v.apic.page();
+        let wakes = if v.controls.virtual_interrupt_delivery() {
+            let rvi = Vmcs16::GuestInterruptStatus.read()? as u8;
+            vapic::hlt_wakes(rvi, page.read(vapic::PPR), interrupts_enabled, nmi)
+        } else {
+            nmi || (interrupts_enabled && injection::deliverable(&page).is_some())
+        };
         // An INIT ends the halt too: the run loop applies it.
-        if vapic::hlt_wakes(rvi, v.apic.page().read(vapic::PPR), interrupts_enabled, nmi)
-            || v.vm.is_stopping()
-            || v.apic.startup.init_pending()
-        {
+        if wakes || v.vm.is_stopping() || v.apic.startup.init_pending() {
             return Ok(Flow::Continue);
         }
         if v.watchdog_expired() {

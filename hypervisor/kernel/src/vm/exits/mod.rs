@@ -47,8 +47,9 @@ pub fn handle(v: &mut Vcpu<'_>, reason: BasicExit) -> Handled {
         // The exception bitmap is 0, so this is a host NMI (none is sent by this hypervisor;
         // its NMI exit is all it needs); virtual NMIs are gated by the run loop.
         BasicExit::ExceptionOrNmi => Ok(Flow::Continue),
-        // The guest stopped blocking NMIs: the run loop injects the waiting one.
-        BasicExit::NmiWindow => Ok(Flow::Continue),
+        // The guest stopped blocking NMIs, or interrupts (the injection path), or lowered its
+        // TPR below a held-back interrupt's class: the run loop injects what waits.
+        BasicExit::NmiWindow | BasicExit::InterruptWindow | BasicExit::TprBelowThreshold => Ok(Flow::Continue),
         // The watchdog or the APIC timer: the run loop delivers a due timer and re-arms.
         BasicExit::PreemptionTimer if v.watchdog_expired() => timeout(v),
         BasicExit::PreemptionTimer => Ok(Flow::Continue),
@@ -100,8 +101,11 @@ fn external_interrupt(v: &mut Vcpu<'_>) -> Handled {
     let info = Vmcs32::VmExitInterruptionInfo.read()?;
     crate::apic::eoi();
     let vector = info as u8;
-    // KICK: look at the VM again; GUEST_TIMER: the run loop delivers the due APIC timer.
-    if info & (1 << 31) != 0 && vector != vectors::KICK && vector != vectors::GUEST_TIMER {
+    // KICK: look at the VM again; GUEST_TIMER: the run loop delivers the due APIC timer;
+    // POSTED_INTR where the processor does not process posted interrupts: the run loop folds
+    // what was posted.
+    let expected = [vectors::KICK, vectors::GUEST_TIMER, vectors::POSTED_INTR];
+    if info & (1 << 31) != 0 && !expected.contains(&vector) {
         log::warn!("vCPU {}: unexpected host interrupt vector {vector:#x}", v.index);
     }
     Ok(Flow::Continue)

@@ -4,10 +4,12 @@
 
 use core::sync::atomic::Ordering;
 
+use hvcore::apic::injection;
 use hvcore::apic::timer::IA32_TSC_DEADLINE;
 use hvcore::apic::x2apic_msr::{self, ApicBaseWrite};
 use hvcore::exits::msr;
 use hvcore::manifest::VmResult;
+use hvcore::vmx::interrupt_path::InterruptPath;
 
 use super::{Flow, Handled, apic};
 use crate::vm::vcpu::Vcpu;
@@ -19,7 +21,13 @@ pub fn rdmsr(v: &mut Vcpu<'_>) -> Handled {
     let value = match m {
         msr::IA32_APIC_BASE => Some(v.apic.apic_base.load(Ordering::Relaxed)),
         IA32_TSC_DEADLINE => Some(v.timer_tsc_deadline()),
-        // The one x2APIC read the bitmap intercepts (x2apic_msr::read_passes_through).
+        // The one x2APIC read the bitmap intercepts (x2apic_msr::read_passes_through), or on
+        // the injection path every one: the modelled APIC answers.
+        x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST
+            if v.x2apic && v.vm.path == InterruptPath::Injection =>
+        {
+            injection::x2apic_read(&v.apic.page(), m, v.timer_current_count())
+        }
         x2apic_msr::MSR_TIMER_CURRENT if v.x2apic => Some(v.timer_current_count() as u64),
         _ => msr::read(m, v.index),
     };

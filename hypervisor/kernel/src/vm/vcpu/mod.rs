@@ -1,21 +1,22 @@
 //! One vCPU on the physical CPU it is pinned to: the state that CPU owns (guest registers, the
 //! controls as last written to the VMCS, the APIC timer, exit counters and budgets) and typed
 //! access to the guest state in its VMCS, every VMCS error propagated. Set-up and the start
-//! states (multiboot hand-off, INIT, SIPI): `setup`; the APIC timer: `timer`; the run loop
+//! states (multiboot hand-off, INIT, SIPI): `setup`; the APIC timer: `timer`; interrupts as the
+//! VM's interrupt path delivers them: `interrupts`; the run loop
 //! that enters the guest and dispatches exits: `super::run`.
 
+pub mod interrupts;
 pub mod setup;
 pub mod timer;
 
 use alloc::string::String;
 
 use hvcore::apic::timer::ApicTimer;
-use hvcore::apic::vapic::raise_rvi;
 use hvcore::budget::ExitBudget;
 use hvcore::exits::counters::ExitCounters;
 use hvcore::vmx::controls::Controls;
 use hvcore::vmx::events;
-use hvcore::vmx::fields::{Vmcs16, Vmcs32, VmcsNatural};
+use hvcore::vmx::fields::{Vmcs32, VmcsNatural};
 
 use super::Vm;
 use super::vapic::VcpuApic;
@@ -49,6 +50,8 @@ pub struct Vcpu<'a> {
     timer_shift: u32,
     /// The EOI-exit bitmap generation the VMCS holds (`super::devices`).
     pub(super) eoi_exit_generation: u32,
+    /// The TPR threshold the VMCS holds (the injection path: `interrupts`).
+    tpr_threshold: u32,
     /// The last line this vCPU printed (quoted in failure reasons).
     pub last_line: String,
     /// The census epoch this vCPU has recorded its counters for.
@@ -92,6 +95,7 @@ impl<'a> Vcpu<'a> {
             exit_budget: ExitBudget::new(vm.spec.max_exits_per_second, host.tsc_hz, now),
             timer_shift: host.caps.preemption_timer_shift(),
             eoi_exit_generation: 0,
+            tpr_threshold: 0,
             last_line: String::new(),
             census_seen: 0,
         }
@@ -185,14 +189,5 @@ impl<'a> Vcpu<'a> {
             Vmcs32::VmEntryExceptionErrorCode.write(code)?;
         }
         Vmcs32::VmEntryInterruptionInfo.write(info)
-    }
-
-    /// An interrupt for this vCPU from its own CPU (a self-IPI by the exit path, its APIC
-    /// timer, an I/O APIC message it caused): VIRR bit and RVI, evaluated at the next VM entry
-    /// (SDM Vol. 3C §30.2.1).
-    pub fn deliver_self(&self, vector: u8) -> Result<(), VmxInstrError> {
-        self.apic.page().set_irr(vector);
-        let status = Vmcs16::GuestInterruptStatus.read()?;
-        Vmcs16::GuestInterruptStatus.write(raise_rvi(status, vector))
     }
 }

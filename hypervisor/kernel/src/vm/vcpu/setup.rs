@@ -9,6 +9,7 @@ use hvcore::bootcfg::FaultInjection;
 use hvcore::manifest::{ApicMode, VmResult};
 use hvcore::start_state::{self, StartState};
 use hvcore::vmx::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsNatural};
+use hvcore::vmx::interrupt_path::InterruptPath;
 use x86_64::instructions::tables::{sgdt, sidt};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, GsBase, Msr};
@@ -23,6 +24,7 @@ static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
 
 const IA32_PAT: u32 = 0x277;
 const NMI_WINDOW_EXITING: u32 = 1 << hvcore::vmx::caps::primary_bits::NMI_WINDOW_EXITING;
+const INTERRUPT_WINDOW_EXITING: u32 = 1 << hvcore::vmx::caps::primary_bits::INTERRUPT_WINDOW_EXITING;
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 const HOST_TR_SELECTOR: u16 = 0x18;
 pub(in crate::vm) const CR4_VMXE: u64 = 1 << 13;
@@ -57,24 +59,35 @@ impl Vcpu<'_> {
         Vmcs32::VmEntryMsrLoadCount.write(0)?;
         Vmcs32::VmEntryInterruptionInfo.write(0)?;
         Vmcs64::MsrBitmap.write(self.vm.apic.msr_bitmap_xapic)?;
-        // APIC virtualization (SDM Vol. 3C §25.6.8, ch. 30): virtual-APIC page, APIC-access
-        // page (xAPIC mode), posted interrupts, EOI exits only for the I/O APIC's level
-        // entries (run.rs keeps them current), and IPIv's PID-pointer table.
+        // APIC virtualization (SDM Vol. 3C §25.6.8, ch. 30) as far as the VM's interrupt path
+        // goes: the virtual-APIC page (the TPR shadow's, on every path) and the APIC-access
+        // page (xAPIC mode); with virtual-interrupt delivery, RVI/SVI and EOI exits only for
+        // the I/O APIC's level entries (run.rs keeps them current); posted interrupts; and
+        // IPIv's PID-pointer table.
+        let path = self.vm.path;
         Vmcs64::VirtualApicPageAddr.write(self.apic.page_pa)?;
         Vmcs64::ApicAccessAddr.write(self.vm.apic.apic_access_pa)?;
-        Vmcs16::PostedIntrNv.write(POSTED_INTR as u16)?;
-        Vmcs64::PostedIntrDescAddr.write(self.apic.pid_pa)?;
         Vmcs32::TprThreshold.write(0)?;
-        for f in [Vmcs64::EoiExitBitmap0, Vmcs64::EoiExitBitmap1, Vmcs64::EoiExitBitmap2, Vmcs64::EoiExitBitmap3] {
-            f.write(0)?;
+        if c.virtual_interrupt_delivery() {
+            for f in [Vmcs64::EoiExitBitmap0, Vmcs64::EoiExitBitmap1, Vmcs64::EoiExitBitmap2, Vmcs64::EoiExitBitmap3] {
+                f.write(0)?;
+            }
+            Vmcs16::GuestInterruptStatus.write(0)?;
         }
-        Vmcs16::GuestInterruptStatus.write(0)?;
-        if self.vm.ipiv {
+        if path >= InterruptPath::Posted {
+            Vmcs16::PostedIntrNv.write(POSTED_INTR as u16)?;
+            Vmcs64::PostedIntrDescAddr.write(self.apic.pid_pa)?;
+        }
+        if path == InterruptPath::Ipiv {
             Vmcs64::PidPointerTable.write(self.vm.apic.pid_table_pa)?;
             Vmcs16::LastPidPointerIndex.write(self.vm.apic.last_pid_index)?;
         }
         Vmcs64::EptPointer.write(self.vm.eptp)?;
-        Vmcs16::Vpid.write(NEXT_VPID.fetch_add(1, Ordering::Relaxed))?;
+        // Without VPID every entry and exit flushes the guest's linear mappings (SDM Vol. 3C
+        // §29.4.3.1): nothing more to do, the EPT never changes while the VM runs.
+        if c.vpid() {
+            Vmcs16::Vpid.write(NEXT_VPID.fetch_add(1, Ordering::Relaxed))?;
+        }
         Vmcs64::VmcsLinkPointer.write(u64::MAX)?;
 
         // Host state: this CPU as it runs now (SDM Vol. 3C §25.5).
@@ -197,7 +210,13 @@ impl Vcpu<'_> {
         self.apic.pid().take();
         self.apic.pending_nmi.store(false, Ordering::Release);
         self.timer = ApicTimer::new(super::timer::min_timer_period(self.host.tsc_hz));
-        Vmcs16::GuestInterruptStatus.write(0)?;
+        if self.controls.virtual_interrupt_delivery() {
+            Vmcs16::GuestInterruptStatus.write(0)?;
+        }
+        if self.controls.primary & INTERRUPT_WINDOW_EXITING != 0 {
+            self.controls.primary &= !INTERRUPT_WINDOW_EXITING;
+            Vmcs32::PrimaryProcBasedVmExecControl.write(self.controls.primary)?;
+        }
         if self.controls.primary & NMI_WINDOW_EXITING != 0 {
             self.controls.primary &= !NMI_WINDOW_EXITING;
             Vmcs32::PrimaryProcBasedVmExecControl.write(self.controls.primary)?;
@@ -236,8 +255,8 @@ impl Vcpu<'_> {
     }
 
     /// Switches the vCPU's virtual APIC to x2APIC mode (the guest set IA32_APIC_BASE.EXTD):
-    /// "virtualize x2APIC mode" instead of "virtualize APIC accesses", the x2APIC MSR bitmap,
-    /// and the x2APIC ID and LDR in the virtual-APIC page.
+    /// "virtualize x2APIC mode" (none on the injection path) instead of "virtualize APIC
+    /// accesses", the x2APIC MSR bitmap, and the x2APIC ID and LDR in the virtual-APIC page.
     pub fn enter_x2apic(&mut self) -> Result<(), VmxInstrError> {
         let secondary = self.controls.secondary_for(true);
         Vmcs32::SecondaryProcBasedVmExecControl.write(secondary)?;

@@ -1,0 +1,309 @@
+//! The local APIC the hypervisor models itself on the injection path (`vmx::interrupt_path`):
+//! no virtual-interrupt delivery, so IRR, ISR and PPR are the hypervisor's, kept in the
+//! virtual-APIC page (which the TPR shadow already uses for VTPR, SDM Vol. 3C §30.1.1), and
+//! each interrupt is injected as an event at VM entry. The rules are the local APIC's (SDM
+//! Vol. 3A §12.8.3-§12.8.5): an interrupt is delivered when its priority class is above PPR's,
+//! PPR is the higher of TPR and the in-service class, and EOI retires the highest in-service
+//! vector. Register reads and writes that exit (every xAPIC register but TPR, every x2APIC
+//! MSR) are completed here.
+
+use super::vapic::{self, UnvirtualizedRefusal, VirtualApicPage};
+
+const ISR: usize = vapic::ISR;
+const IRR: usize = vapic::IRR;
+
+/// The highest vector set in the 256-bit register at `base` (ISR, IRR).
+fn highest(page: &VirtualApicPage<'_>, base: usize) -> Option<u8> {
+    (0..8).rev().find_map(|r| {
+        let bits = page.read(base + r * 0x10);
+        (bits != 0).then(|| (r * 32 + 31 - bits.leading_zeros() as usize) as u8)
+    })
+}
+
+fn set_bit(page: &VirtualApicPage<'_>, base: usize, vector: u8, on: bool) {
+    let off = base + (vector as usize / 32) * 0x10;
+    let bit = 1 << (vector % 32);
+    let v = page.read(off);
+    page.write(off, if on { v | bit } else { v & !bit });
+}
+
+/// PPR (SDM Vol. 3A §12.8.3.1): TPR if its class is at least the highest in-service vector's
+/// class, else that class (low nibble 0).
+pub fn ppr(page: &VirtualApicPage<'_>) -> u32 {
+    let tpr = page.read(vapic::TPR) & 0xff;
+    let isrv = highest(page, ISR).unwrap_or(0) as u32;
+    if tpr >> 4 >= isrv >> 4 { tpr } else { isrv & 0xf0 }
+}
+
+/// The vector the APIC would deliver now: the highest requested one whose priority class is
+/// above PPR's (§12.8.4).
+pub fn deliverable(page: &VirtualApicPage<'_>) -> Option<u8> {
+    let irr = highest(page, IRR)?;
+    (irr >> 4 > (ppr(page) >> 4) as u8).then_some(irr)
+}
+
+/// The processor accepted `vector` (the injection went in): IRR → ISR, PPR follows.
+pub fn acknowledge(page: &VirtualApicPage<'_>, vector: u8) {
+    set_bit(page, IRR, vector, false);
+    set_bit(page, ISR, vector, true);
+    page.write(vapic::PPR, ppr(page));
+}
+
+/// EOI: retires the highest in-service vector (none: ignored, as hardware does) and returns it.
+pub fn eoi(page: &VirtualApicPage<'_>) -> Option<u8> {
+    let v = highest(page, ISR)?;
+    set_bit(page, ISR, v, false);
+    page.write(vapic::PPR, ppr(page));
+    Some(v)
+}
+
+/// The TPR threshold for the TPR shadow (SDM Vol. 3C §25.6.8, §30.1.2): with the highest
+/// requested vector held back by TPR alone, its class, so that the guest lowering TPR below it
+/// exits and the interrupt goes in; else 0 (no exit).
+pub fn tpr_threshold(page: &VirtualApicPage<'_>) -> u32 {
+    let Some(irr) = highest(page, IRR) else { return 0 };
+    let tpr_class = (page.read(vapic::TPR) >> 4) & 0xf;
+    let isr_class = highest(page, ISR).map_or(0, |v| v >> 4) as u32;
+    let class = (irr >> 4) as u32;
+    if class <= tpr_class && class > isr_class { class } else { 0 }
+}
+
+/// What the next VM entry does about interrupts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// Inject this vector as an external interrupt (type 0; SDM Vol. 3C §25.8.3).
+    Inject(u8),
+    /// The guest cannot take it yet (RFLAGS.IF = 0, blocking by STI or MOV SS, another event
+    /// being injected): exit when it can ("interrupt-window exiting", §26.7.5).
+    OpenWindow,
+    Nothing,
+}
+
+/// `can_inject`: RFLAGS.IF = 1, no blocking by STI or MOV SS, and no event already in the
+/// VM-entry interruption-information field.
+pub fn at_entry(page: &VirtualApicPage<'_>, can_inject: bool) -> Entry {
+    match deliverable(page) {
+        Some(v) if can_inject => Entry::Inject(v),
+        Some(_) => Entry::OpenWindow,
+        None => Entry::Nothing,
+    }
+}
+
+/// What an emulated register write asks of the vCPU beyond the stored value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    Done,
+    /// EOI: `eoi` has retired this vector (the I/O APIC may want to know).
+    Eoi(Option<u8>),
+    /// Send the IPI the ICR now holds.
+    Icr,
+    /// A timer register (offset, value) for the timer model.
+    Timer(usize, u32),
+    /// x2APIC SELF IPI.
+    SelfIpi(u8),
+}
+
+/// An xAPIC register read (an APIC-access exit): every register from the page, PPR computed,
+/// the timer's `current_count`; write-only and reserved offsets read 0.
+pub fn xapic_read(
+    page: &VirtualApicPage<'_>,
+    offset: usize,
+    size: u8,
+    current_count: u32,
+) -> Result<u32, UnvirtualizedRefusal> {
+    check(offset, size)?;
+    Ok(match offset {
+        vapic::PPR => ppr(page),
+        vapic::TIMER_CURRENT_COUNT => current_count,
+        vapic::ID | vapic::VERSION | vapic::TPR | vapic::LDR | vapic::DFR | vapic::SVR | vapic::ESR => {
+            page.read(offset)
+        }
+        // ISR, TMR (never set: the I/O APIC's EOI bitmap knows its level-triggered vectors), IRR.
+        0x100..=0x270 => page.read(offset),
+        0x2f0..=0x380 | 0x3e0 => page.read(offset), // LVTs, ICR, initial count, divide
+        _ => 0,
+    })
+}
+
+/// An xAPIC register write (an APIC-access exit). Read-only and reserved registers ignore it,
+/// as hardware does; the ID is kept (this hypervisor's IDs are the vCPU indices).
+pub fn xapic_write(
+    page: &VirtualApicPage<'_>,
+    offset: usize,
+    size: u8,
+    value: u32,
+) -> Result<Write, UnvirtualizedRefusal> {
+    check(offset, size)?;
+    Ok(store(page, offset, value))
+}
+
+/// The stored form of a register write in either mode (`offset` is the xAPIC offset; x2APIC
+/// MSR `m` is offset `(m & 0xff) << 4`).
+fn store(page: &VirtualApicPage<'_>, offset: usize, value: u32) -> Write {
+    let keep = |mask: u32| {
+        page.write(offset, value & mask);
+        Write::Done
+    };
+    match offset {
+        vapic::TPR => keep(0xff),
+        vapic::EOI => Write::Eoi(eoi(page)),
+        vapic::LDR => keep(0xff00_0000),
+        vapic::DFR => {
+            page.write(offset, value | 0x0fff_ffff);
+            Write::Done
+        }
+        // Vector, APIC enable, focus checking, EOI-broadcast suppression.
+        vapic::SVR => keep(0x13ff),
+        // Writes rearm the error register, which this APIC never sets.
+        vapic::ESR => keep(0),
+        vapic::ICR_LO => {
+            // Delivery status (bit 12) reads 0: the IPI is sent at once.
+            page.write(offset, value & !(1 << 12));
+            Write::Icr
+        }
+        vapic::ICR_HI => keep(0xff00_0000),
+        0x320 | 0x380 | 0x3e0 => Write::Timer(offset, value),
+        // LVT CMCI, thermal, performance, LINT0, LINT1, error: vector, delivery mode,
+        // polarity, trigger mode and mask (SDM Vol. 3A §12.5.1).
+        vapic::LVT_CMCI | 0x330..=0x370 => keep(0x0001_a7ff),
+        _ => Write::Done,
+    }
+}
+
+fn check(offset: usize, size: u8) -> Result<(), UnvirtualizedRefusal> {
+    if offset >= 0x400 {
+        Err(UnvirtualizedRefusal::OutsideRegisters)
+    } else if size != 4 || !offset.is_multiple_of(16) {
+        Err(UnvirtualizedRefusal::NotAligned32)
+    } else {
+        Ok(())
+    }
+}
+
+/// RDMSR of x2APIC register `msr` (0x800-0x8FF; SDM Vol. 3A §12.12.1.2, Table 12-6); `None`
+/// for #GP (write-only, reserved or nonexistent).
+pub fn x2apic_read(page: &VirtualApicPage<'_>, msr: u32, current_count: u32) -> Option<u64> {
+    let offset = ((msr & 0xff) << 4) as usize;
+    Some(match msr {
+        0x802 | 0x803 | 0x808 | 0x80d | 0x80f | 0x810..=0x827 | 0x828 | 0x82f | 0x832..=0x838 | 0x83e => {
+            page.read(offset) as u64
+        }
+        0x80a => ppr(page) as u64,
+        0x830 => page.read(vapic::ICR_LO) as u64 | (page.read(vapic::ICR_LO + 4) as u64) << 32,
+        0x839 => current_count as u64,
+        _ => return None,
+    })
+}
+
+/// WRMSR of x2APIC TPR, EOI or SELF IPI, which the injection path intercepts (the other
+/// registers: `x2apic_msr::write_action`); `None` for #GP (reserved bits set; EOI takes 0).
+pub fn x2apic_write(page: &VirtualApicPage<'_>, msr: u32, value: u64) -> Option<Write> {
+    match msr {
+        0x808 if value < 0x100 => Some(store(page, vapic::TPR, value as u32)),
+        0x80b if value == 0 => Some(Write::Eoi(eoi(page))),
+        0x83f if value < 0x100 => Some(Write::SelfIpi(value as u8)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::AtomicU32;
+
+    fn page(regs: &[AtomicU32; 1024]) -> VirtualApicPage<'_> {
+        let p = VirtualApicPage(regs);
+        p.reset(0, false);
+        p
+    }
+
+    #[test]
+    fn priority_rules() {
+        let regs = [const { AtomicU32::new(0) }; 1024];
+        let p = page(&regs);
+        assert_eq!(deliverable(&p), None);
+        p.set_irr(0x41);
+        assert_eq!(deliverable(&p), Some(0x41));
+        p.write(vapic::TPR, 0x40);
+        assert_eq!(deliverable(&p), None, "same class as TPR: held");
+        assert_eq!(tpr_threshold(&p), 4, "lowering TPR below class 4 must exit");
+        p.write(vapic::TPR, 0x3f);
+        assert_eq!(deliverable(&p), Some(0x41));
+        assert_eq!(tpr_threshold(&p), 0);
+        p.write(vapic::TPR, 0);
+        acknowledge(&p, 0x41);
+        assert_eq!(p.read(vapic::PPR), 0x40);
+        assert_eq!(p.read(vapic::IRR + 0x20), 0);
+        assert_eq!(p.read(vapic::ISR + 0x20), 1 << 1);
+        p.set_irr(0x45);
+        assert_eq!(deliverable(&p), None, "in-service class 4 holds class 4");
+        assert_eq!(tpr_threshold(&p), 0, "the ISR, not the TPR, holds it: the EOI exits anyway");
+        p.set_irr(0x51);
+        assert_eq!(deliverable(&p), Some(0x51), "a higher class nests");
+        acknowledge(&p, 0x51);
+        assert_eq!(eoi(&p), Some(0x51));
+        assert_eq!(eoi(&p), Some(0x41));
+        assert_eq!(eoi(&p), None);
+        assert_eq!(p.read(vapic::PPR), 0);
+        assert_eq!(deliverable(&p), Some(0x45));
+    }
+
+    #[test]
+    fn entry_decision() {
+        let regs = [const { AtomicU32::new(0) }; 1024];
+        let p = page(&regs);
+        assert_eq!(at_entry(&p, true), Entry::Nothing);
+        p.set_irr(0xec);
+        assert_eq!(at_entry(&p, false), Entry::OpenWindow);
+        assert_eq!(at_entry(&p, true), Entry::Inject(0xec));
+    }
+
+    #[test]
+    fn xapic_registers() {
+        let regs = [const { AtomicU32::new(0) }; 1024];
+        let p = page(&regs);
+        assert_eq!(xapic_read(&p, vapic::VERSION, 4, 0), Ok(vapic::VERSION_VALUE));
+        assert_eq!(xapic_write(&p, vapic::LDR, 4, 0x0312_3456), Ok(Write::Done));
+        assert_eq!(xapic_read(&p, vapic::LDR, 4, 0), Ok(0x0300_0000));
+        assert_eq!(xapic_write(&p, vapic::DFR, 4, 0), Ok(Write::Done));
+        assert_eq!(xapic_read(&p, vapic::DFR, 4, 0), Ok(0x0fff_ffff));
+        assert_eq!(xapic_write(&p, vapic::ICR_HI, 4, 0x0200_0000), Ok(Write::Done));
+        assert_eq!(xapic_write(&p, vapic::ICR_LO, 4, 0x1041), Ok(Write::Icr));
+        assert_eq!(xapic_read(&p, vapic::ICR_LO, 4, 0), Ok(0x41), "delivery status reads idle");
+        assert_eq!(xapic_write(&p, 0x380, 4, 1000), Ok(Write::Timer(0x380, 1000)));
+        assert_eq!(xapic_read(&p, vapic::TIMER_CURRENT_COUNT, 4, 77), Ok(77));
+        assert_eq!(xapic_write(&p, vapic::ID, 4, 0x0500_0000), Ok(Write::Done));
+        assert_eq!(xapic_read(&p, vapic::ID, 4, 0), Ok(0), "the ID is kept");
+        p.set_irr(0x61);
+        acknowledge(&p, 0x61);
+        assert_eq!(xapic_read(&p, vapic::ISR + 0x30, 4, 0), Ok(1 << 1));
+        assert_eq!(xapic_read(&p, vapic::PPR, 4, 0), Ok(0x60));
+        assert_eq!(xapic_write(&p, vapic::EOI, 4, 0), Ok(Write::Eoi(Some(0x61))));
+        assert_eq!(xapic_read(&p, vapic::EOI, 4, 0), Ok(0), "write-only");
+        assert_eq!(xapic_read(&p, 0x304, 4, 0), Err(UnvirtualizedRefusal::NotAligned32));
+        assert_eq!(xapic_write(&p, 0x400, 4, 0), Err(UnvirtualizedRefusal::OutsideRegisters));
+    }
+
+    #[test]
+    fn x2apic_registers() {
+        let regs = [const { AtomicU32::new(0) }; 1024];
+        let p = VirtualApicPage(&regs);
+        p.reset(3, true);
+        assert_eq!(x2apic_read(&p, 0x802, 0), Some(3));
+        assert_eq!(x2apic_read(&p, 0x80d, 0), Some(8), "cluster 0, bit 3");
+        assert_eq!(x2apic_read(&p, 0x80b, 0), None, "EOI is write-only");
+        assert_eq!(x2apic_read(&p, 0x83f, 0), None, "SELF IPI is write-only");
+        assert_eq!(x2apic_read(&p, 0x831, 0), None, "no ICR high half in x2APIC mode");
+        assert_eq!(x2apic_read(&p, 0x839, 5), Some(5));
+        assert_eq!(x2apic_write(&p, 0x808, 0x20), Some(Write::Done));
+        assert_eq!(x2apic_read(&p, 0x808, 0), Some(0x20));
+        assert_eq!(x2apic_read(&p, 0x80a, 0), Some(0x20), "PPR follows TPR");
+        assert_eq!(x2apic_write(&p, 0x808, 0x100), None);
+        assert_eq!(x2apic_write(&p, 0x80b, 0), Some(Write::Eoi(None)));
+        assert_eq!(x2apic_write(&p, 0x80b, 1), None, "EOI takes 0 only");
+        assert_eq!(x2apic_write(&p, 0x83f, 0x41), Some(Write::SelfIpi(0x41)));
+        p.write(vapic::ICR_LO, 0x4041);
+        p.write(vapic::ICR_LO + 4, 7);
+        assert_eq!(x2apic_read(&p, 0x830, 0), Some(0x7_0000_4041));
+    }
+}

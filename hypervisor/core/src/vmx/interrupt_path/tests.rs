@@ -1,0 +1,150 @@
+use super::*;
+use crate::vmx::caps::{VmxCaps, VmxMsrs, pin_bits, primary_bits, secondary_bits};
+use std::format;
+
+/// The project's Bochs, `sapphire_rapids` (as in caps/tests.rs): everything but IPIv.
+fn sapphire_rapids() -> VmxCaps {
+    let m = VmxMsrs {
+        cpuid_vmx: true,
+        feature_control: 0x5,
+        basic: 0x01d8_1000_0000_0004,
+        pinbased: 0xff_0000_0016,
+        procbased: 0xfffb_fffe_0400_6172,
+        exit: 0xf87f_ffff_0003_6dfb,
+        entry: 0x58_ffff_0000_11fb,
+        procbased2: Some(0x06d7_7fff_0000_0000),
+        procbased3: Some(0x80),
+        ept_vpid_cap: Some(0xf01_06f3_4141),
+        misc: 0x6004_01e0,
+        cr0_fixed0: 0x8000_0021,
+        cr0_fixed1: 0xffff_ffff,
+        cr4_fixed0: 0x2000,
+        cr4_fixed1: 0x3f7_3fff,
+    };
+    VmxCaps::decode(&m).unwrap()
+}
+
+fn base() -> VcpuControlOptions {
+    VcpuControlOptions { unrestricted_guest: true, ..Default::default() }
+}
+
+fn auto(caps: &VmxCaps) -> Result<PathChoice, PathError> {
+    choose(caps, IpivSetting::Auto, None, base())
+}
+
+#[test]
+fn the_best_path_the_cpu_has() {
+    let mut caps = sapphire_rapids();
+    let c = auto(&caps).unwrap();
+    assert_eq!(c.path, InterruptPath::Posted);
+    let why = c.why_not_better.unwrap();
+    assert!(why.starts_with("IPI virtualization: ") && why.contains("(bit 4)"), "{why}");
+
+    caps.tertiary |= 1 << 4;
+    assert_eq!(auto(&caps).unwrap(), PathChoice { path: InterruptPath::Ipiv, why_not_better: None });
+
+    caps.pin.may_be_1 &= !(1 << pin_bits::PROCESS_POSTED_INTERRUPTS);
+    let c = auto(&caps).unwrap();
+    assert_eq!(c.path, InterruptPath::VirtualDelivery);
+    let why = c.why_not_better.unwrap();
+    assert!(why.contains("posted interrupts: ") && why.contains("process posted interrupts"), "{why}");
+
+    caps.secondary.may_be_1 &= !(1 << secondary_bits::VIRTUAL_INTERRUPT_DELIVERY);
+    let c = auto(&caps).unwrap();
+    assert_eq!(c.path, InterruptPath::Injection);
+    assert!(c.why_not_better.unwrap().contains("virtual-interrupt delivery: "));
+}
+
+#[test]
+fn each_path_negotiates_what_it_uses() {
+    let mut caps = sapphire_rapids();
+    caps.tertiary |= 1 << 4;
+    let get = |path, x2apic| vcpu_controls(&caps, VcpuControlOptions { path, x2apic, ..base() }).unwrap();
+    let posted_bit = 1 << pin_bits::PROCESS_POSTED_INTERRUPTS;
+    let vid = 1 << secondary_bits::VIRTUAL_INTERRUPT_DELIVERY;
+    let regs = 1 << secondary_bits::APIC_REGISTER_VIRTUALIZATION;
+    let ipiv = get(InterruptPath::Ipiv, false);
+    assert_eq!(ipiv.tertiary, 1 << 4);
+    let posted = get(InterruptPath::Posted, false);
+    assert_eq!((posted.tertiary, posted.pin & posted_bit), (0, posted_bit));
+    let vd = get(InterruptPath::VirtualDelivery, false);
+    assert_eq!(vd.pin & posted_bit, 0);
+    assert_eq!(vd.secondary & (vid | regs), vid | regs);
+    assert!(vd.virtual_interrupt_delivery());
+    let inj = get(InterruptPath::Injection, false);
+    assert_eq!(inj.secondary & (vid | regs), 0);
+    assert!(!inj.virtual_interrupt_delivery());
+    assert_ne!(inj.primary & (1 << primary_bits::USE_TPR_SHADOW), 0);
+    assert_ne!(inj.secondary & 1, 0, "xAPIC: the APIC-access page");
+    assert_eq!(inj.primary & (1 << primary_bits::INTERRUPT_WINDOW_EXITING), 0, "opened only when needed");
+    // x2APIC mode: the injection path intercepts the MSRs and virtualizes no APIC mode.
+    let inj2 = get(InterruptPath::Injection, true);
+    assert_eq!(inj2.secondary & 0x11, 0);
+    assert_eq!(inj.secondary_for(true), inj2.secondary);
+    assert_eq!(vd.secondary_for(true) & 0x11, 0x10);
+    assert_eq!(inj2.secondary_for(false), inj.secondary);
+}
+
+#[test]
+fn what_no_path_can_do_without_is_named() {
+    let mut caps = sapphire_rapids();
+    caps.primary.may_be_1 &= !(1 << primary_bits::USE_TPR_SHADOW);
+    let e = auto(&caps).unwrap_err();
+    assert!(matches!(e, PathError::Missing { path: InterruptPath::Injection, requested: false, .. }));
+    let msg = format!("{e}");
+    assert!(msg.contains("use TPR shadow") && msg.contains("every interrupt path"), "{msg}");
+
+    let mut caps = sapphire_rapids();
+    caps.secondary.may_be_1 &= !(1 << secondary_bits::ENABLE_EPT);
+    assert_eq!(auto(&caps), Err(PathError::NoEpt));
+    assert!(format!("{}", PathError::NoEpt).contains("EPT"));
+
+    let mut caps = sapphire_rapids();
+    caps.secondary.may_be_1 &= !(1 << secondary_bits::UNRESTRICTED_GUEST);
+    assert_eq!(auto(&caps), Err(PathError::NoUnrestrictedGuest));
+    assert!(format!("{}", PathError::NoUnrestrictedGuest).contains("unrestricted guest"));
+}
+
+#[test]
+fn no_vpid_is_worked_around() {
+    let mut caps = sapphire_rapids();
+    caps.secondary.may_be_1 &= !(1 << secondary_bits::ENABLE_VPID);
+    assert_eq!(auto(&caps).unwrap().path, InterruptPath::Posted);
+    let c = vcpu_controls(&caps, base()).unwrap();
+    assert!(!c.vpid());
+    assert!(vcpu_controls(&sapphire_rapids(), base()).unwrap().vpid());
+}
+
+#[test]
+fn manifest_settings() {
+    let caps = sapphire_rapids();
+    let c = choose(&caps, IpivSetting::Auto, Some(InterruptPath::Injection), base()).unwrap();
+    assert_eq!(c.path, InterruptPath::Injection);
+    assert_eq!(c.why_not_better.as_deref(), Some("interrupt_path = injection in the manifest"));
+    let c = choose(&caps, IpivSetting::Off, None, base()).unwrap();
+    assert_eq!(c.path, InterruptPath::Posted);
+    assert_eq!(c.why_not_better.as_deref(), Some("IPI virtualization: ipiv = off in the manifest"));
+    let e = choose(&caps, IpivSetting::On, None, base()).unwrap_err();
+    assert!(matches!(e, PathError::Missing { path: InterruptPath::Ipiv, requested: true, .. }));
+    assert!(format!("{e}").contains("IPI virtualization"));
+    let e = choose(&caps, IpivSetting::On, Some(InterruptPath::Posted), base()).unwrap_err();
+    assert_eq!(e, PathError::Conflict(InterruptPath::Posted));
+    let mut no_posting = sapphire_rapids();
+    no_posting.pin.may_be_1 &= !(1 << pin_bits::PROCESS_POSTED_INTERRUPTS);
+    let e = choose(&no_posting, IpivSetting::Auto, Some(InterruptPath::Posted), base()).unwrap_err();
+    assert!(format!("{e}").starts_with("interrupt_path = posted needs posted interrupts: "), "{e}");
+    // ipiv = off on a CPU without posting: the reason names both.
+    let c = choose(&no_posting, IpivSetting::Off, None, base()).unwrap();
+    assert_eq!(c.path, InterruptPath::VirtualDelivery);
+    let why = c.why_not_better.unwrap();
+    assert!(why.contains("ipiv = off") && why.contains("process posted interrupts"), "{why}");
+}
+
+#[test]
+fn names_round_trip() {
+    for p in InterruptPath::BEST_FIRST {
+        assert_eq!(InterruptPath::parse(p.as_str()), Some(p));
+    }
+    assert_eq!(InterruptPath::parse("posted-interrupts"), None);
+    assert!(InterruptPath::Ipiv > InterruptPath::Posted && InterruptPath::VirtualDelivery > InterruptPath::Injection);
+}
