@@ -104,13 +104,20 @@ pub enum Write {
 }
 
 /// An xAPIC register read (an APIC-access exit): every register from the page, PPR computed,
-/// the timer's `current_count`; write-only and reserved offsets read 0.
+/// the timer's `current_count`; write-only and reserved offsets read 0. A byte or 16-bit read
+/// within a register's 32 bits reads those bytes, as APIC-register virtualization does for the
+/// registers it virtualizes (SDM Vol. 3C §30.4.2), so a guest sees the same APIC on every path.
 pub fn xapic_read(
     page: &VirtualApicPage<'_>,
     offset: usize,
     size: u8,
     current_count: u32,
 ) -> Result<u32, UnvirtualizedRefusal> {
+    let within = offset & 0xf;
+    if offset < 0x400 && matches!(size, 1 | 2) && within + size as usize <= 4 {
+        let word = xapic_read(page, offset - within, 4, current_count)?;
+        return Ok((word >> (8 * within)) & if size == 1 { 0xff } else { 0xffff });
+    }
     check(offset, size)?;
     Ok(match offset {
         vapic::PPR => ppr(page),
@@ -281,6 +288,11 @@ mod tests {
         assert_eq!(xapic_write(&p, vapic::EOI, 4, 0), Ok(Write::Eoi(Some(0x61))));
         assert_eq!(xapic_read(&p, vapic::EOI, 4, 0), Ok(0), "write-only");
         assert_eq!(xapic_read(&p, 0x304, 4, 0), Err(UnvirtualizedRefusal::NotAligned32));
+        assert_eq!(xapic_read(&p, vapic::VERSION + 2, 2, 0), Ok(vapic::VERSION_VALUE >> 16), "a 16-bit half");
+        assert_eq!(xapic_read(&p, vapic::VERSION, 1, 0), Ok(0x14), "a byte");
+        assert_eq!(xapic_read(&p, vapic::VERSION + 3, 2, 0), Err(UnvirtualizedRefusal::NotAligned32), "across");
+        assert_eq!(xapic_read(&p, vapic::PPR, 8, 0), Err(UnvirtualizedRefusal::NotAligned32), "8 bytes");
+        assert_eq!(xapic_write(&p, vapic::SVR, 1, 0), Err(UnvirtualizedRefusal::NotAligned32), "narrow write");
         assert_eq!(xapic_write(&p, 0x400, 4, 0), Err(UnvirtualizedRefusal::OutsideRegisters));
     }
 
