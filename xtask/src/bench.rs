@@ -76,6 +76,8 @@ pub fn matrix(cpus: u32, platform: Platform) -> Vec<Cell> {
             ("bare", bare),
             ("ipiv-on", &["spin", "halt-passthrough", "halt-exit"][..]),
             ("ipiv-off", &["spin", "halt-passthrough", "halt-exit"][..]),
+            ("virtual-delivery", &["spin", "halt-passthrough", "halt-exit"][..]),
+            ("injection", &["spin", "halt-passthrough", "halt-exit"][..]),
         ] {
             for &target in targets {
                 cells.push(Cell { apic, config, target, pattern: "unicast" });
@@ -114,11 +116,17 @@ impl Cell {
             self.pattern
         );
         if self.config != "bare" {
-            manifest += &format!(
-                "ipiv = {}\nhlt = {}\n",
-                if self.config == "ipiv-on" { "on" } else { "off" },
-                if self.target == "halt-exit" { "exit" } else { "passthrough" }
-            );
+            // Each config is one interrupt path (`interrupt_path`): IPIv, the posted exit path,
+            // and the two paths of CPUs without posted interrupts. A CPU without the path
+            // refuses the VM, and the cell is not measured.
+            let path = match self.config {
+                "ipiv-on" => "ipiv = on\n",
+                "ipiv-off" => "ipiv = off\ninterrupt_path = posted\n",
+                "virtual-delivery" => "interrupt_path = virtual-delivery\n",
+                _ => "interrupt_path = injection\n",
+            };
+            manifest += path;
+            manifest += &format!("hlt = {}\n", if self.target == "halt-exit" { "exit" } else { "passthrough" });
         }
         let file = dir.join(format!("{}.manifest", self.name().replace(' ', "-")));
         fs::write(&file, manifest)?;
@@ -151,6 +159,7 @@ pub fn record(cell: &Cell, summary: &Value) -> Result<Value> {
         .with_context(|| format!("no ipi-bench report (VM {}: {})", vm["result"], vm["reason"]))?;
     rec["cycles"] = report["cycles"].clone();
     rec["iterations"] = report["iterations"].clone();
+    rec["interrupt_path"] = vm["interrupt_path"].clone();
     let milli = |k: &str| report["exits_milli_per_ipi"][k].as_u64().unwrap_or(0) as f64 / 1000.0;
     rec["exits_per_ipi"] = json!({"sender": milli("sender"), "receiver": milli("receiver")});
     let sender = &vm["vcpu_exits"][0];
@@ -343,7 +352,9 @@ pub fn measure(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec<Va
         let summary = outcome.summary.with_context(|| format!("bench cell {}: no summary", cell.name()))?;
         let reason = summary["reason"].as_str().unwrap_or("");
         let no_vmx = summary["result"] == "unsupported";
-        if (cell.config == "ipiv-on" && reason.contains("IPI virtualization")) || (cell.config != "native" && no_vmx) {
+        // A CPU without the cell's interrupt path refuses its VM (`cannot run on this CPU`).
+        if (cell.config != "native" && reason.contains("cannot run on this CPU")) || (cell.config != "native" && no_vmx)
+        {
             skipped.push(format!("{}: {reason}", cell.name()));
             continue;
         }
@@ -522,7 +533,8 @@ mod tests {
     #[test]
     fn matrix_covers_every_cell_once() {
         let m = matrix(4, Platform::Bochs);
-        assert_eq!(m.len(), 2 * (2 + 3 + 3 + 2));
+        assert_eq!(m.len(), 2 * (2 + 3 + 3 + 3 + 3 + 2));
+        assert!(m.iter().any(|c| c.apic == "xapic" && c.config == "injection" && c.target == "halt-exit"));
         assert!(m.iter().any(|c| c.apic == "x2apic" && c.config == "ipiv-off" && c.target == "halt-exit"));
         assert_eq!(matrix(2, Platform::Bochs).iter().filter(|c| c.pattern == "broadcast").count(), 0);
         let q = matrix(4, Platform::Qemu);

@@ -1049,6 +1049,51 @@ fn linux_beside_guest() -> Result<()> {
     Ok(())
 }
 
+/// Debian's Linux on 4 vCPUs on the injection path, on a CPU model of that generation (no
+/// APIC-register virtualization, no virtual-interrupt delivery: the hypervisor models the APIC
+/// and injects every interrupt): it boots SMP, runs the workload's three parts on 4 CPUs and
+/// ends the VM with 0.
+fn linux_on_injection_path() -> Result<()> {
+    let args = RunArgs {
+        linux: true,
+        vcpus: 4,
+        apic: Some("xapic".into()),
+        append: Some(crate::bench_linux::counts(200)),
+        cpu_model: INJECTION_MODEL.into(),
+        timeout: 900,
+        ..RunArgs::new(Platform::Bochs, 4)
+    };
+    let o = run::run(&args)?;
+    if o.timed_out {
+        bail!("timed out");
+    }
+    vm_result(&o, "linux", "pass")?;
+    let v = vm(&o, "linux")?;
+    if v["interrupt_path"] != "injection" {
+        bail!("Linux ran on interrupt path {}, not injection", v["interrupt_path"]);
+    }
+    if !std::fs::read_to_string(&o.serial)?.contains("smpboot: Total of 4 processors activated") {
+        bail!("Linux did not bring all 4 vCPUs online");
+    }
+    let reports = v["reports"].as_array().cloned().unwrap_or_default();
+    let parts: Vec<&str> = reports.iter().filter_map(|r| r["workload"].as_str()).collect();
+    if parts != ["wake", "tlb", "membarrier"] || reports.iter().any(|r| r["workload"].is_string() && r["cpus"] != 4) {
+        bail!("the workload reported {reports:?}");
+    }
+    let injected = v["exits"]["interrupts_injected"].as_u64().unwrap_or(0);
+    let ipis: u64 = reports
+        .iter()
+        .filter_map(|r| r["guest_ipis"].as_object())
+        .flat_map(|m| m.values())
+        .filter_map(|n| n.as_u64())
+        .sum();
+    if injected < ipis {
+        bail!("{injected} interrupts injected, fewer than the workload's {ipis} IPIs");
+    }
+    println!("xtask test:   {ipis} guest IPIs, {injected} interrupts injected");
+    Ok(())
+}
+
 /// The same kernel and initramfs on the reference PC (QEMU, TCG, no hypervisor): the workload
 /// must see 4 CPUs, run its three parts and end the machine through isa-debug-exit with 0.
 fn linux_on_qemu() -> Result<()> {
@@ -1331,6 +1376,7 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
     }
     tally.check("linux-smp-x2apic-ipiv-beside-guest", linux_beside_guest);
     tally.check("linux-qemu-reference", linux_on_qemu);
+    tally.check("linux-smp-xapic-injection", linux_on_injection_path);
     // `cargo xtask bench --peer kvm` is too slow for the suite; its image must build.
     tally.check("kvm-peer-image", kvm_peer_image);
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed.len());

@@ -123,6 +123,7 @@ pub fn id() -> u32 {
 }
 
 /// Sends an IPI: `icr_low` holds vector, delivery mode and flags; `dest` is the APIC ID.
+#[inline(always)]
 pub fn send_ipi(dest: u32, icr_low: u32) {
     if is_x2apic() {
         // The x2APIC ICR is one 64-bit MSR with the destination in bits 63:32 (SDM §12.12.9).

@@ -19,7 +19,14 @@ pub struct VcpuIdentity {
     pub path: InterruptPath,
     /// HLT halts in the guest (no exit).
     pub hlt_passthrough: bool,
+    /// The host's highest basic leaf (CPUID.0:EAX).
+    pub host_max_leaf: u32,
 }
+
+/// The lowest highest-basic-leaf every VM sees: leaf 0x15 (the TSC and crystal clock) exists
+/// on every CPU model, so a guest learns the TSC and APIC-timer rate without calibrating
+/// against the PIT (older models stop at leaf 0xB or 0xD).
+pub const MIN_MAX_LEAF: u32 = 0x15;
 
 /// CPUID.1 bits hidden, by register.
 mod leaf1 {
@@ -111,7 +118,13 @@ pub fn path_from_code(code: u32) -> Option<InterruptPath> {
 /// The guest's view of CPUID leaf `leaf`/`subleaf`, given the host's `native` [eax, ebx, ecx, edx].
 pub fn filter(leaf: u32, subleaf: u32, native: [u32; 4], who: VcpuIdentity) -> [u32; 4] {
     let [mut a, mut b, mut c, mut d] = native;
+    // Leaves the host lacks read as its highest basic leaf there (SDM Vol. 2A CPUID): here they
+    // are 0, but for those this hypervisor defines.
+    if leaf > who.host_max_leaf && leaf <= MIN_MAX_LEAF {
+        (a, b, c, d) = (0, 0, 0, 0);
+    }
     match leaf {
+        0 => a = a.max(MIN_MAX_LEAF),
         1 => {
             c &= !leaf1::ECX_HIDDEN;
             c |= 1 << 31; // hypervisor present
@@ -225,6 +238,7 @@ mod tests {
     use super::*;
 
     const WHO: VcpuIdentity = VcpuIdentity {
+        host_max_leaf: 0x20,
         apic_id: 3,
         vcpu_count: 4,
         tsc_khz: 2_000_000,
@@ -243,6 +257,17 @@ mod tests {
         assert_eq!(b & 0xffff, 0x0800, "CLFLUSH size and brand index kept");
         assert_eq!(d, 0x178b_fbff & !leaf1::EDX_HIDDEN);
         assert_ne!(c & (1 << 24), 0, "TSC-deadline timer");
+    }
+
+    #[test]
+    fn an_older_cpu_still_shows_the_tsc_leaf() {
+        let ivy = VcpuIdentity { host_max_leaf: 0xd, ..WHO };
+        assert_eq!(filter(0, 0, [0xd, 1, 2, 3], ivy)[0], 0x15);
+        assert_eq!(filter(0, 0, [0x20, 1, 2, 3], WHO)[0], 0x20, "a higher maximum is kept");
+        // Above the host's maximum the host answers with its highest leaf's data: not shown.
+        assert_eq!(filter(0x10, 0, [7, 7, 7, 7], ivy), [0; 4]);
+        assert_eq!(filter(0x15, 0, [7, 7, 7, 7], ivy), [1, 1, 2_000_000_000, 0]);
+        assert_eq!(filter(0x10, 0, [7, 7, 7, 7], WHO), [7; 4], "the host's own leaf");
     }
 
     #[test]

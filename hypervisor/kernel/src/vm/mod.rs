@@ -88,6 +88,8 @@ pub struct Vm {
     pub console: Mutex<ConsoleBudget>,
     /// COM1's output until a newline, whichever vCPU wrote it.
     pub console_line: Mutex<Line>,
+    /// The host's highest basic CPUID leaf (its guests see at least leaf 0x15).
+    host_max_leaf: u32,
     /// The VM's clock: TSC at its creation and the TSC rate.
     clock0_tsc: u64,
     tsc_hz: u64,
@@ -153,6 +155,7 @@ impl Vm {
             census: (0..spec.vcpus).map(|_| Mutex::new(Vec::new())).collect(),
             console: Mutex::new(ConsoleBudget::new(host.tsc_hz, now)),
             console_line: Mutex::new(Line::new()),
+            host_max_leaf: core::arch::x86_64::__cpuid(0).eax,
             clock0_tsc: now,
             tsc_hz: host.tsc_hz,
         })
@@ -165,6 +168,7 @@ impl Vm {
             vcpu_count: self.spec.vcpus,
             tsc_khz: (self.tsc_hz / 1000).min(u32::MAX as u64) as u32,
             path: self.path,
+            host_max_leaf: self.host_max_leaf,
             hlt_passthrough: self.spec.hlt == HltMode::PassThrough,
         }
     }

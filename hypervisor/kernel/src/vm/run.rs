@@ -42,7 +42,13 @@ pub fn run_vcpu(vm: &Vm, index: u32, host: &Host) {
         Ok(controls) => {
             let mut vcpu = Vcpu::new(vm, index, host, controls);
             match vmcs.load().and_then(|_| vcpu.setup()).and_then(|_| vcpu.first_start()) {
-                Ok(true) => vcpu.run_loop(),
+                // One loop per kind of path, so the posted paths' loop has no test of the others'
+                // work (the exit path's length is a measured figure: docs/results.md).
+                Ok(true) => match vm.path {
+                    InterruptPath::Ipiv | InterruptPath::Posted => vcpu.run_loop::<{ Delivery::Posted as u8 }>(),
+                    InterruptPath::VirtualDelivery => vcpu.run_loop::<{ Delivery::Folded as u8 }>(),
+                    InterruptPath::Injection => vcpu.run_loop::<{ Delivery::Injected as u8 }>(),
+                },
                 Ok(false) => {}
                 Err(e) => vm.stop(VmResult::Fail, format!("vCPU {index}: VMCS set-up: {e}")),
             }
@@ -55,6 +61,18 @@ pub fn run_vcpu(vm: &Vm, index: u32, host: &Host) {
     vm.vcpu_done(index);
 }
 
+/// Who puts an interrupt from another CPU into the guest, for the run loop: the processor
+/// (posted-interrupt processing: the ipiv and posted paths), the run loop folding the
+/// descriptor into VIRR and RVI before entry (virtual-delivery), or the run loop injecting it
+/// (injection). A const parameter of the loop, not a field it tests.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Delivery {
+    Posted,
+    Folded,
+    Injected,
+}
+
 /// What the exit being handled cost, measured to the next entry.
 #[derive(Clone, Copy)]
 enum Timed {
@@ -63,10 +81,10 @@ enum Timed {
 }
 
 impl Vcpu<'_> {
-    fn run_loop(&mut self) {
+    fn run_loop<const D: u8>(&mut self) {
         let mut timed = None;
         loop {
-            match self.round_trip(&mut timed) {
+            match self.round_trip::<D>(&mut timed) {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::VcpuDone) => return,
                 Ok(Flow::Stop(result, why)) => {
@@ -82,24 +100,24 @@ impl Vcpu<'_> {
     }
 
     /// One entry and the handling of the exit that ends it.
-    fn round_trip(&mut self, timed: &mut Option<Timed>) -> Result<Flow, VmxInstrError> {
+    fn round_trip<const D: u8>(&mut self, timed: &mut Option<Timed>) -> Result<Flow, VmxInstrError> {
         if self.vm.is_stopping() {
             return Ok(Flow::VcpuDone);
         }
         if self.apic.startup.take_init() && !self.init()? {
             return Ok(Flow::VcpuDone);
         }
-        if !self.processor_posts() {
+        if D != Delivery::Posted as u8 {
             self.fold_posted()?;
         }
         if self.timer_expire()? {
             self.arm_preemption_timer()?;
         }
-        if self.controls.virtual_interrupt_delivery() {
+        if D != Delivery::Injected as u8 {
             self.sync_eoi_exit_bitmap()?;
         }
         self.gate_nmi()?;
-        if self.vm.path == InterruptPath::Injection {
+        if D == Delivery::Injected as u8 {
             self.inject_for_entry()?;
         }
         self.rearm_for_entry()?;
@@ -159,9 +177,19 @@ impl Vcpu<'_> {
     }
 
     /// A failed VMLAUNCH/VMRESUME, decoded; `None` if the guest ran.
+    #[inline(always)]
     fn entry_failed(&self, entered: Entry) -> Option<Flow> {
+        match entered {
+            Entry::Exited => None,
+            failed => Some(self.entry_failure(failed)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn entry_failure(&self, entered: Entry) -> Flow {
         let error = match entered {
-            Entry::Exited => return None,
+            Entry::Exited => unreachable!("the guest ran"),
             Entry::FailValid => match Vmcs32::VmInstructionError.read() {
                 Ok(n) => format!("VM-instruction error {n} ({})", hvcore::vmx::instruction_error::describe(n)),
                 Err(e) => format!("VMfailValid, and the error number is unreadable: {e}"),
@@ -171,15 +199,23 @@ impl Vcpu<'_> {
         let what = if self.launched { "VMRESUME" } else { "VMLAUNCH" };
         let detail = exits::entry_failure::guest_state(&self.host.caps);
         log::error!("vCPU {}: {what} failed: {error}; {detail}", self.index);
-        Some(Flow::Stop(VmResult::Fail, format!("{what} failed: {error}; {detail}")))
+        Flow::Stop(VmResult::Fail, format!("{what} failed: {error}; {detail}"))
     }
 
     /// Keeps the VMCS's EOI-exit bitmap equal to the I/O APIC's level-triggered vectors
-    /// (another vCPU may have reprogrammed them): one atomic load when nothing changed.
+    /// (another vCPU may have reprogrammed them): one atomic load when nothing changed. The
+    /// checks on every entry are forced inline, their rare work is not: the exit path's length
+    /// is a measured figure (docs/results.md).
+    #[inline(always)]
     fn sync_eoi_exit_bitmap(&mut self) -> Result<(), VmxInstrError> {
         if self.vm.devices.eoi_exit_generation() == self.eoi_exit_generation {
             return Ok(());
         }
+        self.write_eoi_exit_bitmap()
+    }
+
+    #[inline(never)]
+    fn write_eoi_exit_bitmap(&mut self) -> Result<(), VmxInstrError> {
         let (generation, bits) = self.vm.devices.eoi_exit_bitmap();
         for (f, b) in [Vmcs64::EoiExitBitmap0, Vmcs64::EoiExitBitmap1, Vmcs64::EoiExitBitmap2, Vmcs64::EoiExitBitmap3]
             .into_iter()
@@ -195,12 +231,18 @@ impl Vcpu<'_> {
     /// so the next window brings the vCPU back here (rules in `hvcore::vmx::events`). The
     /// flag is taken only when the NMI is injected: NMIs sent meanwhile fold into one pending,
     /// as a real local APIC latches one NMI while another is handled.
+    #[inline(always)]
     fn gate_nmi(&mut self) -> Result<(), VmxInstrError> {
         let pending = self.apic.pending_nmi.load(core::sync::atomic::Ordering::Acquire);
         let window_on = self.controls.primary & NMI_WINDOW_EXITING != 0;
         if !pending && !window_on {
             return Ok(());
         }
+        self.gate_pending_nmi(pending, window_on)
+    }
+
+    #[inline(never)]
+    fn gate_pending_nmi(&mut self, pending: bool, window_on: bool) -> Result<(), VmxInstrError> {
         let queued = Vmcs32::VmEntryInterruptionInfo.read()? & events::info::VALID != 0;
         let state = Vmcs32::GuestInterruptibilityState.read()?;
         let gate = events::nmi_gate(pending, state, queued);

@@ -54,6 +54,7 @@ impl VcpuApic {
 
     /// Posts `vector` and notifies the vCPU's CPU if the descriptor asks for it (SDM Vol. 3C
     /// §30.6): the target takes it without a VM exit if it is running.
+    #[inline(always)]
     pub fn post(&self, vector: u8) {
         if self.pid().post(vector) {
             apic::send_ipi(self.host_apic_id, apic::ICR_FIXED | POSTED_INTR_VECTOR as u32);

@@ -33,19 +33,21 @@ impl fmt::Display for VmxInstrError {
     }
 }
 
-/// Reads RFLAGS after a VMX instruction: CF = VMfailInvalid, ZF = VMfailValid.
+/// RFLAGS after a VMX instruction: CF = VMfailInvalid, ZF = VMfailValid.
+const VMFAIL_INVALID: u64 = 1 << 0;
+const VMFAIL_VALID: u64 = 1 << 6;
+
+/// The error of a failed VMX instruction. Cold and out of line: the field's name is looked up
+/// only here, so a VMCS access on the exit path costs its instruction and a flag test.
+#[cold]
+#[inline(never)]
+fn failure(rflags: u64, instruction: &'static str, field: Option<&'static str>) -> VmxInstrError {
+    let error = (rflags & VMFAIL_INVALID == 0).then(|| read_raw(Vmcs32::VmInstructionError.encoding()) as u32);
+    VmxInstrError { instruction, field, error }
+}
+
 fn check(rflags: u64, instruction: &'static str, field: Option<&'static str>) -> Result<(), VmxInstrError> {
-    if rflags & 1 != 0 {
-        return Err(VmxInstrError { instruction, field, error: None });
-    }
-    if rflags & (1 << 6) != 0 {
-        return Err(VmxInstrError {
-            instruction,
-            field,
-            error: Some(read_raw(Vmcs32::VmInstructionError.encoding()) as u32),
-        });
-    }
-    Ok(())
+    if rflags & (VMFAIL_INVALID | VMFAIL_VALID) != 0 { Err(failure(rflags, instruction, field)) } else { Ok(()) }
 }
 
 fn read_raw(encoding: u32) -> u64 {
@@ -55,33 +57,47 @@ fn read_raw(encoding: u32) -> u64 {
     v
 }
 
-fn vmread(encoding: u32, name: &'static str) -> Result<u64, VmxInstrError> {
+/// VMREAD, with the flags that tell whether it failed.
+#[inline(always)]
+fn vmread(encoding: u32) -> (u64, u64) {
     let (v, rflags): (u64, u64);
     // SAFETY: as in read_raw; the flags are captured to report failures.
     unsafe {
         asm!("vmread {v}, {e}", "pushfq", "pop {f}", v = out(reg) v, e = in(reg) encoding as u64, f = out(reg) rflags)
     };
-    check(rflags, "VMREAD", Some(name)).map(|_| v)
+    (v, rflags)
 }
 
-fn vmwrite(encoding: u32, name: &'static str, value: u64) -> Result<(), VmxInstrError> {
+/// VMWRITE, returning the flags that tell whether it failed.
+#[inline(always)]
+fn vmwrite(encoding: u32, value: u64) -> u64 {
     let rflags: u64;
     // SAFETY: VMWRITE changes only the current VMCS, which this CPU owns.
     unsafe {
         asm!("vmwrite {e}, {v}", "pushfq", "pop {f}", e = in(reg) encoding as u64, v = in(reg) value, f = out(reg) rflags)
     };
-    check(rflags, "VMWRITE", Some(name))
+    rflags
 }
 
 macro_rules! accessors {
     ($ty:ty, $val:ty) => {
         impl Access for $ty {
             type Value = $val;
+            #[inline]
             fn read(self) -> Result<$val, VmxInstrError> {
-                vmread(self.encoding(), self.name()).map(|v| v as $val)
+                let (v, rflags) = vmread(self.encoding());
+                if rflags & (VMFAIL_INVALID | VMFAIL_VALID) != 0 {
+                    return Err(failure(rflags, "VMREAD", Some(self.name())));
+                }
+                Ok(v as $val)
             }
+            #[inline]
             fn write(self, value: $val) -> Result<(), VmxInstrError> {
-                vmwrite(self.encoding(), self.name(), value as u64)
+                let rflags = vmwrite(self.encoding(), value as u64);
+                if rflags & (VMFAIL_INVALID | VMFAIL_VALID) != 0 {
+                    return Err(failure(rflags, "VMWRITE", Some(self.name())));
+                }
+                Ok(())
             }
         }
     };

@@ -10,7 +10,6 @@ use hvcore::apic::vapic::raise_rvi;
 use hvcore::vmx::caps::primary_bits;
 use hvcore::vmx::events::{self, interruptibility};
 use hvcore::vmx::fields::{Vmcs16, Vmcs32, VmcsNatural};
-use hvcore::vmx::interrupt_path::InterruptPath;
 
 use super::Vcpu;
 use crate::vmx::vmcs::{Access, VmxInstrError};
@@ -48,12 +47,6 @@ impl Vcpu<'_> {
             Vmcs16::GuestInterruptStatus.write(raise_rvi(status, top))?;
         }
         Ok(())
-    }
-
-    /// Whether the processor itself takes posted interrupts (so `fold_posted` is needed only
-    /// while the vCPU is out of the guest).
-    pub(in crate::vm) fn processor_posts(&self) -> bool {
-        self.vm.path >= InterruptPath::Posted
     }
 
     /// The injection path, before each entry: the interrupt the modelled APIC would deliver

@@ -63,11 +63,18 @@ impl Vcpu<'_> {
         self.arm_preemption_timer()
     }
 
-    /// Delivers the timer's interrupt if it is due; true if it did.
+    /// Delivers the timer's interrupt if it is due; true if it did. The check runs before every
+    /// entry, inline; the delivery does not.
+    #[inline(always)]
     pub(in crate::vm) fn timer_expire(&mut self) -> Result<bool, VmxInstrError> {
         if self.timer.next_expiry().is_none_or(|t| crate::time::rdtsc() < t) {
             return Ok(false);
         }
+        self.deliver_due_timer()
+    }
+
+    #[inline(never)]
+    fn deliver_due_timer(&mut self) -> Result<bool, VmxInstrError> {
         match self.timer.expire(crate::time::rdtsc()) {
             Some(vector) => {
                 self.deliver_self(vector)?;
@@ -96,6 +103,7 @@ impl Vcpu<'_> {
     }
 
     /// Whether `rearm_for_entry` will arm the timer anyway (so arming it earlier is wasted).
+    #[inline(always)]
     fn rearmed_at_entry(&self) -> bool {
         self.vm.timer == TimerSource::Preemption && self.timer.deadline().is_some()
     }
@@ -118,6 +126,7 @@ impl Vcpu<'_> {
     /// would make a pending guest timer late by that much, even with its value saved across
     /// exits. While a guest deadline is pending it is therefore re-armed from the TSC before
     /// every entry: a rdtsc and a VMWRITE.
+    #[inline(always)]
     pub(in crate::vm) fn rearm_for_entry(&self) -> Result<(), VmxInstrError> {
         if self.rearmed_at_entry() {
             self.write_preemption_timer()?;
