@@ -118,7 +118,7 @@ pub fn xapic_read(
         let word = xapic_read(page, offset - within, 4, current_count)?;
         return Ok((word >> (8 * within)) & if size == 1 { 0xff } else { 0xffff });
     }
-    check(offset, size)?;
+    vapic::check_register_access(offset, size)?;
     Ok(match offset {
         vapic::PPR => ppr(page),
         vapic::TIMER_CURRENT_COUNT => current_count,
@@ -140,7 +140,7 @@ pub fn xapic_write(
     size: u8,
     value: u32,
 ) -> Result<Write, UnvirtualizedRefusal> {
-    check(offset, size)?;
+    vapic::check_register_access(offset, size)?;
     Ok(store(page, offset, value))
 }
 
@@ -174,16 +174,6 @@ fn store(page: &VirtualApicPage<'_>, offset: usize, value: u32) -> Write {
         // polarity, trigger mode and mask (SDM Vol. 3A §12.5.1).
         vapic::LVT_CMCI | 0x330..=0x370 => keep(0x0001_a7ff),
         _ => Write::Done,
-    }
-}
-
-fn check(offset: usize, size: u8) -> Result<(), UnvirtualizedRefusal> {
-    if offset >= 0x400 {
-        Err(UnvirtualizedRefusal::OutsideRegisters)
-    } else if size != 4 || !offset.is_multiple_of(16) {
-        Err(UnvirtualizedRefusal::NotAligned32)
-    } else {
-        Ok(())
     }
 }
 

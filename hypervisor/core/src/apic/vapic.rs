@@ -51,7 +51,7 @@ pub fn unvirtualized_read(
     size: u8,
     current_count: u32,
 ) -> Result<u32, UnvirtualizedRefusal> {
-    check_unvirtualized(offset, size)?;
+    check_register_access(offset, size)?;
     Ok(match offset {
         PPR | LVT_CMCI => page.read(offset),
         TIMER_CURRENT_COUNT => current_count,
@@ -68,7 +68,7 @@ pub fn unvirtualized_write(
     size: u8,
     value: u32,
 ) -> Result<(), UnvirtualizedRefusal> {
-    check_unvirtualized(offset, size)?;
+    check_register_access(offset, size)?;
     if offset == LVT_CMCI {
         // Vector 7:0, delivery mode 10:8, mask 16 (SDM Vol. 3A §12.5.1).
         page.write(LVT_CMCI, value & 0x0001_07ff);
@@ -76,7 +76,9 @@ pub fn unvirtualized_write(
     Ok(())
 }
 
-fn check_unvirtualized(offset: usize, size: u8) -> Result<(), UnvirtualizedRefusal> {
+/// Whether an access is one the SDM defines for xAPIC registers: 32 bits at the start of a
+/// register slot, inside the register space.
+pub fn check_register_access(offset: usize, size: u8) -> Result<(), UnvirtualizedRefusal> {
     if offset >= 0x400 {
         Err(UnvirtualizedRefusal::OutsideRegisters)
     } else if size != 4 || !offset.is_multiple_of(16) {

@@ -6,6 +6,8 @@ pub mod entry_checks;
 pub mod events;
 pub mod exit_reason;
 pub mod fields;
+#[cfg(test)]
+pub mod fixtures;
 pub mod instruction_error;
 pub mod interrupt_path;
 pub mod msr;
