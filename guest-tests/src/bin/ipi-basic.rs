@@ -1,7 +1,8 @@
 //! IPIs in the VM's APIC mode: fixed unicast between every pair (distinct vectors, so each
-//! receiver knows the sender), self-IPIs, broadcasts with a shorthand and to the physical
-//! broadcast ID, a logical destination, a halted receiver woken by an IPI, an NMI, and an IPI to
-//! an APIC ID outside the VM that must reach nobody. Each vCPU checks what it received.
+//! receiver knows the sender), self-IPIs, one held back by the task priority (CR8) until it is
+//! lowered, broadcasts with a shorthand and to the physical broadcast ID, a logical
+//! destination, a halted receiver woken by an IPI, an NMI, and an IPI to an APIC ID outside the
+//! VM that must reach nobody. Each vCPU checks what it received.
 #![no_std]
 #![no_main]
 
@@ -25,6 +26,20 @@ const BROADCAST_VECTOR: u8 = 0xa1;
 const LOGICAL_BASE: u8 = 0xb0; // + sender
 const WAKE_VECTOR: u8 = 0xc0;
 const OUTSIDE_VECTOR: u8 = 0xd0;
+const TPR_VECTOR: u8 = 0xe5;
+
+/// CR8: TPR[7:4] in 64-bit mode (SDM Vol. 3A §12.8.6.1).
+fn write_cr8(class: u64) {
+    // SAFETY: CR8 only sets the task priority; the test restores it.
+    unsafe { core::arch::asm!("mov cr8, {}", in(reg) class, options(nostack, preserves_flags)) };
+}
+
+fn read_cr8() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR8 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr8", out(reg) v, options(nostack, preserves_flags)) };
+    v
+}
 
 fn unicast(sender: u32, receiver: u32) -> u8 {
     UNICAST_BASE + (sender * 8 + receiver) as u8
@@ -82,6 +97,25 @@ fn main(me: u32, info: &'static Platform) {
         apic::self_ipi_msr(SELF_MSR_VECTOR);
         wait_until(info, 5, "the SELF IPI MSR interrupt", || count(me as usize, SELF_MSR_VECTOR) == 1);
     }
+    sync();
+
+    // 2b. The task priority holds back what it masks (SDM Vol. 3A §12.8.3.1): with CR8 at the
+    //     self-IPI's priority class the self-IPI stays pending, CR8 and the APIC's TPR register
+    //     being one; lowering CR8 delivers it. Every interrupt path must answer the same: the
+    //     processor's TPR virtualization, the hypervisor's APIC model, or its CR8 exits.
+    write_cr8((TPR_VECTOR >> 4) as u64);
+    assert_eq!(read_cr8(), (TPR_VECTOR >> 4) as u64, "CR8 reads back");
+    assert_eq!(apic::read(0x80) & 0xf0, (TPR_VECTOR & 0xf0) as u32, "CR8 is TPR[7:4]");
+    apic::send(ICR_ASSERT | SHORTHAND_SELF | TPR_VECTOR as u32, 0);
+    sent += 1;
+    let until = guest_tests::rdtsc() + info.tsc_hz / 1000;
+    while guest_tests::rdtsc() < until {
+        core::hint::spin_loop();
+    }
+    assert_eq!(count(me as usize, TPR_VECTOR), 0, "an interrupt of the TPR's own class was delivered");
+    write_cr8(0);
+    wait_until(info, 5, "the self-IPI the TPR held back", || count(me as usize, TPR_VECTOR) == 1);
+    assert_eq!(apic::read(0x80), 0, "TPR back to 0");
     sync();
 
     // 3. Broadcasts, one sender per round so the same vector never coalesces: the

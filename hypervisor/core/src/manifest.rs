@@ -144,6 +144,9 @@ pub struct VmSpec {
     /// Debugging (issue 5's rules test): the PID-pointer table entry of this vCPU is left
     /// invalid, so IPIs to it take the exit path.
     pub invalid_pid_entry: Option<u32>,
+    /// Debugging (issue 14): the injection path without a TPR shadow (CR8 exits), as on a CPU
+    /// without one; only with `interrupt_path = injection`.
+    pub no_tpr_shadow: bool,
     /// The test-support hypercalls (PID_OP) are open to this VM's guest. They let a guest
     /// read and change its vCPUs' posted-interrupt descriptors, so they are off by default.
     pub test_hooks: bool,
@@ -173,6 +176,7 @@ impl VmSpec {
             hlt: HltMode::PassThrough,
             timer: TimerSource::Preemption,
             invalid_pid_entry: None,
+            no_tpr_shadow: false,
             test_hooks: false,
             max_exits_per_second: crate::budget::DEFAULT_MAX_EXITS_PER_S,
             line,
@@ -259,6 +263,13 @@ impl VmSpec {
                 }
             }
             "debug_invalid_pid_entry" => self.invalid_pid_entry = Some(num32("debug_invalid_pid_entry")?),
+            "debug_no_tpr_shadow" => {
+                self.no_tpr_shadow = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(format!("debug_no_tpr_shadow must be true|false, not `{value}`")),
+                }
+            }
             "cpus" => {
                 self.cpus = value
                     .split(',')
@@ -349,6 +360,11 @@ impl Manifest {
                     return Err(format!("{who}: ipiv = off, but interrupt_path = ipiv"));
                 }
                 _ => {}
+            }
+            if vm.no_tpr_shadow && vm.interrupt_path != Some(InterruptPath::Injection) {
+                return Err(format!(
+                    "{who}: debug_no_tpr_shadow needs interrupt_path = injection (every other path uses the TPR shadow)"
+                ));
             }
             match (vm.kernel.is_empty(), vm.linux.is_empty()) {
                 (true, true) => return Err(format!("{who}: needs a kernel (multiboot) or linux (bzImage)")),

@@ -5,6 +5,7 @@
 pub mod census;
 pub mod counters;
 pub mod cpuid;
+pub mod cr;
 #[cfg(feature = "alloc")]
 pub mod hypercall;
 pub mod io;

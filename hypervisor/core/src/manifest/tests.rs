@@ -199,6 +199,12 @@ fn interrupt_path_key() {
     on.set("interrupt_path", "injection").unwrap();
     let e = Manifest { vms: vec![on] }.validate(&machine(4)).unwrap_err();
     assert!(e.contains("ipiv = on, but interrupt_path = injection"), "{e}");
+    let mut cr8 = vm("a", 1, &[]);
+    cr8.set("debug_no_tpr_shadow", "true").unwrap();
+    let e = Manifest { vms: vec![cr8.clone()] }.validate(&machine(4)).unwrap_err();
+    assert!(e.contains("debug_no_tpr_shadow needs interrupt_path = injection"), "{e}");
+    cr8.set("interrupt_path", "injection").unwrap();
+    Manifest { vms: vec![cr8] }.validate(&machine(4)).unwrap();
     let mut off = vm("a", 1, &[]);
     off.set("ipiv", "off").unwrap();
     off.set("interrupt_path", "ipiv").unwrap();

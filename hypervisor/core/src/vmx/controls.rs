@@ -193,6 +193,8 @@ pub mod exit_more_bits {
 
 /// Primary controls used beyond `caps::primary_bits`.
 pub mod primary_more_bits {
+    pub const CR8_LOAD_EXITING: u32 = 19;
+    pub const CR8_STORE_EXITING: u32 = 20;
     pub const UNCONDITIONAL_IO_EXITING: u32 = 24;
 }
 
@@ -216,6 +218,9 @@ pub struct VcpuControlOptions {
     /// Unrestricted guest: the vCPU runs real mode and protected mode without paging (a
     /// multiboot hand-off, a SIPI start) under EPT.
     pub unrestricted_guest: bool,
+    /// The injection path without a TPR shadow even where the CPU has one (the manifest's
+    /// `debug_no_tpr_shadow`, to test that variant on CPUs that all have it).
+    pub no_tpr_shadow: bool,
 }
 
 /// The controls of a 64-bit guest vCPU (SDM Vol. 3C §25.6): EPT (with VPID where the CPU has
@@ -223,8 +228,9 @@ pub struct VcpuControlOptions {
 /// is all a VPID-less vCPU needs); exits on I/O, MSRs (through the bitmap), external
 /// interrupts (acknowledged on exit) and the VMX-preemption timer watchdog; and as much APIC
 /// virtualization (ch. 30) as `opts.path` uses:
-/// - `Injection`: a TPR shadow and APIC-access virtualization in xAPIC mode (the hypervisor
-///   models the rest of the APIC and injects interrupts, with interrupt-window exiting);
+/// - `Injection`: APIC-access virtualization in xAPIC mode and a TPR shadow where the CPU has
+///   one, else CR8-load and CR8-store exiting (the hypervisor models the rest of the APIC and
+///   injects interrupts, with interrupt-window exiting);
 /// - `VirtualDelivery`: APIC-register virtualization and virtual-interrupt delivery too, and
 ///   x2APIC-mode virtualization;
 /// - `Posted`: posted-interrupt processing too;
@@ -252,9 +258,16 @@ pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Control
     let mut primary_req = bits(&[
         primary_more_bits::UNCONDITIONAL_IO_EXITING,
         primary_bits::USE_MSR_BITMAPS,
-        primary_bits::USE_TPR_SHADOW,
         primary_bits::ACTIVATE_SECONDARY_CONTROLS,
     ]);
+    // Without a TPR shadow, MOV to and from CR8 would reach the physical TPR: they exit
+    // instead (SDM Vol. 3C §26.1.3), and the hypervisor's APIC model answers.
+    let tpr_shadow = path > Injection || (caps.primary.allows(primary_bits::USE_TPR_SHADOW) && !opts.no_tpr_shadow);
+    primary_req |= if tpr_shadow {
+        1 << primary_bits::USE_TPR_SHADOW
+    } else {
+        bits(&[primary_more_bits::CR8_LOAD_EXITING, primary_more_bits::CR8_STORE_EXITING])
+    };
     if opts.hlt_exiting {
         primary_req |= 1 << primary_bits::HLT_EXITING;
     }
@@ -335,6 +348,11 @@ impl Controls {
     /// then RVI, the EOI-exit bitmap and virtual EOIs exist; otherwise the hypervisor injects.
     pub fn virtual_interrupt_delivery(&self) -> bool {
         self.secondary & (1 << secondary_bits::VIRTUAL_INTERRUPT_DELIVERY) != 0
+    }
+
+    /// Whether "use TPR shadow" is set (else CR8 accesses exit: the injection path without one).
+    pub fn tpr_shadow(&self) -> bool {
+        self.primary & (1 << primary_bits::USE_TPR_SHADOW) != 0
     }
 
     /// Whether "enable VPID" is set.

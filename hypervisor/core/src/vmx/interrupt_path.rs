@@ -7,9 +7,10 @@
 //! - `virtual-delivery`: APIC-register virtualization and virtual-interrupt delivery (§30.2)
 //!   without posting: the hypervisor marks the interrupt pending and kicks the target's CPU,
 //!   whose next VM entry evaluates it (one external-interrupt exit on the target);
-//! - `injection`: only a TPR shadow and APIC-access virtualization (§30.1.2, §30.4): the
-//!   hypervisor models the local APIC and injects each interrupt as an event at VM entry,
-//!   opening an interrupt window when the guest cannot take it yet (§25.6.2, §27.6).
+//! - `injection`: only APIC-access virtualization (§30.4), with a TPR shadow where the CPU has
+//!   one (§30.1.2; else CR8 accesses exit): the hypervisor models the local APIC and injects
+//!   each interrupt as an event at VM entry, opening an interrupt window when the guest cannot
+//!   take it yet (§25.6.2, §27.6).
 //!
 //! What every path needs (EPT, unrestricted guest, the controls of `controls::vcpu_controls`)
 //! is checked first; a CPU without it is refused with the feature's name.

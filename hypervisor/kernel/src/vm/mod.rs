@@ -114,6 +114,7 @@ impl Vm {
         let base = VcpuControlOptions {
             hlt_exiting: spec.hlt == HltMode::Exit,
             unrestricted_guest: true,
+            no_tpr_shadow: spec.no_tpr_shadow,
             ..Default::default()
         };
         let choice = interrupt_path::choose(&host.caps, spec.ipiv, spec.interrupt_path, base)

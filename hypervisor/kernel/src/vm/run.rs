@@ -37,6 +37,7 @@ pub fn run_vcpu(vm: &Vm, index: u32, host: &Host) {
         x2apic: false,
         hlt_exiting: vm.spec.hlt == HltMode::Exit,
         unrestricted_guest: true,
+        no_tpr_shadow: vm.spec.no_tpr_shadow,
     };
     match vcpu_controls(&host.caps, opts) {
         Ok(controls) => {

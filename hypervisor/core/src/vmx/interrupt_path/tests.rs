@@ -75,11 +75,11 @@ fn each_path_negotiates_what_it_uses() {
 #[test]
 fn what_no_path_can_do_without_is_named() {
     let mut caps = sapphire_rapids();
-    caps.primary.may_be_1 &= !(1 << primary_bits::USE_TPR_SHADOW);
+    caps.pin.may_be_1 &= !(1 << pin_bits::ACTIVATE_VMX_PREEMPTION_TIMER);
     let e = auto(&caps).unwrap_err();
     assert!(matches!(e, PathError::Missing { path: InterruptPath::Injection, requested: false, .. }));
     let msg = format!("{e}");
-    assert!(msg.contains("use TPR shadow") && msg.contains("every interrupt path"), "{msg}");
+    assert!(msg.contains("activate VMX-preemption timer") && msg.contains("every interrupt path"), "{msg}");
 
     let mut caps = sapphire_rapids();
     caps.secondary.may_be_1 &= !(1 << secondary_bits::ENABLE_EPT);
@@ -90,6 +90,31 @@ fn what_no_path_can_do_without_is_named() {
     caps.secondary.may_be_1 &= !(1 << secondary_bits::UNRESTRICTED_GUEST);
     assert_eq!(auto(&caps), Err(PathError::NoUnrestrictedGuest));
     assert!(format!("{}", PathError::NoUnrestrictedGuest).contains("unrestricted guest"));
+}
+
+#[test]
+fn no_tpr_shadow_means_injection_with_cr8_exits() {
+    let mut caps = sapphire_rapids();
+    caps.primary.may_be_1 &= !(1 << primary_bits::USE_TPR_SHADOW);
+    let c = auto(&caps).unwrap();
+    assert_eq!(c.path, InterruptPath::Injection);
+    assert!(c.why_not_better.unwrap().contains("use TPR shadow"), "the better paths need it");
+    let cr8_exits = (1 << 19) | (1 << 20);
+    for x2apic in [false, true] {
+        let ctl =
+            vcpu_controls(&caps, VcpuControlOptions { path: InterruptPath::Injection, x2apic, ..base() }).unwrap();
+        assert!(!ctl.tpr_shadow());
+        assert_eq!(ctl.primary & cr8_exits, cr8_exits);
+        assert_eq!(ctl.secondary & (1 << secondary_bits::VIRTUALIZE_APIC_ACCESSES), (!x2apic as u32));
+    }
+    // Asked for on a CPU that has one: the same controls.
+    let opts = VcpuControlOptions { path: InterruptPath::Injection, no_tpr_shadow: true, ..base() };
+    let forced = vcpu_controls(&sapphire_rapids(), opts).unwrap();
+    assert!(!forced.tpr_shadow() && forced.primary & cr8_exits == cr8_exits);
+    // Only the injection path does without it.
+    let opts = VcpuControlOptions { path: InterruptPath::Posted, no_tpr_shadow: true, ..base() };
+    assert!(vcpu_controls(&sapphire_rapids(), opts).unwrap().tpr_shadow());
+    assert!(vcpu_controls(&sapphire_rapids(), base()).unwrap().primary & cr8_exits == 0);
 }
 
 #[test]

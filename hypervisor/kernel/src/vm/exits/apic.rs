@@ -12,6 +12,7 @@ use hvcore::apic::timer::{DIVIDE_CONFIG, INITIAL_COUNT, LVT_TIMER};
 use hvcore::apic::vapic::{self, UnvirtualizedRefusal};
 use hvcore::apic::x2apic_msr::{self, X2apicWrite};
 use hvcore::devices::ioapic::Message;
+use hvcore::exits::cr::{self, CrAccessKind};
 use hvcore::exits::mmio::{self, Access as MemAccess};
 use hvcore::manifest::VmResult;
 use hvcore::vmx::fields::VmcsNatural;
@@ -26,6 +27,7 @@ use crate::vmx::vmcs::{Access, VmxInstrError};
 const ACCESS_LINEAR_READ: u64 = 0;
 const ACCESS_LINEAR_WRITE: u64 = 1;
 const ACCESS_FETCH: u64 = 2;
+const GP: u8 = 13;
 
 /// Sends an IPI the guest's ICR write asked for (the exit path), counting it.
 pub fn send_ipi(v: &mut Vcpu<'_>, icr: &Icr) -> Result<(), VmxInstrError> {
@@ -234,4 +236,33 @@ fn injected_eoi(v: &mut Vcpu<'_>, vector: Option<u8>) -> Result<(), VmxInstrErro
         Some(m) => send_message(v, &m),
         None => Ok(()),
     }
+}
+
+/// MOV to or from CR8 on the injection path without a TPR shadow (the only control-register
+/// access the controls intercept): CR8 is TPR[7:4] (SDM Vol. 3A §12.8.6.1), kept in the
+/// modelled APIC; reserved bits in a MOV to CR8 raise #GP(0). Lowering the TPR lets the run
+/// loop inject what it held back before the next entry.
+pub fn cr8_access(v: &mut Vcpu<'_>) -> Handled {
+    let q = cr::decode(VmcsNatural::ExitQualification.read()?);
+    let page = v.apic.page();
+    match q.kind {
+        CrAccessKind::MovTo if q.cr == 8 => match cr::tpr_from_cr8(v.gpr(q.gpr)?) {
+            Some(tpr) => page.write(vapic::TPR, tpr),
+            None => {
+                v.inject_exception(GP, Some(0))?;
+                return Ok(Flow::Continue);
+            }
+        },
+        CrAccessKind::MovFrom if q.cr == 8 => v.set_gpr(q.gpr, cr::cr8_from_tpr(page.read(vapic::TPR)))?,
+        _ => {
+            let rip = v.rip()?;
+            return Ok(Flow::Stop(
+                VmResult::Killed,
+                format!("unexpected control-register access {q:?} at RIP {rip:#x} (only CR8 is intercepted)"),
+            ));
+        }
+    }
+    v.counters.emulated += 1;
+    v.skip_instruction()?;
+    Ok(Flow::Continue)
 }

@@ -40,6 +40,7 @@ pub fn handle(v: &mut Vcpu<'_>, reason: BasicExit) -> Handled {
         BasicExit::Cpuid => cpuid(v),
         BasicExit::Hlt => hlt::hlt(v),
         BasicExit::Vmcall => hypercall::vmcall(v),
+        BasicExit::CrAccess => apic::cr8_access(v),
         BasicExit::Io => io::port_io(v),
         BasicExit::Rdmsr => msr::rdmsr(v),
         BasicExit::Wrmsr => msr::wrmsr(v),

@@ -57,7 +57,8 @@ impl Vcpu<'_> {
     /// guest's TPR holds back, so lowering the TPR shadow exits when that request can go in.
     pub(in crate::vm) fn inject_for_entry(&mut self) -> Result<(), VmxInstrError> {
         let page = self.apic.page();
-        let threshold = injection::tpr_threshold(&page);
+        // Without a TPR shadow every TPR change exits anyway (CR8, the register).
+        let threshold = if self.controls.tpr_shadow() { injection::tpr_threshold(&page) } else { 0 };
         if threshold != self.tpr_threshold {
             Vmcs32::TprThreshold.write(threshold)?;
             self.tpr_threshold = threshold;

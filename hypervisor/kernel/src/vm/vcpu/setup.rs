@@ -60,14 +60,16 @@ impl Vcpu<'_> {
         Vmcs32::VmEntryInterruptionInfo.write(0)?;
         Vmcs64::MsrBitmap.write(self.vm.apic.msr_bitmap_xapic)?;
         // APIC virtualization (SDM Vol. 3C §25.6.8, ch. 30) as far as the VM's interrupt path
-        // goes: the virtual-APIC page (the TPR shadow's, on every path) and the APIC-access
-        // page (xAPIC mode); with virtual-interrupt delivery, RVI/SVI and EOI exits only for
+        // goes: the virtual-APIC page (the TPR shadow's: every path but injection without one)
+        // and the APIC-access page (xAPIC mode); with virtual-interrupt delivery, RVI/SVI and EOI exits only for
         // the I/O APIC's level entries (run.rs keeps them current); posted interrupts; and
         // IPIv's PID-pointer table.
         let path = self.vm.path;
-        Vmcs64::VirtualApicPageAddr.write(self.apic.page_pa)?;
+        if c.tpr_shadow() {
+            Vmcs64::VirtualApicPageAddr.write(self.apic.page_pa)?;
+            Vmcs32::TprThreshold.write(0)?;
+        }
         Vmcs64::ApicAccessAddr.write(self.vm.apic.apic_access_pa)?;
-        Vmcs32::TprThreshold.write(0)?;
         if c.virtual_interrupt_delivery() {
             for f in [Vmcs64::EoiExitBitmap0, Vmcs64::EoiExitBitmap1, Vmcs64::EoiExitBitmap2, Vmcs64::EoiExitBitmap3] {
                 f.write(0)?;
