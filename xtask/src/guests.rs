@@ -136,51 +136,63 @@ fn ramdisk_name(path: &std::path::Path) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
 }
 
-/// The `[vm]` section and the files for `--kernel FILE [--append ARGS] [--module FILE]...
-/// [--initrd FILE] [--vcpus N]`: one VM called `kernel`, expected to pass (isa-debug-exit with
-/// 0). A Linux bzImage (its setup header says so) is booted by the Linux boot protocol with
-/// the initrd; anything else as a multiboot kernel with the modules.
-pub fn kernel_vm(
-    kernel: &std::path::Path,
-    append: Option<&str>,
-    modules: &[PathBuf],
-    initrd: Option<&std::path::Path>,
-    vcpus: u32,
-    extra: &[(&str, &str)],
-) -> Result<(String, Vec<crate::image::GuestImage>)> {
+/// What `--kernel FILE [--append ARGS] [--module FILE]... [--initrd FILE] [--vcpus N]` asks for.
+pub struct KernelVm<'a> {
+    pub kernel: &'a std::path::Path,
+    pub append: Option<&'a str>,
+    pub modules: &'a [PathBuf],
+    pub initrd: Option<&'a std::path::Path>,
+    pub vcpus: u32,
+    /// The watchdog unless `--watchdog-ms` (in `extra`) says otherwise.
+    pub watchdog_ms: u64,
+}
+
+/// RAM of a `--kernel` VM: QEMU's default `-m` (kvm-unit-tests load at 4 MiB and expect it).
+pub const KERNEL_RAM_MIB: u32 = 128;
+/// RAM of a `--kernel` Linux bzImage: the decompressor works from its preferred address up to
+/// init_size (64 MiB for Debian's kernel).
+pub const BZIMAGE_RAM_MIB: u32 = 256;
+
+/// The `[vm]` section and the files for `--kernel`: one VM called `kernel`, expected to pass
+/// (isa-debug-exit with 0). A Linux bzImage (its setup header says so) is booted by the Linux
+/// boot protocol with the initrd; anything else as a multiboot kernel with the modules, its
+/// command line `"<file name> <append>"` as QEMU and GRUB give it (the kernel adds the name).
+/// `extra` keys (`--apic`, `--ram`, `--watchdog-ms`, ...) come last and win.
+pub fn kernel_vm(k: &KernelVm<'_>, extra: &[(&str, &str)]) -> Result<(String, Vec<crate::image::GuestImage>)> {
     let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let image = read(kernel)?;
+    let image = read(k.kernel)?;
     let bzimage = image.get(0x202..0x206) == Some(b"HdrS".as_slice());
-    if bzimage && !modules.is_empty() {
-        bail!("--module: {} is a Linux bzImage; give it an --initrd", kernel.display());
+    if bzimage && !k.modules.is_empty() {
+        bail!("--module: {} is a Linux bzImage; give it an --initrd", k.kernel.display());
     }
-    if !bzimage && initrd.is_some() {
-        bail!("--initrd: {} is not a Linux bzImage; a multiboot kernel takes --module", kernel.display());
+    if !bzimage && k.initrd.is_some() {
+        bail!("--initrd: {} is not a Linux bzImage; a multiboot kernel takes --module", k.kernel.display());
     }
-    let mut files = vec![(ramdisk_name(kernel), image)];
-    if let Some(i) = initrd {
+    let mut files = vec![(ramdisk_name(k.kernel), image)];
+    if let Some(i) = k.initrd {
         files.push((ramdisk_name(i), read(i)?));
     }
-    for m in modules {
+    for m in k.modules {
         let name = ramdisk_name(m);
         if files.iter().any(|(n, _)| *n == name) {
             bail!("--module {}: a file named {name} is already packed", m.display());
         }
         files.push((name, read(m)?));
     }
-    let cmdline = append.unwrap_or("");
+    let cmdline = k.append.unwrap_or("");
     if cmdline.contains(['\n', '#', '"']) {
         bail!("--append: the command line may not hold a newline, `#` or `\"` (the manifest syntax), got {cmdline:?}");
     }
     let key = if bzimage { "linux" } else { "kernel" };
-    let mut section = format!("\n[vm]\nname = kernel\n{key} = {}\nvcpus = {vcpus}\nexpect = pass\n", files[0].0);
+    let ram = if bzimage { BZIMAGE_RAM_MIB } else { KERNEL_RAM_MIB };
+    let mut section = format!(
+        "\n[vm]\nname = kernel\n{key} = {}\nvcpus = {}\nexpect = pass\nram_mib = {ram}\ntimeout_ms = {}\n",
+        files[0].0, k.vcpus, k.watchdog_ms
+    );
     if !cmdline.is_empty() {
         section += &format!("cmdline = \"{cmdline}\"\n");
     }
     if bzimage {
-        // The decompressor works from its preferred address up to init_size (64 MiB for
-        // Debian's kernel): a Linux VM needs more than a test kernel's 16 MiB.
-        section += "ram_mib = 256\n";
         if let Some((name, _)) = files.get(1) {
             section += &format!("initrd = {name}\n");
         }

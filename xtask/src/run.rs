@@ -84,6 +84,14 @@ pub struct RunArgs {
     /// vCPUs of the --kernel's (or --linux') VM.
     #[arg(long, default_value_t = 1)]
     pub vcpus: u32,
+    /// RAM of the --kernel's VM in MiB, as QEMU's `-m` (default 128; a Linux bzImage 256), or
+    /// of each --guest VM (default: the catalogue's).
+    #[arg(long)]
+    pub ram: Option<u32>,
+    /// The VM watchdog in milliseconds of guest TSC time for the --kernel or --guest VMs
+    /// (default: --kernel 90 % of --timeout, --guest the catalogue's).
+    #[arg(long)]
+    pub watchdog_ms: Option<u64>,
     /// An initrd for a --kernel that is a Linux bzImage.
     #[arg(long, requires = "kernel")]
     pub initrd: Option<PathBuf>,
@@ -152,6 +160,8 @@ impl RunArgs {
             append: None,
             modules: Vec::new(),
             vcpus: 1,
+            ram: None,
+            watchdog_ms: None,
             initrd: None,
             linux: false,
             linux_ram: 256,
@@ -340,16 +350,27 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
         "# written by cargo xtask\nlog = {}\nexit = {exit}\nfault = {}\nhost_apic = {}\nnative_bench = {}\nnative_target = {}\n",
         args.log_level, args.fault, args.host_apic, args.native_bench, args.native_target
     );
-    let opts =
-        [("apic", &args.apic), ("ipiv", &args.ipiv), ("hlt", &args.hlt), ("interrupt_path", &args.interrupt_path)];
+    let ram = args.ram.map(|r| r.to_string());
+    let watchdog = args.watchdog_ms.map(|w| w.to_string());
+    let opts = [
+        ("apic", &args.apic),
+        ("ipiv", &args.ipiv),
+        ("hlt", &args.hlt),
+        ("interrupt_path", &args.interrupt_path),
+        ("ram_mib", &ram),
+        ("timeout_ms", &watchdog),
+    ];
     let extra: Vec<(&str, &str)> = opts.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))).collect();
     if let Some(kernel) = &args.kernel {
         let (section, files) = guests::kernel_vm(
-            kernel,
-            args.append.as_deref(),
-            &args.modules,
-            args.initrd.as_deref(),
-            args.vcpus,
+            &guests::KernelVm {
+                kernel,
+                append: args.append.as_deref(),
+                modules: &args.modules,
+                initrd: args.initrd.as_deref(),
+                vcpus: args.vcpus,
+                watchdog_ms: linux_watchdog_ms(args.timeout),
+            },
             &extra,
         )?;
         config += &section;
@@ -376,13 +397,9 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
     }
     match (&args.guest, &args.manifest) {
         (Some(list), _) => config += &guests::manifest_from_list(list, &extra)?,
-        (None, Some(_))
-            if args.apic.is_some() || args.ipiv.is_some() || args.hlt.is_some() || args.interrupt_path.is_some() =>
-        {
-            anyhow::bail!(
-                "--apic, --ipiv, --hlt and --interrupt-path apply to --guest; put them in the manifest's [vm] sections instead"
-            )
-        }
+        (None, Some(_)) if !extra.is_empty() => anyhow::bail!(
+            "--apic, --ipiv, --hlt, --interrupt-path, --ram and --watchdog-ms apply to --guest and --kernel; put them in the manifest's [vm] sections instead"
+        ),
         (None, Some(file)) => {
             config += "\n";
             config += &fs::read_to_string(file).with_context(|| format!("reading manifest {}", file.display()))?;
@@ -490,7 +507,8 @@ impl SerialTail {
     }
 }
 
-/// The Linux VM's watchdog: 90 % of the run's timeout, so the hypervisor's report comes first.
+/// The watchdog of a Linux or `--kernel` VM: 90 % of the run's timeout, so the hypervisor's
+/// report comes first.
 fn linux_watchdog_ms(run_timeout_s: u64) -> u64 {
     run_timeout_s * 900
 }

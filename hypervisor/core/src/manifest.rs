@@ -138,6 +138,9 @@ pub struct VmSpec {
     /// injection`): `None` for the best the CPU offers (`vmx::interrupt_path`).
     pub interrupt_path: Option<InterruptPath>,
     pub apic: ApicMode,
+    /// CPUID.1:ECX.x2APIC is offered (`x2apic = on | off`; QEMU's `-cpu ...,-x2apic`): off,
+    /// the guest cannot leave xAPIC mode (EXTD is a reserved bit).
+    pub x2apic: bool,
     pub hlt: HltMode,
     /// What delivers the guest's APIC timer (`timer = preemption | host-apic`).
     pub timer: TimerSource,
@@ -173,6 +176,7 @@ impl VmSpec {
             ipiv: IpivSetting::Auto,
             interrupt_path: None,
             apic: ApicMode::XApic,
+            x2apic: true,
             hlt: HltMode::PassThrough,
             timer: TimerSource::Preemption,
             invalid_pid_entry: None,
@@ -235,6 +239,13 @@ impl VmSpec {
                     _ => return Err(format!("apic must be xapic|x2apic, not `{value}`")),
                 }
             }
+            "x2apic" => {
+                self.x2apic = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("x2apic must be on|off, not `{value}`")),
+                }
+            }
             "hlt" => {
                 self.hlt = match value {
                     "passthrough" => HltMode::PassThrough,
@@ -285,6 +296,12 @@ impl VmSpec {
 }
 
 impl VmSpec {
+    /// The multiboot command line: the kernel's file name, then `cmdline`, as QEMU's `-kernel`
+    /// and GRUB give it (kernels such as kvm-unit-tests' take the first word as argv[0]).
+    pub fn multiboot_cmdline(&self) -> String {
+        if self.cmdline.is_empty() { self.kernel.clone() } else { format!("{} {}", self.kernel, self.cmdline) }
+    }
+
     /// Checks that the VM's boot files are in `files` (the ramdisk) and load into its RAM.
     pub fn check_boot<'a>(&self, files: &dyn Fn(&str) -> Option<&'a [u8]>) -> Result<(), String> {
         let ram = self.ram_mib as u64 * 1024 * 1024;
@@ -311,7 +328,7 @@ impl VmSpec {
             let data = files(m).ok_or_else(|| format!("module `{m}`: not in the ramdisk"))?;
             modules.push(crate::multiboot::Module { data, string: m });
         }
-        crate::multiboot::check_fits(&plan, ram, &self.cmdline, &modules)
+        crate::multiboot::check_fits(&plan, ram, &self.multiboot_cmdline(), &modules)
             .map_err(|e| format!("kernel `{}`: {e}", self.kernel))
     }
 }
@@ -360,6 +377,9 @@ impl Manifest {
                     return Err(format!("{who}: ipiv = off, but interrupt_path = ipiv"));
                 }
                 _ => {}
+            }
+            if vm.apic == ApicMode::X2Apic && !vm.x2apic {
+                return Err(format!("{who}: apic = x2apic, but x2apic = off hides x2APIC mode"));
             }
             if vm.no_tpr_shadow && vm.interrupt_path != Some(InterruptPath::Injection) {
                 return Err(format!(

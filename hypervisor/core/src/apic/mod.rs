@@ -2,6 +2,7 @@
 //! the PID-pointer table, the virtual-APIC page layout, and the MSR-bitmap policy for x2APIC
 //! virtualization (SDM Vol. 3C ch. 30 "APIC Virtualization and Virtual Interrupts").
 
+pub mod base;
 pub mod icr;
 pub mod injection;
 pub mod pid;

@@ -19,6 +19,13 @@ pub const ICR_LO: usize = 0x300;
 pub const ICR_HI: usize = 0x310;
 pub const SELF_IPI: usize = 0x3f0;
 
+/// SVR bit 8: the APIC is software-enabled (SDM Vol. 3A §12.9, Figure 12-23).
+pub const SVR_APIC_ENABLED: u32 = 1 << 8;
+/// The mask bit of every LVT entry (SDM Vol. 3A Figure 12-8).
+pub const LVT_MASKED: u32 = 1 << 16;
+/// The LVT entries: CMCI, timer, thermal, performance counters, LINT0, LINT1, error.
+pub const LVTS: [usize; 7] = [0x2f0, 0x320, 0x330, 0x340, 0x350, 0x360, 0x370];
+
 /// Version register: version 0x14 (integrated APIC), 6 LVT entries (max LVT index 5).
 pub const VERSION_VALUE: u32 = 0x0005_0014;
 
@@ -112,8 +119,8 @@ impl VirtualApicPage<'_> {
         self.write(VERSION, VERSION_VALUE);
         self.write(DFR, 0xffff_ffff);
         self.write(SVR, 0xff);
-        for lvt in [LVT_CMCI, 0x320, 0x330, 0x340, 0x350, 0x360, 0x370] {
-            self.write(lvt, 1 << 16); // masked
+        for lvt in LVTS {
+            self.write(lvt, LVT_MASKED);
         }
         self.set_mode(id, x2apic);
     }
@@ -159,6 +166,19 @@ impl VirtualApicPage<'_> {
     }
 }
 
+/// Whether the APIC is software-enabled (SVR bit 8; §12.4.7.2).
+pub fn software_enabled(page: &VirtualApicPage<'_>) -> bool {
+    page.read(SVR) & SVR_APIC_ENABLED != 0
+}
+
+/// Masks every LVT entry, as clearing SVR bit 8 does; the masks stay set until the APIC is
+/// software-enabled again (SDM Vol. 3A §12.4.7.2).
+pub fn mask_every_lvt(page: &VirtualApicPage<'_>) {
+    for lvt in LVTS {
+        page.write(lvt, page.read(lvt) | LVT_MASKED);
+    }
+}
+
 /// Whether a virtual interrupt is recognized: RVI[7:4] > VPPR[7:4] (SDM Vol. 3C §30.2.1,
 /// "Evaluation of Pending Virtual Interrupts"). `vppr` is the PPR register of the virtual-APIC page.
 pub fn virtual_interrupt_recognized(rvi: u8, vppr: u32) -> bool {
@@ -194,6 +214,21 @@ mod tests {
         p.set_mode(17, true);
         assert_eq!(p.read(ID), 17);
         assert_eq!(p.read(LDR), 0x0001_0002);
+    }
+
+    #[test]
+    fn software_disable_masks_every_lvt() {
+        let regs = [const { AtomicU32::new(0) }; 1024];
+        let p = VirtualApicPage(&regs);
+        p.reset(0, false);
+        assert!(!software_enabled(&p), "SVR is 0xFF after reset: software-disabled");
+        p.write(SVR, 0x1ff);
+        assert!(software_enabled(&p));
+        p.write(0x350, 0x700);
+        p.write(0x320, 0xec);
+        mask_every_lvt(&p);
+        assert_eq!(p.read(0x350), 0x700 | LVT_MASKED, "delivery mode kept");
+        assert_eq!(p.read(0x320), 0xec | LVT_MASKED);
     }
 
     #[test]

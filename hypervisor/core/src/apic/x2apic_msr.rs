@@ -1,6 +1,5 @@
 //! x2APIC MSRs (0x800–0x8FF) under "virtualize x2APIC mode" (SDM Vol. 3C §30.5): which pass
-//! through the MSR bitmap, and what an intercepted write means. And IA32_APIC_BASE writes, the
-//! guest's way from xAPIC to x2APIC mode (SDM Vol. 3A §12.12.5).
+//! through the MSR bitmap, and what an intercepted write means. IA32_APIC_BASE: `super::base`.
 
 use crate::vmx::interrupt_path::InterruptPath;
 
@@ -66,30 +65,6 @@ pub fn write_action(msr: u32, value: u64) -> X2apicWrite {
     }
 }
 
-/// What a WRMSR to IA32_APIC_BASE does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ApicBaseWrite {
-    /// Same value as now: nothing to do.
-    Unchanged,
-    /// xAPIC → x2APIC (EN = 1, EXTD = 1).
-    EnterX2apic,
-    /// Anything else (moving the base, disabling the APIC, x2APIC → xAPIC, reserved bits): #GP.
-    Gp,
-}
-
-const EN: u64 = 1 << 11;
-const EXTD: u64 = 1 << 10;
-
-pub fn apic_base_write(current: u64, value: u64) -> ApicBaseWrite {
-    if value == current {
-        ApicBaseWrite::Unchanged
-    } else if current & EXTD == 0 && value == current | EXTD | EN {
-        ApicBaseWrite::EnterX2apic
-    } else {
-        ApicBaseWrite::Gp
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,15 +103,5 @@ mod tests {
         assert_eq!(write_action(0x80f, 1 << 40), X2apicWrite::Gp);
         assert_eq!(write_action(MSR_ID, 5), X2apicWrite::Gp, "the x2APIC ID is read-only");
         assert_eq!(write_action(MSR_LDR, 5), X2apicWrite::Gp, "the x2APIC LDR is read-only");
-    }
-
-    #[test]
-    fn apic_base_transitions() {
-        let xapic = 0xfee0_0900;
-        assert_eq!(apic_base_write(xapic, xapic), ApicBaseWrite::Unchanged);
-        assert_eq!(apic_base_write(xapic, xapic | EXTD), ApicBaseWrite::EnterX2apic);
-        assert_eq!(apic_base_write(xapic | EXTD, xapic), ApicBaseWrite::Gp, "x2APIC to xAPIC is illegal");
-        assert_eq!(apic_base_write(xapic, 0xfed0_0900), ApicBaseWrite::Gp);
-        assert_eq!(apic_base_write(xapic, 0xfee0_0100), ApicBaseWrite::Gp, "disabling is not offered");
     }
 }

@@ -21,7 +21,18 @@ pub struct VcpuIdentity {
     pub hlt_passthrough: bool,
     /// The host's highest basic leaf (CPUID.0:EAX).
     pub host_max_leaf: u32,
+    /// x2APIC mode is offered (CPUID.1:ECX[21]; the manifest's `x2apic = off` hides it).
+    pub x2apic: bool,
+    /// The vCPU's APIC is globally enabled: CPUID.1:EDX.APIC[bit 9] follows IA32_APIC_BASE.EN
+    /// (SDM Vol. 3A §12.4.3).
+    pub apic_enabled: bool,
+    /// The guest's CR4, for the bits CPUID reflects: OSXSAVE (CPUID.1:ECX[27]) and OSPKE
+    /// (CPUID.7:ECX[4]) (SDM Vol. 2A CPUID).
+    pub cr4: u64,
 }
+
+const CR4_OSXSAVE: u64 = 1 << 18;
+const CR4_PKE: u64 = 1 << 22;
 
 /// The lowest highest-basic-leaf every VM sees: leaf 0x15 (the TSC and crystal clock) exists
 /// on every CPU model, so a guest learns the TSC and APIC-timer rate without calibrating
@@ -131,7 +142,15 @@ pub fn filter(leaf: u32, subleaf: u32, native: [u32; 4], who: VcpuIdentity) -> [
             // EBX[31:24] initial APIC ID; EBX[23:16] addressable logical processor IDs.
             b = (b & 0x0000_ffff) | (who.apic_id << 24) | (who.vcpu_count.next_power_of_two().min(255) << 16);
             c |= 1 << 24; // TSC-deadline timer: the vCPU's APIC timer has the mode (apic::timer)
+            if !who.x2apic {
+                c &= !(1 << 21);
+            }
+            // OSXSAVE is the guest's CR4.OSXSAVE, not the host's.
+            c = (c & !(1 << 27)) | if who.cr4 & CR4_OSXSAVE != 0 && c & (1 << 26) != 0 { 1 << 27 } else { 0 };
             d &= !leaf1::EDX_HIDDEN;
+            if !who.apic_enabled {
+                d &= !(1 << 9);
+            }
         }
         // Thermal and power management: only ARAT (the APIC timer runs in every C-state: the
         // timer model does not stop); no HWP, turbo or APERF/MPERF MSRs.
@@ -139,6 +158,8 @@ pub fn filter(leaf: u32, subleaf: u32, native: [u32; 4], who: VcpuIdentity) -> [
         7 if subleaf == 0 => {
             b &= !leaf7::EBX_HIDDEN;
             c &= !leaf7::ECX_HIDDEN;
+            // OSPKE is the guest's CR4.PKE.
+            c = (c & !(1 << 4)) | if who.cr4 & CR4_PKE != 0 && c & (1 << 3) != 0 { 1 << 4 } else { 0 };
             d &= !leaf7::EDX_HIDDEN;
         }
         7 if subleaf == 1 => {
@@ -244,6 +265,9 @@ mod tests {
         tsc_khz: 2_000_000,
         path: InterruptPath::Ipiv,
         hlt_passthrough: false,
+        x2apic: true,
+        apic_enabled: true,
+        cr4: CR4_OSXSAVE,
     };
 
     #[test]
@@ -257,6 +281,24 @@ mod tests {
         assert_eq!(b & 0xffff, 0x0800, "CLFLUSH size and brand index kept");
         assert_eq!(d, 0x178b_fbff & !leaf1::EDX_HIDDEN);
         assert_ne!(c & (1 << 24), 0, "TSC-deadline timer");
+    }
+
+    #[test]
+    fn leaf1_follows_the_vcpus_apic_and_cr4() {
+        let all = [u32::MAX; 4];
+        let [_, _, c, d] = filter(1, 0, all, WHO);
+        assert_ne!(c & (1 << 21), 0);
+        assert_ne!(d & (1 << 9), 0);
+        assert_ne!(c & (1 << 27), 0, "OSXSAVE with CR4.OSXSAVE");
+        let off = VcpuIdentity { x2apic: false, apic_enabled: false, cr4: 0, ..WHO };
+        let [_, _, c, d] = filter(1, 0, all, off);
+        assert_eq!(c & (1 << 21), 0, "x2APIC hidden");
+        assert_eq!(d & (1 << 9), 0, "a disabled APIC clears CPUID.1:EDX.APIC");
+        assert_eq!(c & (1 << 27), 0, "OSXSAVE is the guest's CR4 bit");
+        let [_, _, c7, _] = filter(7, 0, all, WHO);
+        assert_eq!(c7 & (1 << 4), 0, "OSPKE without CR4.PKE");
+        let [_, _, c7, _] = filter(7, 0, all, VcpuIdentity { cr4: CR4_PKE, ..WHO });
+        assert_ne!(c7 & (1 << 4), 0);
     }
 
     #[test]
@@ -318,7 +360,7 @@ mod tests {
 
     #[test]
     fn other_leaves_pass_through() {
-        assert_eq!(filter(7, 0, [1, 8, 3, 4], WHO), [1, 8, 3, 4]);
+        assert_eq!(filter(7, 0, [1, 8, 3, 4], WHO), [1, 8, 3 & !(1 << 4), 4]);
         assert_eq!(filter(0, 0, [0x20, 5, 6, 7], WHO), [0x20, 5, 6, 7]);
         assert_eq!(filter(0x8000_0001, 0, [1, 2, 3, 4], WHO), [1, 2, 3, 4]);
     }

@@ -38,11 +38,6 @@ pub const IA32_GS_BASE: u32 = 0xc000_0101;
 pub const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub const IA32_TSC_AUX: u32 = 0xc000_0103;
 
-/// The guest's IA32_APIC_BASE: xAPIC enabled at 0xFEE00000, BSP flag on vCPU 0.
-pub fn apic_base(vcpu: u32) -> u64 {
-    0xfee0_0000 | (1 << 11) | if vcpu == 0 { 1 << 8 } else { 0 }
-}
-
 /// The rule for `msr` on vCPU `vcpu`.
 pub fn rule(msr: u32, vcpu: u32) -> Rule {
     match msr {
@@ -53,7 +48,7 @@ pub fn rule(msr: u32, vcpu: u32) -> Rule {
         | IA32_GS_BASE | IA32_KERNEL_GS_BASE | IA32_STAR | IA32_LSTAR | IA32_CSTAR | IA32_FMASK | IA32_TSC_AUX => {
             Rule::PassThrough
         }
-        IA32_APIC_BASE => Rule::Fixed(apic_base(vcpu)),
+        IA32_APIC_BASE => Rule::Fixed(crate::apic::base::at_reset(vcpu)),
         // Locked, VMX disabled: the guest is told VMX is off.
         IA32_FEATURE_CONTROL => Rule::Fixed(1),
         IA32_MISC_ENABLE => Rule::Fixed(1), // fast strings

@@ -158,6 +158,8 @@ pub mod ept_cap_bits {
     pub const PDE_2MB_PAGES: u32 = 16;
     pub const INVEPT: u32 = 20;
     pub const INVVPID: u32 = 32;
+    pub const INVVPID_SINGLE_CONTEXT: u32 = 41;
+    pub const INVVPID_ALL_CONTEXT: u32 = 42;
 }
 
 /// Why VMX cannot be used on a processor. `Display` gives the one-line reason for reports.
@@ -293,7 +295,8 @@ impl VmxCaps {
         self.primary.allows(primary_bits::ACTIVATE_TERTIARY_CONTROLS) && self.tertiary & (1 << bit) != 0
     }
 
-    fn ept_cap(&self, bit: u32) -> bool {
+    /// Whether IA32_VMX_EPT_VPID_CAP bit `bit` is set (an EPT feature, an INVVPID type).
+    pub fn ept_vpid_allows(&self, bit: u32) -> bool {
         self.ept_vpid & (1 << bit) != 0
     }
 
@@ -319,8 +322,8 @@ impl VmxCaps {
             && self.secondary_allows(APIC_REGISTER_VIRTUALIZATION)
             && (x2apic_virt || self.secondary_allows(VIRTUALIZE_APIC_ACCESSES));
         let ept = self.secondary_allows(ENABLE_EPT)
-            && self.ept_cap(ept_cap_bits::PAGE_WALK_LENGTH_4)
-            && self.ept_cap(ept_cap_bits::MEMORY_TYPE_WB);
+            && self.ept_vpid_allows(ept_cap_bits::PAGE_WALK_LENGTH_4)
+            && self.ept_vpid_allows(ept_cap_bits::MEMORY_TYPE_WB);
         VmxFeatures {
             tertiary,
             // SDM Vol. 3C §30.1.6: IPI virtualization is tertiary control bit 4 and works

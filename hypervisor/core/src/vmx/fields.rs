@@ -110,6 +110,11 @@ vmcs_fields!(
     GuestIa32Debugctl = 0x2802,
     GuestIa32Pat = 0x2804,
     GuestIa32Efer = 0x2806,
+    /// The PAE page-directory-pointer-table entries (loaded by VM entry with PAE paging).
+    GuestPdpte0 = 0x280a,
+    GuestPdpte1 = 0x280c,
+    GuestPdpte2 = 0x280e,
+    GuestPdpte3 = 0x2810,
     HostIa32Pat = 0x2c00,
     HostIa32Efer = 0x2c02,
 });

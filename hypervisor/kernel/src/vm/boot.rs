@@ -79,6 +79,6 @@ fn multiboot_kernel(spec: &VmSpec, file: &Files<'_, '_>, ram: &mut [u8]) -> Resu
     for m in &spec.modules {
         modules.push(multiboot::Module { data: file(m)?, string: m });
     }
-    let placed = multiboot::place(ram, &plan, &spec.cmdline, &modules)?;
+    let placed = multiboot::place(ram, &plan, &spec.multiboot_cmdline(), &modules)?;
     Ok(Boot::Multiboot { entry: plan.entry, info: placed.info })
 }

@@ -22,6 +22,7 @@ use hvcore::devices::console_line::Line;
 use hvcore::ept::{Ept, RWX, TableMemory};
 use hvcore::exits::census;
 use hvcore::exits::counters::ExitCounters;
+use hvcore::exits::cr;
 use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::manifest::{HltMode, TimerSource, VmResult, VmSpec};
 use hvcore::summary::VmReport;
@@ -57,7 +58,9 @@ pub struct Vm {
     /// Host-physical base of guest RAM (guest-physical 0).
     pub ram_pa: u64,
     pub ram_size: u64,
+    /// The EPT with the APIC-access page at 0xFEE00000, and the same without it.
     pub eptp: u64,
+    pub eptp_no_apic: u64,
     pub boot: boot::Boot,
     /// How interrupts reach the guest, chosen for this CPU (`hvcore::vmx::interrupt_path`),
     /// and why no better path was used.
@@ -90,6 +93,12 @@ pub struct Vm {
     pub console_line: Mutex<Line>,
     /// The host's highest basic CPUID leaf (its guests see at least leaf 0x15).
     host_max_leaf: u32,
+    /// What IA32_APIC_BASE's rules depend on (`hvcore::apic::base`).
+    pub apic_features: hvcore::apic::base::Features,
+    /// The CR0 and CR4 bits the hypervisor owns (`hvcore::exits::cr`): what VMX fixes, and
+    /// CR4 bits of features the VM's CPUID does not offer.
+    pub cr0_mask: u64,
+    pub cr4_mask: u64,
     /// The VM's clock: TSC at its creation and the TSC rate.
     clock0_tsc: u64,
     tsc_hz: u64,
@@ -119,22 +128,32 @@ impl Vm {
         };
         let choice = interrupt_path::choose(&host.caps, spec.ipiv, spec.interrupt_path, base)
             .map_err(|e| format!("cannot run on this CPU ({}): {e}", host.cpu_model))?;
+        let x2apic = spec.x2apic && core::arch::x86_64::__cpuid(1).ecx & (1 << 21) != 0;
+        if spec.apic == hvcore::manifest::ApicMode::X2Apic && !x2apic {
+            return Err(format!("apic = x2apic, but this CPU ({}) has no x2APIC mode", host.cpu_model));
+        }
         let ram_pa = memory::alloc_zeroed(ram_size, 0x20_0000)
             .ok_or_else(|| format!("no {} MiB of contiguous memory for guest RAM", spec.ram_mib))?;
         let boot = boot::load(spec, files, guest_ram_while_building(ram_pa, ram_size))?;
         let apic = vapic::VmApic::new(spec, choice.path, &host.apic_ids)?;
         let mut frames = Frames;
-        let mut ept = Ept::new(&mut frames).map_err(|e| format!("EPT: {e:?}"))?;
-        ept.map(&mut frames, 0, ram_pa, ram_size, RWX).map_err(|e| format!("EPT: {e:?}"))?;
+        let ept_error = |e| format!("EPT: {e:?}");
+        let mut ept = Ept::new(&mut frames).map_err(ept_error)?;
+        ept.map(&mut frames, 0, ram_pa, ram_size, RWX).map_err(ept_error)?;
         // xAPIC accesses hit the APIC-access page, which APIC virtualization redirects to the
-        // vCPU's virtual-APIC page (SDM Vol. 3C §30.4).
-        ept.map(&mut frames, APIC_MMIO_GPA, apic.apic_access_pa, 0x1000, RWX).map_err(|e| format!("EPT: {e:?}"))?;
+        // vCPU's virtual-APIC page (SDM Vol. 3C §30.4). vCPUs whose APIC does not claim the
+        // page (x2APIC, disabled, relocated: vcpu::lapic) use a second EPT without it.
+        let mut no_apic = Ept::new(&mut frames).map_err(ept_error)?;
+        no_apic.map(&mut frames, 0, ram_pa, ram_size, RWX).map_err(ept_error)?;
+        ept.map(&mut frames, APIC_MMIO_GPA, apic.apic_access_pa, 0x1000, RWX).map_err(ept_error)?;
         let now = crate::time::rdtsc();
+        let (cr0_mask, cr4_mask) = cr_masks(host, choice.path, spec);
         Ok(Self {
             spec: spec.clone(),
             ram_pa,
             ram_size,
             eptp: ept.eptp(),
+            eptp_no_apic: no_apic.eptp(),
             boot,
             path: choice.path,
             path_reason: choice.why_not_better,
@@ -157,14 +176,24 @@ impl Vm {
             console: Mutex::new(ConsoleBudget::new(host.tsc_hz, now)),
             console_line: Mutex::new(Line::new()),
             host_max_leaf: core::arch::x86_64::__cpuid(0).eax,
+            apic_features: hvcore::apic::base::Features {
+                // Leaf 0x80000008 exists on every CPU with long mode.
+                max_phys_addr: core::arch::x86_64::__cpuid(0x8000_0008).eax as u8,
+                x2apic,
+            },
+            cr0_mask,
+            cr4_mask,
             clock0_tsc: now,
             tsc_hz: host.tsc_hz,
         })
     }
 
-    /// What CPUID tells vCPU `index` about itself and the VM.
-    pub fn cpuid_identity(&self, index: u32) -> hvcore::exits::cpuid::VcpuIdentity {
+    /// What CPUID tells vCPU `index`, whose CR4 is `cr4`, about itself and the VM.
+    pub fn cpuid_identity(&self, index: u32, cr4: u64) -> hvcore::exits::cpuid::VcpuIdentity {
         hvcore::exits::cpuid::VcpuIdentity {
+            x2apic: self.apic_features.x2apic,
+            apic_enabled: self.apic.vcpus[index as usize].enabled(),
+            cr4,
             apic_id: index,
             vcpu_count: self.spec.vcpus,
             tsc_khz: (self.tsc_hz / 1000).min(u32::MAX as u64) as u32,
@@ -308,6 +337,32 @@ impl Vm {
             report_exits: census::windows(&snapshots, &reports.tsc, self.clock0_tsc, self.tsc_hz),
         }
     }
+}
+
+/// The guest/host masks of CR0 and CR4 (`hvcore::exits::cr`), from the fixed bits and the
+/// feature bits of the VM's CPUID.
+fn cr_masks(host: &Host, path: InterruptPath, spec: &VmSpec) -> (u64, u64) {
+    use hvcore::exits::cpuid;
+    let caps = &host.caps;
+    let who = cpuid::VcpuIdentity {
+        apic_id: 0,
+        vcpu_count: spec.vcpus,
+        tsc_khz: 0,
+        path,
+        hlt_passthrough: false,
+        host_max_leaf: core::arch::x86_64::__cpuid(0).eax,
+        x2apic: true,
+        apic_enabled: true,
+        cr4: 0,
+    };
+    let leaf = |l: u32| {
+        let n = core::arch::x86_64::__cpuid_count(l, 0);
+        cpuid::filter(l, 0, [n.eax, n.ebx, n.ecx, n.edx], who)
+    };
+    let [_, _, c1, d1] = leaf(1);
+    let [_, b7, c7, d7] = leaf(7);
+    let allowed = cr::cr4_allowed((c1, d1), (b7, c7, d7), caps.cr4_fixed1);
+    (cr::cr0_mask(caps.cr0_fixed0, caps.cr0_fixed1), cr::cr4_mask(caps.cr4_fixed0, allowed))
 }
 
 /// Where a vCPU is, as the straggler watch sees it.

@@ -3,12 +3,12 @@
 //! hypervisor (the exit path): posting to another vCPU, self-IPIs, NMIs (SDM Vol. 3C ch. 30).
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use hvcore::apic::startup::Startup;
-
+use hvcore::apic::base::{self, ApicMode};
 use hvcore::apic::icr::Target;
 use hvcore::apic::pid::{HostApicMode, PostedInterruptDesc, build_pid_table, last_pid_pointer_index};
+use hvcore::apic::startup::Startup;
 use hvcore::apic::vapic::{self, VirtualApicPage};
 use hvcore::apic::x2apic_msr;
 use hvcore::exits::msr;
@@ -24,8 +24,8 @@ pub struct VcpuApic {
     pub pid_pa: u64,
     /// Host APIC ID of the physical CPU this vCPU is pinned to (the notification destination).
     pub host_apic_id: u32,
-    pub x2apic: AtomicBool,
-    /// IA32_APIC_BASE as the guest last set it.
+    /// IA32_APIC_BASE as the guest last set it (only this vCPU's CPU writes it; others read
+    /// the mode to know whether the APIC takes interrupts).
     pub apic_base: AtomicU64,
     pub pending_nmi: AtomicBool,
     /// INIT and SIPI: running, or waiting for a SIPI.
@@ -45,6 +45,23 @@ impl VcpuApic {
         // SAFETY: page_pa is this vCPU's 4 KiB virtual-APIC page, 4 KiB-aligned, mapped by the
         // physical window for the whole run; it is only ever accessed as atomics.
         VirtualApicPage(unsafe { &*(memory::phys_to_virt(self.page_pa) as *const [AtomicU32; 1024]) })
+    }
+
+    /// The APIC's global mode (`hvcore::apic::base`).
+    pub fn mode(&self) -> ApicMode {
+        ApicMode::of(self.apic_base.load(Ordering::Acquire)).unwrap_or(ApicMode::Disabled)
+    }
+
+    /// Whether the APIC is on the APIC bus at all: a globally disabled APIC neither accepts
+    /// nor sends interrupts, INIT and SIPI included (SDM Vol. 3A §12.4.3).
+    pub fn enabled(&self) -> bool {
+        self.mode() != ApicMode::Disabled
+    }
+
+    /// Whether it takes fixed and lowest-priority interrupts: enabled and software-enabled
+    /// (SDM Vol. 3A §12.4.7.2).
+    pub fn accepts_fixed(&self) -> bool {
+        self.enabled() && vapic::software_enabled(&self.page())
     }
 
     pub fn target(&self, index: u32) -> Target {
@@ -68,6 +85,8 @@ pub struct VmApic {
     pub apic_access_pa: u64,
     pub pid_table_pa: u64,
     pub last_pid_index: u16,
+    /// The entry `debug_invalid_pid_entry` keeps invalid.
+    invalid_pid_entry: Option<u32>,
     /// MSR bitmaps for vCPUs in xAPIC and in x2APIC mode.
     pub msr_bitmap_xapic: u64,
     pub msr_bitmap_x2apic: u64,
@@ -92,8 +111,7 @@ impl VmApic {
                 page_pa,
                 pid_pa,
                 host_apic_id,
-                x2apic: AtomicBool::new(false),
-                apic_base: AtomicU64::new(msr::apic_base(i)),
+                apic_base: AtomicU64::new(base::at_reset(i)),
                 pending_nmi: AtomicBool::new(false),
                 startup: Startup::new(i != 0),
             };
@@ -112,9 +130,27 @@ impl VmApic {
             apic_access_pa: page()?,
             pid_table_pa,
             last_pid_index: last_pid_pointer_index(spec.vcpus),
+            invalid_pid_entry: spec.invalid_pid_entry,
             msr_bitmap_xapic: msr_bitmap(false, path)?,
             msr_bitmap_x2apic: msr_bitmap(true, path)?,
         })
+    }
+}
+
+impl VmApic {
+    /// Marks vCPU `index`'s PID-pointer-table entry valid or not (IPI virtualization posts
+    /// only through a valid one). The debugging option `debug_invalid_pid_entry` keeps its
+    /// entry invalid.
+    pub fn set_pid_entry_valid(&self, index: u32, valid: bool) {
+        if self.invalid_pid_entry == Some(index) {
+            return;
+        }
+        let Some(entry) = hvcore::apic::pid::pid_table_entry(self.vcpus[index as usize].pid_pa) else { return };
+        // SAFETY: the table is a page of this VM's, mapped by the physical window for the
+        // whole run; senders' processors read its entries concurrently, so each is one
+        // aligned atomic 8-byte store.
+        let table = unsafe { &*(memory::phys_to_virt(self.pid_table_pa) as *const [AtomicU64; 512]) };
+        table[index as usize].store(if valid { entry } else { 0 }, Ordering::Release);
     }
 }
 

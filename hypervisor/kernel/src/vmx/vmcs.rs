@@ -146,3 +146,17 @@ impl Vmcs {
         memory::free(self.pa, 0x1000);
     }
 }
+
+/// INVVPID of `kind` (SDM Vol. 3C §31.3 "INVVPID": 1 single-context, 2 all-context): every
+/// linear and combined mapping tagged with `vpid` (or with any VPID) goes, as a guest's own
+/// MOV to CR0 changing PG would have done. The caller checked IA32_VMX_EPT_VPID_CAP offers it.
+pub fn invvpid(kind: u64, vpid: u16) -> Result<(), VmxInstrError> {
+    let descriptor: [u64; 2] = [vpid as u64, 0];
+    let rflags: u64;
+    // SAFETY: INVVPID only invalidates cached translations; the descriptor is a valid
+    // 16-byte operand on this stack, and failures are reported in RFLAGS.
+    unsafe {
+        asm!("invvpid {t}, [{d}]", "pushfq", "pop {f}", t = in(reg) kind, d = in(reg) &descriptor, f = out(reg) rflags)
+    };
+    check(rflags, "INVVPID", None)
+}

@@ -12,7 +12,7 @@ use hvcore::apic::timer::{DIVIDE_CONFIG, INITIAL_COUNT, LVT_TIMER};
 use hvcore::apic::vapic::{self, UnvirtualizedRefusal};
 use hvcore::apic::x2apic_msr::{self, X2apicWrite};
 use hvcore::devices::ioapic::Message;
-use hvcore::exits::cr::{self, CrAccessKind};
+use hvcore::exits::cr::{self, CrAccess, CrAccessKind};
 use hvcore::exits::mmio::{self, Access as MemAccess};
 use hvcore::manifest::VmResult;
 use hvcore::vmx::fields::VmcsNatural;
@@ -60,7 +60,7 @@ pub fn apic_write(v: &mut Vcpu<'_>) -> Handled {
     match offset {
         vapic::ICR_LO => {
             let low = page.read(vapic::ICR_LO);
-            let icr = if v.x2apic {
+            let icr = if v.x2apic() {
                 // x2APIC: the 64-bit virtual ICR is at 0x300 (SDM Vol. 3C §30.5).
                 Icr::x2apic(((page.read(vapic::ICR_LO + 4) as u64) << 32) | low as u64)
             } else {
@@ -72,7 +72,10 @@ pub fn apic_write(v: &mut Vcpu<'_>) -> Handled {
             }
         }
         LVT_TIMER | INITIAL_COUNT | DIVIDE_CONFIG => v.timer_write(offset, page.read(offset))?,
-        vapic::ID => page.set_mode(v.index, v.x2apic),
+        vapic::ID => page.set_mode(v.index, v.x2apic()),
+        vapic::SVR => v.svr_written()?,
+        // An LVT entry stays masked while the APIC is software-disabled (SDM Vol. 3A §12.4.7.2).
+        o if vapic::LVTS.contains(&o) => page.write(o, v.lvt_value(page.read(o))),
         _ => {}
     }
     Ok(Flow::Continue)
@@ -100,6 +103,11 @@ pub fn x2apic_wrmsr(v: &mut Vcpu<'_>, msr: u32, value: u64) -> Result<bool, VmxI
             send_ipi(v, &icr)?;
         }
         X2apicWrite::Timer(offset) => v.timer_write(offset, value as u32)?,
+        X2apicWrite::Store(vapic::SVR) => {
+            v.apic.page().write(vapic::SVR, value as u32);
+            v.svr_written()?
+        }
+        X2apicWrite::Store(o) if vapic::LVTS.contains(&o) => v.apic.page().write(o, v.lvt_value(value as u32)),
         X2apicWrite::Store(offset) => v.apic.page().write(offset, value as u32),
         X2apicWrite::Gp => return Ok(false),
     }
@@ -238,29 +246,22 @@ fn injected_eoi(v: &mut Vcpu<'_>, vector: Option<u8>) -> Result<(), VmxInstrErro
     }
 }
 
-/// MOV to or from CR8 on the injection path without a TPR shadow (the only control-register
-/// access the controls intercept): CR8 is TPR[7:4] (SDM Vol. 3A §12.8.6.1), kept in the
-/// modelled APIC; reserved bits in a MOV to CR8 raise #GP(0). Lowering the TPR lets the run
-/// loop inject what it held back before the next entry.
-pub fn cr8_access(v: &mut Vcpu<'_>) -> Handled {
-    let q = cr::decode(VmcsNatural::ExitQualification.read()?);
+/// MOV to or from CR8 on the injection path without a TPR shadow (the only path where CR8
+/// accesses exit): CR8 is TPR[7:4] (SDM Vol. 3A §12.8.6.1), kept in the modelled APIC; reserved
+/// bits in a MOV to CR8 raise #GP(0). Lowering the TPR lets the run loop inject what it held
+/// back before the next entry.
+pub fn cr8_access(v: &mut Vcpu<'_>, q: CrAccess) -> Handled {
     let page = v.apic.page();
-    match q.kind {
-        CrAccessKind::MovTo if q.cr == 8 => match cr::tpr_from_cr8(v.gpr(q.gpr)?) {
+    if q.kind == CrAccessKind::MovTo {
+        match cr::tpr_from_cr8(v.gpr(q.gpr)?) {
             Some(tpr) => page.write(vapic::TPR, tpr),
             None => {
                 v.inject_exception(GP, Some(0))?;
                 return Ok(Flow::Continue);
             }
-        },
-        CrAccessKind::MovFrom if q.cr == 8 => v.set_gpr(q.gpr, cr::cr8_from_tpr(page.read(vapic::TPR)))?,
-        _ => {
-            let rip = v.rip()?;
-            return Ok(Flow::Stop(
-                VmResult::Killed,
-                format!("unexpected control-register access {q:?} at RIP {rip:#x} (only CR8 is intercepted)"),
-            ));
         }
+    } else {
+        v.set_gpr(q.gpr, cr::cr8_from_tpr(page.read(vapic::TPR)))?;
     }
     v.counters.emulated += 1;
     v.skip_instruction()?;

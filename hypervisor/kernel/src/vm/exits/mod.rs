@@ -4,6 +4,7 @@
 //! VMCS error, never drop one.
 
 pub mod apic;
+pub mod cr;
 pub mod entry_failure;
 pub mod hlt;
 pub mod hypercall;
@@ -40,7 +41,7 @@ pub fn handle(v: &mut Vcpu<'_>, reason: BasicExit) -> Handled {
         BasicExit::Cpuid => cpuid(v),
         BasicExit::Hlt => hlt::hlt(v),
         BasicExit::Vmcall => hypercall::vmcall(v),
-        BasicExit::CrAccess => apic::cr8_access(v),
+        BasicExit::CrAccess => cr::cr_access(v),
         BasicExit::Io => io::port_io(v),
         BasicExit::Rdmsr => msr::rdmsr(v),
         BasicExit::Wrmsr => msr::wrmsr(v),
@@ -80,7 +81,7 @@ pub fn handle(v: &mut Vcpu<'_>, reason: BasicExit) -> Handled {
 fn cpuid(v: &mut Vcpu<'_>) -> Handled {
     let (leaf, sub) = (v.regs.rax as u32, v.regs.rcx as u32);
     let n = core::arch::x86_64::__cpuid_count(leaf, sub);
-    let who = v.vm.cpuid_identity(v.index);
+    let who = v.vm.cpuid_identity(v.index, VmcsNatural::GuestCr4.read()?);
     let [a, b, c, d] = cpuid::filter(leaf, sub, [n.eax, n.ebx, n.ecx, n.edx], who);
     (v.regs.rax, v.regs.rbx, v.regs.rcx, v.regs.rdx) = (a as u64, b as u64, c as u64, d as u64);
     v.skip_instruction()?;

@@ -4,11 +4,11 @@
 
 use core::sync::atomic::Ordering;
 
+use hvcore::apic::base;
 use hvcore::apic::injection;
 use hvcore::apic::timer::IA32_TSC_DEADLINE;
-use hvcore::apic::x2apic_msr::{self, ApicBaseWrite};
+use hvcore::apic::x2apic_msr;
 use hvcore::exits::msr;
-use hvcore::manifest::VmResult;
 use hvcore::vmx::interrupt_path::InterruptPath;
 
 use super::{Flow, Handled, apic};
@@ -24,11 +24,11 @@ pub fn rdmsr(v: &mut Vcpu<'_>) -> Handled {
         // The one x2APIC read the bitmap intercepts (x2apic_msr::read_passes_through), or on
         // the injection path every one: the modelled APIC answers.
         x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST
-            if v.x2apic && v.vm.path == InterruptPath::Injection =>
+            if v.x2apic() && v.vm.path == InterruptPath::Injection =>
         {
             injection::x2apic_read(&v.apic.page(), m, v.timer_current_count())
         }
-        x2apic_msr::MSR_TIMER_CURRENT if v.x2apic => Some(v.timer_current_count() as u64),
+        x2apic_msr::MSR_TIMER_CURRENT if v.x2apic() => Some(v.timer_current_count() as u64),
         _ => msr::read(m, v.index),
     };
     match value {
@@ -48,25 +48,19 @@ pub fn wrmsr(v: &mut Vcpu<'_>) -> Handled {
     let ok = match m {
         // x2APIC registers the MSR bitmap intercepts (only reachable in x2APIC mode: in xAPIC
         // mode they do not exist, and the allow-list answers #GP).
-        x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST if v.x2apic => apic::x2apic_wrmsr(v, m, val)?,
+        x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST if v.x2apic() => apic::x2apic_wrmsr(v, m, val)?,
         IA32_TSC_DEADLINE => {
             v.set_timer_tsc_deadline(val)?;
             true
         }
         msr::IA32_APIC_BASE => {
             let current = v.apic.apic_base.load(Ordering::Relaxed);
-            match x2apic_msr::apic_base_write(current, val) {
-                ApicBaseWrite::Unchanged => true,
-                ApicBaseWrite::EnterX2apic => match v.enter_x2apic() {
-                    Ok(()) => {
-                        v.apic.apic_base.store(val, Ordering::Relaxed);
-                        true
-                    }
-                    Err(e) => {
-                        return Ok(Flow::Stop(VmResult::Fail, alloc::format!("switching to x2APIC mode: {e}")));
-                    }
-                },
-                ApicBaseWrite::Gp => false,
+            match base::write(current, val, v.vm.apic_features) {
+                Some(change) => {
+                    v.set_apic_base(change)?;
+                    true
+                }
+                None => false,
             }
         }
         _ => msr::write_ok(m, v.index, val),

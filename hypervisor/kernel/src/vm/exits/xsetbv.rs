@@ -3,9 +3,11 @@
 //! the hypervisor itself never uses XSAVE state), anything else is #GP(0) in the guest.
 
 use hvcore::exits::{cpuid, xsetbv as rules};
+use hvcore::vmx::fields::VmcsNatural;
 
 use super::{Flow, Handled};
 use crate::vm::vcpu::Vcpu;
+use crate::vmx::vmcs::Access;
 
 const GP: u8 = 13;
 const OSXSAVE: u64 = 1 << 18;
@@ -15,7 +17,7 @@ pub fn xsetbv(v: &mut Vcpu<'_>) -> Handled {
     let index = v.regs.rcx as u32;
     let value = (v.regs.rdx << 32) | (v.regs.rax & 0xffff_ffff);
     let native = core::arch::x86_64::__cpuid_count(0xd, 0);
-    let who = v.vm.cpuid_identity(v.index);
+    let who = v.vm.cpuid_identity(v.index, VmcsNatural::GuestCr4.read()?);
     let [a, _, _, d] = cpuid::filter(0xd, 0, [native.eax, native.ebx, native.ecx, native.edx], who);
     let supported = ((d as u64) << 32) | a as u64;
     match rules::check(cpl, index, value, supported) {

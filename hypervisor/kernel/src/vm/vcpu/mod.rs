@@ -6,6 +6,7 @@
 //! that enters the guest and dispatches exits: `super::run`.
 
 pub mod interrupts;
+pub mod lapic;
 pub mod setup;
 pub mod timer;
 
@@ -35,13 +36,15 @@ pub struct Vcpu<'a> {
     /// The controls as last written to the VMCS (a shadow: mode switches change them).
     pub controls: Controls,
     pub apic: &'a VcpuApic,
-    /// The guest's APIC is in x2APIC mode.
-    pub x2apic: bool,
+    /// The guest APIC's global mode (`lapic`).
+    pub apic_mode: hvcore::apic::base::ApicMode,
     /// The local APIC timer (`timer`).
     pub timer: ApicTimer,
     /// Exit counters, owned by this vCPU while it runs; published to the VM when it ends.
     pub counters: ExitCounters,
     pub(super) launched: bool,
+    /// The VPID in the VMCS (0: none, the processor flushes at every entry and exit).
+    pub(in crate::vm) vpid: u16,
     /// TSC value at which the watchdog ends the VM.
     pub deadline_tsc: u64,
     /// Exits per second this vCPU may cause (the manifest's `max_exits_per_second`).
@@ -87,10 +90,11 @@ impl<'a> Vcpu<'a> {
             regs: GuestRegs::default(),
             controls,
             apic: &vm.apic.vcpus[index as usize],
-            x2apic: false,
+            apic_mode: hvcore::apic::base::ApicMode::XApic,
             timer: ApicTimer::new(timer::min_timer_period(host.tsc_hz)),
             counters: ExitCounters::default(),
             launched: false,
+            vpid: 0,
             deadline_tsc: now + vm.spec.timeout_ms * (host.tsc_hz / 1000),
             exit_budget: ExitBudget::new(vm.spec.max_exits_per_second, host.tsc_hz, now),
             timer_shift: host.caps.preemption_timer_shift(),
@@ -178,6 +182,24 @@ impl<'a> Vcpu<'a> {
         };
         *slot = value;
         Ok(())
+    }
+
+    /// Drops the guest's cached linear translations, as a MOV to CR0 or CR4 that changes the
+    /// paging mode does (SDM Vol. 3A §4.10.4.1): INVVPID for this vCPU's VPID (single-context,
+    /// else all-context: only this vCPU runs on this CPU). Without a VPID every entry flushes.
+    pub fn flush_guest_tlb(&self) -> Result<(), VmxInstrError> {
+        use hvcore::vmx::caps::ept_cap_bits::{INVVPID_ALL_CONTEXT, INVVPID_SINGLE_CONTEXT};
+        if self.vpid == 0 {
+            return Ok(());
+        }
+        let caps = &self.host.caps;
+        if caps.ept_vpid_allows(INVVPID_SINGLE_CONTEXT) {
+            crate::vmx::vmcs::invvpid(1, self.vpid)
+        } else if caps.ept_vpid_allows(INVVPID_ALL_CONTEXT) {
+            crate::vmx::vmcs::invvpid(2, 0)
+        } else {
+            Ok(())
+        }
     }
 
     /// Injects a hardware exception (with its error code, if it has one) at the next entry.

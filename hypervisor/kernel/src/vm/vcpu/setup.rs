@@ -4,7 +4,7 @@
 
 use core::sync::atomic::{AtomicU16, Ordering};
 
-use hvcore::apic::timer::ApicTimer;
+use hvcore::apic::base as apic_base;
 use hvcore::bootcfg::FaultInjection;
 use hvcore::manifest::{ApicMode, VmResult};
 use hvcore::start_state::{self, StartState};
@@ -27,9 +27,7 @@ const NMI_WINDOW_EXITING: u32 = 1 << hvcore::vmx::caps::primary_bits::NMI_WINDOW
 const INTERRUPT_WINDOW_EXITING: u32 = 1 << hvcore::vmx::caps::primary_bits::INTERRUPT_WINDOW_EXITING;
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 const HOST_TR_SELECTOR: u16 = 0x18;
-pub(in crate::vm) const CR4_VMXE: u64 = 1 << 13;
 const AR_UNUSABLE: u32 = 1 << 16;
-const X2APIC_ENABLE: u64 = 1 << 10;
 
 /// DS, ES, FS, GS and SS: each start loads them alike.
 const DATA_SEGMENTS: [(Vmcs16, VmcsNatural, Vmcs32, Vmcs32); 5] = [
@@ -88,7 +86,8 @@ impl Vcpu<'_> {
         // Without VPID every entry and exit flushes the guest's linear mappings (SDM Vol. 3C
         // §29.4.3.1): nothing more to do, the EPT never changes while the VM runs.
         if c.vpid() {
-            Vmcs16::Vpid.write(NEXT_VPID.fetch_add(1, Ordering::Relaxed))?;
+            self.vpid = NEXT_VPID.fetch_add(1, Ordering::Relaxed);
+            Vmcs16::Vpid.write(self.vpid)?;
         }
         Vmcs64::VmcsLinkPointer.write(u64::MAX)?;
 
@@ -125,14 +124,20 @@ impl Vcpu<'_> {
         VmcsNatural::GuestIa32SysenterEsp.write(0)?;
         VmcsNatural::GuestIa32SysenterEip.write(0)?;
         Vmcs32::GuestIa32SysenterCs.write(0)?;
-        // Hide CR4.VMXE (forced on by the fixed bits) from the guest.
-        VmcsNatural::Cr4GuestHostMask.write(CR4_VMXE)?;
-        VmcsNatural::Cr0GuestHostMask.write(0)?;
-        VmcsNatural::Cr0ReadShadow.write(0)?;
+        // The CR0 and CR4 bits VMX fixes (NE, VMXE) and the CR4 bits of features the VM lacks
+        // are the hypervisor's; the guest sees its own values in the read shadows
+        // (`exits::cr`, SDM Vol. 3C §25.6.6).
+        VmcsNatural::Cr0GuestHostMask.write(self.vm.cr0_mask)?;
+        VmcsNatural::Cr4GuestHostMask.write(self.vm.cr4_mask)?;
         if self.vm.spec.apic == ApicMode::X2Apic {
             // As firmware does when asked: the kernel finds its APIC in x2APIC mode.
-            self.enter_x2apic()?;
-            self.apic.apic_base.fetch_or(X2APIC_ENABLE, Ordering::AcqRel);
+            // Vm::create refused a VM asking for x2APIC mode where it is not offered.
+            let current = self.apic.apic_base.load(Ordering::Relaxed);
+            if let Some(c) = apic_base::write(current, current | apic_base::EXTD, self.vm.apic_features) {
+                self.set_apic_base(c)?;
+            }
+        } else {
+            self.apply_apic_state()?;
         }
         self.arm_preemption_timer()
     }
@@ -160,9 +165,9 @@ impl Vcpu<'_> {
     fn load_start(&mut self, s: &StartState) -> Result<(), VmxInstrError> {
         let caps = &self.host.caps;
         VmcsNatural::GuestCr0.write(caps.fix_cr0_unrestricted(s.cr0))?;
-        let cr4 = caps.fix_cr4(s.cr4);
-        VmcsNatural::GuestCr4.write(cr4)?;
-        VmcsNatural::Cr4ReadShadow.write(cr4 & !CR4_VMXE)?;
+        VmcsNatural::Cr0ReadShadow.write(s.cr0)?;
+        VmcsNatural::GuestCr4.write(caps.fix_cr4(s.cr4))?;
+        VmcsNatural::Cr4ReadShadow.write(s.cr4)?;
         VmcsNatural::GuestCr3.write(s.cr3)?;
         Vmcs64::GuestIa32Efer.write(s.efer)?;
         const IA32E_MODE_GUEST: u32 = 1 << hvcore::vmx::controls::entry_bits::IA32E_MODE_GUEST;
@@ -204,17 +209,11 @@ impl Vcpu<'_> {
         self.arm_preemption_timer()
     }
 
-    /// INIT (SDM Vol. 3A §11.4.7.3): the local APIC as after power-up but for its ID and mode
-    /// (an x2APIC stays in x2APIC mode, §11.12.5.1), its timer stopped, nothing pending, then
+    /// INIT (SDM Vol. 3A §12.4.7.3): the local APIC as after power-up but for its ID and mode
+    /// (an x2APIC stays in x2APIC mode, §12.12.5.1), its timer stopped, nothing pending, then
     /// wait-for-SIPI. False if the VM stopped meanwhile.
     pub(in crate::vm) fn init(&mut self) -> Result<bool, VmxInstrError> {
-        self.apic.page().reset(self.index, self.x2apic);
-        self.apic.pid().take();
-        self.apic.pending_nmi.store(false, Ordering::Release);
-        self.timer = ApicTimer::new(super::timer::min_timer_period(self.host.tsc_hz));
-        if self.controls.virtual_interrupt_delivery() {
-            Vmcs16::GuestInterruptStatus.write(0)?;
-        }
+        self.reset_local_apic(self.x2apic())?;
         if self.controls.primary & INTERRUPT_WINDOW_EXITING != 0 {
             self.controls.primary &= !INTERRUPT_WINDOW_EXITING;
             Vmcs32::PrimaryProcBasedVmExecControl.write(self.controls.primary)?;
@@ -254,19 +253,5 @@ impl Vcpu<'_> {
             self.set_where(crate::vm::VcpuWhere::Waiting);
             crate::apic::sleep_until(self.wake_at());
         }
-    }
-
-    /// Switches the vCPU's virtual APIC to x2APIC mode (the guest set IA32_APIC_BASE.EXTD):
-    /// "virtualize x2APIC mode" (none on the injection path) instead of "virtualize APIC
-    /// accesses", the x2APIC MSR bitmap, and the x2APIC ID and LDR in the virtual-APIC page.
-    pub fn enter_x2apic(&mut self) -> Result<(), VmxInstrError> {
-        let secondary = self.controls.secondary_for(true);
-        Vmcs32::SecondaryProcBasedVmExecControl.write(secondary)?;
-        Vmcs64::MsrBitmap.write(self.vm.apic.msr_bitmap_x2apic)?;
-        self.controls.secondary = secondary;
-        self.x2apic = true;
-        self.apic.x2apic.store(true, Ordering::Release);
-        self.apic.page().set_mode(self.index, true);
-        Ok(())
     }
 }

@@ -34,7 +34,7 @@ impl Vcpu<'_> {
         let now = crate::time::rdtsc();
         let page = self.apic.page();
         match offset {
-            LVT_TIMER => page.write(LVT_TIMER, self.timer.write_lvt(value)),
+            LVT_TIMER => page.write(LVT_TIMER, self.timer.write_lvt(self.lvt_value(value))),
             INITIAL_COUNT => {
                 self.timer.write_initial_count(value, now);
                 page.write(INITIAL_COUNT, self.timer.initial_count());
