@@ -106,6 +106,10 @@ pub struct RunArgs {
     /// APIC mode of the VMs given with --guest.
     #[arg(long, value_parser = ["xapic", "x2apic"])]
     pub apic: Option<String>,
+    /// Whether CPUID offers x2APIC mode to the --guest or --kernel VMs (QEMU's `-cpu ...,-x2apic`
+    /// is `off`; default on).
+    #[arg(long, value_parser = ["on", "off"])]
+    pub x2apic: Option<String>,
     /// IPI virtualization for the VMs given with --guest (`auto`: where the CPU has it).
     #[arg(long, value_parser = ["auto", "on", "off"])]
     pub ipiv: Option<String>,
@@ -166,6 +170,7 @@ impl RunArgs {
             linux: false,
             linux_ram: 256,
             apic: None,
+            x2apic: None,
             ipiv: None,
             hlt: None,
             interrupt_path: None,
@@ -187,7 +192,8 @@ impl RunArgs {
     /// A short name for the run's output folder.
     fn slug(&self) -> String {
         let fw = if self.uefi { "uefi" } else { "bios" };
-        let opts: String = [&self.apic, &self.ipiv, &self.hlt, &self.interrupt_path]
+        let x2apic = self.x2apic.as_ref().map(|v| format!("x2apic{v}"));
+        let opts: String = [&self.apic, &x2apic, &self.ipiv, &self.hlt, &self.interrupt_path]
             .iter()
             .filter_map(|o| o.as_deref())
             .map(|o| format!("-{o}"))
@@ -195,7 +201,16 @@ impl RunArgs {
         let guests = match (&self.guest, &self.manifest) {
             (None, None) if self.kernel.is_some() => {
                 let k = self.kernel.as_deref().unwrap_or(Path::new("kernel"));
-                format!("-kernel-{}-{}", k.file_stem().unwrap_or_default().to_string_lossy(), self.vcpus)
+                let append: String = self
+                    .append
+                    .as_deref()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(40)
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect();
+                let append = if append.is_empty() { append } else { format!("-{append}") };
+                format!("-kernel-{}-{}{append}{opts}", k.file_stem().unwrap_or_default().to_string_lossy(), self.vcpus)
             }
             (Some(g), _) => format!("-{}{opts}", g.replace([',', ':'], "_")),
             (None, Some(m)) => format!("-{}", m.file_stem().unwrap_or_default().to_string_lossy()),
@@ -354,6 +369,7 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
     let watchdog = args.watchdog_ms.map(|w| w.to_string());
     let opts = [
         ("apic", &args.apic),
+        ("x2apic", &args.x2apic),
         ("ipiv", &args.ipiv),
         ("hlt", &args.hlt),
         ("interrupt_path", &args.interrupt_path),
@@ -398,7 +414,7 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
     match (&args.guest, &args.manifest) {
         (Some(list), _) => config += &guests::manifest_from_list(list, &extra)?,
         (None, Some(_)) if !extra.is_empty() => anyhow::bail!(
-            "--apic, --ipiv, --hlt, --interrupt-path, --ram and --watchdog-ms apply to --guest and --kernel; put them in the manifest's [vm] sections instead"
+            "--apic, --x2apic, --ipiv, --hlt, --interrupt-path, --ram and --watchdog-ms apply to --guest and --kernel; put them in the manifest's [vm] sections instead"
         ),
         (None, Some(file)) => {
             config += "\n";

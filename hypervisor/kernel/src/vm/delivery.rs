@@ -47,9 +47,14 @@ pub fn deliver(vm: &Vm, sender: usize, icr: &Icr) -> Delivered {
         icr::decide(icr, sender, &targets[..n])
     };
     let mut out = Delivered::default();
+    // A globally disabled APIC takes nothing, not even INIT or SIPI (SDM Vol. 3A §12.4.3); a
+    // software-disabled one takes NMI, INIT and SIPI but no fixed interrupt (§12.4.7.2).
+    let on_bus = |t: usize| vm.apic.vcpus[t].enabled();
     match action {
         Action::Fixed { vector, targets } => each(targets, |t| {
-            if t == sender {
+            if !vm.apic.vcpus[t].accepts_fixed() {
+                out.dropped = true;
+            } else if t == sender {
                 out.to_self = Some(vector);
             } else {
                 vm.apic.vcpus[t].post(vector);
@@ -60,6 +65,9 @@ pub fn deliver(vm: &Vm, sender: usize, icr: &Icr) -> Delivered {
         // the target runs, and if it is between its check and VMRESUME (interrupts off) the
         // kick stays pending and exits right after the entry, so no wake-up is lost.
         Action::Nmi { targets } => each(targets, |t| {
+            if !on_bus(t) {
+                return;
+            }
             let target = &vm.apic.vcpus[t];
             target.pending_nmi.store(true, Ordering::Release);
             if t != sender {
@@ -69,6 +77,9 @@ pub fn deliver(vm: &Vm, sender: usize, icr: &Icr) -> Delivered {
         // INIT takes effect here (hvcore::apic::startup); the target's CPU applies the reset at
         // its next exit, which the kick brings, and then waits for a SIPI.
         Action::Init { targets } => each(targets, |t| {
+            if !on_bus(t) {
+                return;
+            }
             out.startup += 1;
             let target = &vm.apic.vcpus[t];
             target.startup.init();
@@ -78,6 +89,9 @@ pub fn deliver(vm: &Vm, sender: usize, icr: &Icr) -> Delivered {
         }),
         // A SIPI counts only for a vCPU in wait-for-SIPI; its CPU sleeps until kicked.
         Action::StartUp { vector, targets } => each(targets, |t| {
+            if !on_bus(t) {
+                return;
+            }
             out.startup += 1;
             let target = &vm.apic.vcpus[t];
             if target.startup.sipi(vector) && t != sender {
