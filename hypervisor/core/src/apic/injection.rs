@@ -7,7 +7,7 @@
 //! vector. Register reads and writes that exit (every xAPIC register but TPR, every x2APIC
 //! MSR) are completed here.
 
-use super::vapic::{self, UnvirtualizedRefusal, VirtualApicPage};
+use super::vapic::{self, VirtualApicPage, Write};
 
 const ISR: usize = vapic::ISR;
 const IRR: usize = vapic::IRR;
@@ -89,92 +89,10 @@ pub fn at_entry(page: &VirtualApicPage<'_>, can_inject: bool) -> Entry {
     }
 }
 
-/// What an emulated register write asks of the vCPU beyond the stored value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Write {
-    Done,
-    /// EOI: `eoi` has retired this vector (the I/O APIC may want to know).
-    Eoi(Option<u8>),
-    /// Send the IPI the ICR now holds.
-    Icr,
-    /// A timer register (offset, value) for the timer model.
-    Timer(usize, u32),
-    /// x2APIC SELF IPI.
-    SelfIpi(u8),
-}
-
-/// An xAPIC register read (an APIC-access exit): every register from the page, PPR computed,
-/// the timer's `current_count`; write-only and reserved offsets read 0. A byte or 16-bit read
-/// within a register's 32 bits reads those bytes, as APIC-register virtualization does for the
-/// registers it virtualizes (SDM Vol. 3C §30.4.2), so a guest sees the same APIC on every path.
-pub fn xapic_read(
-    page: &VirtualApicPage<'_>,
-    offset: usize,
-    size: u8,
-    current_count: u32,
-) -> Result<u32, UnvirtualizedRefusal> {
-    let within = offset & 0xf;
-    if offset < 0x400 && matches!(size, 1 | 2) && within + size as usize <= 4 {
-        let word = xapic_read(page, offset - within, 4, current_count)?;
-        return Ok((word >> (8 * within)) & if size == 1 { 0xff } else { 0xffff });
-    }
-    vapic::check_register_access(offset, size)?;
-    Ok(match offset {
-        vapic::PPR => ppr(page),
-        vapic::TIMER_CURRENT_COUNT => current_count,
-        vapic::ID | vapic::VERSION | vapic::TPR | vapic::LDR | vapic::DFR | vapic::SVR | vapic::ESR => {
-            page.read(offset)
-        }
-        // ISR, TMR (never set: the I/O APIC's EOI bitmap knows its level-triggered vectors), IRR.
-        0x100..=0x270 => page.read(offset),
-        0x2f0..=0x380 | 0x3e0 => page.read(offset), // LVTs, ICR, initial count, divide
-        _ => 0,
-    })
-}
-
-/// An xAPIC register write (an APIC-access exit). Read-only and reserved registers ignore it,
-/// as hardware does; the ID is kept (this hypervisor's IDs are the vCPU indices).
-pub fn xapic_write(
-    page: &VirtualApicPage<'_>,
-    offset: usize,
-    size: u8,
-    value: u32,
-) -> Result<Write, UnvirtualizedRefusal> {
-    vapic::check_register_access(offset, size)?;
-    Ok(store(page, offset, value))
-}
-
-/// The stored form of a register write in either mode (`offset` is the xAPIC offset; x2APIC
-/// MSR `m` is offset `(m & 0xff) << 4`).
-fn store(page: &VirtualApicPage<'_>, offset: usize, value: u32) -> Write {
-    let keep = |mask: u32| {
-        page.write(offset, value & mask);
-        Write::Done
-    };
-    match offset {
-        vapic::TPR => keep(0xff),
-        vapic::EOI => Write::Eoi(eoi(page)),
-        vapic::LDR => keep(0xff00_0000),
-        vapic::DFR => {
-            page.write(offset, value | 0x0fff_ffff);
-            Write::Done
-        }
-        // Vector, APIC enable, focus checking, EOI-broadcast suppression.
-        vapic::SVR => keep(0x13ff),
-        // Writes rearm the error register, which this APIC never sets.
-        vapic::ESR => keep(0),
-        vapic::ICR_LO => {
-            // Delivery status (bit 12) reads 0: the IPI is sent at once.
-            page.write(offset, value & !(1 << 12));
-            Write::Icr
-        }
-        vapic::ICR_HI => keep(0xff00_0000),
-        0x320 | 0x380 | 0x3e0 => Write::Timer(offset, value),
-        // LVT CMCI, thermal, performance, LINT0, LINT1, error: vector, delivery mode,
-        // polarity, trigger mode and mask (SDM Vol. 3A §12.5.1).
-        vapic::LVT_CMCI | 0x330..=0x370 => keep(0x0001_a7ff),
-        _ => Write::Done,
-    }
+/// An xAPIC register read on the injection path (`vapic::read_register`, with PPR computed
+/// from the model).
+pub fn xapic_read(page: &VirtualApicPage<'_>, offset: usize, size: u8, current_count: u32) -> u32 {
+    vapic::read_register(page, offset, size, current_count, ppr(page))
 }
 
 /// RDMSR of x2APIC register `msr` (0x800-0x8FF; SDM Vol. 3A §12.12.1.2, Table 12-6); `None`
@@ -196,8 +114,8 @@ pub fn x2apic_read(page: &VirtualApicPage<'_>, msr: u32, current_count: u32) -> 
 /// registers: `x2apic_msr::write_action`); `None` for #GP (reserved bits set; EOI takes 0).
 pub fn x2apic_write(page: &VirtualApicPage<'_>, msr: u32, value: u64) -> Option<Write> {
     match msr {
-        0x808 if value < 0x100 => Some(store(page, vapic::TPR, value as u32)),
-        0x80b if value == 0 => Some(Write::Eoi(eoi(page))),
+        0x808 if value < 0x100 => Some(vapic::store(page, vapic::TPR, value as u32)),
+        0x80b if value == 0 => Some(Write::Eoi),
         0x83f if value < 0x100 => Some(Write::SelfIpi(value as u8)),
         _ => None,
     }
@@ -256,34 +174,17 @@ mod tests {
     }
 
     #[test]
-    fn xapic_registers() {
+    fn xapic_reads_compute_ppr() {
         let regs = [const { AtomicU32::new(0) }; 1024];
         let p = page(&regs);
-        assert_eq!(xapic_read(&p, vapic::VERSION, 4, 0), Ok(vapic::VERSION_VALUE));
-        assert_eq!(xapic_write(&p, vapic::LDR, 4, 0x0312_3456), Ok(Write::Done));
-        assert_eq!(xapic_read(&p, vapic::LDR, 4, 0), Ok(0x0300_0000));
-        assert_eq!(xapic_write(&p, vapic::DFR, 4, 0), Ok(Write::Done));
-        assert_eq!(xapic_read(&p, vapic::DFR, 4, 0), Ok(0x0fff_ffff));
-        assert_eq!(xapic_write(&p, vapic::ICR_HI, 4, 0x0200_0000), Ok(Write::Done));
-        assert_eq!(xapic_write(&p, vapic::ICR_LO, 4, 0x1041), Ok(Write::Icr));
-        assert_eq!(xapic_read(&p, vapic::ICR_LO, 4, 0), Ok(0x41), "delivery status reads idle");
-        assert_eq!(xapic_write(&p, 0x380, 4, 1000), Ok(Write::Timer(0x380, 1000)));
-        assert_eq!(xapic_read(&p, vapic::TIMER_CURRENT_COUNT, 4, 77), Ok(77));
-        assert_eq!(xapic_write(&p, vapic::ID, 4, 0x0500_0000), Ok(Write::Done));
-        assert_eq!(xapic_read(&p, vapic::ID, 4, 0), Ok(0), "the ID is kept");
+        assert_eq!(xapic_read(&p, vapic::VERSION, 4, 0), vapic::VERSION_VALUE);
         p.set_irr(0x61);
         acknowledge(&p, 0x61);
-        assert_eq!(xapic_read(&p, vapic::ISR + 0x30, 4, 0), Ok(1 << 1));
-        assert_eq!(xapic_read(&p, vapic::PPR, 4, 0), Ok(0x60));
-        assert_eq!(xapic_write(&p, vapic::EOI, 4, 0), Ok(Write::Eoi(Some(0x61))));
-        assert_eq!(xapic_read(&p, vapic::EOI, 4, 0), Ok(0), "write-only");
-        assert_eq!(xapic_read(&p, 0x304, 4, 0), Err(UnvirtualizedRefusal::NotAligned32));
-        assert_eq!(xapic_read(&p, vapic::VERSION + 2, 2, 0), Ok(vapic::VERSION_VALUE >> 16), "a 16-bit half");
-        assert_eq!(xapic_read(&p, vapic::VERSION, 1, 0), Ok(0x14), "a byte");
-        assert_eq!(xapic_read(&p, vapic::VERSION + 3, 2, 0), Err(UnvirtualizedRefusal::NotAligned32), "across");
-        assert_eq!(xapic_read(&p, vapic::PPR, 8, 0), Err(UnvirtualizedRefusal::NotAligned32), "8 bytes");
-        assert_eq!(xapic_write(&p, vapic::SVR, 1, 0), Err(UnvirtualizedRefusal::NotAligned32), "narrow write");
-        assert_eq!(xapic_write(&p, 0x400, 4, 0), Err(UnvirtualizedRefusal::OutsideRegisters));
+        assert_eq!(xapic_read(&p, vapic::ISR + 0x30, 4, 0), 1 << 1);
+        assert_eq!(xapic_read(&p, vapic::PPR, 4, 0), 0x60);
+        assert_eq!(eoi(&p), Some(0x61));
+        assert_eq!(xapic_read(&p, vapic::EOI, 4, 0), 0, "write-only");
+        assert_eq!(xapic_read(&p, vapic::TIMER_CURRENT_COUNT, 4, 77), 77);
     }
 
     #[test]
@@ -301,7 +202,7 @@ mod tests {
         assert_eq!(x2apic_read(&p, 0x808, 0), Some(0x20));
         assert_eq!(x2apic_read(&p, 0x80a, 0), Some(0x20), "PPR follows TPR");
         assert_eq!(x2apic_write(&p, 0x808, 0x100), None);
-        assert_eq!(x2apic_write(&p, 0x80b, 0), Some(Write::Eoi(None)));
+        assert_eq!(x2apic_write(&p, 0x80b, 0), Some(Write::Eoi));
         assert_eq!(x2apic_write(&p, 0x80b, 1), None, "EOI takes 0 only");
         assert_eq!(x2apic_write(&p, 0x83f, 0x41), Some(Write::SelfIpi(0x41)));
         p.write(vapic::ICR_LO, 0x4041);

@@ -17,10 +17,7 @@
 //! [`ApicTimer::expire`], which returns the vector to deliver.
 
 /// Register offsets in the (virtual-)APIC page (SDM Vol. 3A Table 12-1).
-pub const LVT_TIMER: usize = 0x320;
-pub const INITIAL_COUNT: usize = 0x380;
-pub const CURRENT_COUNT: usize = 0x390;
-pub const DIVIDE_CONFIG: usize = 0x3e0;
+pub use super::vapic::{DIVIDE_CONFIG, INITIAL_COUNT, LVT_TIMER, TIMER_CURRENT_COUNT as CURRENT_COUNT};
 /// IA32_TSC_DEADLINE (SDM Vol. 4 Table 2-2).
 pub const IA32_TSC_DEADLINE: u32 = 0x6e0;
 
@@ -122,11 +119,13 @@ impl ApicTimer {
     }
 
     /// A write of the LVT timer register; returns the value the register holds afterwards. A
-    /// write that changes the mode disarms the timer (SDM Vol. 3A §12.5.4.1), and leaving
-    /// TSC-deadline mode clears IA32_TSC_DEADLINE.
+    /// transition into or out of TSC-deadline mode disarms the timer and clears
+    /// IA32_TSC_DEADLINE (SDM Vol. 3A §12.5.4.1); between one-shot and periodic the count goes
+    /// on from where it is (a periodic count then reloads at zero).
     pub fn write_lvt(&mut self, value: u32) -> u32 {
         let value = value & LVT_WRITABLE;
-        if Mode::of(value) != self.mode() {
+        let (old, new) = (self.mode(), Mode::of(value));
+        if old != new && (old == Mode::TscDeadline || new == Mode::TscDeadline) {
             self.counting = false;
             self.tsc_deadline = 0;
         }
@@ -399,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn changing_the_mode_disarms() {
+    fn only_tsc_deadline_transitions_disarm() {
         let mut t = ApicTimer::new(0);
         t.write_lvt(0x40 | DEADLINE);
         t.write_tsc_deadline(1000);
@@ -416,6 +415,11 @@ mod tests {
         t.write_lvt(0x41);
         assert_eq!(t.deadline(), Some(20), "same mode, new vector: still counting");
         t.write_lvt(0x41 | PERIODIC);
-        assert_eq!(t.deadline(), None, "one-shot to periodic disarms");
+        assert_eq!(t.deadline(), Some(20), "one-shot to periodic: the count goes on (kvm-unit-tests apic)");
+        assert_eq!(t.current_count(10), 5);
+        assert_eq!(t.expire(20), Some(0x41));
+        assert_eq!(t.current_count(22), 9, "then reloads from the initial count");
+        t.write_lvt(0x41);
+        assert_eq!(t.deadline(), Some(40), "periodic to one-shot: counts down to the end of this period");
     }
 }

@@ -35,64 +35,113 @@ pub const VERSION_VALUE: u32 = 0x0005_0014;
 pub const APR: usize = 0x90;
 pub const RRD: usize = 0xc0;
 pub const LVT_CMCI: usize = 0x2f0;
+pub const LVT_TIMER: usize = 0x320;
+pub const INITIAL_COUNT: usize = 0x380;
 pub const TIMER_CURRENT_COUNT: usize = 0x390;
+pub const DIVIDE_CONFIG: usize = 0x3e0;
 
-/// Why an access to the APIC-access page is not completed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnvirtualizedRefusal {
-    /// Not a 32-bit access at the start of a 16-byte register slot: the only form the SDM
-    /// defines for xAPIC registers (Vol. 3A §12.4.1); anything else is undefined there.
-    NotAligned32,
-    /// Beyond the register space (offsets 0x400 and up hold no register).
-    OutsideRegisters,
-}
-
-/// The value an xAPIC read the processor did not virtualize returns: PPR as the processor keeps
-/// it in the virtual-APIC page (VPPR, §30.1.3), the LVT CMCI register as last written, the
-/// timer's `current_count` (the vCPU's timer model has it), 0 for APR and RRD (not
-/// implemented by x2APIC-era processors' xAPIC, read as 0 by Linux and ignored), and for
-/// reserved offsets.
-pub fn unvirtualized_read(
-    page: &VirtualApicPage<'_>,
-    offset: usize,
-    size: u8,
-    current_count: u32,
-) -> Result<u32, UnvirtualizedRefusal> {
-    check_register_access(offset, size)?;
-    Ok(match offset {
-        PPR | LVT_CMCI => page.read(offset),
+/// An xAPIC register read the hypervisor completes (an APIC-access exit for a register the
+/// processor does not virtualize, an APIC moved away from the APIC-access page, and every read
+/// on the injection path): each register as the page holds it, PPR as `ppr` (the processor's
+/// VPPR in the page with virtual-interrupt delivery, the model's on the injection path), the
+/// timer's `current_count`, 0 for EOI, APR and RRD (not implemented by x2APIC-era processors'
+/// xAPIC) and reserved offsets. The SDM defines only aligned 32-bit accesses (Vol. 3A §12.4.1);
+/// a narrower read within a register's first four bytes reads those bytes, as APIC-register
+/// virtualization does (Vol. 3C §30.4.2), and any other form reads 0, as under KVM.
+pub fn read_register(page: &VirtualApicPage<'_>, offset: usize, size: u8, current_count: u32, ppr: u32) -> u32 {
+    let within = offset & 0xf;
+    if offset >= 0x400 || !matches!(size, 1 | 2 | 4) || within + size as usize > 4 {
+        return 0;
+    }
+    let reg = offset - within;
+    let word = match reg {
+        PPR => ppr,
         TIMER_CURRENT_COUNT => current_count,
+        // ISR, TMR and IRR; the LVTs, ICR, initial count.
+        ID | VERSION | TPR | LDR | DFR | SVR | ESR | 0x100..=0x270 | 0x2f0..=0x380 | DIVIDE_CONFIG => page.read(reg),
         _ => 0,
-    })
+    };
+    let bits = 8 * size as u32;
+    (word >> (8 * within)) & if bits == 32 { u32::MAX } else { (1 << bits) - 1 }
 }
 
-/// An xAPIC write the processor did not virtualize: LVT CMCI keeps its value (vector, delivery
-/// mode and mask bits, as the other LVT entries); writes to read-only registers (PPR, APR,
-/// RRD, the timer's current count) and to reserved offsets are ignored, as hardware does.
-pub fn unvirtualized_write(
-    page: &VirtualApicPage<'_>,
-    offset: usize,
-    size: u8,
-    value: u32,
-) -> Result<(), UnvirtualizedRefusal> {
-    check_register_access(offset, size)?;
-    if offset == LVT_CMCI {
-        // Vector 7:0, delivery mode 10:8, mask 16 (SDM Vol. 3A §12.5.1).
-        page.write(LVT_CMCI, value & 0x0001_07ff);
-    }
-    Ok(())
+/// The register an xAPIC write of `size` bytes at `offset` reaches: only an aligned 32-bit
+/// write inside the register space does (SDM Vol. 3A §12.4.1); other forms are model-specific,
+/// and this APIC drops them, as KVM's does.
+pub fn write_target(offset: usize, size: u8) -> Option<usize> {
+    (offset < 0x400 && size == 4 && offset.is_multiple_of(16)).then_some(offset)
 }
 
-/// Whether an access is one the SDM defines for xAPIC registers: 32 bits at the start of a
-/// register slot, inside the register space.
-pub fn check_register_access(offset: usize, size: u8) -> Result<(), UnvirtualizedRefusal> {
-    if offset >= 0x400 {
-        Err(UnvirtualizedRefusal::OutsideRegisters)
-    } else if size != 4 || !offset.is_multiple_of(16) {
-        Err(UnvirtualizedRefusal::NotAligned32)
-    } else {
-        Ok(())
+/// What a register write asks of the vCPU beyond the value `store` kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    Done,
+    /// EOI: the path's EOI (the modelled APIC's, or EOI virtualization's) retires a vector.
+    Eoi,
+    /// Send the IPI the ICR now holds.
+    Icr,
+    /// A timer register (offset, value) for the timer model.
+    Timer(usize, u32),
+    /// x2APIC SELF IPI with this vector.
+    SelfIpi(u8),
+    /// SVR changed: software enable or disable (§12.4.7.2).
+    Svr,
+    /// An LVT entry (not the timer's) at this offset: masked while software-disabled.
+    Lvt(usize),
+    /// The ID register: this hypervisor's APIC IDs are the vCPU indices and stay so.
+    Id,
+}
+
+/// Stores a write of `value` to register `offset` (an xAPIC offset; x2APIC MSR `m` is offset
+/// `(m & 0xff) << 4`) as the APIC keeps it: reserved bits read 0, read-only registers ignore
+/// it (SDM Vol. 3A §12.4-§12.9). Returns what else the write asks for.
+pub fn store(page: &VirtualApicPage<'_>, offset: usize, value: u32) -> Write {
+    let keep = |mask: u32| page.write(offset, value & mask);
+    match offset {
+        ID => return Write::Id,
+        TPR => keep(0xff),
+        EOI => return Write::Eoi,
+        LDR => keep(0xff00_0000),
+        DFR => page.write(offset, value | 0x0fff_ffff),
+        // Vector, APIC enable, focus checking, EOI-broadcast suppression.
+        SVR => {
+            keep(0x13ff);
+            return Write::Svr;
+        }
+        // A write rearms the error register, which this APIC never sets.
+        ESR => keep(0),
+        ICR_LO => {
+            // Delivery status (bit 12) reads 0: the IPI is sent at once.
+            keep(!(1 << 12));
+            return Write::Icr;
+        }
+        ICR_HI => keep(0xff00_0000),
+        LVT_TIMER | INITIAL_COUNT | DIVIDE_CONFIG => return Write::Timer(offset, value),
+        // LVT CMCI, thermal, performance, LINT0, LINT1, error: vector, delivery mode,
+        // polarity, trigger mode and mask (SDM Vol. 3A §12.5.1, Figure 12-8).
+        LVT_CMCI | 0x330..=0x370 => {
+            keep(0x0001_a7ff);
+            return Write::Lvt(offset);
+        }
+        _ => {}
     }
+    Write::Done
+}
+
+/// EOI virtualization done by the hypervisor, for an EOI write it completes itself (an APIC
+/// moved away from the APIC-access page) with virtual-interrupt delivery (SDM Vol. 3C §30.1.4):
+/// VISR[SVI] cleared and SVI set to the highest vector left in VISR. Returns the new guest
+/// interrupt status and the vector retired (its EOI-exit bit says whether the I/O APIC hears
+/// of it); VM entry then does PPR virtualization and evaluates pending interrupts (§27.3.2.5).
+pub fn virtual_eoi(page: &VirtualApicPage<'_>, status: u16) -> (u16, u8) {
+    let vector = (status >> 8) as u8;
+    let off = ISR + (vector as usize / 32) * 0x10;
+    page.write(off, page.read(off) & !(1 << (vector % 32)));
+    let svi = (0..8).rev().find_map(|r| {
+        let bits = page.read(ISR + r * 0x10);
+        (bits != 0).then(|| (r * 32 + 31 - bits.leading_zeros() as usize) as u8)
+    });
+    ((status & 0xff) | (svi.unwrap_or(0) as u16) << 8, vector)
 }
 
 /// The page as 32-bit registers (1024 of them; each APIC register sits at a 16-byte offset).
@@ -260,23 +309,49 @@ mod tests {
     }
 
     #[test]
-    fn unvirtualized_registers_are_completed() {
+    fn register_reads_and_writes() {
         let regs = [const { AtomicU32::new(0) }; 1024];
         let page = VirtualApicPage(&regs);
         page.reset(1, false);
         page.write(PPR, 0x40);
-        assert_eq!(unvirtualized_read(&page, PPR, 4, 0), Ok(0x40));
-        assert_eq!(unvirtualized_read(&page, TIMER_CURRENT_COUNT, 4, 1234), Ok(1234), "the timer model's count");
-        assert_eq!(unvirtualized_read(&page, LVT_CMCI, 4, 0), Ok(1 << 16), "masked at reset");
-        assert_eq!(unvirtualized_read(&page, 0x40, 4, 0), Ok(0), "reserved");
-        assert_eq!(unvirtualized_write(&page, LVT_CMCI, 4, 0xffff_ffff), Ok(()));
-        assert_eq!(page.read(LVT_CMCI), 0x0001_07ff);
-        assert_eq!(unvirtualized_write(&page, PPR, 4, 0xff), Ok(()));
+        assert_eq!(read_register(&page, PPR, 4, 0, 0x50), 0x50, "PPR as the caller has it");
+        assert_eq!(read_register(&page, TIMER_CURRENT_COUNT, 4, 1234, 0), 1234, "the timer model's count");
+        assert_eq!(read_register(&page, LVT_CMCI, 4, 0, 0), 1 << 16, "masked at reset");
+        assert_eq!(read_register(&page, 0x40, 4, 0, 0), 0, "reserved");
+        assert_eq!(read_register(&page, VERSION + 2, 2, 0, 0), VERSION_VALUE >> 16, "a 16-bit half");
+        assert_eq!(read_register(&page, VERSION, 1, 0, 0), 0x14, "a byte");
+        assert_eq!(read_register(&page, VERSION + 3, 2, 0, 0), 0, "across the register: 0");
+        assert_eq!(read_register(&page, PPR, 8, 0, 0x50), 0, "8 bytes: 0");
+        assert_eq!(read_register(&page, 0x400, 4, 0, 0), 0, "beyond the registers");
+        assert_eq!(write_target(SVR, 4), Some(SVR));
+        assert_eq!(write_target(SVR, 1), None, "a narrow write is dropped");
+        assert_eq!(write_target(SVR + 4, 4), None);
+        assert_eq!(write_target(0xff0, 4), None);
+        assert_eq!(store(&page, LVT_CMCI, 0xffff_ffff), Write::Lvt(LVT_CMCI));
+        assert_eq!(page.read(LVT_CMCI), 0x0001_a7ff);
+        assert_eq!(store(&page, PPR, 0xff), Write::Done);
         assert_eq!(page.read(PPR), 0x40, "read-only");
-        assert_eq!(unvirtualized_read(&page, PPR + 4, 4, 0), Err(UnvirtualizedRefusal::NotAligned32));
-        assert_eq!(unvirtualized_read(&page, PPR, 1, 0), Err(UnvirtualizedRefusal::NotAligned32));
-        assert_eq!(unvirtualized_read(&page, 0x400, 4, 0), Err(UnvirtualizedRefusal::OutsideRegisters));
-        assert_eq!(unvirtualized_write(&page, 0xff0, 4, 0), Err(UnvirtualizedRefusal::OutsideRegisters));
+        assert_eq!(store(&page, LDR, 0x0312_3456), Write::Done);
+        assert_eq!(page.read(LDR), 0x0300_0000);
+        assert_eq!(store(&page, DFR, 0), Write::Done);
+        assert_eq!(page.read(DFR), 0x0fff_ffff);
+        assert_eq!(store(&page, ICR_LO, 0x1041), Write::Icr);
+        assert_eq!(page.read(ICR_LO), 0x41, "delivery status reads idle");
+        assert_eq!(store(&page, 0x380, 1000), Write::Timer(0x380, 1000));
+        assert_eq!(store(&page, ID, 0x0500_0000), Write::Id);
+        assert_eq!(store(&page, SVR, 0x1ff), Write::Svr);
+        assert_eq!(store(&page, EOI, 0), Write::Eoi);
+    }
+
+    #[test]
+    fn eoi_virtualization_in_software() {
+        let regs = [const { AtomicU32::new(0) }; 1024];
+        let page = VirtualApicPage(&regs);
+        page.write(ISR + 0x20, 1 << 1); // 0x41
+        page.write(ISR + 0x30, 1 << 2); // 0x62
+        let (status, vector) = virtual_eoi(&page, 0x6230);
+        assert_eq!((status, vector), (0x4130, 0x62), "SVI drops to the next in-service vector");
+        assert_eq!(virtual_eoi(&page, status), (0x0030, 0x41));
     }
 
     #[test]

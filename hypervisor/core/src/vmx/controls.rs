@@ -193,6 +193,7 @@ pub mod exit_more_bits {
 
 /// Primary controls used beyond `caps::primary_bits`.
 pub mod primary_more_bits {
+    pub const USE_TSC_OFFSETTING: u32 = 3;
     pub const CR8_LOAD_EXITING: u32 = 19;
     pub const CR8_STORE_EXITING: u32 = 20;
     pub const UNCONDITIONAL_IO_EXITING: u32 = 24;
@@ -281,7 +282,9 @@ pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Control
     if path == Injection {
         windows |= 1 << primary_bits::INTERRUPT_WINDOW_EXITING;
     }
-    let primary = negotiate(Primary, caps.primary, primary_req | windows, 0)? & !windows;
+    // TSC offsetting where offered: 0 until the guest writes IA32_TSC (a WRMSR the SDM allows).
+    let primary =
+        negotiate(Primary, caps.primary, primary_req | windows, 1 << primary_more_bits::USE_TSC_OFFSETTING)? & !windows;
     // In x2APIC mode the injection path intercepts every x2APIC MSR (the MSR bitmap) and needs
     // no x2APIC-mode virtualization; an xAPIC access always goes through the APIC-access page.
     let apic_access = match (opts.x2apic, path) {
@@ -353,6 +356,11 @@ impl Controls {
     /// Whether "use TPR shadow" is set (else CR8 accesses exit: the injection path without one).
     pub fn tpr_shadow(&self) -> bool {
         self.primary & (1 << primary_bits::USE_TPR_SHADOW) != 0
+    }
+
+    /// Whether "use TSC offsetting" is set (a guest's WRMSR to IA32_TSC moves its TSC).
+    pub fn tsc_offsetting(&self) -> bool {
+        self.primary & (1 << primary_more_bits::USE_TSC_OFFSETTING) != 0
     }
 
     /// Whether "enable VPID" is set.

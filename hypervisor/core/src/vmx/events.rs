@@ -2,6 +2,8 @@
 //! VM exit interrupted is delivered again. Pure decisions on VMCS field values; the kernel's run
 //! loop reads and writes the fields.
 
+use core::sync::atomic::{AtomicU8, Ordering};
+
 /// Guest interruptibility state (SDM Vol. 3C §25.4.2, Table 25-3).
 pub mod interruptibility {
     pub const BLOCKING_BY_STI: u32 = 1 << 0;
@@ -66,6 +68,49 @@ pub fn nmi_gate(pending: bool, interruptibility_state: u32, entry_event_queued: 
     }
 }
 
+/// NMIs sent to a vCPU and not yet injected. A processor has one NMI in service (blocking
+/// NMIs until IRET) and latches one more (SDM Vol. 3A §6.7.1); a hypervisor cannot take NMIs
+/// as fast as hardware does, so two sent close together may both be waiting when it looks:
+/// up to two are kept while the guest is not blocking NMIs (one injected now, one held for the
+/// NMI window), one while it is; the rest are lost, as on hardware. KVM keeps the same limits.
+pub struct NmiLatch(AtomicU8);
+
+impl Default for NmiLatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NmiLatch {
+    pub const fn new() -> Self {
+        Self(AtomicU8::new(0))
+    }
+
+    /// An NMI arrives (any CPU).
+    pub fn raise(&self) {
+        let _ = self.0.try_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < 2).then_some(n + 1));
+    }
+
+    pub fn pending(&self) -> bool {
+        self.0.load(Ordering::Acquire) != 0
+    }
+
+    /// The guest blocks NMIs (in its NMI handler): at most one stays latched.
+    pub fn blocked(&self) {
+        let _ = self.0.fetch_min(1, Ordering::AcqRel);
+    }
+
+    /// Takes one NMI to inject; false if none was pending.
+    pub fn take(&self) -> bool {
+        self.0.try_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
+    }
+
+    /// INIT or a reset: nothing pending.
+    pub fn clear(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
 /// An event re-delivered after a VM exit interrupted its delivery through the guest IDT
 /// (SDM Vol. 3C §28.2.3, information for VM exits during event delivery).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +171,24 @@ mod tests {
             assert_eq!(nmi_gate(true, blocking, false), NmiGate::Wait, "{blocking:#x}");
         }
         assert_eq!(nmi_gate(true, 0, true), NmiGate::Wait, "an exception is injected at this entry");
+    }
+
+    #[test]
+    fn two_nmis_close_together_are_both_delivered() {
+        let l = NmiLatch::new();
+        assert!(!l.pending() && !l.take());
+        l.raise();
+        l.raise();
+        l.raise();
+        assert!(l.take() && l.take(), "two kept while NMIs are not blocked");
+        assert!(!l.take(), "the third was lost");
+        l.raise();
+        l.raise();
+        l.blocked();
+        assert!(l.take() && !l.take(), "one latched while the guest blocks NMIs");
+        l.raise();
+        l.clear();
+        assert!(!l.pending());
     }
 
     #[test]

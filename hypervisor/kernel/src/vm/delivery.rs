@@ -69,7 +69,7 @@ pub fn deliver(vm: &Vm, sender: usize, icr: &Icr) -> Delivered {
                 return;
             }
             let target = &vm.apic.vcpus[t];
-            target.pending_nmi.store(true, Ordering::Release);
+            target.nmi.raise();
             if t != sender {
                 kick(target.host_apic_id);
             }

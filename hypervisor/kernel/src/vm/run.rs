@@ -229,12 +229,11 @@ impl Vcpu<'_> {
     }
 
     /// Injects a pending virtual NMI when the guest can take it, else sets "NMI-window exiting"
-    /// so the next window brings the vCPU back here (rules in `hvcore::vmx::events`). The
-    /// flag is taken only when the NMI is injected: NMIs sent meanwhile fold into one pending,
-    /// as a real local APIC latches one NMI while another is handled.
+    /// so the next window brings the vCPU back here (rules in `hvcore::vmx::events`). NMIs
+    /// sent meanwhile are latched as a real local APIC latches them (`NmiLatch`).
     #[inline(always)]
     fn gate_nmi(&mut self) -> Result<(), VmxInstrError> {
-        let pending = self.apic.pending_nmi.load(core::sync::atomic::Ordering::Acquire);
+        let pending = self.apic.nmi.pending();
         let window_on = self.controls.primary & NMI_WINDOW_EXITING != 0;
         if !pending && !window_on {
             return Ok(());
@@ -246,10 +245,17 @@ impl Vcpu<'_> {
     fn gate_pending_nmi(&mut self, pending: bool, window_on: bool) -> Result<(), VmxInstrError> {
         let queued = Vmcs32::VmEntryInterruptionInfo.read()? & events::info::VALID != 0;
         let state = Vmcs32::GuestInterruptibilityState.read()?;
-        let gate = events::nmi_gate(pending, state, queued);
-        if gate == NmiGate::Inject && self.apic.pending_nmi.swap(false, core::sync::atomic::Ordering::AcqRel) {
+        if state & events::interruptibility::BLOCKING_BY_NMI != 0 {
+            self.apic.nmi.blocked();
+        }
+        let mut gate = events::nmi_gate(pending, state, queued);
+        if gate == NmiGate::Inject && self.apic.nmi.take() {
             Vmcs32::VmEntryInterruptionInfo.write(events::info::NMI)?;
             self.counters.nmi_injected += 1;
+            // A second one waits for the guest's IRET.
+            if self.apic.nmi.pending() {
+                gate = NmiGate::Wait;
+            }
         }
         if (gate == NmiGate::Wait) != window_on {
             let primary = self.controls.primary ^ NMI_WINDOW_EXITING;
@@ -270,6 +276,13 @@ impl Vcpu<'_> {
         let code = Vmcs32::IdtVectoringErrorCode.read()?;
         let len = Vmcs32::VmExitInstructionLength.read()?;
         if let Some(r) = events::reinjection(idt, code, len) {
+            // An NMI whose delivery was cut short left blocking by NMI set; an entry injecting
+            // an NMI must not have it (SDM Vol. 3C §27.3.1.5), and the guest is not in its
+            // handler yet.
+            if r.nmi {
+                let state = Vmcs32::GuestInterruptibilityState.read()?;
+                Vmcs32::GuestInterruptibilityState.write(state & !events::interruptibility::BLOCKING_BY_NMI)?;
+            }
             if let Some(code) = r.error_code {
                 Vmcs32::VmEntryExceptionErrorCode.write(code)?;
             }

@@ -3,7 +3,7 @@
 //! hypervisor (the exit path): posting to another vCPU, self-IPIs, NMIs (SDM Vol. 3C ch. 30).
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use hvcore::apic::base::{self, ApicMode};
 use hvcore::apic::icr::Target;
@@ -13,6 +13,7 @@ use hvcore::apic::vapic::{self, VirtualApicPage};
 use hvcore::apic::x2apic_msr;
 use hvcore::exits::msr;
 use hvcore::manifest::VmSpec;
+use hvcore::vmx::events::NmiLatch;
 use hvcore::vmx::interrupt_path::InterruptPath;
 
 use crate::vectors::POSTED_INTR as POSTED_INTR_VECTOR;
@@ -27,7 +28,8 @@ pub struct VcpuApic {
     /// IA32_APIC_BASE as the guest last set it (only this vCPU's CPU writes it; others read
     /// the mode to know whether the APIC takes interrupts).
     pub apic_base: AtomicU64,
-    pub pending_nmi: AtomicBool,
+    /// NMIs sent and not yet injected (`hvcore::vmx::events::NmiLatch`).
+    pub nmi: NmiLatch,
     /// INIT and SIPI: running, or waiting for a SIPI.
     pub startup: Startup,
 }
@@ -112,7 +114,7 @@ impl VmApic {
                 pid_pa,
                 host_apic_id,
                 apic_base: AtomicU64::new(base::at_reset(i)),
-                pending_nmi: AtomicBool::new(false),
+                nmi: NmiLatch::new(),
                 startup: Startup::new(i != 0),
             };
             v.page().reset(i, false);

@@ -1,21 +1,21 @@
 //! Exits of the virtual local APIC: APIC-write exits (the exit path of an xAPIC IPI, the
-//! timer's registers), APIC-access exits for xAPIC registers the processor does not virtualize
-//! (decoded and completed), x2APIC MSR writes the bitmap intercepts, and EOI-induced exits for
-//! the I/O APIC's level-triggered interrupts.
+//! timer's registers, SVR and the LVTs), APIC-access exits for xAPIC registers the processor
+//! does not virtualize, an xAPIC moved away from the APIC-access page (emulated on EPT
+//! violations), x2APIC MSR writes the bitmap intercepts, and EOI-induced exits for the I/O
+//! APIC's level-triggered interrupts. Every register write, however it arrived, goes through
+//! `write_register`.
 
 use alloc::format;
-use alloc::string::String;
 
 use hvcore::apic::icr::Icr;
-use hvcore::apic::injection::{self, Write as InjectedWrite};
-use hvcore::apic::timer::{DIVIDE_CONFIG, INITIAL_COUNT, LVT_TIMER};
-use hvcore::apic::vapic::{self, UnvirtualizedRefusal};
+use hvcore::apic::injection;
+use hvcore::apic::vapic::{self, Write};
 use hvcore::apic::x2apic_msr::{self, X2apicWrite};
 use hvcore::devices::ioapic::Message;
 use hvcore::exits::cr::{self, CrAccess, CrAccessKind};
 use hvcore::exits::mmio::{self, Access as MemAccess};
 use hvcore::manifest::VmResult;
-use hvcore::vmx::fields::VmcsNatural;
+use hvcore::vmx::fields::{Vmcs16, VmcsNatural};
 use hvcore::vmx::interrupt_path::InterruptPath;
 
 use super::{Flow, Handled, instruction};
@@ -50,35 +50,101 @@ pub fn send_message(v: &mut Vcpu<'_>, m: &Message) -> Result<(), VmxInstrError> 
     }
 }
 
-/// APIC-write exit (trap-like: the write already reached the virtual-APIC page; SDM Vol. 3C
-/// §30.4.3.3). The ICR is the exit path of an IPI; the timer's registers go to the timer model;
-/// the ID is read-only for guests here; other registers (LDR, DFR, SVR, LVTs) need nothing
-/// more than the stored value.
+/// APIC-write exit (trap-like: the raw value already reached the virtual-APIC page; SDM Vol.
+/// 3C §30.4.3.3): the write completed as the APIC keeps it.
 pub fn apic_write(v: &mut Vcpu<'_>) -> Handled {
-    let offset = (VmcsNatural::ExitQualification.read()? & 0xfff) as usize;
-    let page = v.apic.page();
-    match offset {
-        vapic::ICR_LO => {
-            let low = page.read(vapic::ICR_LO);
-            let icr = if v.x2apic() {
-                // x2APIC: the 64-bit virtual ICR is at 0x300 (SDM Vol. 3C §30.5).
-                Icr::x2apic(((page.read(vapic::ICR_LO + 4) as u64) << 32) | low as u64)
-            } else {
-                Some(Icr::xapic(low, page.read(vapic::ICR_HI)))
-            };
-            match icr {
-                Some(icr) => send_ipi(v, &icr)?,
-                None => v.counters.ipi_dropped += 1,
-            }
-        }
-        LVT_TIMER | INITIAL_COUNT | DIVIDE_CONFIG => v.timer_write(offset, page.read(offset))?,
-        vapic::ID => page.set_mode(v.index, v.x2apic()),
-        vapic::SVR => v.svr_written()?,
-        // An LVT entry stays masked while the APIC is software-disabled (SDM Vol. 3A §12.4.7.2).
-        o if vapic::LVTS.contains(&o) => page.write(o, v.lvt_value(page.read(o))),
-        _ => {}
+    let offset = (VmcsNatural::ExitQualification.read()? & 0xff0) as usize;
+    let value = v.apic.page().read(offset);
+    if offset == vapic::ICR_LO && v.x2apic() {
+        // x2APIC: the 64-bit virtual ICR is at 0x300 (SDM Vol. 3C §30.5).
+        let high = v.apic.page().read(vapic::ICR_LO + 4) as u64;
+        x2apic_icr(v, high << 32 | value as u64)?;
+    } else {
+        write_register(v, offset, value)?;
     }
     Ok(Flow::Continue)
+}
+
+/// A register write as the APIC takes it (`vapic::store`), however it reached the hypervisor
+/// (an APIC-write exit, an emulated xAPIC access, an x2APIC WRMSR), then what it asks for:
+/// an EOI as the VM's path retires it, an IPI, the timer, SVR's software enable, an LVT kept
+/// masked while the APIC is software-disabled (SDM Vol. 3A §12.4.7.2).
+pub fn write_register(v: &mut Vcpu<'_>, offset: usize, value: u32) -> Result<(), VmxInstrError> {
+    let page = v.apic.page();
+    match vapic::store(&page, offset, value) {
+        Write::Done => Ok(()),
+        Write::Eoi => eoi(v),
+        Write::Icr => {
+            let icr = Icr::xapic(page.read(vapic::ICR_LO), page.read(vapic::ICR_HI));
+            send_ipi(v, &icr)
+        }
+        Write::Timer(offset, value) => v.timer_write(offset, value),
+        Write::SelfIpi(vector) => self_ipi(v, vector),
+        Write::Svr => v.svr_written(),
+        Write::Lvt(o) => {
+            page.write(o, v.lvt_value(page.read(o)));
+            Ok(())
+        }
+        Write::Id => {
+            page.set_mode(v.index, v.x2apic());
+            Ok(())
+        }
+    }
+}
+
+/// A guest EOI the hypervisor completes: on the injection path the modelled APIC retires its
+/// highest in-service vector; with virtual-interrupt delivery (an xAPIC moved off the
+/// APIC-access page) EOI virtualization is done here (`vapic::virtual_eoi`). A level-triggered
+/// I/O APIC interrupt re-arms its entry either way.
+fn eoi(v: &mut Vcpu<'_>) -> Result<(), VmxInstrError> {
+    let page = v.apic.page();
+    let vector = if v.controls.virtual_interrupt_delivery() {
+        let (status, vector) = vapic::virtual_eoi(&page, Vmcs16::GuestInterruptStatus.read()?);
+        Vmcs16::GuestInterruptStatus.write(status)?;
+        vector
+    } else {
+        match injection::eoi(&page) {
+            Some(vector) => vector,
+            None => return Ok(()),
+        }
+    };
+    let (_, level) = v.vm.devices.eoi_exit_bitmap();
+    if level[vector as usize / 64] & (1 << (vector % 64)) == 0 {
+        return Ok(());
+    }
+    device_eoi(v, vector)
+}
+
+/// The I/O APIC hears of an EOI for a level-triggered `vector`.
+fn device_eoi(v: &mut Vcpu<'_>, vector: u8) -> Result<(), VmxInstrError> {
+    v.counters.device_eois += 1;
+    match v.vm.devices.eoi(vector) {
+        Some(m) => send_message(v, &m),
+        None => Ok(()),
+    }
+}
+
+/// A self-IPI the hypervisor completes (x2APIC SELF IPI on the injection path): fixed and
+/// edge-triggered; vectors below 16 are illegal and dropped (SDM Vol. 3A §12.12.11).
+fn self_ipi(v: &mut Vcpu<'_>, vector: u8) -> Result<(), VmxInstrError> {
+    if vector >= 16 && v.apic_accepts_fixed() {
+        v.deliver_self(vector)
+    } else {
+        v.counters.ipi_dropped += 1;
+        Ok(())
+    }
+}
+
+/// An x2APIC ICR write that reached the hypervisor: the virtual ICR holds what the guest wrote,
+/// as with virtualized writes, and the IPI goes out by the exit path. False for #GP (reserved
+/// bits).
+fn x2apic_icr(v: &mut Vcpu<'_>, value: u64) -> Result<bool, VmxInstrError> {
+    let Some(icr) = Icr::x2apic(value) else { return Ok(false) };
+    let page = v.apic.page();
+    page.write(vapic::ICR_LO, value as u32);
+    page.write(vapic::ICR_LO + 4, (value >> 32) as u32);
+    send_ipi(v, &icr)?;
+    Ok(true)
 }
 
 /// An intercepted x2APIC-mode WRMSR (0x800-0x8FF); false for #GP. On the injection path TPR,
@@ -88,162 +154,103 @@ pub fn x2apic_wrmsr(v: &mut Vcpu<'_>, msr: u32, value: u64) -> Result<bool, VmxI
         && matches!(msr, x2apic_msr::MSR_TPR | x2apic_msr::MSR_EOI | x2apic_msr::MSR_SELF_IPI)
     {
         return match injection::x2apic_write(&v.apic.page(), msr, value) {
-            Some(w) => injected_write(v, w).map(|()| true),
+            Some(Write::Eoi) => eoi(v).map(|()| true),
+            Some(Write::SelfIpi(vector)) => self_ipi(v, vector).map(|()| true),
+            Some(_) => Ok(true),
             None => Ok(false),
         };
     }
     match x2apic_msr::write_action(msr, value) {
         X2apicWrite::Icr(value) => {
             v.counters.msr_write_icr += 1;
-            let Some(icr) = Icr::x2apic(value) else { return Ok(false) };
-            // The virtual ICR holds what the guest wrote, as with virtualized writes.
-            let page = v.apic.page();
-            page.write(vapic::ICR_LO, value as u32);
-            page.write(vapic::ICR_LO + 4, (value >> 32) as u32);
-            send_ipi(v, &icr)?;
+            x2apic_icr(v, value)
         }
-        X2apicWrite::Timer(offset) => v.timer_write(offset, value as u32)?,
-        X2apicWrite::Store(vapic::SVR) => {
-            v.apic.page().write(vapic::SVR, value as u32);
-            v.svr_written()?
+        X2apicWrite::Timer(offset) | X2apicWrite::Store(offset) => {
+            write_register(v, offset, value as u32)?;
+            Ok(true)
         }
-        X2apicWrite::Store(o) if vapic::LVTS.contains(&o) => v.apic.page().write(o, v.lvt_value(value as u32)),
-        X2apicWrite::Store(offset) => v.apic.page().write(offset, value as u32),
-        X2apicWrite::Gp => return Ok(false),
+        X2apicWrite::Gp => Ok(false),
     }
-    Ok(true)
 }
 
 /// An EOI-induced exit (SDM Vol. 3C §30.1.4, qualification = the vector): a level-triggered
 /// I/O APIC interrupt was handled; the I/O APIC re-arms its entry and may send again.
 pub fn virtualized_eoi(v: &mut Vcpu<'_>) -> Handled {
     let vector = VmcsNatural::ExitQualification.read()? as u8;
-    v.counters.device_eois += 1;
-    if let Some(m) = v.vm.devices.eoi(vector) {
-        send_message(v, &m)?;
-    }
+    device_eoi(v, vector)?;
     Ok(Flow::Continue)
 }
 
 /// An APIC-access VM exit in xAPIC mode: a read or write of a register the processor does not
-/// virtualize (PPR, the timer's current count, LVT CMCI, ...) is decoded and completed; an
-/// instruction fetch from the page, an access during event delivery or one of a form the SDM
-/// leaves undefined stops the VM with the reason.
+/// virtualize (PPR, the timer's current count, LVT CMCI, ...; on the injection path every one)
+/// is decoded and completed; an instruction fetch from the page or an access during event
+/// delivery stops the VM with the reason.
 pub fn apic_access(v: &mut Vcpu<'_>) -> Handled {
     let q = VmcsNatural::ExitQualification.read()?;
     let offset = (q & 0xfff) as usize;
-    let rip = v.rip()?;
     let kind = (q >> 12) & 0xf;
-    let stop =
-        |why: String| Ok(Flow::Stop(VmResult::Killed, format!("{why} (APIC page offset {offset:#x}, RIP {rip:#x})")));
-    match kind {
-        ACCESS_LINEAR_READ | ACCESS_LINEAR_WRITE => {}
-        ACCESS_FETCH => return stop("instruction fetch from the APIC-access page: code cannot run there".into()),
-        3 => return stop("the guest IDT or stack is on the APIC page (access during event delivery)".into()),
-        _ => return stop(format!("guest-physical access to the APIC page (access type {kind})")),
-    }
+    let write = match kind {
+        ACCESS_LINEAR_READ => false,
+        ACCESS_LINEAR_WRITE => true,
+        ACCESS_FETCH => return stop(v, offset, "instruction fetch from the APIC-access page: code cannot run there"),
+        3 => return stop(v, offset, "the guest IDT or stack is on the APIC page (access during event delivery)"),
+        _ => return stop(v, offset, &format!("guest-physical access to the APIC page (access type {kind})")),
+    };
+    xapic_access(v, offset, write)
+}
+
+/// An access to an xAPIC moved away from 0xFEE00000 (an EPT violation at its page: no APIC
+/// virtualization there), completed as the APIC would.
+pub fn relocated_access(v: &mut Vcpu<'_>, offset: usize, write: bool) -> Handled {
+    xapic_access(v, offset, write)
+}
+
+/// Completes the guest instruction at RIP that reads or writes xAPIC register `offset`: a read
+/// as `vapic::read_register` answers it (PPR the model's on the injection path, VPPR
+/// otherwise), a write through `write_register` (forms other than an aligned 32-bit store are
+/// dropped, SDM Vol. 3A §12.4.1).
+fn xapic_access(v: &mut Vcpu<'_>, offset: usize, write: bool) -> Handled {
+    let rip = v.rip()?;
     let insn = match instruction::fetch_and_decode(v, rip)? {
         Ok(i) => i,
-        Err(why) => return stop(format!("APIC register access not completed: {why}")),
+        Err(why) => return stop(v, offset, &format!("APIC register access not completed: {why}")),
     };
-    let page = v.apic.page();
-    let modelled = v.vm.path == InterruptPath::Injection;
-    let done = match insn.access {
-        MemAccess::Read { dest, size } if kind == ACCESS_LINEAR_READ => {
+    match insn.access {
+        MemAccess::Read { dest, size } if !write => {
+            let page = v.apic.page();
             let count = v.timer_current_count();
-            let read = if modelled {
+            let value = if v.vm.path == InterruptPath::Injection {
                 injection::xapic_read(&page, offset, size, count)
             } else {
-                vapic::unvirtualized_read(&page, offset, size, count)
+                vapic::read_register(&page, offset, size, count, page.read(vapic::PPR))
             };
-            match read {
-                Ok(value) => {
-                    let old = v.gpr(dest.number)?;
-                    v.set_gpr(dest.number, mmio::load_into(old, dest, value as u64))?;
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            }
+            let old = v.gpr(dest.number)?;
+            v.set_gpr(dest.number, mmio::load_into(old, dest, value as u64))?;
         }
-        MemAccess::WriteReg { src, size } if kind == ACCESS_LINEAR_WRITE => {
+        MemAccess::WriteReg { src, size } if write => {
             let value = mmio::stored_value(v.gpr(src.number)?, src, size);
-            write_register(v, offset, size, value as u32)?
-        }
-        MemAccess::WriteImm { value, size } if kind == ACCESS_LINEAR_WRITE => {
-            write_register(v, offset, size, value as u32)?
-        }
-        other => return stop(format!("the decoded instruction ({other:?}) does not match the access type {kind}")),
-    };
-    match done {
-        Ok(()) => {
-            v.counters.emulated += 1;
-            v.skip_emulated(insn.len as u64)?;
-            Ok(Flow::Continue)
-        }
-        Err(UnvirtualizedRefusal::NotAligned32) => {
-            stop("APIC register access that is not an aligned 32-bit access (SDM Vol. 3A §12.4.1)".into())
-        }
-        Err(UnvirtualizedRefusal::OutsideRegisters) => stop("access beyond the APIC registers".into()),
-    }
-}
-
-/// An xAPIC register write that exited: the registers the processor does not virtualize, or on
-/// the injection path every register but TPR, completed by the modelled APIC.
-fn write_register(
-    v: &mut Vcpu<'_>,
-    offset: usize,
-    size: u8,
-    value: u32,
-) -> Result<Result<(), UnvirtualizedRefusal>, VmxInstrError> {
-    let page = v.apic.page();
-    if v.vm.path != InterruptPath::Injection {
-        return Ok(vapic::unvirtualized_write(&page, offset, size, value));
-    }
-    match injection::xapic_write(&page, offset, size, value) {
-        Ok(w) => injected_write(v, w).map(Ok),
-        Err(e) => Ok(Err(e)),
-    }
-}
-
-/// What a register write on the injection path asks beyond the stored value: an EOI (which
-/// a level-triggered I/O APIC interrupt hears of), an IPI, a timer register, a self-IPI.
-fn injected_write(v: &mut Vcpu<'_>, w: InjectedWrite) -> Result<(), VmxInstrError> {
-    let page = v.apic.page();
-    match w {
-        InjectedWrite::Done => Ok(()),
-        InjectedWrite::Eoi(vector) => injected_eoi(v, vector),
-        InjectedWrite::Icr => {
-            let icr = Icr::xapic(page.read(vapic::ICR_LO), page.read(vapic::ICR_HI));
-            send_ipi(v, &icr)
-        }
-        InjectedWrite::Timer(offset, value) => v.timer_write(offset, value),
-        InjectedWrite::SelfIpi(vector) => {
-            // SDM Vol. 3A §12.12.11: a fixed, edge-triggered self-IPI; vectors below 16 are
-            // illegal and dropped.
-            if vector >= 16 {
-                v.deliver_self(vector)
-            } else {
-                v.counters.ipi_dropped += 1;
-                Ok(())
+            if let Some(reg) = vapic::write_target(offset, size) {
+                write_register(v, reg, value as u32)?;
             }
         }
+        MemAccess::WriteImm { value, size } if write => {
+            if let Some(reg) = vapic::write_target(offset, size) {
+                write_register(v, reg, value as u32)?;
+            }
+        }
+        other => {
+            let why = format!("the decoded instruction ({other:?}) does not match the access");
+            return stop(v, offset, &why);
+        }
     }
+    v.counters.emulated += 1;
+    v.skip_emulated(insn.len as u64)?;
+    Ok(Flow::Continue)
 }
 
-/// A guest EOI on the injection path: the modelled APIC retired `vector`; a level-triggered
-/// I/O APIC interrupt re-arms its entry, as an EOI-induced exit does with virtual-interrupt
-/// delivery (`virtualized_eoi`).
-fn injected_eoi(v: &mut Vcpu<'_>, vector: Option<u8>) -> Result<(), VmxInstrError> {
-    let Some(vector) = vector else { return Ok(()) };
-    let (_, level) = v.vm.devices.eoi_exit_bitmap();
-    if level[vector as usize / 64] & (1 << (vector % 64)) == 0 {
-        return Ok(());
-    }
-    v.counters.device_eois += 1;
-    match v.vm.devices.eoi(vector) {
-        Some(m) => send_message(v, &m),
-        None => Ok(()),
-    }
+fn stop(v: &Vcpu<'_>, offset: usize, why: &str) -> Handled {
+    let rip = v.rip()?;
+    Ok(Flow::Stop(VmResult::Killed, format!("{why} (APIC page offset {offset:#x}, RIP {rip:#x})")))
 }
 
 /// MOV to or from CR8 on the injection path without a TPR shadow (the only path where CR8

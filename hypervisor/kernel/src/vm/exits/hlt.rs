@@ -24,8 +24,7 @@ pub fn hlt(v: &mut Vcpu<'_>) -> Handled {
         v.fold_posted()?;
         v.timer_expire()?;
         // An NMI the guest blocks (still in its NMI handler) does not end the halt either.
-        let nmi = v.apic.pending_nmi.load(Ordering::Acquire)
-            && Vmcs32::GuestInterruptibilityState.read()? & BLOCKING_BY_NMI == 0;
+        let nmi = v.apic.nmi.pending() && Vmcs32::GuestInterruptibilityState.read()? & BLOCKING_BY_NMI == 0;
         // With virtual-interrupt delivery the processor's rule decides (RVI against VPPR); on
         // the injection path the modelled APIC's.
         let page = v.apic.page();

@@ -11,6 +11,7 @@ use hvcore::devices::{Effects, ExitRequest};
 use hvcore::exits::io::{self, IoExit};
 use hvcore::exits::mmio::{self, Access as MemAccess};
 use hvcore::exits::report;
+use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::manifest::VmResult;
 use hvcore::vmx::events;
 use hvcore::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
@@ -53,6 +54,14 @@ pub fn ept_violation(v: &mut Vcpu<'_>) -> Handled {
     } else {
         "read"
     };
+    let write = q & 2 != 0;
+    let page = gpa & !0xfff;
+    if q & 4 == 0 && v.relocated_xapic_base() == Some(page) {
+        return apic::relocated_access(v, (gpa & 0xfff) as usize, write);
+    }
+    if q & 4 == 0 && page == APIC_MMIO_GPA {
+        return unclaimed(v, write);
+    }
     if q & 4 != 0 || !v.vm.devices.mmio_claims(gpa, 1) {
         return Ok(Flow::Stop(
             VmResult::Killed,
@@ -93,6 +102,41 @@ pub fn ept_violation(v: &mut Vcpu<'_>) -> Handled {
     v.counters.emulated += 1;
     v.skip_emulated(insn.len as u64)?;
     device_effects(v, effects)
+}
+
+/// An access to 0xFEE00000 while the vCPU's APIC does not claim it (x2APIC mode, disabled, or
+/// moved elsewhere: `vcpu::lapic`): nothing answers, so a read returns all ones and a write is
+/// dropped, as on a PC (SDM Vol. 3A §12.12.2: in x2APIC mode "any access to the MMIO interface
+/// will behave similar to that of a legacy xAPIC in globally disabled state").
+fn unclaimed(v: &mut Vcpu<'_>, write: bool) -> Handled {
+    let rip = v.rip()?;
+    let insn = match instruction::fetch_and_decode(v, rip)? {
+        Ok(i) => i,
+        Err(why) => {
+            return Ok(Flow::Stop(
+                VmResult::Killed,
+                format!("access to the unclaimed APIC page at RIP {rip:#x}: {why}"),
+            ));
+        }
+    };
+    match insn.access {
+        MemAccess::Read { dest, .. } if !write => {
+            let old = v.gpr(dest.number)?;
+            v.set_gpr(dest.number, mmio::load_into(old, dest, u64::MAX))?;
+        }
+        MemAccess::WriteReg { .. } | MemAccess::WriteImm { .. } if write => {}
+        other => {
+            return Ok(Flow::Stop(
+                VmResult::Killed,
+                format!(
+                    "access to the unclaimed APIC page at RIP {rip:#x}: the decoded instruction ({other:?}) does not match"
+                ),
+            ));
+        }
+    }
+    v.counters.emulated += 1;
+    v.skip_emulated(insn.len as u64)?;
+    Ok(Flow::Continue)
 }
 
 /// A device MMIO write. When it changed which vectors are level-triggered, the VM's other

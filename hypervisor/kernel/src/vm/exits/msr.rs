@@ -9,10 +9,12 @@ use hvcore::apic::injection;
 use hvcore::apic::timer::IA32_TSC_DEADLINE;
 use hvcore::apic::x2apic_msr;
 use hvcore::exits::msr;
+use hvcore::vmx::fields::Vmcs64;
 use hvcore::vmx::interrupt_path::InterruptPath;
 
 use super::{Flow, Handled, apic};
 use crate::vm::vcpu::Vcpu;
+use crate::vmx::vmcs::Access;
 
 const GP: u8 = 13;
 
@@ -21,6 +23,7 @@ pub fn rdmsr(v: &mut Vcpu<'_>) -> Handled {
     let value = match m {
         msr::IA32_APIC_BASE => Some(v.apic.apic_base.load(Ordering::Relaxed)),
         IA32_TSC_DEADLINE => Some(v.timer_tsc_deadline()),
+        msr::IA32_TSC => Some(crate::time::rdtsc().wrapping_add(v.tsc_offset)),
         // The one x2APIC read the bitmap intercepts (x2apic_msr::read_passes_through), or on
         // the injection path every one: the modelled APIC answers.
         x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST
@@ -51,6 +54,13 @@ pub fn wrmsr(v: &mut Vcpu<'_>) -> Handled {
         x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST if v.x2apic() => apic::x2apic_wrmsr(v, m, val)?,
         IA32_TSC_DEADLINE => {
             v.set_timer_tsc_deadline(val)?;
+            true
+        }
+        // WRMSR IA32_TSC sets this logical processor's TSC (SDM Vol. 3B §18.17): kept as the
+        // VMCS's TSC offset, so RDTSC, RDTSCP and RDMSR read it without an exit.
+        msr::IA32_TSC if v.controls.tsc_offsetting() => {
+            v.tsc_offset = val.wrapping_sub(crate::time::rdtsc());
+            Vmcs64::TscOffset.write(v.tsc_offset)?;
             true
         }
         msr::IA32_APIC_BASE => {

@@ -65,7 +65,7 @@ impl Vcpu<'_> {
     pub(in crate::vm) fn reset_local_apic(&mut self, x2apic: bool) -> Result<(), VmxInstrError> {
         self.apic.page().reset(self.index, x2apic);
         self.apic.pid().take();
-        self.apic.pending_nmi.store(false, Ordering::Release);
+        self.apic.nmi.clear();
         self.timer = hvcore::apic::timer::ApicTimer::new(super::timer::min_timer_period(self.host.tsc_hz));
         if self.controls.virtual_interrupt_delivery() {
             Vmcs16::GuestInterruptStatus.write(0)?;

@@ -43,6 +43,9 @@ pub struct Vcpu<'a> {
     /// Exit counters, owned by this vCPU while it runs; published to the VM when it ends.
     pub counters: ExitCounters,
     pub(super) launched: bool,
+    /// The guest's TSC minus the host's (the VMCS's TSC offset; 0 until the guest writes
+    /// IA32_TSC).
+    pub tsc_offset: u64,
     /// The VPID in the VMCS (0: none, the processor flushes at every entry and exit).
     pub(in crate::vm) vpid: u16,
     /// TSC value at which the watchdog ends the VM.
@@ -95,6 +98,7 @@ impl<'a> Vcpu<'a> {
             counters: ExitCounters::default(),
             launched: false,
             vpid: 0,
+            tsc_offset: 0,
             deadline_tsc: now + vm.spec.timeout_ms * (host.tsc_hz / 1000),
             exit_budget: ExitBudget::new(vm.spec.max_exits_per_second, host.tsc_hz, now),
             timer_shift: host.caps.preemption_timer_shift(),

@@ -83,6 +83,9 @@ impl Vcpu<'_> {
             Vmcs16::LastPidPointerIndex.write(self.vm.apic.last_pid_index)?;
         }
         Vmcs64::EptPointer.write(self.vm.eptp)?;
+        if c.tsc_offsetting() {
+            Vmcs64::TscOffset.write(0)?;
+        }
         // Without VPID every entry and exit flushes the guest's linear mappings (SDM Vol. 3C
         // §29.4.3.1): nothing more to do, the EPT never changes while the VM runs.
         if c.vpid() {

@@ -51,14 +51,18 @@ impl Vcpu<'_> {
         self.timer.current_count(crate::time::rdtsc())
     }
 
-    /// RDMSR IA32_TSC_DEADLINE.
+    /// RDMSR IA32_TSC_DEADLINE, in the guest's TSC (the model keeps the host's).
     pub fn timer_tsc_deadline(&self) -> u64 {
-        self.timer.read_tsc_deadline()
+        match self.timer.read_tsc_deadline() {
+            0 => 0,
+            host => host.wrapping_add(self.tsc_offset),
+        }
     }
 
-    /// WRMSR IA32_TSC_DEADLINE.
+    /// WRMSR IA32_TSC_DEADLINE (a value of the guest's TSC; 0 disarms).
     pub fn set_timer_tsc_deadline(&mut self, value: u64) -> Result<(), VmxInstrError> {
-        self.timer.write_tsc_deadline(value);
+        let host = if value == 0 { 0 } else { value.wrapping_sub(self.tsc_offset).max(1) };
+        self.timer.write_tsc_deadline(host);
         self.counters.timer_writes += 1;
         self.arm_preemption_timer()
     }
