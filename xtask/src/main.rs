@@ -5,6 +5,7 @@ mod apt;
 mod bench;
 mod bench_linux;
 mod bochs;
+mod conformance;
 mod deps;
 mod fixtures;
 mod fuzz;
@@ -39,6 +40,9 @@ enum Cmd {
     Test(test::TestArgs),
     /// Measure IPI round trips: APIC modes x {native, ipiv-on, ipiv-off} x targets.
     Bench(bench::BenchArgs),
+    /// Run kvm-unit-tests' x86 binaries under this hypervisor on every interrupt path and APIC
+    /// mode (and under KVM with --peer kvm), as their own harness runs them.
+    Conformance(conformance::ConformanceArgs),
     /// Build a bootable disk image for real hardware (halts at the end instead of exiting).
     /// Takes the run flags that shape the image (--uefi, --cpus, --memory, --guest, --manifest,
     /// --log-level).
@@ -89,6 +93,13 @@ fn xtask() -> Result<()> {
             deps::ensure(&n)?
         }
         Cmd::Bochs => deps::ensure(&[deps::Need::Bochs])?,
+        Cmd::Conformance(args) => {
+            let mut n = vec![deps::Need::Bochs];
+            if args.peer.is_some() {
+                n.push(deps::Need::Fixtures);
+            }
+            deps::ensure(&n)?
+        }
         Cmd::Image { .. } | Cmd::Doctor { .. } | Cmd::Fuzz(_) => {}
     }
     match cli.cmd {
@@ -109,6 +120,10 @@ fn xtask() -> Result<()> {
             Ok(())
         }
         Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::Conformance(args) => {
+            let ok = conformance::run(&args)?;
+            std::process::exit(if ok { 0 } else { 1 })
+        }
         Cmd::Bochs => {
             println!("{}", bochs::binary(&deps::cache_dir())?.display());
             Ok(())
