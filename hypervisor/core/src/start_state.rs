@@ -106,10 +106,16 @@ pub fn linux64(entry: u64, zero_page: u64, cr3: u64, gdt: (u64, u16), code: u16,
     }
 }
 
+/// CR0's cache-disable and not-write-through flags.
+pub const CR0_CD_NW: u64 = (1 << 30) | (1 << 29);
+/// CR0 after power-up or RESET (SDM Vol. 3A Table 9-1): CD, NW and ET.
+pub const CR0_AT_RESET: u64 = CR0_CD_NW | CR0_ET;
+
 /// A processor leaving wait-for-SIPI (SDM Vol. 3A §9.4.4, Table 9-1 for the INIT values): real
 /// mode, CS = vector << 8 with base vector << 12, IP 0, EDX the processor signature
-/// (CPUID.1:EAX).
-pub fn after_sipi(vector: u8, signature: u32) -> StartState {
+/// (CPUID.1:EAX). CR0 is 60000010H after power-up; INIT leaves CD and NW as they were (Table
+/// 9-1, note 2), so `cd_nw` carries them: `CR0_CD_NW` for a processor that never ran.
+pub fn after_sipi(vector: u8, signature: u32, cd_nw: u64) -> StartState {
     StartState {
         cs: Segment {
             selector: (vector as u16) << 8,
@@ -118,7 +124,7 @@ pub fn after_sipi(vector: u8, signature: u32) -> StartState {
             access: access::CODE16,
         },
         data: Segment { selector: 0, base: 0, limit: 0xffff, access: access::DATA16 },
-        cr0: CR0_ET,
+        cr0: CR0_ET | (cd_nw & CR0_CD_NW),
         cr3: 0,
         cr4: 0,
         efer: 0,
@@ -154,17 +160,19 @@ mod tests {
         assert_eq!((s.cs.selector, s.data.selector), (0x10, 0x18));
         assert_ne!(s.cs.access & (1 << 13), 0, "64-bit code (L)");
         assert_ne!(s.cr0 & CR0_PG, 0);
-        assert!(!multiboot(0, 0).long_mode() && !after_sipi(8, 0).long_mode());
+        assert!(!multiboot(0, 0).long_mode() && !after_sipi(8, 0, 0).long_mode());
     }
 
     #[test]
     fn sipi_starts_real_mode_at_vector_pages() {
-        let s = after_sipi(0x08, 0x806f8);
+        let s = after_sipi(0x08, 0x806f8, CR0_CD_NW);
+        assert_eq!(s.cr0, 0x6000_0010, "Table 9-1: CD, NW and ET after power-up");
+        assert_eq!(after_sipi(0x08, 0, 0).cr0, 0x10, "INIT kept CD and NW clear");
         assert_eq!((s.cs.selector, s.cs.base, s.rip), (0x0800, 0x8000, 0));
         assert_eq!(s.cs.base, (s.cs.selector as u64) << 4, "real-mode base = selector * 16");
         assert_eq!(s.cr0 & 1, 0, "real mode");
         assert_eq!(s.rdx, 0x806f8);
-        let top = after_sipi(0xff, 0);
+        let top = after_sipi(0xff, 0, 0);
         assert_eq!((top.cs.selector, top.cs.base), (0xff00, 0xf_f000));
     }
 }

@@ -13,6 +13,7 @@ pub const LDR: usize = 0xd0;
 pub const DFR: usize = 0xe0;
 pub const SVR: usize = 0xf0;
 pub const ISR: usize = 0x100;
+pub const TMR: usize = 0x180;
 pub const IRR: usize = 0x200;
 pub const ESR: usize = 0x280;
 pub const ICR_LO: usize = 0x300;
@@ -191,6 +192,19 @@ impl VirtualApicPage<'_> {
         self.write(off, v);
     }
 
+    /// Records the trigger mode of an accepted fixed interrupt in TMR (SDM Vol. 3A §12.8.4:
+    /// set for level-triggered, cleared for edge-triggered). One atomic read-modify-write:
+    /// the sender's CPU does it, whichever vCPU owns the page.
+    pub fn set_tmr(&self, vector: u8, level: bool) {
+        let reg = &self.0[(TMR + (vector as usize / 32) * 0x10) / 4];
+        let bit = 1 << (vector % 32);
+        if level {
+            reg.fetch_or(bit, Ordering::Relaxed);
+        } else if reg.load(Ordering::Relaxed) & bit != 0 {
+            reg.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+
     /// ORs a descriptor's PIR (256 bits) into VIRR; returns the highest vector set, if any.
     pub fn merge_pir(&self, pir: [u64; 4]) -> Option<u8> {
         for (i, word) in pir.iter().enumerate() {
@@ -341,6 +355,16 @@ mod tests {
         assert_eq!(store(&page, ID, 0x0500_0000), Write::Id);
         assert_eq!(store(&page, SVR, 0x1ff), Write::Svr);
         assert_eq!(store(&page, EOI, 0), Write::Eoi);
+    }
+
+    #[test]
+    fn tmr_follows_the_trigger_mode() {
+        let regs = [const { AtomicU32::new(0) }; 1024];
+        let page = VirtualApicPage(&regs);
+        page.set_tmr(0x61, true);
+        assert_eq!(page.read(TMR + 0x30), 1 << 1);
+        page.set_tmr(0x61, false);
+        assert_eq!(page.read(TMR + 0x30), 0);
     }
 
     #[test]

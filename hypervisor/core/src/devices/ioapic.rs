@@ -118,25 +118,29 @@ impl IoApic {
         }
     }
 
-    /// A local APIC's EOI for `vector` reached the I/O APIC (the EOI broadcast): level entries
-    /// with that vector clear remote IRR and send again if their line is still high.
-    pub fn eoi(&mut self, vector: u8) -> Option<Message> {
-        let mut out = None;
+    /// A local APIC's EOI for `vector` reached the I/O APIC (the EOI broadcast): every level
+    /// entry with that vector clears remote IRR, masked or not (82093AA §3.2.4: remote IRR is
+    /// reset when the EOI with a matching vector is received), and each whose line is still
+    /// high and which is unmasked sends again: pins sharing a vector each get their message.
+    pub fn eoi(&mut self, vector: u8) -> alloc::vec::Vec<Message> {
+        let mut out = alloc::vec::Vec::new();
         for pin in 0..PINS {
             let e = self.table[pin];
             if e & entry::LEVEL != 0 && e & entry::VECTOR == vector as u64 && e & entry::REMOTE_IRR != 0 {
                 self.table[pin] &= !entry::REMOTE_IRR;
-                out = out.or(self.poll_level(pin));
+                out.extend(self.poll_level(pin));
             }
         }
         out
     }
 
-    /// The vectors of unmasked level-triggered entries (256 bits).
+    /// The vectors of level-triggered entries (256 bits), masked ones included: an entry
+    /// masked after it sent still waits for its EOI, which must reach the I/O APIC or its
+    /// remote IRR would stay set and the line stay dead.
     pub fn level_vectors(&self) -> [u64; 4] {
         let mut set = [0u64; 4];
         for e in self.table {
-            if e & entry::LEVEL != 0 && e & entry::MASKED == 0 {
+            if e & entry::LEVEL != 0 {
                 let v = (e & entry::VECTOR) as usize;
                 set[v / 64] |= 1 << (v % 64);
             }
@@ -262,12 +266,35 @@ mod tests {
         assert_eq!(sent, Some(Message { vector: 0x41, delivery_mode: 0, logical: true, dest: 0, level: true }));
         assert_ne!(get(&mut io, REG_TABLE + 18) & (1 << 14), 0, "remote IRR");
         assert_eq!(io.set_pin(9, true), None, "held by remote IRR");
-        assert_eq!(io.eoi(0x40), None, "another vector's EOI");
-        assert!(io.eoi(0x41).is_some(), "EOI with the line still high sends again");
+        assert_eq!(io.eoi(0x40), [], "another vector's EOI");
+        assert_eq!(io.eoi(0x41).len(), 1, "EOI with the line still high sends again");
         io.set_pin(9, false);
-        assert!(io.eoi(0x41).is_none(), "EOI with the line low only re-arms");
+        assert_eq!(io.eoi(0x41), [], "EOI with the line low only re-arms");
         assert_eq!(get(&mut io, REG_TABLE + 18) & (1 << 14), 0);
         assert!(io.set_pin(9, true).is_some());
+    }
+
+    #[test]
+    fn a_masked_entry_still_takes_its_eoi() {
+        let mut io = IoApic::new(0);
+        set(&mut io, REG_TABLE + 2, 0x51 | (1 << 15));
+        assert!(io.set_pin(1, true).is_some());
+        set(&mut io, REG_TABLE + 2, 0x51 | (1 << 15) | (1 << 16)); // masked while in service
+        assert_eq!(io.level_vectors(), [0, 1 << (0x51 - 64), 0, 0], "its EOIs must still exit");
+        assert_eq!(io.eoi(0x51), [], "masked: re-armed, nothing sent");
+        assert_eq!(get(&mut io, REG_TABLE + 2) & (1 << 14), 0, "remote IRR cleared");
+        let again = set(&mut io, REG_TABLE + 2, 0x51 | (1 << 15));
+        assert!(again.is_some(), "unmasking with the line still high sends: the line is alive");
+    }
+
+    #[test]
+    fn pins_sharing_a_vector_each_send_after_the_eoi() {
+        let mut io = IoApic::new(0);
+        set(&mut io, REG_TABLE + 6, 0x61 | (1 << 15));
+        set(&mut io, REG_TABLE + 8, 0x61 | (1 << 15));
+        assert!(io.set_pin(3, true).is_some());
+        assert!(io.set_pin(4, true).is_some());
+        assert_eq!(io.eoi(0x61).len(), 2, "both lines still high: both send again");
     }
 
     #[test]

@@ -272,13 +272,13 @@ impl Pc {
     }
 
     /// A local APIC's EOI of `vector` for a level-triggered interrupt (an EOI-induced exit):
-    /// the I/O APIC re-arms the entries with that vector; a message if one sends again.
-    pub fn eoi(&mut self, vector: u8) -> Option<ioapic::Message> {
+    /// the I/O APIC re-arms the entries with that vector; the messages of those that send again.
+    pub fn eoi(&mut self, vector: u8) -> Vec<ioapic::Message> {
         self.ioapic.lock().eoi(vector)
     }
 
-    /// The vectors of the I/O APIC's unmasked level-triggered entries, as a 256-bit set: their
-    /// EOIs must reach the I/O APIC (the EOI-exit bitmap, SDM Vol. 3C §30.1.4).
+    /// The vectors of the I/O APIC's level-triggered entries, as a 256-bit set: their EOIs must
+    /// reach the I/O APIC (the EOI-exit bitmap, SDM Vol. 3C §30.1.4).
     pub fn level_vectors(&self) -> [u64; 4] {
         self.ioapic.lock().level_vectors()
     }

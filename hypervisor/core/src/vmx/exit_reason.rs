@@ -92,8 +92,17 @@ pub const INIT_SIGNAL: u16 = 3;
 pub const NMI_WINDOW: u16 = 8;
 pub const TASK_SWITCH: u16 = 9;
 pub const CPUID: u16 = 10;
+pub const GETSEC: u16 = 11;
 pub const HLT: u16 = 12;
+pub const INVD: u16 = 13;
 pub const VMCALL: u16 = 18;
+/// VMCLEAR, VMLAUNCH, VMPTRLD, VMPTRST, VMREAD, VMRESUME, VMWRITE, VMXOFF, VMXON.
+pub const VMCLEAR: u16 = 19;
+pub const VMXON: u16 = 27;
+pub const INVEPT: u16 = 50;
+pub const INVVPID: u16 = 53;
+pub const WBINVD: u16 = 54;
+pub const VMFUNC: u16 = 59;
 pub const CR_ACCESS: u16 = 28;
 pub const IO_INSTRUCTION: u16 = 30;
 pub const RDMSR: u16 = 31;
@@ -122,8 +131,16 @@ pub enum BasicExit {
     InterruptWindow,
     NmiWindow,
     Cpuid,
+    /// GETSEC (unconditional: SMX is hidden, so it is #UD).
+    Getsec,
     Hlt,
+    /// INVD and WBINVD (INVD always exits; WBINVD only with "WBINVD exiting").
+    Invd,
+    Wbinvd,
     Vmcall,
+    /// A VMX instruction other than VMCALL (VMXON, VMREAD, INVEPT, ...): always exits in VMX
+    /// non-root operation (SDM Vol. 3C §26.1.2); VMX is hidden from guests, so it is #UD.
+    VmxInstruction(u16),
     /// MOV to or from a control register the controls intercept (CR8 only, here).
     CrAccess,
     Io,
@@ -154,8 +171,12 @@ impl BasicExit {
             INTERRUPT_WINDOW => Self::InterruptWindow,
             NMI_WINDOW => Self::NmiWindow,
             CPUID => Self::Cpuid,
+            GETSEC => Self::Getsec,
             HLT => Self::Hlt,
+            INVD => Self::Invd,
+            WBINVD => Self::Wbinvd,
             VMCALL => Self::Vmcall,
+            VMCLEAR..=VMXON | INVEPT | INVVPID | VMFUNC => Self::VmxInstruction(r),
             CR_ACCESS => Self::CrAccess,
             IO_INSTRUCTION => Self::Io,
             RDMSR => Self::Rdmsr,
@@ -183,8 +204,12 @@ impl BasicExit {
             Self::InterruptWindow => INTERRUPT_WINDOW,
             Self::NmiWindow => NMI_WINDOW,
             Self::Cpuid => CPUID,
+            Self::Getsec => GETSEC,
             Self::Hlt => HLT,
+            Self::Invd => INVD,
+            Self::Wbinvd => WBINVD,
             Self::Vmcall => VMCALL,
+            Self::VmxInstruction(r) => r,
             Self::CrAccess => CR_ACCESS,
             Self::Io => IO_INSTRUCTION,
             Self::Rdmsr => RDMSR,
@@ -260,6 +285,9 @@ mod tests {
         assert_eq!(BasicExit::from_raw(VIRTUALIZED_EOI).name(), "virtualized_eoi");
         assert_eq!(BasicExit::from_raw(INTERRUPT_WINDOW).name(), "interrupt_window");
         assert_eq!(BasicExit::from_raw(9), BasicExit::Other(9));
+        assert_eq!(BasicExit::from_raw(VMXON), BasicExit::VmxInstruction(VMXON));
+        assert_eq!(BasicExit::from_raw(VMXON).name(), "vmxon");
+        assert_eq!(BasicExit::from_raw(INVD), BasicExit::Invd);
         assert_eq!(ExitReason(0x8000_0021).kind(), BasicExit::EntryFailGuestState);
     }
 

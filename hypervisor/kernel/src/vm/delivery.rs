@@ -5,9 +5,9 @@
 //! acts on, after a kick. An interrupt for the sender itself is handed back: only its own CPU
 //! may write its VMCS (RVI), which the caller does.
 
-use core::sync::atomic::Ordering;
 
 use hvcore::apic::icr::{self, Action, DeliveryMode, Dropped, Icr, Shorthand, Target};
+use hvcore::devices::ioapic::Message;
 
 use super::{Vm, kick};
 
@@ -22,9 +22,19 @@ pub struct Delivered {
     pub dropped: bool,
 }
 
-/// Delivers `icr`, sent by vCPU `sender` of `vm` (an ICR write, or an I/O APIC message
-/// while `sender` handled the device access).
+/// Delivers the IPI `icr` that vCPU `sender` of `vm` wrote: edge-triggered (an ICR's trigger
+/// mode only means something for INIT level de-assert, SDM Vol. 3A §12.6.1).
 pub fn deliver(vm: &Vm, sender: usize, icr: &Icr) -> Delivered {
+    deliver_as(vm, sender, icr, false)
+}
+
+/// Delivers an I/O APIC message while vCPU `sender` handled the device access: a level-triggered
+/// one sets the targets' TMR bit (SDM Vol. 3A §12.8.4).
+pub fn deliver_message(vm: &Vm, sender: usize, m: &Message) -> Delivered {
+    deliver_as(vm, sender, &m.icr(), m.level)
+}
+
+fn deliver_as(vm: &Vm, sender: usize, icr: &Icr, level: bool) -> Delivered {
     let n = vm.spec.vcpus as usize;
     // The common case first, without building the target table: fixed, physical, no shorthand.
     let action = if icr.mode == DeliveryMode::Fixed
@@ -54,7 +64,10 @@ pub fn deliver(vm: &Vm, sender: usize, icr: &Icr) -> Delivered {
         Action::Fixed { vector, targets } => each(targets, |t| {
             if !vm.apic.vcpus[t].accepts_fixed() {
                 out.dropped = true;
-            } else if t == sender {
+                return;
+            }
+            vm.apic.vcpus[t].page().set_tmr(vector, level);
+            if t == sender {
                 out.to_self = Some(vector);
             } else {
                 vm.apic.vcpus[t].post(vector);

@@ -60,8 +60,9 @@ impl VmDevices {
         Some((e, changed))
     }
 
-    /// An EOI-induced exit for `vector`: the I/O APIC re-arms its level entries.
-    pub fn eoi(&self, vector: u8) -> Option<Message> {
+    /// An EOI-induced exit for `vector`: the I/O APIC re-arms its level entries; the messages
+    /// of those that send again.
+    pub fn eoi(&self, vector: u8) -> alloc::vec::Vec<Message> {
         self.pc.lock().eoi(vector)
     }
 

@@ -44,7 +44,7 @@ pub fn send_ipi(v: &mut Vcpu<'_>, icr: &Icr) -> Result<(), VmxInstrError> {
 /// Delivers an I/O APIC message this vCPU's device access caused.
 pub fn send_message(v: &mut Vcpu<'_>, m: &Message) -> Result<(), VmxInstrError> {
     v.counters.device_interrupts += 1;
-    match delivery::deliver(v.vm, v.index as usize, &m.icr()).to_self {
+    match delivery::deliver_message(v.vm, v.index as usize, m).to_self {
         Some(vector) => v.deliver_self(vector),
         None => Ok(()),
     }
@@ -118,10 +118,10 @@ fn eoi(v: &mut Vcpu<'_>) -> Result<(), VmxInstrError> {
 /// The I/O APIC hears of an EOI for a level-triggered `vector`.
 fn device_eoi(v: &mut Vcpu<'_>, vector: u8) -> Result<(), VmxInstrError> {
     v.counters.device_eois += 1;
-    match v.vm.devices.eoi(vector) {
-        Some(m) => send_message(v, &m),
-        None => Ok(()),
+    for m in v.vm.devices.eoi(vector) {
+        send_message(v, &m)?;
     }
+    Ok(())
 }
 
 /// A self-IPI the hypervisor completes (x2APIC SELF IPI on the injection path): fixed and

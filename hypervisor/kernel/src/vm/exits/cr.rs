@@ -59,11 +59,7 @@ pub fn cr_access(v: &mut Vcpu<'_>) -> Handled {
 /// (SDM Vol. 2B "MOV—Move to/from Control Registers").
 fn operand(v: &Vcpu<'_>, q: CrAccess) -> Result<u64, VmxInstrError> {
     let value = v.gpr(q.gpr)?;
-    Ok(if in_64_bit_mode(v)? { value } else { value & 0xffff_ffff })
-}
-
-fn in_64_bit_mode(v: &Vcpu<'_>) -> Result<bool, VmxInstrError> {
-    Ok(Vmcs32::GuestCsAccessRights.read()? & CS_L != 0 && Vmcs64::GuestIa32Efer.read()? & cr::efer::LMA != 0)
+    Ok(if v.in_64_bit_mode()? { value } else { value & 0xffff_ffff })
 }
 
 /// CR0 as the guest sees it.

@@ -4,7 +4,6 @@
 //! What is posted meanwhile is folded into VIRR/RVI at once, and a due APIC timer delivered,
 //! so nothing is lost even while the halt goes on (IF = 0, or masked by the guest's PPR).
 
-use core::sync::atomic::Ordering;
 
 use hvcore::apic::injection;
 use hvcore::apic::vapic;

@@ -39,6 +39,20 @@ pub type Handled = Result<Flow, VmxInstrError>;
 pub fn handle(v: &mut Vcpu<'_>, reason: BasicExit) -> Handled {
     match reason {
         BasicExit::Cpuid => cpuid(v),
+        // No cache the hypervisor keeps holds guest data: INVD completes as WBINVD does (as
+        // under KVM); WBINVD itself exits only with "WBINVD exiting", which is not set.
+        BasicExit::Invd | BasicExit::Wbinvd => {
+            v.counters.emulated += 1;
+            v.skip_instruction()?;
+            Ok(Flow::Continue)
+        }
+        // VMX and SMX are hidden (CPUID.1:ECX[5,6] = 0, CR4.VMXE and CR4.SMXE reserved): a
+        // processor without them raises #UD for these instructions (SDM Vol. 3C §31.3
+        // "VMXON", Vol. 2D "GETSEC").
+        BasicExit::VmxInstruction(_) | BasicExit::Getsec => {
+            v.inject_exception(6, None)?;
+            Ok(Flow::Continue)
+        }
         BasicExit::Hlt => hlt::hlt(v),
         BasicExit::Vmcall => hypercall::vmcall(v),
         BasicExit::CrAccess => cr::cr_access(v),

@@ -25,6 +25,9 @@ use crate::host::Host;
 use crate::vmx::entry::GuestRegs;
 use crate::vmx::vmcs::{Access, VmxInstrError};
 
+const RFLAGS_TF: u64 = 1 << 8;
+const DR6_BS: u64 = 1 << 14;
+const DB: u8 = 1;
 const BLOCKING_BY_STI_OR_MOV_SS: u32 =
     events::interruptibility::BLOCKING_BY_STI | events::interruptibility::BLOCKING_BY_MOV_SS;
 
@@ -46,6 +49,8 @@ pub struct Vcpu<'a> {
     /// The guest's TSC minus the host's (the VMCS's TSC offset; 0 until the guest writes
     /// IA32_TSC).
     pub tsc_offset: u64,
+    /// CR0.CD and NW for the next SIPI start: set after power-up, kept by INIT.
+    pub(in crate::vm) cd_nw_at_init: u64,
     /// The VPID in the VMCS (0: none, the processor flushes at every entry and exit).
     pub(in crate::vm) vpid: u16,
     /// TSC value at which the watchdog ends the VM.
@@ -99,6 +104,7 @@ impl<'a> Vcpu<'a> {
             launched: false,
             vpid: 0,
             tsc_offset: 0,
+            cd_nw_at_init: hvcore::start_state::CR0_CD_NW,
             deadline_tsc: now + vm.spec.timeout_ms * (host.tsc_hz / 1000),
             exit_budget: ExitBudget::new(vm.spec.max_exits_per_second, host.tsc_hz, now),
             timer_shift: host.caps.preemption_timer_shift(),
@@ -117,6 +123,12 @@ impl<'a> Vcpu<'a> {
         VmcsNatural::GuestRip.read()
     }
 
+    /// Whether the guest runs 64-bit code: CS.L with EFER.LMA (SDM Vol. 3A §5.2.1).
+    pub fn in_64_bit_mode(&self) -> Result<bool, VmxInstrError> {
+        Ok(Vmcs32::GuestCsAccessRights.read()? & (1 << 13) != 0
+            && hvcore::vmx::fields::Vmcs64::GuestIa32Efer.read()? & (1 << 10) != 0)
+    }
+
     /// The guest's current privilege level: SS.DPL (SDM Vol. 3C §25.4.1).
     pub fn cpl(&self) -> Result<u8, VmxInstrError> {
         Ok(((Vmcs32::GuestSsAccessRights.read()? >> 5) & 3) as u8)
@@ -127,17 +139,46 @@ impl<'a> Vcpu<'a> {
         self.skip_emulated(Vmcs32::VmExitInstructionLength.read()? as u64)
     }
 
-    /// Completes an instruction of `len` bytes the hypervisor emulated. Completing an
-    /// instruction ends blocking by STI and by MOV SS (SDM Vol. 3C §25.4.2, interruptibility
-    /// bits 0 and 1), as KVM's skip does: otherwise "STI; HLT" would leave the next entry
-    /// blocked for no reason, and an NMI or interrupt injected then would fail the VM entry.
+    /// Completes an instruction of `len` bytes the hypervisor emulated, as the processor
+    /// completes one:
+    /// - the instruction pointer advances by the operand size of the code: 64 bits in 64-bit
+    ///   mode, else EIP wraps at 4 GiB (SDM Vol. 3A §3.3.7 "the EIP register is 32 bits"; a
+    ///   flat 32-bit segment may execute across the wrap). 16-bit code is not cut at 64 KiB:
+    ///   sequential execution takes EIP past 0FFFFH, and the next fetch faults on the segment
+    ///   limit (Vol. 3B §22.33.1), as it does on hardware;
+    /// - blocking by STI and by MOV SS ends (Vol. 3C §25.4.2, interruptibility bits 0 and 1),
+    ///   as KVM's skip does: otherwise "STI; HLT" would leave the next entry blocked for no
+    ///   reason, and an NMI or interrupt injected then would fail the VM entry;
+    /// - with RFLAGS.TF = 1 the single-step trap follows (Vol. 3A §18.3.1.4: #DB with DR6.BS),
+    ///   delivered at the next entry.
     pub fn skip_emulated(&self, len: u64) -> Result<(), VmxInstrError> {
-        VmcsNatural::GuestRip.write(self.rip()? + len)?;
+        let rip = self.rip()?;
+        let next = if self.in_64_bit_mode()? { rip.wrapping_add(len) } else { rip.wrapping_add(len) & 0xffff_ffff };
+        VmcsNatural::GuestRip.write(next)?;
         let state = Vmcs32::GuestInterruptibilityState.read()?;
         if state & BLOCKING_BY_STI_OR_MOV_SS != 0 {
             Vmcs32::GuestInterruptibilityState.write(state & !BLOCKING_BY_STI_OR_MOV_SS)?;
         }
+        if VmcsNatural::GuestRflags.read()? & RFLAGS_TF != 0 {
+            self.single_step_trap()?;
+        }
         Ok(())
+    }
+
+    /// The single-step #DB after an instruction the hypervisor completed: DR6.BS set (the
+    /// guest's DR6 is the live register, which VM transitions do not switch and the hypervisor
+    /// does not use) and #DB injected, a trap delivered before any interrupt (Vol. 3A §6.9,
+    /// priority 4 against 5).
+    #[cold]
+    fn single_step_trap(&self) -> Result<(), VmxInstrError> {
+        // SAFETY: DR6 only records debug conditions; this core runs only this vCPU, and the
+        // hypervisor sets no breakpoints.
+        unsafe {
+            let dr6: u64;
+            core::arch::asm!("mov {}, dr6", out(reg) dr6, options(nomem, nostack));
+            core::arch::asm!("mov dr6, {}", in(reg) dr6 | DR6_BS, options(nomem, nostack));
+        }
+        self.inject_exception(DB, None)
     }
 
     /// General-purpose register `n` in hardware order (0 RAX, 1 RCX, 2 RDX, 3 RBX, 4 RSP,
@@ -207,10 +248,14 @@ impl<'a> Vcpu<'a> {
     }
 
     /// Injects a hardware exception (with its error code, if it has one) at the next entry.
+    /// In real mode (an unrestricted guest with CR0.PE = 0) exceptions push no error code, and
+    /// VM entry refuses one there on processors without IA32_VMX_BASIC[56] (SDM Vol. 3C
+    /// §27.2.1.3): it is dropped.
     pub fn inject_exception(&self, vector: u8, error_code: Option<u32>) -> Result<(), VmxInstrError> {
         // SDM Vol. 3C §25.8.3: vector, type 3 (hardware exception), deliver-error-code, valid.
         let mut info = vector as u32 | (3 << 8) | events::info::VALID;
-        if let Some(code) = error_code {
+        let protected = VmcsNatural::GuestCr0.read()? & 1 != 0;
+        if let Some(code) = error_code.filter(|_| protected) {
             info |= 1 << 11;
             Vmcs32::VmEntryExceptionErrorCode.write(code)?;
         }

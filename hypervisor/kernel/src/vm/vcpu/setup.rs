@@ -216,6 +216,9 @@ impl Vcpu<'_> {
     /// (an x2APIC stays in x2APIC mode, §12.12.5.1), its timer stopped, nothing pending, then
     /// wait-for-SIPI. False if the VM stopped meanwhile.
     pub(in crate::vm) fn init(&mut self) -> Result<bool, VmxInstrError> {
+        // CR0.CD and NW survive INIT (Table 9-1, note 2); XCR0, the TSC, PAT and the MTRRs
+        // do too, being left alone.
+        self.cd_nw_at_init = crate::vm::exits::cr::guest_cr0(self)? & start_state::CR0_CD_NW;
         self.reset_local_apic(self.x2apic())?;
         if self.controls.primary & INTERRUPT_WINDOW_EXITING != 0 {
             self.controls.primary &= !INTERRUPT_WINDOW_EXITING;
@@ -240,7 +243,7 @@ impl Vcpu<'_> {
             }
             if let Some(vector) = self.apic.startup.take_sipi() {
                 let signature = core::arch::x86_64::__cpuid(1).eax;
-                self.load_start(&start_state::after_sipi(vector, signature))?;
+                self.load_start(&start_state::after_sipi(vector, signature, self.cd_nw_at_init))?;
                 self.counters.sipis += 1;
                 return Ok(true);
             }
