@@ -1,6 +1,7 @@
-//! RDMSR and WRMSR the MSR bitmap intercepts: IA32_APIC_BASE (the way into x2APIC mode), the
+//! RDMSR and WRMSR the MSR bitmap intercepts: IA32_APIC_BASE (the APIC's global state), the
 //! x2APIC registers the processor does not virtualize, IA32_TSC_DEADLINE (the APIC timer),
-//! and the allow-list of `hvcore::exits::msr`; everything else is #GP(0).
+//! IA32_TSC (the TSC offset), IA32_DEBUGCTL (in the VMCS), the registers the vCPU keeps and the
+//! rest of `hvcore::exits::msr`'s policy; everything else is #GP(0).
 
 use core::sync::atomic::Ordering;
 
@@ -24,6 +25,7 @@ pub fn rdmsr(v: &mut Vcpu<'_>) -> Handled {
         msr::IA32_APIC_BASE => Some(v.apic.apic_base.load(Ordering::Relaxed)),
         IA32_TSC_DEADLINE => Some(v.timer_tsc_deadline()),
         msr::IA32_TSC => Some(crate::time::rdtsc().wrapping_add(v.tsc_offset)),
+        msr::IA32_DEBUGCTL => Some(Vmcs64::GuestIa32Debugctl.read()?),
         // The one x2APIC read the bitmap intercepts (x2apic_msr::read_passes_through), or on
         // the injection path every one: the modelled APIC answers.
         x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST
@@ -32,7 +34,10 @@ pub fn rdmsr(v: &mut Vcpu<'_>) -> Handled {
             injection::x2apic_read(&v.apic.page(), m, v.timer_current_count())
         }
         x2apic_msr::MSR_TIMER_CURRENT if v.x2apic() => Some(v.timer_current_count() as u64),
-        _ => msr::read(m, v.index),
+        _ => match msr::rule(m, v.index) {
+            msr::Rule::Register(r) => Some(v.msrs.read(r)),
+            _ => msr::read(m, v.index),
+        },
     };
     match value {
         Some(val) => {
@@ -73,7 +78,14 @@ pub fn wrmsr(v: &mut Vcpu<'_>) -> Handled {
                 None => false,
             }
         }
-        _ => msr::write_ok(m, v.index, val),
+        msr::IA32_DEBUGCTL if msr::debugctl_allowed(val) => {
+            Vmcs64::GuestIa32Debugctl.write(val)?;
+            true
+        }
+        _ => match msr::rule(m, v.index) {
+            msr::Rule::Register(r) => v.msrs.write(r, val),
+            _ => msr::write_ok(m, v.index, val),
+        },
     };
     if ok {
         v.skip_instruction()?;

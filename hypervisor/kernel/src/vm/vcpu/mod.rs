@@ -27,6 +27,7 @@ use crate::vmx::vmcs::{Access, VmxInstrError};
 
 const RFLAGS_TF: u64 = 1 << 8;
 const DR6_BS: u64 = 1 << 14;
+const DEBUGCTL_BTF: u64 = 1 << 1;
 const DB: u8 = 1;
 const BLOCKING_BY_STI_OR_MOV_SS: u32 =
     events::interruptibility::BLOCKING_BY_STI | events::interruptibility::BLOCKING_BY_MOV_SS;
@@ -49,6 +50,8 @@ pub struct Vcpu<'a> {
     /// The guest's TSC minus the host's (the VMCS's TSC offset; 0 until the guest writes
     /// IA32_TSC).
     pub tsc_offset: u64,
+    /// The architectural MSRs this vCPU keeps (IA32_MISC_ENABLE, IA32_MTRR_DEF_TYPE).
+    pub msrs: hvcore::exits::msr::MsrState,
     /// CR0.CD and NW for the next SIPI start: set after power-up, kept by INIT.
     pub(in crate::vm) cd_nw_at_init: u64,
     /// The VPID in the VMCS (0: none, the processor flushes at every entry and exit).
@@ -105,6 +108,7 @@ impl<'a> Vcpu<'a> {
             vpid: 0,
             tsc_offset: 0,
             cd_nw_at_init: hvcore::start_state::CR0_CD_NW,
+            msrs: hvcore::exits::msr::MsrState::new(),
             deadline_tsc: now + vm.spec.timeout_ms * (host.tsc_hz / 1000),
             exit_budget: ExitBudget::new(vm.spec.max_exits_per_second, host.tsc_hz, now),
             timer_shift: host.caps.preemption_timer_shift(),
@@ -159,7 +163,11 @@ impl<'a> Vcpu<'a> {
         if state & BLOCKING_BY_STI_OR_MOV_SS != 0 {
             Vmcs32::GuestInterruptibilityState.write(state & !BLOCKING_BY_STI_OR_MOV_SS)?;
         }
-        if VmcsNatural::GuestRflags.read()? & RFLAGS_TF != 0 {
+        // With DEBUGCTL.BTF the trap flag single-steps branches only (SDM Vol. 3A §18.4.3):
+        // no emulated instruction is one.
+        if VmcsNatural::GuestRflags.read()? & RFLAGS_TF != 0
+            && hvcore::vmx::fields::Vmcs64::GuestIa32Debugctl.read()? & DEBUGCTL_BTF == 0
+        {
             self.single_step_trap()?;
         }
         Ok(())
