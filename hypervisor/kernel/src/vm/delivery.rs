@@ -5,7 +5,6 @@
 //! acts on, after a kick. An interrupt for the sender itself is handed back: only its own CPU
 //! may write its VMCS (RVI), which the caller does.
 
-
 use hvcore::apic::icr::{self, Action, DeliveryMode, Dropped, Icr, Shorthand, Target};
 use hvcore::devices::ioapic::Message;
 

@@ -4,7 +4,6 @@
 //! What is posted meanwhile is folded into VIRR/RVI at once, and a due APIC timer delivered,
 //! so nothing is lost even while the halt goes on (IF = 0, or masked by the guest's PPR).
 
-
 use hvcore::apic::injection;
 use hvcore::apic::vapic;
 use hvcore::vmx::events::interruptibility::BLOCKING_BY_NMI;

@@ -13,6 +13,48 @@ use hvcore::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
 use crate::vm::vcpu::Vcpu;
 use crate::vmx::vmcs::{Access, VmxInstrError};
 
+/// Why a linear address has no guest RAM behind it.
+pub enum Unmapped {
+    /// The guest's paging structures do not map it: #PF.
+    NotPresent,
+    /// It maps to this guest-physical address, which is not RAM.
+    NotRam(u64),
+}
+
+/// The guest-physical RAM address of guest-linear `linear`, through the guest's paging.
+pub fn linear_to_ram(v: &Vcpu<'_>, linear: u64) -> Result<Result<u64, Unmapped>, VmxInstrError> {
+    let cr4 = VmcsNatural::GuestCr4.read()?;
+    let mode = Mode::of(VmcsNatural::GuestCr0.read()?, cr4, Vmcs64::GuestIa32Efer.read()?);
+    let cr3 = VmcsNatural::GuestCr3.read()?;
+    let linear = if mode == Mode::Level4 || mode == Mode::Level5 { linear } else { linear & 0xffff_ffff };
+    let ram = v.vm.ram_size;
+    let read = |gpa: u64, size: usize| -> Option<u64> {
+        let end = gpa.checked_add(size as u64)?;
+        if end > ram {
+            return None;
+        }
+        let mut b = [0u8; 8];
+        v.vm.read_ram(gpa as usize..end as usize, &mut b[..size]);
+        Some(u64::from_le_bytes(b))
+    };
+    Ok(match guest_paging::translate(linear, mode, cr3, cr4, read) {
+        Ok(gpa) if gpa < ram => Ok(gpa),
+        Ok(gpa) => Err(Unmapped::NotRam(gpa)),
+        Err(_) => Err(Unmapped::NotPresent),
+    })
+}
+
+/// A #PF for a not-present page at `linear` met while completing an instruction: CR2 (the live
+/// register: VM transitions do not switch it) and the error code (P = 0, W, U from the CPL;
+/// SDM Vol. 3A §6.15 "Interrupt 14").
+pub fn page_fault(v: &Vcpu<'_>, linear: u64, write: bool) -> Result<(), VmxInstrError> {
+    // SAFETY: CR2 only records the faulting address; the hypervisor takes no page faults of
+    // its own while a vCPU runs on this core.
+    unsafe { core::arch::asm!("mov cr2, {}", in(reg) linear, options(nomem, nostack)) };
+    let code = (write as u32) << 1 | ((v.cpl()? == 3) as u32) << 2;
+    v.inject_exception(14, Some(code))
+}
+
 /// Reads up to 15 bytes at RIP and decodes them; the inner error says why the instruction
 /// cannot be completed (not mapped, not a plain move).
 pub fn fetch_and_decode(v: &Vcpu<'_>, rip: u64) -> Result<Result<MemoryInstruction, String>, VmxInstrError> {

@@ -23,7 +23,7 @@ use crate::vmx::vmcs::Access;
 pub fn port_io(v: &mut Vcpu<'_>) -> Handled {
     let q = IoExit::decode(VmcsNatural::ExitQualification.read()?);
     if q.string {
-        return Ok(Flow::Stop(VmResult::Killed, format!("string I/O on port {:#x} is not supported", q.port)));
+        return string_io(v, q);
     }
     let now = v.vm.now_ns();
     let (effects, claimed) = if q.input {
@@ -38,6 +38,82 @@ pub fn port_io(v: &mut Vcpu<'_>) -> Handled {
     }
     v.skip_instruction()?;
     device_effects(v, effects)
+}
+
+/// Most elements one exit of a REP INS or OUTS completes; the rest exit again (the instruction
+/// restarts where it stopped, as after an interrupt).
+const STRING_IO_BURST: u64 = 4096;
+
+/// INS and OUTS, with or without REP (SDM Vol. 2B "INS", "OUTS", "REP"): each element between
+/// guest memory (through the guest's paging, from the linear address the exit reports) and the
+/// port; RSI or RDI and RCX advance by the address size and RFLAGS.DF. A page that is not
+/// present is #PF with CR2, as the processor would raise; memory that is not guest RAM stops
+/// the VM with the reason.
+fn string_io(v: &mut Vcpu<'_>, q: IoExit) -> Handled {
+    let size = q.size as u64;
+    let addr_size = io::string_address_size(Vmcs32::VmxInstructionInfo.read()?);
+    let backward = VmcsNatural::GuestRflags.read()? & (1 << 10) != 0;
+    let step = if backward { -(size as i64) } else { size as i64 };
+    let count = if q.rep { io::rep_count(v.regs.rcx, addr_size) } else { 1 };
+    let linear = VmcsNatural::GuestLinearAddress.read()?;
+    let pointer = if q.input { 7 } else { 6 }; // RDI for INS, RSI for OUTS
+    let mut done = 0;
+    let mut flow = Flow::Continue;
+    for i in 0..io::elements_now(count, STRING_IO_BURST) {
+        let at = linear.wrapping_add((step * i as i64) as u64);
+        let mut gpas = [0u64; 4];
+        for (b, gpa) in gpas.iter_mut().enumerate().take(q.size as usize) {
+            match instruction::linear_to_ram(v, at.wrapping_add(b as u64))? {
+                Ok(g) => *gpa = g,
+                Err(instruction::Unmapped::NotPresent) if done == 0 => {
+                    instruction::page_fault(v, at.wrapping_add(b as u64), q.input)?;
+                    return Ok(Flow::Continue);
+                }
+                // Elements before it are done: the next exit restarts at this one.
+                Err(instruction::Unmapped::NotPresent) => break,
+                Err(instruction::Unmapped::NotRam(gpa)) => {
+                    let rip = v.rip()?;
+                    return Ok(Flow::Stop(
+                        VmResult::Killed,
+                        format!("string I/O on port {:#x} with memory at GPA {gpa:#x}, not RAM (RIP {rip:#x})", q.port),
+                    ));
+                }
+            }
+        }
+        let now = v.vm.now_ns();
+        let effects = if q.input {
+            let (value, e, _) = v.vm.devices.port_read(q.port, q.size, now);
+            for (b, gpa) in gpas.iter().enumerate().take(q.size as usize) {
+                v.vm.write_ram(*gpa as usize, &[(value >> (8 * b)) as u8]);
+            }
+            e
+        } else {
+            let mut value = 0u32;
+            for (b, gpa) in gpas.iter().enumerate().take(q.size as usize) {
+                let mut byte = [0u8];
+                v.vm.read_ram(*gpa as usize..*gpa as usize + 1, &mut byte);
+                value |= (byte[0] as u32) << (8 * b);
+            }
+            v.vm.devices.port_write(q.port, q.size, value, now).0
+        };
+        done += 1;
+        flow = device_effects(v, effects)?;
+        if !matches!(flow, Flow::Continue) {
+            break;
+        }
+    }
+    let moved = v.gpr(pointer)?;
+    v.set_gpr(pointer, io::advance(moved, step * done as i64, addr_size))?;
+    if q.rep {
+        v.regs.rcx = io::advance(v.regs.rcx, -(done as i64), addr_size);
+        if io::rep_count(v.regs.rcx, addr_size) != 0 {
+            // Not finished: the same instruction runs again from where it stopped.
+            return Ok(flow);
+        }
+    }
+    v.counters.emulated += 1;
+    v.skip_instruction()?;
+    Ok(flow)
 }
 
 /// An EPT violation: an MMIO access to a device (completed), or an access outside the VM's
