@@ -95,7 +95,9 @@ impl Icr {
 /// A vCPU's addressing state, as a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
-    /// Virtual APIC ID (= vCPU index).
+    /// The APIC ID as its APIC holds it now: the 8-bit xAPIC ID in xAPIC mode (software may
+    /// write it there, SDM Vol. 3A §12.4.6, and IDs may then alias), the x2APIC ID (the vCPU
+    /// index) in x2APIC mode.
     pub apic_id: u32,
     /// xAPIC logical destination register (LDR, bits 31:24 used) and destination format
     /// register (DFR bits 31:28: 0xF flat, 0x0 cluster). Ignored in x2APIC mode, where the
@@ -176,7 +178,10 @@ pub fn destinations(icr: &Icr, sender: usize, targets: &[Target]) -> u64 {
         Shorthand::AllIncludingSelf => all,
         Shorthand::AllExcludingSelf => all & !(1 << sender),
         Shorthand::None if !icr.logical && icr.dest == icr.broadcast() => all,
-        Shorthand::None if !icr.logical => targets.iter().position(|t| t.apic_id == icr.dest).map_or(0, |i| 1 << i),
+        // Every APIC whose ID matches takes a physical IPI: xAPIC IDs may alias.
+        Shorthand::None if !icr.logical => {
+            targets.iter().enumerate().filter(|(_, t)| t.apic_id == icr.dest).fold(0, |m, (i, _)| m | 1 << i)
+        }
         Shorthand::None => {
             targets.iter().enumerate().filter(|(_, t)| logical_match(icr, t)).fold(0, |m, (i, _)| m | 1 << i)
         }

@@ -41,6 +41,7 @@ fn deliver_as(vm: &Vm, sender: usize, icr: &Icr, level: bool) -> Delivered {
         && icr.shorthand == Shorthand::None
         && icr.vector >= 16
         && icr.dest != icr.broadcast()
+        && vm.apic.ids_are_indices()
     {
         // Virtual APIC IDs are the vCPU indices.
         if (icr.dest as usize) < n {

@@ -3,7 +3,7 @@
 //! hypervisor (the exit path): posting to another vCPU, self-IPIs, NMIs (SDM Vol. 3C ch. 30).
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use hvcore::apic::base::{self, ApicMode};
 use hvcore::apic::icr::Target;
@@ -66,9 +66,18 @@ impl VcpuApic {
         self.enabled() && vapic::software_enabled(&self.page())
     }
 
+    /// The APIC ID physical destinations match now: the xAPIC ID register in xAPIC mode
+    /// (writable, so IDs may alias), the vCPU index in x2APIC mode.
+    pub fn current_id(&self, index: u32) -> u32 {
+        match self.mode() {
+            ApicMode::X2Apic => index,
+            _ => self.page().read(vapic::ID) >> 24,
+        }
+    }
+
     pub fn target(&self, index: u32) -> Target {
         let p = self.page();
-        Target { apic_id: index, ldr: p.read(vapic::LDR), dfr: p.read(vapic::DFR) }
+        Target { apic_id: self.current_id(index), ldr: p.read(vapic::LDR), dfr: p.read(vapic::DFR) }
     }
 
     /// Posts `vector` and notifies the vCPU's CPU if the descriptor asks for it (SDM Vol. 3C
@@ -89,6 +98,9 @@ pub struct VmApic {
     pub last_pid_index: u16,
     /// The entry `debug_invalid_pid_entry` keeps invalid.
     invalid_pid_entry: Option<u32>,
+    /// Every vCPU's APIC ID is its index (`refresh_pid_table` keeps it).
+    ids_are_indices: AtomicBool,
+    pid_table_lock: spin::Mutex<()>,
     /// MSR bitmaps for vCPUs in xAPIC and in x2APIC mode.
     pub msr_bitmap_xapic: u64,
     pub msr_bitmap_x2apic: u64,
@@ -127,32 +139,54 @@ impl VmApic {
         let pids: Vec<u64> = vcpus.iter().map(|v| v.pid_pa).collect();
         build_pid_table(&pids, spec.invalid_pid_entry.map(|i| i as usize), table)
             .map_err(|_| "posted-interrupt descriptor not 64-byte aligned")?;
-        Ok(Self {
+        let apic = Self {
             vcpus,
             apic_access_pa: page()?,
             pid_table_pa,
             last_pid_index: last_pid_pointer_index(spec.vcpus),
             invalid_pid_entry: spec.invalid_pid_entry,
+            ids_are_indices: AtomicBool::new(true),
+            pid_table_lock: spin::Mutex::new(()),
             msr_bitmap_xapic: msr_bitmap(false, path)?,
             msr_bitmap_x2apic: msr_bitmap(true, path)?,
-        })
+        };
+        // Every APIC starts software-disabled (SVR = 0xFF): no entry is valid until its guest
+        // enables it.
+        apic.refresh_pid_table();
+        Ok(apic)
     }
 }
 
 impl VmApic {
-    /// Marks vCPU `index`'s PID-pointer-table entry valid or not (IPI virtualization posts
-    /// only through a valid one). The debugging option `debug_invalid_pid_entry` keeps its
-    /// entry invalid.
-    pub fn set_pid_entry_valid(&self, index: u32, valid: bool) {
-        if self.invalid_pid_entry == Some(index) {
-            return;
-        }
-        let Some(entry) = hvcore::apic::pid::pid_table_entry(self.vcpus[index as usize].pid_pa) else { return };
+    /// Whether every vCPU's APIC ID is still its index (the exit path's fast case).
+    pub fn ids_are_indices(&self) -> bool {
+        self.ids_are_indices.load(Ordering::Acquire)
+    }
+
+    /// Rewrites the PID-pointer table after an APIC's ID, mode or software enable changed: IPI
+    /// virtualization looks the destination ID up there (SDM Vol. 3C §30.1.6), so entry `id`
+    /// points at the one vCPU that has that ID and takes fixed interrupts; an ID no vCPU, or
+    /// several (aliased xAPIC IDs), has stays invalid, and an ICR write to it is an APIC-write
+    /// exit, delivered by the hypervisor to every holder. The debugging option
+    /// `debug_invalid_pid_entry` keeps its entry invalid. One writer at a time; senders'
+    /// processors read each entry as one atomic 8-byte load.
+    pub fn refresh_pid_table(&self) {
+        let _one_writer = self.pid_table_lock.lock();
+        let ids: Vec<u32> = (0..self.vcpus.len() as u32).map(|i| self.vcpus[i as usize].current_id(i)).collect();
+        self.ids_are_indices.store(ids.iter().enumerate().all(|(i, &id)| id == i as u32), Ordering::Release);
         // SAFETY: the table is a page of this VM's, mapped by the physical window for the
-        // whole run; senders' processors read its entries concurrently, so each is one
-        // aligned atomic 8-byte store.
+        // whole run; each entry is accessed as an atomic.
         let table = unsafe { &*(memory::phys_to_virt(self.pid_table_pa) as *const [AtomicU64; 512]) };
-        table[index as usize].store(if valid { entry } else { 0 }, Ordering::Release);
+        for (slot, entry) in table.iter().enumerate().take(self.last_pid_index as usize + 1) {
+            let mut holders = ids.iter().enumerate().filter(|(_, id)| **id == slot as u32).map(|(i, _)| i);
+            let value = match (holders.next(), holders.next()) {
+                (Some(i), None) if self.invalid_pid_entry != Some(slot as u32) && self.vcpus[i].accepts_fixed() => {
+                    hvcore::apic::pid::pid_table_entry(self.vcpus[i].pid_pa).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            entry.store(value, Ordering::Release);
+        }
     }
 }
 

@@ -38,6 +38,16 @@ fn x2apic_icr_bit_by_bit() {
 }
 
 #[test]
+fn aliased_xapic_ids_each_take_a_physical_ipi() {
+    let mut t = vm(3);
+    t[0].apic_id = 0x28;
+    t[2].apic_id = 0x28;
+    let icr = Icr::xapic(0x0000_40f1, 0x28 << 24);
+    assert_eq!(decide(&icr, 1, &t), Action::Fixed { vector: 0xf1, targets: 0b101 });
+    assert_eq!(decide(&Icr::xapic(0x40f1, 0), 1, &t), Action::Drop(Dropped::NoSuchDestination));
+}
+
+#[test]
 fn shorthands() {
     let t = vm(4);
     let self_ipi = Icr::xapic(0x0004_0060, 0);

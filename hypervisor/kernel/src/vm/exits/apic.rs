@@ -85,8 +85,11 @@ pub fn write_register(v: &mut Vcpu<'_>, offset: usize, value: u32) -> Result<(),
             page.write(o, v.lvt_value(page.read(o)));
             Ok(())
         }
+        // The xAPIC ID is read-write (SDM Vol. 3A §12.4.6, Table 12-1); the x2APIC ID is not
+        // (its WRMSR faults before this). Physical destinations and IPI virtualization follow.
         Write::Id => {
-            page.set_mode(v.index, v.x2apic());
+            page.write(vapic::ID, value & 0xff00_0000);
+            v.sync_accepts_ipiv();
             Ok(())
         }
     }

@@ -117,11 +117,11 @@ impl Vcpu<'_> {
         if vapic::software_enabled(&self.apic.page()) { value } else { value | vapic::LVT_MASKED }
     }
 
-    /// IPI virtualization posts to this vCPU only while it takes fixed interrupts: otherwise
-    /// its PID-pointer-table entry is invalid, so senders take the exit path, which drops the
-    /// interrupt as the APIC would (SDM Vol. 3C §30.1.6: an invalid entry is an APIC-write
-    /// exit).
-    fn sync_accepts_ipiv(&self) {
-        self.vm.apic.set_pid_entry_valid(self.index, self.apic.accepts_fixed());
+    /// IPI virtualization posts to this vCPU only while it takes fixed interrupts and under
+    /// the ID it has now: otherwise its PID-pointer-table entry is invalid, so senders take
+    /// the exit path, which drops or delivers the interrupt as the APICs would (SDM Vol. 3C
+    /// §30.1.6: an invalid entry is an APIC-write exit; `VmApic::refresh_pid_table`).
+    pub(in crate::vm) fn sync_accepts_ipiv(&self) {
+        self.vm.apic.refresh_pid_table();
     }
 }

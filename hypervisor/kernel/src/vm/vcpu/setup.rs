@@ -219,7 +219,11 @@ impl Vcpu<'_> {
         // CR0.CD and NW survive INIT (Table 9-1, note 2); XCR0, the TSC, PAT and the MTRRs
         // do too, being left alone.
         self.cd_nw_at_init = crate::vm::exits::cr::guest_cr0(self)? & start_state::CR0_CD_NW;
+        // INIT keeps the APIC ID (SDM Vol. 3A §12.12.5.1), an xAPIC ID software wrote too.
+        let id = self.apic.page().read(hvcore::apic::vapic::ID);
         self.reset_local_apic(self.x2apic())?;
+        self.apic.page().write(hvcore::apic::vapic::ID, id);
+        self.sync_accepts_ipiv();
         if self.controls.primary & INTERRUPT_WINDOW_EXITING != 0 {
             self.controls.primary &= !INTERRUPT_WINDOW_EXITING;
             Vmcs32::PrimaryProcBasedVmExecControl.write(self.controls.primary)?;
