@@ -36,7 +36,7 @@ pub const HOST_CMDLINE: &str =
     "console=ttyS0,115200 nokaslr rdinit=/init panic=-1 reboot=t tsc=reliable mitigations=off clearcpuid=600 no5lvl";
 
 /// The RAM of KVM's host: the kernel, the initramfs (QEMU and its libraries) and a 128 MiB guest.
-const HOST_RAM_MIB: u32 = 1024;
+pub const HOST_RAM_MIB: u32 = 1024;
 /// Each QEMU run's limit, in seconds of the host's clock (which believes the 2.2 GHz of CPUID
 /// 0x15 while Bochs retires far fewer instructions a second: one is about 50 s of wall time). A
 /// cell takes about 0.2 s of it, mostly QEMU's start.
@@ -252,6 +252,16 @@ pub struct Image {
 
 /// Builds (Debian packages from the cache) the image that runs `cells`.
 pub fn image(cells: &[Cell], iterations: u32) -> Result<Image> {
+    let plan = cells.iter().map(|c| plan_line(c, iterations) + "\n").collect::<String>();
+    image_with(&plan, Vec::new())
+}
+
+/// A file for KVM's host image: path inside it, mode, contents.
+pub type ImageFile = (String, u32, Vec<u8>);
+
+/// The image of KVM's host with the driver's `plan` (its lines: linux-guest/src/bin/kvm-peer.rs)
+/// and `extra` files (test kernels the plan names).
+pub fn image_with(plan: &str, extra: Vec<ImageFile>) -> Result<Image> {
     let cache = crate::deps::cache_dir();
     let debian = linux::debian(&cache)?;
     let qemu = qemu(&cache)?;
@@ -270,11 +280,7 @@ pub fn image(cells: &[Cell], iterations: u32) -> Result<Image> {
         ("bin/kvm-peer".into(), 0o755, driver),
         ("ipi-bench".into(), 0o644, bench),
         ("init".into(), 0o755, INIT.as_bytes().to_vec()),
-        (
-            "kvm-peer.plan".into(),
-            0o644,
-            cells.iter().map(|c| plan_line(c, iterations) + "\n").collect::<String>().into(),
-        ),
+        ("kvm-peer.plan".into(), 0o644, plan.as_bytes().to_vec()),
         ("usr/bin/qemu-system-x86_64".into(), 0o755, fs::read(&qemu.binary)?),
         ("lib64/ld-linux-x86-64.so.2".into(), 0o755, fs::read(&qemu.loader)?),
     ];
@@ -288,6 +294,7 @@ pub fn image(cells: &[Cell], iterations: u32) -> Result<Image> {
     for (path, p) in &qemu.firmware {
         files.push((path.trim_start_matches('/').to_string(), 0o644, fs::read(p)?));
     }
+    files.extend(extra);
     let dirs = [
         "bin",
         "dev",
@@ -303,6 +310,7 @@ pub fn image(cells: &[Cell], iterations: u32) -> Result<Image> {
         "usr/share",
         "usr/share/qemu",
         "usr/share/seabios",
+        "kut",
     ];
     let mut entries: Vec<Entry> = dirs.iter().map(|d| Entry::Dir(d)).collect();
     entries.push(Entry::CharDev { path: "dev/console", major: 5, minor: 1 });

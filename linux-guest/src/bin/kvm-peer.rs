@@ -10,7 +10,10 @@
 //! guest's report, the raw snapshots and how QEMU ended; `cargo xtask` computes the figures.
 //!
 //! The plan, one cell per line, fields separated by tabs:
-//! `name  kvm_intel-parameters  vcpus  qemu-extra-arguments  kernel-arguments  timeout-seconds`.
+//! `name  kvm_intel-parameters  vcpus  qemu-extra-arguments  kernel-arguments  timeout-seconds`
+//! and optionally `kernel  initrd`: another multiboot kernel in the image than `ipi-bench` (the
+//! kvm-unit-tests binaries of `cargo xtask conformance --peer kvm`) and its `-initrd`. Every
+//! line the guest prints is in the cell's report (`output`).
 
 use serde_json::{Map, Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -31,14 +34,20 @@ struct Cell {
     qemu_extra: Vec<String>,
     append: String,
     timeout: Duration,
+    kernel: String,
+    initrd: Option<String>,
 }
 
 fn parse_plan(text: &str) -> Result<Vec<Cell>, String> {
     let mut cells = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split('\t').collect();
-        let [name, params, vcpus, extra, append, timeout] = f[..] else {
-            return Err(format!("plan line {}: {} fields, not 6", n + 1, f.len()));
+        let (name, params, vcpus, extra, append, timeout, kernel, initrd) = match f[..] {
+            [name, params, vcpus, extra, append, timeout] => (name, params, vcpus, extra, append, timeout, KERNEL, ""),
+            [name, params, vcpus, extra, append, timeout, kernel, initrd] => {
+                (name, params, vcpus, extra, append, timeout, kernel, initrd)
+            }
+            _ => return Err(format!("plan line {}: {} fields, not 6 or 8", n + 1, f.len())),
         };
         cells.push(Cell {
             name: name.into(),
@@ -47,6 +56,8 @@ fn parse_plan(text: &str) -> Result<Vec<Cell>, String> {
             qemu_extra: extra.split_whitespace().map(str::to_string).collect(),
             append: append.into(),
             timeout: Duration::from_secs(timeout.parse().map_err(|_| format!("plan line {}: timeout", n + 1))?),
+            kernel: kernel.into(),
+            initrd: (!initrd.is_empty()).then(|| initrd.to_string()),
         });
     }
     Ok(cells)
@@ -263,7 +274,8 @@ fn start_qemu(cell: &Cell) -> Result<Child, String> {
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x4"])
         .args(["-qmp", &format!("unix:{QMP},server=on,wait=off")])
         .args(&cell.qemu_extra)
-        .args(["-kernel", KERNEL, "-append", &cell.append])
+        .args(["-kernel", &cell.kernel, "-append", &cell.append])
+        .args(cell.initrd.iter().flat_map(|i| ["-initrd", i.as_str()]))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -299,12 +311,14 @@ fn measure(cell: &Cell) -> Value {
     }
     let mut snapshots = Vec::new();
     let mut guest_reports = Vec::new();
+    let mut output = Vec::new();
     let mut timed_out = false;
     loop {
         match out.recv_timeout(Duration::from_millis(50)) {
             Ok(line) => {
                 println!("guest: {line}");
                 let line = line.trim_end();
+                output.push(line.to_string());
                 if let Some(at) = line.strip_prefix("SYNC ") {
                     if let Some(q) = qmp.as_mut() {
                         snapshots.push(snapshot(q, pid, at));
@@ -340,6 +354,7 @@ fn measure(cell: &Cell) -> Value {
     let stderr: Vec<String> = err.try_iter().collect();
     rec["snapshots"] = json!(snapshots);
     rec["guest"] = json!(guest_reports);
+    rec["output"] = json!(output);
     rec["status"] = json!(status);
     rec["timed_out"] = json!(timed_out);
     rec["qemu_stderr"] = json!(stderr.join("\n"));
