@@ -56,6 +56,7 @@ pub const CATALOGUE: &[Guest] = &[
     g("uart", "pass", 30_000, "", true),
     g("ioapic", "pass", 30_000, "", true),
     g("smp-boot", "pass", 60_000, "", true),
+    g("conf-hlt", "pass", 60_000, "", true),
 ];
 
 /// Whether guest `name` means something booted directly on QEMU.
