@@ -67,6 +67,12 @@ pub fn is_x2apic() -> bool {
     X2APIC.load(Ordering::Relaxed)
 }
 
+/// Tells the runtime which interface to use after a test changed the APIC's mode itself (one
+/// flag for every CPU: a test switches modes while the other CPUs leave the APIC alone).
+pub fn set_x2apic_interface(x2apic: bool) {
+    X2APIC.store(x2apic, Ordering::Relaxed);
+}
+
 const IA32_APIC_BASE: u32 = 0x1b;
 const APIC_BASE_EXTD: u64 = 1 << 10;
 const APIC_BASE_EN: u64 = 1 << 11;

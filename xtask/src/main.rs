@@ -77,8 +77,12 @@ fn main() {
 
 fn xtask() -> Result<()> {
     let root = workspace_root();
+    // Paths on the command line are the user's, relative to where they ran the command; the
+    // rest of xtask works from the workspace root.
+    let here = std::env::current_dir()?;
     std::env::set_current_dir(&root)?;
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    user_paths(&mut cli.cmd, &here);
     // Everything the command needs from the machine, before anything else runs.
     match &cli.cmd {
         Cmd::Run(args) => deps::ensure(&needs(args.platform, args.uefi))?,
@@ -140,6 +144,37 @@ fn xtask() -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Makes the relative paths of `cmd` relative to `here`, the directory the command ran in: an
+/// input that exists there, and every output.
+fn user_paths(cmd: &mut Cmd, here: &std::path::Path) {
+    let input = |p: &mut PathBuf| {
+        if p.is_relative() && here.join(&*p).exists() {
+            *p = here.join(&*p);
+        }
+    };
+    let output = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = here.join(&*p);
+        }
+    };
+    match cmd {
+        Cmd::Run(a) | Cmd::Image { args: a, .. } => {
+            a.kernel.iter_mut().chain(a.initrd.iter_mut()).chain(a.manifest.iter_mut()).chain(&mut a.modules).for_each(input);
+            a.json.iter_mut().for_each(output);
+            if let Cmd::Image { out, .. } = cmd {
+                output(out);
+            }
+        }
+        Cmd::Bench(a) => a.json.iter_mut().chain(a.plot.iter_mut()).for_each(output),
+        Cmd::Conformance(a) => {
+            a.kut.iter_mut().for_each(input);
+            a.json.iter_mut().for_each(output);
+        }
+        Cmd::Fuzz(a) => a.json.iter_mut().for_each(output),
+        Cmd::Test(_) | Cmd::Bochs | Cmd::Doctor { .. } => {}
     }
 }
 

@@ -342,6 +342,13 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         elapsed.as_secs_f64(),
         summary.as_ref().and_then(|s| s["reason"].as_str()).map(|r| format!(" ({r})")).unwrap_or_default()
     );
+    if args.kernel.is_some() {
+        // What a kvm-unit-tests-style kernel said: its checks and its figures.
+        let v = crate::conformance::kut::verdict(crate::conformance::kut::guest_lines(&serial_log, "kernel"));
+        if let Some(line) = kernel_said(&v) {
+            eprintln!("xtask: the kernel says: {line}");
+        }
+    }
     if !accepted {
         for p in &problems {
             eprintln!("xtask: {p}");
@@ -438,6 +445,22 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
         })
         .collect();
     Ok((config, needed))
+}
+
+/// A one-line account of a test kernel's PASS/FAIL/SKIP lines, SUMMARY and figures.
+fn kernel_said(v: &crate::conformance::kut::Verdict) -> Option<String> {
+    let mut parts = Vec::new();
+    if !v.passed.is_empty() || !v.failed.is_empty() || !v.skipped.is_empty() {
+        parts.push(format!("{} passed, {} failed, {} skipped", v.passed.len(), v.failed.len(), v.skipped.len()));
+    }
+    if let Some(s) = &v.summary {
+        parts.push(format!("SUMMARY: {s}"));
+    }
+    if !v.figures.is_empty() {
+        let f: Vec<String> = v.figures.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        parts.push(format!("{} (TSC ticks per iteration; under Bochs, path lengths)", f.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 fn print_tail(log: &str, n: usize) {
