@@ -54,6 +54,12 @@ fn gp_from(len: u8, f: impl FnOnce()) -> bool {
     GP_SEEN[me].load(Ordering::SeqCst) != before
 }
 
+/// Runs `f`, whose one instruction that may raise #GP is `len` bytes long (the handler skips
+/// it); true if it did.
+pub fn raises_gp(len: u8, f: impl FnOnce()) -> bool {
+    gp_from(len, f)
+}
+
 /// RDMSR that may fault: `None` if it raised #GP.
 pub fn try_rdmsr(msr: u32) -> Option<u64> {
     let mut v = 0;

@@ -58,6 +58,7 @@ pub const CATALOGUE: &[Guest] = &[
     g("smp-boot", "pass", 60_000, "", true),
     g("conf-hlt", "pass", 60_000, "", true),
     g("conf-apic", "pass", 60_000, "", true),
+    g("conf-cr", "pass", 30_000, "", true),
 ];
 
 /// Whether guest `name` means something booted directly on QEMU.
