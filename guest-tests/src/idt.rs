@@ -4,7 +4,7 @@
 //! one that [`try_rdmsr`], [`try_wrmsr`] or [`try_xsetbv`] may raise.
 
 use crate::boot::MAX_CPUS;
-use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use spin::Lazy;
 use x86_64::registers::control::Cr2;
 use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, PageFaultErrorCode};
@@ -26,6 +26,7 @@ static IDT: Lazy<InterruptDescriptorTable> = Lazy::new(|| {
     idt.general_protection_fault.set_handler_fn(gp);
     idt.page_fault.set_handler_fn(pf);
     idt.breakpoint.set_handler_fn(bp);
+    idt.debug.set_handler_fn(db);
     idt.non_maskable_interrupt.set_handler_fn(nmi);
     for v in 32..=255u8 {
         let handler = if v == crate::irq::FAST_VECTOR { crate::irq::fast_isr() } else { crate::irq::stub(v) };
@@ -99,6 +100,30 @@ fn fail(name: &str, f: &InterruptStackFrame, code: Option<u64>) -> ! {
 
 extern "x86-interrupt" fn nmi(_f: InterruptStackFrame) {
     crate::irq::nmi();
+}
+
+/// Per vCPU: single-step #DBs taken, the RIP and DR6 of the last one (the handler clears TF in
+/// the interrupted flags and DR6, so one instruction is stepped at a time).
+pub static DB_COUNT: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+pub static DB_RIP: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+pub static DB_DR6: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+extern "x86-interrupt" fn db(mut f: InterruptStackFrame) {
+    let me = me();
+    let dr6: u64;
+    // SAFETY: DR6 is read and cleared (its bits are sticky); nothing else uses it.
+    unsafe {
+        core::arch::asm!("mov {}, dr6", out(reg) dr6, options(nomem, nostack));
+        core::arch::asm!("mov dr6, {}", in(reg) 0xffff_0ff0u64, options(nomem, nostack));
+    }
+    DB_RIP[me].store(f.instruction_pointer.as_u64(), Ordering::SeqCst);
+    DB_DR6[me].store(dr6, Ordering::SeqCst);
+    DB_COUNT[me].fetch_add(1, Ordering::SeqCst);
+    // SAFETY: clearing TF in the interrupted RFLAGS only ends single-stepping.
+    unsafe {
+        f.as_mut()
+            .update(|s| s.cpu_flags = x86_64::registers::rflags::RFlags::from_bits_retain(s.cpu_flags.bits() & !0x100))
+    };
 }
 
 extern "x86-interrupt" fn de(f: InterruptStackFrame) {

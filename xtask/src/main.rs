@@ -162,7 +162,12 @@ fn user_paths(cmd: &mut Cmd, here: &std::path::Path) {
     };
     match cmd {
         Cmd::Run(a) | Cmd::Image { args: a, .. } => {
-            a.kernel.iter_mut().chain(a.initrd.iter_mut()).chain(a.manifest.iter_mut()).chain(&mut a.modules).for_each(input);
+            a.kernel
+                .iter_mut()
+                .chain(a.initrd.iter_mut())
+                .chain(a.manifest.iter_mut())
+                .chain(&mut a.modules)
+                .for_each(input);
             a.json.iter_mut().for_each(output);
             if let Cmd::Image { out, .. } = cmd {
                 output(out);
