@@ -13,6 +13,9 @@ use x86_64::structures::idt::{InterruptDescriptorTable, InterruptStackFrame, Pag
 /// instruction to skip; 0: not announced), and how many were taken.
 static EXPECT_GP: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
 static GP_SEEN: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+/// The same for #UD.
+static EXPECT_UD: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
+static UD_SEEN: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
 fn me() -> usize {
     (crate::cpuid(1, 0)[1] >> 24) as usize % MAX_CPUS
@@ -59,6 +62,17 @@ fn gp_from(len: u8, f: impl FnOnce()) -> bool {
 /// it); true if it did.
 pub fn raises_gp(len: u8, f: impl FnOnce()) -> bool {
     gp_from(len, f)
+}
+
+/// Runs `f`, whose one instruction that may raise #UD is `len` bytes long (the handler skips
+/// it); true if it did.
+pub fn raises_ud(len: u8, f: impl FnOnce()) -> bool {
+    let me = me();
+    let before = UD_SEEN[me].load(Ordering::SeqCst);
+    EXPECT_UD[me].store(len, Ordering::SeqCst);
+    f();
+    EXPECT_UD[me].store(0, Ordering::SeqCst);
+    UD_SEEN[me].load(Ordering::SeqCst) != before
 }
 
 /// RDMSR that may fault: `None` if it raised #GP.
@@ -129,7 +143,15 @@ extern "x86-interrupt" fn db(mut f: InterruptStackFrame) {
 extern "x86-interrupt" fn de(f: InterruptStackFrame) {
     fail("#DE", &f, None)
 }
-extern "x86-interrupt" fn ud(f: InterruptStackFrame) {
+extern "x86-interrupt" fn ud(mut f: InterruptStackFrame) {
+    let me = me();
+    let len = EXPECT_UD[me].swap(0, Ordering::SeqCst);
+    if len != 0 {
+        UD_SEEN[me].fetch_add(1, Ordering::SeqCst);
+        // SAFETY: the announced instruction is `len` bytes long; resume after it.
+        unsafe { f.as_mut().update(|s| s.instruction_pointer += len as u64) };
+        return;
+    }
     fail("#UD", &f, None)
 }
 extern "x86-interrupt" fn bp(f: InterruptStackFrame) {

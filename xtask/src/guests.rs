@@ -60,6 +60,7 @@ pub const CATALOGUE: &[Guest] = &[
     g("conf-apic", "pass", 60_000, "", true),
     g("conf-cr", "pass", 30_000, "", true),
     g("conf-step", "pass", 30_000, "", true),
+    g("conf-cpl0", "pass", 120_000, "", true),
 ];
 
 /// Whether guest `name` means something booted directly on QEMU.
