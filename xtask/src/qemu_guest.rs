@@ -165,11 +165,15 @@ fn boot(spec: &VmSpec, kernel: &Path, modules: &[PathBuf], serial: &Path, timeou
     let mut c = Command::new("qemu-system-x86_64");
     // `max`: every feature TCG emulates (TSC-deadline among them); at least 32 MiB, as
     // SeaBIOS and QEMU's multiboot loader need some memory besides the kernel's.
-    c.args(["-machine", "q35", "-cpu", "max", "-m"]).arg(format!("{}M", spec.ram_mib.max(32)));
+    let cpu = if spec.x2apic { "max" } else { "max,-x2apic" };
+    c.args(["-machine", "q35", "-cpu", cpu, "-m"]).arg(format!("{}M", spec.ram_mib.max(32)));
     c.arg("-smp").arg(spec.vcpus.to_string());
     c.args(["-display", "none", "-monitor", "none", "-no-reboot"]);
     c.arg("-serial").arg(format!("file:{}", serial.display()));
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    if spec.pc_testdev {
+        c.args(["-device", "pc-testdev"]);
+    }
     c.arg("-kernel").arg(kernel).arg("-append").arg(&cmdline);
     if !modules.is_empty() {
         let list: Vec<String> = modules.iter().map(|m| m.display().to_string()).collect();

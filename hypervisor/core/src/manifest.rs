@@ -150,6 +150,8 @@ pub struct VmSpec {
     /// Debugging (issue 14): the injection path without a TPR shadow (CR8 exits), as on a CPU
     /// without one; only with `interrupt_path = injection`.
     pub no_tpr_shadow: bool,
+    /// QEMU's pc-testdev in the VM's PC (`pc_testdev = on`; `devices::pc_testdev`).
+    pub pc_testdev: bool,
     /// The test-support hypercalls (PID_OP) are open to this VM's guest. They let a guest
     /// read and change its vCPUs' posted-interrupt descriptors, so they are off by default.
     pub test_hooks: bool,
@@ -181,6 +183,7 @@ impl VmSpec {
             timer: TimerSource::Preemption,
             invalid_pid_entry: None,
             no_tpr_shadow: false,
+            pc_testdev: false,
             test_hooks: false,
             max_exits_per_second: crate::budget::DEFAULT_MAX_EXITS_PER_S,
             line,
@@ -258,6 +261,13 @@ impl VmSpec {
                     "preemption" => TimerSource::Preemption,
                     "host-apic" => TimerSource::HostApic,
                     _ => return Err(format!("timer must be preemption|host-apic, not `{value}`")),
+                }
+            }
+            "pc_testdev" => {
+                self.pc_testdev = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("pc_testdev must be on|off, not `{value}`")),
                 }
             }
             "test_hooks" => {

@@ -15,6 +15,7 @@ pub mod console_line;
 pub mod debug_exit;
 pub mod fw_cfg;
 pub mod ioapic;
+pub mod pc_testdev;
 pub mod pci_host;
 pub mod pic8259;
 pub mod pit8254;
@@ -192,6 +193,8 @@ pub struct PcConfig<'a> {
     pub cmdline: &'a [u8],
     /// Wall-clock time when the VM is created (seconds since 1970), for the RTC.
     pub unix_time: u64,
+    /// QEMU's pc-testdev is present (`pc_testdev`).
+    pub pc_testdev: bool,
 }
 
 /// The PC inside a VM: its two buses, and the I/O APIC the interrupt lines go to.
@@ -224,6 +227,10 @@ impl Pc {
         ports.add(debug_exit::PORT, debug_exit::LEN, Box::new(debug_exit::DebugExit));
         ports.add(fw_cfg::PORT, fw_cfg::LEN, Box::new(fw_cfg::FwCfg::new(cfg.ram_size, cfg.cpus, cfg.cmdline)));
         ports.add(pci_host::PORT, pci_host::LEN, Box::new(pci_host::PciHost::default()));
+        if cfg.pc_testdev {
+            ports.add(pc_testdev::IRQ_PORT, pc_testdev::IRQ_LINES, Box::new(pc_testdev::IrqLines));
+            ports.add(pc_testdev::SCRATCH_PORT, pc_testdev::SCRATCH_LEN, Box::new(pc_testdev::Scratch::default()));
+        }
         let ioapic = Arc::new(Mutex::new(ioapic::IoApic::new(IO_APIC_ID)));
         let mut mmio = MmioBus::default();
         mmio.add(ioapic::BASE, ioapic::LEN, Box::new(IoApicWindow(ioapic.clone())));
@@ -327,7 +334,7 @@ mod tests {
 
     #[test]
     fn the_pc_answers_where_a_pc_does() {
-        let cfg = PcConfig { ram_size: 64 << 20, cpus: 3, cmdline: b"x", unix_time: 1_700_000_000 };
+        let cfg = PcConfig { ram_size: 64 << 20, cpus: 3, cmdline: b"x", unix_time: 1_700_000_000, pc_testdev: false };
         let mut bus = Pc::new(&cfg).ports;
         // fw_cfg: signature, then the CPU count.
         bus.write(0x510, 2, fw_cfg::key::SIGNATURE as u32, 0);
@@ -358,7 +365,7 @@ mod tests {
 
     #[test]
     fn uart_interrupts_reach_the_io_apic_pin_as_its_entry_says() {
-        let cfg = PcConfig { ram_size: 64 << 20, cpus: 2, cmdline: b"", unix_time: 0 };
+        let cfg = PcConfig { ram_size: 64 << 20, cpus: 2, cmdline: b"", unix_time: 0, pc_testdev: false };
         let mut pc = Pc::new(&cfg);
         let reg = |pc: &mut Pc, index: u32, value: u32| {
             pc.mmio_write(ioapic::BASE, 4, index as u64).unwrap();
@@ -386,7 +393,7 @@ mod tests {
 
     #[test]
     fn level_triggered_entries_are_reported_for_eoi_exits() {
-        let cfg = PcConfig { ram_size: 64 << 20, cpus: 2, cmdline: b"", unix_time: 0 };
+        let cfg = PcConfig { ram_size: 64 << 20, cpus: 2, cmdline: b"", unix_time: 0, pc_testdev: false };
         let mut pc = Pc::new(&cfg);
         pc.mmio_write(ioapic::BASE, 4, 0x18).unwrap();
         pc.mmio_write(ioapic::BASE + 0x10, 4, 0x8061).unwrap(); // level, vector 0x61

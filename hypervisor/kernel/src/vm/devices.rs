@@ -21,7 +21,13 @@ pub struct VmDevices {
 
 impl VmDevices {
     pub fn new(spec: &VmSpec, ram_size: u64, unix_time: u64) -> Self {
-        let pc = Pc::new(&PcConfig { ram_size, cpus: spec.vcpus as u16, cmdline: spec.cmdline.as_bytes(), unix_time });
+        let pc = Pc::new(&PcConfig {
+            ram_size,
+            cpus: spec.vcpus as u16,
+            cmdline: spec.cmdline.as_bytes(),
+            unix_time,
+            pc_testdev: spec.pc_testdev,
+        });
         Self { pc: Mutex::new(pc), eoi_exit: Default::default(), eoi_exit_generation: AtomicU32::new(0) }
     }
 
