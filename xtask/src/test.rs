@@ -920,6 +920,13 @@ const QEMU_GUESTS: &[(&str, usize)] = &[
     ("ioapic:2", 1),
     ("smp-boot:4", 1),
     ("neighbour", 1),
+    ("conf-hlt:2", 1),
+    ("conf-apic:2", 1),
+    ("conf-cr", 1),
+    ("conf-step", 1),
+    ("conf-cpl0", 1),
+    ("conf-ioapic:2", 1),
+    ("conf-realmode:2", 1),
 ];
 
 /// One guest test booted directly by QEMU: it ends as its catalogue entry expects, with its
@@ -971,6 +978,10 @@ const MATRIX_BATCHES: &[&str] = &[
     "timer:2,ioapic:2",
     "uart:1,smp-boot:3",
     "ipi-bench:2+cmdline=iterations=50,neighbour",
+    // The project's conformance kernels (docs/conformance.md).
+    "conf-hlt:2,conf-apic:2",
+    "conf-ioapic:2,conf-realmode:2",
+    "conf-cr:1,conf-step:1,conf-cpl0:1",
 ];
 
 /// The interrupt paths the guest matrix runs on: IPIv on, IPIv off (the posted path), the two
@@ -1289,10 +1300,66 @@ fn cpu_model(model: &str) -> Result<()> {
 }
 
 /// Runs named checks, counting and reporting each.
+/// The kvm-unit-tests cases of the suite (`cargo xtask conformance` runs every entry on every
+/// path): every entry on the ipiv path in both APIC modes; the entries that are not `vmexit`
+/// figures (each of those loops until 2^30 TSC ticks pass: minutes on Bochs) on the three
+/// other paths in both modes; and the IPI figures on those paths in xAPIC mode.
+type KutCase = (&'static str, &'static [&'static str], &'static [&'static str], KutOnly);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KutOnly {
+    All,
+    NotVmexit,
+    Ipi,
+}
+
+const KUT_CASES: &[KutCase] = &[
+    ("conformance-kvm-unit-tests-ipiv", &["ipiv"], &["xapic", "x2apic"], KutOnly::All),
+    (
+        "conformance-kvm-unit-tests-other-paths",
+        &["posted", "virtual-delivery", "injection"],
+        &["xapic", "x2apic"],
+        KutOnly::NotVmexit,
+    ),
+    (
+        "conformance-kvm-unit-tests-other-paths-ipi",
+        &["posted", "virtual-delivery", "injection"],
+        &["xapic"],
+        KutOnly::Ipi,
+    ),
+];
+
+/// One group of kvm-unit-tests runs, two Bochs at a time: every record must pass or skip.
+fn kut_case(dir: &std::path::Path, paths: &[&str], apics: &[&str], only: KutOnly, cpu_model: &str) -> Result<()> {
+    use crate::conformance;
+    let entries: Vec<_> = conformance::entries(dir)?
+        .into_iter()
+        .filter(|e| match only {
+            KutOnly::All => true,
+            KutOnly::NotVmexit => e.file != "vmexit.flat",
+            KutOnly::Ipi => e.file == "vmexit.flat" && e.args.starts_with("ipi"),
+        })
+        .collect();
+    let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    let apics: Vec<String> = apics.iter().map(|a| a.to_string()).collect();
+    let jobs = conformance::jobs(&entries, &paths, &apics, None);
+    let records = conformance::run_all(&jobs, dir, cpu_model, 2, false)?;
+    let failed: Vec<String> = records
+        .iter()
+        .filter(|r| r["result"] == "fail")
+        .map(|r| format!("{} on {}/{}: {}", r["test"], r["path"], r["apic"], conformance::line(r)))
+        .collect();
+    if !failed.is_empty() {
+        bail!("{}", failed.join("; "));
+    }
+    Ok(())
+}
+
 struct Tally<'a> {
     filter: Option<&'a str>,
     passed: usize,
     failed: Vec<String>,
+    skipped: Vec<String>,
 }
 
 impl Tally<'_> {
@@ -1316,7 +1383,7 @@ impl Tally<'_> {
 }
 
 pub fn run_all(args: &TestArgs) -> Result<()> {
-    let mut tally = Tally { filter: args.filter.as_deref(), passed: 0, failed: Vec::new() };
+    let mut tally = Tally { filter: args.filter.as_deref(), passed: 0, failed: Vec::new(), skipped: Vec::new() };
     if !args.no_unit {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         tally.check("host-unit-tests", || {
@@ -1390,7 +1457,24 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
     tally.check("linux-smp-xapic-injection", linux_on_injection_path);
     // `cargo xtask bench --peer kvm` is too slow for the suite; its image must build.
     tally.check("kvm-peer-image", kvm_peer_image);
-    println!("xtask: {} passed, {} failed", tally.passed, tally.failed.len());
+    // kvm-unit-tests, where the folder is (test inputs, not part of the repository).
+    let kut = crate::conformance::kut_dir(None);
+    if kut.is_dir() {
+        for (name, paths, apics, only) in KUT_CASES {
+            tally.check(name, || kut_case(&kut, paths, apics, *only, &args.cpu_model));
+        }
+    } else if args.filter.as_deref().is_none_or(|f| "conformance-kvm-unit-tests".contains(f)) {
+        let why = format!(
+            "conformance-kvm-unit-tests: skipped, no kvm-unit-tests folder at {} (cargo xtask conformance --kut DIR runs them)",
+            kut.display()
+        );
+        eprintln!("xtask test: {why}");
+        tally.skipped.push(why);
+    }
+    println!("xtask: {} passed, {} failed, {} skipped", tally.passed, tally.failed.len(), tally.skipped.len());
+    for s in &tally.skipped {
+        println!("xtask: {s}");
+    }
     if !tally.failed.is_empty() {
         bail!("failed: {}", tally.failed.join(", "));
     }
