@@ -50,6 +50,7 @@ pub const CATALOGUE: &[Guest] = &[
     g("hostile-sweep", "pass", 120_000, "", false),
     g("hostile-memory", "killed", 30_000, "", false),
     g("hostile-timer", "pass", 30_000, "", false),
+    g("hostile-lapic", "pass", 120_000, "", false),
     g("pc-devices", "pass", 60_000, "", true),
     g("acpi", "pass", 30_000, "", true),
     g("timer", "pass", 60_000, "", true),
