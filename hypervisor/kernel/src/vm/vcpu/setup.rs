@@ -200,6 +200,16 @@ impl Vcpu<'_> {
         VmcsNatural::GuestIdtrBase.write(0)?;
         Vmcs32::GuestIdtrLimit.write(0xffff)?;
         VmcsNatural::GuestDr7.write(0x400)?;
+        // DR0-DR3 and DR6 are the live registers (VM transitions switch only DR7); this core
+        // runs only this vCPU, so they are set here as INIT sets them (Table 9-1).
+        // SAFETY: debug registers hold addresses and status only; no breakpoint is enabled
+        // (DR7 = 400H).
+        unsafe {
+            core::arch::asm!(
+                "mov dr0, {z}", "mov dr1, {z}", "mov dr2, {z}", "mov dr3, {z}", "mov dr6, {dr6}",
+                z = in(reg) 0u64, dr6 = in(reg) 0xffff_0ff0u64, options(nomem, nostack)
+            )
+        };
         VmcsNatural::GuestRsp.write(0)?;
         VmcsNatural::GuestRip.write(s.rip)?;
         VmcsNatural::GuestRflags.write(0x2)?;
