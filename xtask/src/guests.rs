@@ -214,6 +214,43 @@ pub fn kernel_vm(k: &KernelVm<'_>, extra: &[(&str, &str)]) -> Result<(String, Ve
     Ok((section, files))
 }
 
+/// The files a manifest names that are not catalogue kernels: `kernel = PATH`, `modules = PATH,
+/// ...`, `linux = PATH`, `initrd = PATH` read from `base` (the manifest's folder) unless
+/// absolute, and packed into the ramdisk under the name as written, which the kernel looks up
+/// (and a multiboot kernel sees first on its command line, as QEMU gives its `-kernel` path).
+/// A name that is neither is refused here, before anything boots.
+pub fn manifest_files(
+    config: &str,
+    base: &std::path::Path,
+    catalogue: &BTreeMap<String, Vec<u8>>,
+) -> Result<Vec<crate::image::GuestImage>> {
+    let (_, manifest) = BootConfig::parse(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut out: Vec<crate::image::GuestImage> = Vec::new();
+    for vm in &manifest.vms {
+        let named = [("kernel", &vm.kernel), ("linux", &vm.linux), ("initrd", &vm.initrd)]
+            .into_iter()
+            .chain(vm.modules.iter().map(|m| ("modules", m)));
+        for (key, name) in named {
+            if name.is_empty() || catalogue.contains_key(name.as_str()) || out.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            let path = base.join(name);
+            if !path.is_file() {
+                bail!(
+                    "VM `{}`: {key} `{name}` is neither a test kernel ({}) nor a file ({} does not exist)",
+                    vm.name,
+                    catalogue.keys().cloned().collect::<Vec<_>>().join(", "),
+                    path.display()
+                );
+            }
+            let data =
+                std::fs::read(&path).with_context(|| format!("VM `{}`: reading {key} {}", vm.name, path.display()))?;
+            out.push((name.clone(), data));
+        }
+    }
+    Ok(out)
+}
+
 /// Parses and validates the config text as the kernel will, against `cpus` CPUs and
 /// `memory_mib` of machine memory, with the images at hand. Errors name the problem.
 pub fn validate(config: &str, images: &BTreeMap<String, Vec<u8>>, cpus: u32, memory_mib: u32) -> Result<Manifest> {
@@ -245,6 +282,24 @@ mod tests {
         let (_, parsed) = BootConfig::parse(&m).unwrap();
         assert_eq!((parsed.vms[0].cmdline.as_str(), parsed.vms[0].expect.as_str()), ("end=fetch", "killed"));
         assert!(manifest_from_list("hello+oops", &[]).unwrap_err().to_string().contains("+key=value"));
+    }
+
+    #[test]
+    fn manifest_paths_outside_the_catalogue_are_packed_as_written() {
+        let dir = std::env::temp_dir().join(format!("ipiv-hv-manifest-files-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("k")).unwrap();
+        std::fs::write(dir.join("k/foreign.flat"), b"kernel bytes").unwrap();
+        std::fs::write(dir.join("env"), b"module bytes").unwrap();
+        let catalogue = BTreeMap::from([("hello".to_string(), Vec::new())]);
+        let config = "[vm]\nname = a\nkernel = k/foreign.flat\nmodules = env, env\n[vm]\nname = b\nkernel = hello\n";
+        let files = manifest_files(config, &dir, &catalogue).unwrap();
+        assert_eq!(
+            files,
+            vec![("k/foreign.flat".into(), b"kernel bytes".to_vec()), ("env".into(), b"module bytes".to_vec())]
+        );
+        let e = manifest_files("[vm]\nname = a\nkernel = nope.elf\n", &dir, &catalogue).unwrap_err().to_string();
+        assert!(e.contains("kernel `nope.elf` is neither a test kernel (hello) nor a file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

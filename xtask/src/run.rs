@@ -418,6 +418,7 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
             return Ok((config, linux_files));
         }
     }
+    let mut manifest_dir = None;
     match (&args.guest, &args.manifest) {
         (Some(list), _) => config += &guests::manifest_from_list(list, &extra)?,
         (None, Some(_)) if !extra.is_empty() => anyhow::bail!(
@@ -426,11 +427,16 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
         (None, Some(file)) => {
             config += "\n";
             config += &fs::read_to_string(file).with_context(|| format!("reading manifest {}", file.display()))?;
+            manifest_dir = Some(file.parent().map(Path::to_path_buf).unwrap_or_default());
         }
         (None, None) => return Ok((config, Vec::new())),
     }
     let mut images = guests::build()?;
     images.extend(linux_files);
+    if let Some(dir) = manifest_dir {
+        let foreign = guests::manifest_files(&config, &dir, &images)?;
+        images.extend(foreign);
+    }
     if args.skip_manifest_check {
         return Ok((config, images.into_iter().collect()));
     }

@@ -978,6 +978,27 @@ fn kernel_fixture(platform: Platform) -> Result<()> {
     Ok(())
 }
 
+/// A foreign kernel named by path in a manifest (`kernel = fixtures/mini-multiboot`, relative
+/// to the manifest's folder) beside a catalogue guest: both pass, and the foreign one found its
+/// command line and second processor.
+fn manifest_foreign_kernel() -> Result<()> {
+    crate::fixtures::mini_multiboot()?;
+    let manifest = std::path::PathBuf::from("target/xtask/foreign-kernel.manifest");
+    std::fs::write(
+        &manifest,
+        "[vm]\nname = foreign\nkernel = fixtures/mini-multiboot\ncmdline = \"cpus=2\"\nvcpus = 2\n\n\
+         [vm]\nname = hello\nkernel = hello\n",
+    )?;
+    let args = RunArgs { manifest: Some(manifest), timeout: 120, ..RunArgs::new(Platform::Bochs, 4) };
+    let o = run::run(&args)?;
+    vm_result(&o, "foreign", "pass")?;
+    vm_result(&o, "hello", "pass")?;
+    if !vm(&o, "foreign")?["reason"].as_str().unwrap_or("").ends_with("isa-debug-exit: 0") {
+        bail!("the fixture should end through isa-debug-exit with 0: {}", vm(&o, "foreign")?["reason"]);
+    }
+    Ok(())
+}
+
 /// Every guest test that passes, batched four CPUs at a time, for the guest-matrix runs.
 const MATRIX_BATCHES: &[&str] = &[
     "hello:1,memory:1,cpuid-msr:1,pc-devices:1",
@@ -1440,6 +1461,7 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
     }
     tally.check("kernel-fixture-bochs", || kernel_fixture(Platform::Bochs));
     tally.check("kernel-fixture-qemu", || kernel_fixture(Platform::Qemu));
+    tally.check("manifest-foreign-kernel", manifest_foreign_kernel);
     for (list, reports) in QEMU_GUESTS {
         let name = format!("qemu-guest-{}", list.split(['+']).next().unwrap_or_default().replace(':', "-"));
         tally.check(&name, || qemu_guest(list, *reports));
