@@ -1,7 +1,8 @@
 //! The PC's port-I/O devices as an OS probes them: fw_cfg (signature, CPU count, RAM size), the
 //! 16550A on COM1 (scratch register, loopback, transmitter empty), both 8259s masked, PCI
 //! mechanism #1 with an empty bus, the CMOS clock (a valid BCD date), and the
-//! PIT's channel 2 in mode 0 timed against the TSC, the way Linux calibrates it. vCPU 0 then
+//! PIT's channel 2 in mode 0 timed against the TSC, the way Linux calibrates it, and the ACPI
+//! PM timer over the same interval. vCPU 0 then
 //! ends the VM through isa-debug-exit with the value of `exit=` (default 0: pass).
 #![no_std]
 #![no_main]
@@ -13,6 +14,9 @@ use guest_tests::{Platform, entry, println, rdtsc, report};
 entry!(main);
 
 static BARRIER: Barrier = Barrier::new();
+
+/// The ACPI PM timer's port (the FADT's PM_TMR_BLK here; QEMU's q35 has it there too).
+const PM_TIMER: u16 = 0x608;
 
 fn fw_cfg(key: u16, buf: &mut [u8]) {
     outw(0x510, key);
@@ -99,16 +103,26 @@ fn main(me: u32, info: &'static Platform) {
     outb(0x61, (inb(0x61) & !0x02) | 0x01);
     outb(0x43, 0xb0);
     outb(0x42, count as u8);
+    let pm0 = inl(PM_TIMER);
     let t0 = rdtsc();
     outb(0x42, (count >> 8) as u8);
     while inb(0x61) & 0x20 == 0 {}
     let ticks = rdtsc() - t0;
+    let pm_ticks = inl(PM_TIMER).wrapping_sub(pm0) & 0xff_ffff;
     let expected = info.tsc_hz * pit_ms / 1000;
     let per_mille = ticks * 1000 / expected;
     println!("PIT: {count} ticks took {ticks} TSC ticks, {per_mille}/1000 of the expected {expected}");
     assert!((900..=1200).contains(&per_mille), "PIT channel 2 against the TSC: {per_mille}/1000");
 
-    report!(r#"{{"test":"pc-devices","vcpu":{me},"pit_per_mille":{per_mille},"pci_devices":{found}}}"#);
+    // The ACPI PM timer (3.579545 MHz, 24 bits) over the same 10 ms.
+    let pm_expected = 3_579_545 * pit_ms / 1000;
+    let pm_per_mille = pm_ticks as u64 * 1000 / pm_expected;
+    println!("ACPI PM timer: {pm_ticks} ticks in the PIT's 10 ms, {pm_per_mille}/1000 of {pm_expected}");
+    assert!((900..=1200).contains(&pm_per_mille), "ACPI PM timer against the PIT: {pm_per_mille}/1000");
+
+    report!(
+        r#"{{"test":"pc-devices","vcpu":{me},"pit_per_mille":{per_mille},"pm_timer_per_mille":{pm_per_mille},"pci_devices":{found}}}"#
+    );
     BARRIER.wait(n);
     let code: u8 = info.arg("exit").and_then(|s| s.parse().ok()).unwrap_or(0);
     outb(0xf4, code);

@@ -205,7 +205,7 @@ mod aml {
 }
 
 /// FADT revision 6 (276 bytes, §5.2.9): hardware-reduced, APIC physical destination mode, reset
-/// through port 0xCF9 (value 6), the DSDT by its 64-bit address.
+/// through port 0xCF9 (value 6), the DSDT by its 64-bit address, the PM timer's port.
 fn fadt(dsdt: u64) -> Vec<u8> {
     use fadt_flags::*;
     let mut b = [0u8; 276 - 36];
@@ -222,6 +222,16 @@ fn fadt(dsdt: u64) -> Vec<u8> {
     b[at(128)] = 6;
     b[at(131)] = 5; // FADT minor version: 6.5
     b[at(140)..at(148)].copy_from_slice(&dsdt.to_le_bytes());
+    // The PM timer (devices::pm_timer): PM_TMR_BLK, PM_TMR_LEN and X_PM_TMR_BLK (system I/O,
+    // 32 bits, dword access). Hardware-reduced OSPM ignores them (§5.2.9); kernels that read
+    // the FADT themselves use them.
+    let pm = crate::devices::pm_timer::PORT;
+    b[at(76)..at(80)].copy_from_slice(&(pm as u32).to_le_bytes());
+    b[at(91)] = crate::devices::pm_timer::LEN as u8;
+    b[at(208)] = 1;
+    b[at(209)] = 32;
+    b[at(211)] = 3;
+    b[at(212)..at(220)].copy_from_slice(&(pm as u64).to_le_bytes());
     b[at(268)..at(276)].copy_from_slice(b"IPIVHV\0\0");
     sdt(b"FACP", 6, &b)
 }
@@ -312,6 +322,9 @@ mod tests {
         assert!(flags.local_xapics_must_use_physical_destination_mode());
         assert!(flags.system_is_hw_reduced_acpi());
         assert_eq!(fadt.dsdt_address().unwrap(), RSDP_GPA as usize + 48);
+        let pm = fadt.pm_timer_block().unwrap().expect("PM timer");
+        assert_eq!((pm.address, pm.bit_width), (crate::devices::pm_timer::PORT as u64, 32));
+        assert_eq!(pm.address_space, acpi::address::AddressSpace::SystemIo);
         let info = PlatformInfo::new(&tables).expect("platform info from FADT and MADT");
         let cpus = info.processor_info.expect("processors");
         let InterruptModel::Apic(apic) = info.interrupt_model else { panic!("not the APIC model") };

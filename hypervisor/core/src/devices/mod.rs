@@ -19,6 +19,7 @@ pub mod pc_testdev;
 pub mod pci_host;
 pub mod pic8259;
 pub mod pit8254;
+pub mod pm_timer;
 pub mod uart16550;
 
 /// How the VM ends when a guest asks (isa-debug-exit).
@@ -212,7 +213,8 @@ pub const fn isa_irq_pin(irq: u8) -> usize {
 
 impl Pc {
     /// The port-I/O devices (COM1, the PIT and port B, the 8259 pair, the CMOS RTC,
-    /// isa-debug-exit, fw_cfg, PCI configuration mechanism #1) and the I/O APIC.
+    /// isa-debug-exit, fw_cfg, PCI configuration mechanism #1, the ACPI PM timer) and the I/O
+    /// APIC.
     pub fn new(cfg: &PcConfig<'_>) -> Self {
         let mut ports = PortBus::default();
         ports.add(uart16550::COM1, uart16550::LEN, Box::new(uart16550::Uart16550::new(uart16550::COM1_IRQ)));
@@ -227,6 +229,7 @@ impl Pc {
         ports.add(debug_exit::PORT, debug_exit::LEN, Box::new(debug_exit::DebugExit));
         ports.add(fw_cfg::PORT, fw_cfg::LEN, Box::new(fw_cfg::FwCfg::new(cfg.ram_size, cfg.cpus, cfg.cmdline)));
         ports.add(pci_host::PORT, pci_host::LEN, Box::new(pci_host::PciHost::default()));
+        ports.add(pm_timer::PORT, pm_timer::LEN, Box::new(pm_timer::PmTimer));
         if cfg.pc_testdev {
             ports.add(pc_testdev::IRQ_PORT, pc_testdev::IRQ_LINES, Box::new(pc_testdev::IrqLines));
             ports.add(pc_testdev::SCRATCH_PORT, pc_testdev::SCRATCH_LEN, Box::new(pc_testdev::Scratch::default()));
