@@ -64,6 +64,7 @@ pub const CATALOGUE: &[Guest] = &[
     g("conf-cpl0", "pass", 120_000, "", true),
     g("conf-ioapic", "pass", 60_000, "pc_testdev = on\n", true),
     g("conf-realmode", "pass", 30_000, "", true),
+    g("conf-task", "pass", 30_000, "", true),
 ];
 
 /// Whether guest `name` means something booted directly on QEMU.

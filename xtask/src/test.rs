@@ -936,6 +936,7 @@ const QEMU_GUESTS: &[(&str, usize)] = &[
     ("conf-cpl0", 1),
     ("conf-ioapic:2", 1),
     ("conf-realmode:2", 1),
+    ("conf-task:2", 1),
 ];
 
 /// One guest test booted directly by QEMU: it ends as its catalogue entry expects, with its
@@ -1012,6 +1013,7 @@ const MATRIX_BATCHES: &[&str] = &[
     "conf-hlt:2,conf-apic:2",
     "conf-ioapic:2,conf-realmode:2",
     "conf-cr:1,conf-step:1,conf-cpl0:1",
+    "conf-task:2",
 ];
 
 /// The interrupt paths the guest matrix runs on: IPIv on, IPIv off (the posted path), the two

@@ -14,4 +14,5 @@ pub mod mmio;
 pub mod msr;
 #[cfg(feature = "alloc")]
 pub mod report;
+pub mod task_switch;
 pub mod xsetbv;

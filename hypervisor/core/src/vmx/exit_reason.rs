@@ -130,6 +130,8 @@ pub enum BasicExit {
     TripleFault,
     InterruptWindow,
     NmiWindow,
+    /// A task switch (always exits in VMX non-root operation, SDM Vol. 3C §26.2).
+    TaskSwitch,
     Cpuid,
     /// GETSEC (unconditional: SMX is hidden, so it is #UD).
     Getsec,
@@ -170,6 +172,7 @@ impl BasicExit {
             TRIPLE_FAULT => Self::TripleFault,
             INTERRUPT_WINDOW => Self::InterruptWindow,
             NMI_WINDOW => Self::NmiWindow,
+            TASK_SWITCH => Self::TaskSwitch,
             CPUID => Self::Cpuid,
             GETSEC => Self::Getsec,
             HLT => Self::Hlt,
@@ -203,6 +206,7 @@ impl BasicExit {
             Self::TripleFault => TRIPLE_FAULT,
             Self::InterruptWindow => INTERRUPT_WINDOW,
             Self::NmiWindow => NMI_WINDOW,
+            Self::TaskSwitch => TASK_SWITCH,
             Self::Cpuid => CPUID,
             Self::Getsec => GETSEC,
             Self::Hlt => HLT,
@@ -284,10 +288,11 @@ mod tests {
         }
         assert_eq!(BasicExit::from_raw(VIRTUALIZED_EOI).name(), "virtualized_eoi");
         assert_eq!(BasicExit::from_raw(INTERRUPT_WINDOW).name(), "interrupt_window");
-        assert_eq!(BasicExit::from_raw(9), BasicExit::Other(9));
+        assert_eq!(BasicExit::from_raw(3), BasicExit::Other(3), "INIT signals are not expected");
         assert_eq!(BasicExit::from_raw(VMXON), BasicExit::VmxInstruction(VMXON));
         assert_eq!(BasicExit::from_raw(VMXON).name(), "vmxon");
         assert_eq!(BasicExit::from_raw(INVD), BasicExit::Invd);
+        assert_eq!(BasicExit::from_raw(TASK_SWITCH), BasicExit::TaskSwitch);
         assert_eq!(ExitReason(0x8000_0021).kind(), BasicExit::EntryFailGuestState);
     }
 

@@ -148,7 +148,8 @@ impl Vcpu<'_> {
             return Ok(Flow::Stop(VmResult::Fail, why));
         }
         let kind = reason.kind();
-        if events::may_interrupt_delivery(reason.basic()) {
+        // A task switch through a task gate delivers the event itself (exits/task_switch.rs).
+        if events::may_interrupt_delivery(reason.basic()) && kind != BasicExit::TaskSwitch {
             self.reinject_interrupted_event()?;
         }
         let (sent, startup) = (self.counters.ipi_sent_by_exit, self.counters.startup_ipis_sent);

@@ -110,7 +110,7 @@ fn write_cr0(v: &mut Vcpu<'_>, value: u64) -> Handled {
 
 /// The PAE PDPTEs at `cr3` (bits 31:5), checked; `None` (#GP) for a reserved bit or a table
 /// outside guest RAM (which would read as all ones).
-fn read_pdptes(v: &Vcpu<'_>, cr3: u64) -> Option<[u64; 4]> {
+pub(super) fn read_pdptes(v: &Vcpu<'_>, cr3: u64) -> Option<[u64; 4]> {
     let at = (cr3 & 0xffff_ffe0) as usize;
     if at as u64 + 32 > v.vm.ram_size {
         return None;

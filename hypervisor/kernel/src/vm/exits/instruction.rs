@@ -23,9 +23,14 @@ pub enum Unmapped {
 
 /// The guest-physical RAM address of guest-linear `linear`, through the guest's paging.
 pub fn linear_to_ram(v: &Vcpu<'_>, linear: u64) -> Result<Result<u64, Unmapped>, VmxInstrError> {
+    linear_to_ram_with(v, VmcsNatural::GuestCr3.read()?, linear)
+}
+
+/// As [`linear_to_ram`], through the paging structures at `cr3` (a task switch reads the new
+/// task's descriptor tables through the new task's CR3).
+pub fn linear_to_ram_with(v: &Vcpu<'_>, cr3: u64, linear: u64) -> Result<Result<u64, Unmapped>, VmxInstrError> {
     let cr4 = VmcsNatural::GuestCr4.read()?;
     let mode = Mode::of(VmcsNatural::GuestCr0.read()?, cr4, Vmcs64::GuestIa32Efer.read()?);
-    let cr3 = VmcsNatural::GuestCr3.read()?;
     let linear = if mode == Mode::Level4 || mode == Mode::Level5 { linear } else { linear & 0xffff_ffff };
     let ram = v.vm.ram_size;
     let read = |gpa: u64, size: usize| -> Option<u64> {

@@ -11,6 +11,7 @@ pub mod hypercall;
 pub mod instruction;
 pub mod io;
 pub mod msr;
+pub mod task_switch;
 pub mod xsetbv;
 
 use alloc::format;
@@ -74,6 +75,7 @@ pub fn handle(v: &mut Vcpu<'_>, reason: BasicExit) -> Handled {
         BasicExit::ApicAccess => apic::apic_access(v),
         BasicExit::VirtualizedEoi => apic::virtualized_eoi(v),
         BasicExit::Xsetbv => xsetbv::xsetbv(v),
+        BasicExit::TaskSwitch => task_switch::task_switch(v),
         BasicExit::EptMisconfig => {
             let gpa = Vmcs64::GuestPhysicalAddress.read()?;
             Ok(Flow::Stop(VmResult::Killed, format!("EPT misconfiguration at GPA {gpa:#x}")))
