@@ -103,6 +103,10 @@ pub const INVEPT: u16 = 50;
 pub const INVVPID: u16 = 53;
 pub const WBINVD: u16 = 54;
 pub const VMFUNC: u16 = 59;
+/// SEAMCALL and TDCALL (TDX): they exit in VMX non-root operation; outside a TD on a processor
+/// without SEAM they are #UD.
+pub const SEAMCALL: u16 = 76;
+pub const TDCALL: u16 = 77;
 pub const CR_ACCESS: u16 = 28;
 pub const IO_INSTRUCTION: u16 = 30;
 pub const RDMSR: u16 = 31;
@@ -140,8 +144,9 @@ pub enum BasicExit {
     Invd,
     Wbinvd,
     Vmcall,
-    /// A VMX instruction other than VMCALL (VMXON, VMREAD, INVEPT, ...): always exits in VMX
-    /// non-root operation (SDM Vol. 3C §26.1.2); VMX is hidden from guests, so it is #UD.
+    /// A VMX instruction other than VMCALL (VMXON, VMREAD, INVEPT, ...), or SEAMCALL/TDCALL:
+    /// always exits in VMX non-root operation (SDM Vol. 3C §26.1.2); VMX and TDX are hidden
+    /// from guests, so it is #UD.
     VmxInstruction(u16),
     /// MOV to or from a control register the controls intercept (CR8 only, here).
     CrAccess,
@@ -179,7 +184,7 @@ impl BasicExit {
             INVD => Self::Invd,
             WBINVD => Self::Wbinvd,
             VMCALL => Self::Vmcall,
-            VMCLEAR..=VMXON | INVEPT | INVVPID | VMFUNC => Self::VmxInstruction(r),
+            VMCLEAR..=VMXON | INVEPT | INVVPID | VMFUNC | SEAMCALL | TDCALL => Self::VmxInstruction(r),
             CR_ACCESS => Self::CrAccess,
             IO_INSTRUCTION => Self::Io,
             RDMSR => Self::Rdmsr,
@@ -293,6 +298,7 @@ mod tests {
         assert_eq!(BasicExit::from_raw(VMXON).name(), "vmxon");
         assert_eq!(BasicExit::from_raw(INVD), BasicExit::Invd);
         assert_eq!(BasicExit::from_raw(TASK_SWITCH), BasicExit::TaskSwitch);
+        assert_eq!(BasicExit::from_raw(TDCALL), BasicExit::VmxInstruction(TDCALL));
         assert_eq!(ExitReason(0x8000_0021).kind(), BasicExit::EntryFailGuestState);
     }
 
