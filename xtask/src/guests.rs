@@ -194,9 +194,14 @@ pub fn kernel_vm(k: &KernelVm<'_>, extra: &[(&str, &str)]) -> Result<(String, Ve
     }
     let key = if bzimage { "linux" } else { "kernel" };
     let ram = if bzimage { BZIMAGE_RAM_MIB } else { KERNEL_RAM_MIB };
+    // Alone in its run, the VM has no neighbour for the console budget to protect: a test
+    // kernel's verdict is its console, so it gets the conformance harness's rate.
     let mut section = format!(
-        "\n[vm]\nname = kernel\n{key} = {}\nvcpus = {}\nexpect = pass\nram_mib = {ram}\ntimeout_ms = {}\n",
-        files[0].0, k.vcpus, k.watchdog_ms
+        "\n[vm]\nname = kernel\n{key} = {}\nvcpus = {}\nexpect = pass\nram_mib = {ram}\ntimeout_ms = {}\nconsole_bytes_per_second = {}\n",
+        files[0].0,
+        k.vcpus,
+        k.watchdog_ms,
+        crate::conformance::CONSOLE_BYTES_PER_S
     );
     if !cmdline.is_empty() {
         section += &format!("cmdline = \"{cmdline}\"\n");

@@ -92,6 +92,10 @@ pub struct RunArgs {
     /// (default: --kernel 90 % of --timeout, --guest the catalogue's).
     #[arg(long)]
     pub watchdog_ms: Option<u64>,
+    /// Console budget of the --kernel or --guest VMs in bytes per second (default 4096, bursts
+    /// of 16 KiB or four seconds' worth; docs/security.md).
+    #[arg(long)]
+    pub console_rate: Option<u64>,
     /// An initrd for a --kernel that is a Linux bzImage.
     #[arg(long, requires = "kernel")]
     pub initrd: Option<PathBuf>,
@@ -166,6 +170,7 @@ impl RunArgs {
             vcpus: 1,
             ram: None,
             watchdog_ms: None,
+            console_rate: None,
             initrd: None,
             linux: false,
             linux_ram: 256,
@@ -374,6 +379,7 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
     );
     let ram = args.ram.map(|r| r.to_string());
     let watchdog = args.watchdog_ms.map(|w| w.to_string());
+    let console_rate = args.console_rate.map(|r| r.to_string());
     let opts = [
         ("apic", &args.apic),
         ("x2apic", &args.x2apic),
@@ -382,6 +388,7 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
         ("interrupt_path", &args.interrupt_path),
         ("ram_mib", &ram),
         ("timeout_ms", &watchdog),
+        ("console_bytes_per_second", &console_rate),
     ];
     let extra: Vec<(&str, &str)> = opts.iter().filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))).collect();
     if let Some(kernel) = &args.kernel {
@@ -422,7 +429,7 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
     match (&args.guest, &args.manifest) {
         (Some(list), _) => config += &guests::manifest_from_list(list, &extra)?,
         (None, Some(_)) if !extra.is_empty() => anyhow::bail!(
-            "--apic, --x2apic, --ipiv, --hlt, --interrupt-path, --ram and --watchdog-ms apply to --guest and --kernel; put them in the manifest's [vm] sections instead"
+            "--apic, --x2apic, --ipiv, --hlt, --interrupt-path, --ram, --watchdog-ms and --console-rate apply to --guest and --kernel; put them in the manifest's [vm] sections instead"
         ),
         (None, Some(file)) => {
             config += "\n";

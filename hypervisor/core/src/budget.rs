@@ -11,10 +11,13 @@ pub const MAX_REPORTS: u32 = 64;
 /// Most bytes of REPORT values one VM keeps, in canonical form.
 pub const MAX_REPORT_BYTES: u64 = 64 * 1024;
 
-/// Console bytes per second one VM may print, on average...
+/// Console bytes per second one VM may print, on average, unless its manifest says otherwise
+/// (`console_bytes_per_second`)...
 pub const CONSOLE_BYTES_PER_S: u64 = 4096;
-/// ...with bursts of up to this many bytes.
+/// ...with bursts of up to this many bytes, or four seconds' worth at a higher rate.
 pub const CONSOLE_BURST_BYTES: u64 = 16 * 1024;
+/// The highest rate a manifest may give (16 MiB/s, more than a 115200-baud line carries).
+pub const MAX_CONSOLE_BYTES_PER_S: u64 = 16 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReportsExceeded {
@@ -100,6 +103,8 @@ impl ExitBudget {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConsoleBudget {
     tsc_hz: u64,
+    rate: u64,
+    burst: u64,
     tokens: u64,
     last_tsc: u64,
     credit: u128,
@@ -108,19 +113,22 @@ pub struct ConsoleBudget {
 }
 
 impl ConsoleBudget {
-    pub fn new(tsc_hz: u64, now_tsc: u64) -> Self {
-        Self { tsc_hz: tsc_hz.max(1), tokens: CONSOLE_BURST_BYTES, last_tsc: now_tsc, credit: 0, dropped: 0 }
+    /// A budget of `rate` bytes per second (clamped to 1..=[`MAX_CONSOLE_BYTES_PER_S`]).
+    pub fn new(tsc_hz: u64, now_tsc: u64, rate: u64) -> Self {
+        let rate = rate.clamp(1, MAX_CONSOLE_BYTES_PER_S);
+        let burst = CONSOLE_BURST_BYTES.max(rate * 4);
+        Self { tsc_hz: tsc_hz.max(1), rate, burst, tokens: burst, last_tsc: now_tsc, credit: 0, dropped: 0 }
     }
 
     /// How many of `len` bytes may be printed at `now_tsc`; the rest count as dropped.
     pub fn take(&mut self, now_tsc: u64, len: usize) -> usize {
         // Exact refill: `credit` carries the fraction of a byte (in byte-ticks) between calls.
-        self.credit += now_tsc.saturating_sub(self.last_tsc) as u128 * CONSOLE_BYTES_PER_S as u128;
+        self.credit += now_tsc.saturating_sub(self.last_tsc) as u128 * self.rate as u128;
         self.last_tsc = self.last_tsc.max(now_tsc);
         let earned = self.credit / self.tsc_hz as u128;
         self.credit %= self.tsc_hz as u128;
-        self.tokens = (self.tokens as u128 + earned).min(CONSOLE_BURST_BYTES as u128) as u64;
-        if self.tokens == CONSOLE_BURST_BYTES {
+        self.tokens = (self.tokens as u128 + earned).min(self.burst as u128) as u64;
+        if self.tokens == self.burst {
             self.credit = 0;
         }
         let allowed = (len as u64).min(self.tokens);
@@ -173,7 +181,7 @@ mod tests {
     #[test]
     fn console_output_is_rate_limited() {
         let hz = 1_000_000;
-        let mut c = ConsoleBudget::new(hz, 0);
+        let mut c = ConsoleBudget::new(hz, 0, CONSOLE_BYTES_PER_S);
         let burst = CONSOLE_BURST_BYTES as usize;
         assert_eq!(c.take(0, burst - 100), burst - 100);
         assert_eq!(c.take(0, 4000), 100);
@@ -190,5 +198,15 @@ mod tests {
         assert_eq!(got as u64, CONSOLE_BYTES_PER_S);
         // A long quiet spell refills only up to the burst.
         assert_eq!(c.take(t + 100 * hz, 100_000), CONSOLE_BURST_BYTES as usize);
+    }
+
+    #[test]
+    fn a_higher_rate_has_a_burst_of_four_seconds() {
+        let hz = 1_000_000;
+        let mut c = ConsoleBudget::new(hz, 0, 65536);
+        assert_eq!(c.take(0, 1 << 20), 4 * 65536);
+        assert_eq!(c.take(hz, 1 << 20), 65536);
+        assert_eq!(ConsoleBudget::new(hz, 0, u64::MAX).take(0, usize::MAX) as u64, 4 * MAX_CONSOLE_BYTES_PER_S);
+        assert_eq!(ConsoleBudget::new(hz, 0, 0).take(0, 1 << 20) as u64, CONSOLE_BURST_BYTES, "at least 1 byte/s");
     }
 }

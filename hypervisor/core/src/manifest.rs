@@ -157,6 +157,8 @@ pub struct VmSpec {
     pub test_hooks: bool,
     /// Exit budget per vCPU (`crate::budget::ExitBudget`).
     pub max_exits_per_second: u64,
+    /// Console budget of the VM (`crate::budget::ConsoleBudget`), bytes per second.
+    pub console_bytes_per_second: u64,
     /// Line of the `[vm]` header, for messages.
     pub line: usize,
 }
@@ -186,6 +188,7 @@ impl VmSpec {
             pc_testdev: false,
             test_hooks: false,
             max_exits_per_second: crate::budget::DEFAULT_MAX_EXITS_PER_S,
+            console_bytes_per_second: crate::budget::CONSOLE_BYTES_PER_S,
             line,
         }
     }
@@ -281,6 +284,13 @@ impl VmSpec {
                 self.max_exits_per_second = num("max_exits_per_second")?;
                 if self.max_exits_per_second == 0 {
                     return Err("max_exits_per_second must be at least 1".to_string());
+                }
+            }
+            "console_bytes_per_second" => {
+                let max = crate::budget::MAX_CONSOLE_BYTES_PER_S;
+                self.console_bytes_per_second = num("console_bytes_per_second")?;
+                if !(1..=max).contains(&self.console_bytes_per_second) {
+                    return Err(format!("console_bytes_per_second must be 1..={max}"));
                 }
             }
             "debug_invalid_pid_entry" => self.invalid_pid_entry = Some(num32("debug_invalid_pid_entry")?),

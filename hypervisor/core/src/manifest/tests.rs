@@ -139,6 +139,11 @@ fn exit_budget_defaults_and_bounds() {
     assert_eq!(a.max_exits_per_second, 5000);
     assert!(a.set("max_exits_per_second", "0").is_err());
     assert!(a.set("max_exits_per_second", "many").is_err());
+    assert_eq!(a.console_bytes_per_second, crate::budget::CONSOLE_BYTES_PER_S);
+    a.set("console_bytes_per_second", "65536").unwrap();
+    assert_eq!(a.console_bytes_per_second, 65536);
+    assert!(a.set("console_bytes_per_second", "0").unwrap_err().contains("1..="));
+    assert!(a.set("console_bytes_per_second", "999999999").is_err());
 }
 
 /// Found by `cargo xtask fuzz --target manifest`: u32 keys were parsed as u64 and cut down, so

@@ -173,7 +173,7 @@ impl Vm {
             reports: Mutex::new(Reports::default()),
             census_epoch: AtomicU32::new(0),
             census: (0..spec.vcpus).map(|_| Mutex::new(Vec::new())).collect(),
-            console: Mutex::new(ConsoleBudget::new(host.tsc_hz, now)),
+            console: Mutex::new(ConsoleBudget::new(host.tsc_hz, now, spec.console_bytes_per_second)),
             console_line: Mutex::new(Line::new()),
             host_max_leaf: core::arch::x86_64::__cpuid(0).eax,
             apic_features: hvcore::apic::base::Features {
