@@ -158,6 +158,10 @@ pub struct KernelVm<'a> {
 
 /// RAM of a `--kernel` VM: QEMU's default `-m` (kvm-unit-tests load at 4 MiB and expect it).
 pub const KERNEL_RAM_MIB: u32 = 128;
+/// The console budget of a `--kernel` VM, bytes per second (bursts of four seconds' worth):
+/// a test kernel's verdict is its console, and a budget that dropped lines would leave it
+/// unknown (kvm-unit-tests' tscdeadline_latency prints a line per measurement).
+pub const KERNEL_CONSOLE_BYTES_PER_S: u64 = 1 << 20;
 /// RAM of a `--kernel` Linux bzImage: the decompressor works from its preferred address up to
 /// init_size (64 MiB for Debian's kernel).
 pub const BZIMAGE_RAM_MIB: u32 = 256;
@@ -198,10 +202,7 @@ pub fn kernel_vm(k: &KernelVm<'_>, extra: &[(&str, &str)]) -> Result<(String, Ve
     // kernel's verdict is its console, so it gets the conformance harness's rate.
     let mut section = format!(
         "\n[vm]\nname = kernel\n{key} = {}\nvcpus = {}\nexpect = pass\nram_mib = {ram}\ntimeout_ms = {}\nconsole_bytes_per_second = {}\n",
-        files[0].0,
-        k.vcpus,
-        k.watchdog_ms,
-        crate::conformance::CONSOLE_BYTES_PER_S
+        files[0].0, k.vcpus, k.watchdog_ms, KERNEL_CONSOLE_BYTES_PER_S
     );
     if !cmdline.is_empty() {
         section += &format!("cmdline = \"{cmdline}\"\n");

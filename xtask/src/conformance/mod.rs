@@ -93,11 +93,6 @@ pub struct ConformanceArgs {
     pub slow: bool,
 }
 
-/// The console budget of a `--kernel` VM, bytes per second (bursts of four seconds' worth):
-/// a test kernel's verdict is its console, and a budget that dropped lines would leave it
-/// unknown (tscdeadline_latency prints a line per measurement).
-pub const CONSOLE_BYTES_PER_S: u64 = 1 << 20;
-
 pub const PATHS: [&str; 4] = ["ipiv", "posted", "virtual-delivery", "injection"];
 pub const APIC_MODES: [&str; 2] = ["xapic", "x2apic"];
 
