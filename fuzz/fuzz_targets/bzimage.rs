@@ -55,6 +55,7 @@ fn check(image: &[u8], ram_size: u64, cmdline: &str, initrd: Option<&[u8]>) {
     assert_eq!(plan.kernel_offset + plan.kernel_len, image.len(), "the kernel is the file's rest");
     assert!(plan.load_addr >= MIB, "loaded below 1 MiB: {:#x}", plan.load_addr);
     let end = plan.load_addr.checked_add(plan.init_size.max(plan.kernel_len as u64)).expect("end overflows");
+    assert_eq!(plan.area_end(), end);
     assert!(end <= ram_size, "the kernel's area {:#x}..{end:#x} is outside RAM {ram_size:#x}", plan.load_addr);
     assert_eq!(plan.entry(), plan.load_addr + 0x200);
     if ram_size as usize > MAX_RAM {
@@ -65,9 +66,11 @@ fn check(image: &[u8], ram_size: u64, cmdline: &str, initrd: Option<&[u8]>) {
         match linux::place(ram, &plan, image, cmdline, initrd, 0xe0000) {
             Ok(p) => {
                 assert_eq!(p.entry, plan.entry());
-                assert_eq!(&ram[plan.load_addr as usize..][..plan.kernel_len], &image[plan.kernel_offset..]);
+                let loaded = &ram[plan.load_addr as usize..][..plan.kernel_len];
+                let differs = loaded.iter().zip(&image[plan.kernel_offset..]).position(|(a, b)| a != b);
+                assert_eq!(differs, None, "kernel byte differs; {plan:?}, RAM {ram_size:#x}, placed {p:?}");
                 if let Some((at, len)) = p.initrd {
-                    assert!(at >= plan.load_addr + plan.init_size, "initrd {at:#x} inside the kernel's area");
+                    assert!(at >= end, "initrd {at:#x} inside the kernel's area");
                     assert!(at + len <= ram_size);
                     assert_eq!(Some(&ram[at as usize..(at + len) as usize]), initrd);
                 }

@@ -75,7 +75,8 @@ fn assemble(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
     let load_end = if u.ratio(1, 4)? { 0 } else { header_addr.wrapping_add(small(u, 0x3000)?) };
     let bss_end = if u.ratio(1, 4)? { 0 } else { load_end.wrapping_add(small(u, 0x10_0000)?) };
     let entry = load.wrapping_add(small(u, 0x3000)?);
-    let fields = [HEADER_MAGIC, f, 0u32.wrapping_sub(HEADER_MAGIC).wrapping_sub(f), header_addr, load, load_end, bss_end, entry];
+    let fields =
+        [HEADER_MAGIC, f, 0u32.wrapping_sub(HEADER_MAGIC).wrapping_sub(f), header_addr, load, load_end, bss_end, entry];
     for (i, v) in fields.iter().enumerate() {
         if let Some(dst) = b.get_mut(at + 4 * i..at + 4 * i + 4) {
             dst.copy_from_slice(&v.to_le_bytes());

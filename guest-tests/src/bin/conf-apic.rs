@@ -135,7 +135,8 @@ fn software_disabled_vcpu1(info: &Platform) {
     assert_eq!(irq::count(1, VECTOR), 0, "a software-disabled APIC took a fixed interrupt");
     apic::write(SVR, 0x1ff);
     STEP.store(2, Ordering::Release);
-    wait_until(info, 2, "the IPI once software-enabled", || irq::count(1, VECTOR) == 1);
+    wait_until(info, 2, "the IPI once software-enabled", || irq::count(1, VECTOR) >= 1);
+    exactly_one(info, VECTOR);
 }
 
 /// vCPU 1's global-disable part: an IPI to it is lost; enabled again, the next one arrives.
@@ -148,7 +149,17 @@ fn disabled_vcpu1(info: &Platform) {
     assert_eq!(irq::count(1, VECTOR_1), 0, "a disabled APIC took an IPI");
     restore(base, base & EXTD != 0);
     STEP.store(5, Ordering::Release);
-    wait_until(info, 2, "the IPI once enabled", || irq::count(1, VECTOR_1) == 1);
+    wait_until(info, 2, "the IPI once enabled", || irq::count(1, VECTOR_1) >= 1);
+    exactly_one(info, VECTOR_1);
+}
+
+/// The IPI sent while the APIC was deaf stays lost: only the one sent after re-enabling
+/// arrives. QEMU's TCG keeps the lost one in IRR and delivers it on re-enabling, so there two
+/// may arrive (waiting for exactly one raced with the second when vCPU 1 was descheduled).
+fn exactly_one(info: &Platform, vector: u8) {
+    delay_ms(info, 5);
+    let n = irq::count(1, vector);
+    assert!(n == 1 || !info.hypervisor && n == 2, "{n} interrupts on vector {vector:#x} after re-enabling");
 }
 
 fn main(vcpu: u32, info: &'static Platform) {
@@ -168,7 +179,7 @@ fn main(vcpu: u32, info: &'static Platform) {
     apic::send(ICR_NMI | ICR_ASSERT, 1);
     wait_until(info, 10, "vCPU 1 to software-enable its APIC", || STEP.load(Ordering::Acquire) == 2);
     apic::send_fixed(1, VECTOR);
-    wait_until(info, 2, "vCPU 1 to take the IPI", || irq::count(1, VECTOR) == 1);
+    wait_until(info, 2, "vCPU 1 to take the IPI", || irq::count(1, VECTOR) >= 1);
     STEP.store(3, Ordering::Release);
     wait_until(info, 10, "vCPU 1 to disable its APIC", || STEP.load(Ordering::Acquire) == 4);
     apic::send_fixed(1, VECTOR_1);
@@ -176,7 +187,7 @@ fn main(vcpu: u32, info: &'static Platform) {
     CHECKED.store(1, Ordering::Release);
     wait_until(info, 10, "vCPU 1 to enable its APIC", || STEP.load(Ordering::Acquire) == 5);
     apic::send_fixed(1, VECTOR_1);
-    wait_until(info, 2, "vCPU 1 to take the IPI", || irq::count(1, VECTOR_1) == 1);
+    wait_until(info, 2, "vCPU 1 to take the IPI", || irq::count(1, VECTOR_1) >= 1);
     println!("conf-apic: IA32_APIC_BASE transitions, reset on re-enable, software disable, a disabled APIC deaf");
     report!(r#"{{"test":"conf-apic","vcpu":0}}"#);
 }

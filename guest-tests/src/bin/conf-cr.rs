@@ -2,7 +2,8 @@
 //! "MOV—Move to/from Control Registers", Vol. 3C §25.6.6 on the read shadows):
 //! - CR0.NE may be cleared and set; clearing PG in 64-bit mode, NW without CD and bits 63:32
 //!   fault whether or not the write also changes NE (a change of NE is completed by the
-//!   hypervisor, any other by the processor: both must agree);
+//!   hypervisor, any other by the processor: both must agree); CD and NW read as the guest
+//!   wrote them, whatever the host CPU's are (Linux's cache_disable/cache_enable pair);
 //! - CR4.VMXE and SMXE (VMX and SMX are not offered), LA57 where CPUID does not offer it and
 //!   reserved bits fault; CR4 reads never show VMXE; CPUID.1:ECX.OSXSAVE follows CR4.OSXSAVE;
 //! - leaving IA-32e mode for protected mode without paging and coming back (from a
@@ -149,8 +150,18 @@ fn main(vcpu: u32, info: &'static Platform) {
             assert_eq!(cr0(), c0, "a faulting write changed nothing ({what})");
         }
         assert!(!set_cr0(c0 | CD ^ toggle), "CR0.CD is legal ({what})");
+        assert_eq!(cr0() & (CD | NW), (c0 | CD) & (CD | NW), "CR0.CD reads as written ({what})");
         assert!(!set_cr0(c0), "and back ({what})");
+        assert_eq!(cr0(), c0, "CR0 reads as written ({what})");
     }
+    // Linux's cache_disable/cache_enable: CD set with NW clear, then CD cleared from what CR0
+    // reads. VM entry keeps the host's CD and NW (SDM Vol. 3C §27.3.2.1): the guest must read
+    // its own, or the second write sets NW without CD and faults.
+    assert!(!set_cr0((c0 & !NW) | CD), "entering no-fill mode");
+    assert_eq!(cr0() & (CD | NW), CD, "CD set, NW clear");
+    assert!(!set_cr0(cr0() & !CD), "caches on again from what CR0 reads");
+    assert_eq!(cr0() & (CD | NW), 0, "CD and NW clear");
+    assert!(!set_cr0(c0));
 
     let c4 = cr4();
     assert_eq!(c4 & (1 << 13), 0, "CR4.VMXE reads 0");

@@ -153,17 +153,23 @@ impl LoadPlan {
         let relocatable = image[hdr::RELOCATABLE_KERNEL] != 0;
         // The preferred address; a relocatable kernel may go at any multiple of its alignment
         // from 1 MiB up, and must where the preferred one would not fit.
-        let load_addr = if pref >= HIGH_RAM_START && pref.saturating_add(init_size) <= ram_size {
+        // The kernel's area is the larger of the file's kernel and its decompression area: an
+        // `init_size` smaller than the file must not let the initrd overwrite the kernel.
+        let area = init_size.max(kernel_len as u64);
+        let load_addr = if pref >= HIGH_RAM_START && pref.checked_add(area).is_some_and(|end| end <= ram_size) {
             pref
         } else if relocatable && align.is_power_of_two() {
             HIGH_RAM_START.next_multiple_of(align)
         } else {
             pref
         };
-        let need = load_addr.saturating_add(init_size.max(kernel_len as u64));
-        if load_addr < HIGH_RAM_START || need > ram_size {
+        // Checked, not saturating: an area that would wrap past 2^64 must not pass as "fits" in
+        // a RAM size near 2^64 and leave `entry()` and the initrd placement to overflow.
+        let need = load_addr.checked_add(area);
+        if load_addr < HIGH_RAM_START || need.is_none_or(|end| end > ram_size) {
             return Err(format!(
-                "the kernel needs guest RAM up to {need:#x} (loaded at {load_addr:#x}, init_size {init_size:#x}); the VM has {ram_size:#x}"
+                "the kernel needs guest RAM up to {:#x} (loaded at {load_addr:#x}, init_size {init_size:#x}); the VM has {ram_size:#x}",
+                need.map_or(u128::from(u64::MAX) + 1, u128::from)
             ));
         }
         Ok(Self {
@@ -183,15 +189,21 @@ impl LoadPlan {
         self.load_addr + 0x200
     }
 
+    /// The end of the kernel's area: the file's kernel or its decompression area, whichever
+    /// is larger (checked against RAM in `new`, so it does not overflow).
+    pub fn area_end(&self) -> u64 {
+        self.load_addr + self.init_size.max(self.kernel_len as u64)
+    }
+
     /// Where an initrd of `len` bytes goes: as high as RAM and `initrd_addr_max` allow, page
     /// aligned, above the kernel's decompression area.
     pub fn initrd_addr(&self, len: u64, ram_size: u64) -> Result<u64, String> {
         let top = ram_size.min(self.initrd_addr_max.saturating_add(1));
-        let at = top.checked_sub(len).map(|a| a & !0xfff).filter(|&a| a >= self.load_addr + self.init_size);
+        let at = top.checked_sub(len).map(|a| a & !0xfff).filter(|&a| a >= self.area_end());
         at.ok_or_else(|| {
             format!(
                 "an initrd of {len} bytes does not fit between the kernel's end {:#x} and {top:#x}",
-                self.load_addr + self.init_size
+                self.area_end()
             )
         })
     }
@@ -331,6 +343,27 @@ mod tests {
         let small = LoadPlan::new(&img, 16 << 20).unwrap();
         assert_eq!(small.load_addr, 0x20_0000);
         assert!(LoadPlan::new(&img, 4 << 20).unwrap_err().contains("needs guest RAM"));
+    }
+
+    #[test]
+    fn an_area_wrapping_past_2_to_the_64_is_refused() {
+        // Fuzz finding: with a RAM size near 2^64 a saturating sum let this plan through.
+        let mut img = bzimage(16);
+        img[hdr::RELOCATABLE_KERNEL] = 0;
+        img[hdr::PREF_ADDRESS..hdr::PREF_ADDRESS + 8].copy_from_slice(&(u64::MAX - 0x1000).to_le_bytes());
+        assert!(LoadPlan::new(&img, u64::MAX).unwrap_err().contains("needs guest RAM up to 0x10000000000000000"));
+    }
+
+    #[test]
+    fn the_initrd_stays_clear_of_a_kernel_longer_than_its_init_size() {
+        // Fuzz finding: init_size 0 put the initrd over the kernel's own bytes.
+        let mut img = bzimage(0x3000);
+        img[hdr::INIT_SIZE..hdr::INIT_SIZE + 4].copy_from_slice(&0u32.to_le_bytes());
+        let plan = LoadPlan::new(&img, 64 << 20).unwrap();
+        assert_eq!(plan.area_end(), plan.load_addr + 0x3000);
+        let tight = plan.load_addr + 0x3000 + 0x1000;
+        assert!(plan.initrd_addr(0x1000, tight).unwrap() >= plan.load_addr + 0x3000);
+        assert!(plan.initrd_addr(0x2000, tight).is_err());
     }
 
     #[test]

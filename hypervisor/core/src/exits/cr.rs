@@ -86,10 +86,15 @@ pub mod efer {
 }
 
 /// The bits the guest/host masks give the hypervisor (§25.6.6): CR0 bits VMX fixes (NE; PE
-/// and PG only without unrestricted guest, which this hypervisor requires) and CR4 bits that
-/// are fixed to 1 (VMXE) or that the VM may not set (`cr4_allowed`).
+/// and PG only without unrestricted guest, which this hypervisor requires), CR0.CD and NW, and
+/// CR4 bits that are fixed to 1 (VMXE) or that the VM may not set (`cr4_allowed`).
+///
+/// VM entry does not load CR0.CD and NW (Vol. 3C §27.3.2.1: "ET, CD, NW ... are not modified"),
+/// so the processor's are the host's: the guest's live in the read shadow, as under KVM. Without
+/// this a guest whose MOV to CR0 exits for NE could never clear CD/NW the host CPU started with,
+/// and Linux's cache_disable/cache_enable pair then faults on NW without CD.
 pub fn cr0_mask(fixed0: u64, fixed1: u64) -> u64 {
-    ((fixed0 & !(cr0::PE | cr0::PG)) | !fixed1) & 0xffff_ffff
+    ((fixed0 & !(cr0::PE | cr0::PG)) | !fixed1 | cr0::CD | cr0::NW) & 0xffff_ffff
 }
 
 pub fn cr4_mask(fixed0: u64, allowed: u64) -> u64 {
@@ -257,7 +262,7 @@ mod tests {
     #[test]
     fn masks_own_what_vmx_fixes() {
         // Bochs' and most CPUs' fixed bits: CR0 PE, NE, PG; CR4 VMXE.
-        assert_eq!(cr0_mask(0x8000_0021, 0xffff_ffff), cr0::NE);
+        assert_eq!(cr0_mask(0x8000_0021, 0xffff_ffff), cr0::NE | cr0::CD | cr0::NW);
         let allowed = cr4_allowed((0, 1 << 6), (0, 0, 0), !0);
         assert_eq!(allowed & cr4::PAE, cr4::PAE);
         assert_eq!(allowed & (cr4::VMXE | cr4::LA57 | cr4::PCIDE), 0);
@@ -267,6 +272,9 @@ mod tests {
         assert_eq!(mask & cr4::PAE, 0, "the guest owns what it has");
         assert_eq!(allowed & !0x1ff_ffff, 0, "undefined bits never allowed");
         assert_eq!(guest_view(0x8000_0031, cr0::NE, 0x11), 0x8000_0011);
+        // CD and NW as the host CPU has them (VM entry keeps them) are not what the guest sees.
+        let mask = cr0_mask(0x8000_0021, 0xffff_ffff);
+        assert_eq!(guest_view(0xe000_0031, mask, 0x8000_0011), 0x8000_0011);
     }
 
     const LONG: CrContext = CrContext {

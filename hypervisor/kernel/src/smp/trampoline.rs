@@ -69,6 +69,7 @@ ap_trampoline_start:
     orl $((1 << 8) | (1 << 11)), %eax   # LME | NXE
     wrmsr
     movl %cr0, %eax
+    andl $0x9fffffff, %eax          # caches on: CD and NW may still be set from power-up
     orl $0x80010001, %eax           # PG | WP | PE
     movl %eax, %cr0
     ljmpl *{far}

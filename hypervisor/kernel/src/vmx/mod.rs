@@ -68,7 +68,11 @@ pub fn enable(caps: &VmxCaps, msrs: &VmxMsrs) -> Result<VmxOn, VmxError> {
     // SAFETY: the fixed bits are what VMX operation requires; the kernel already runs with
     // PE/PG/NE-compatible settings, so applying them changes no mode it relies on.
     unsafe {
-        Cr0::write(Cr0Flags::from_bits_retain(caps.fix_cr0(Cr0::read_raw())));
+        // Caches on (CD, NW clear): VM entry keeps the processor's CD and NW (SDM Vol. 3C
+        // §27.3.2.1), so the guests run with the host's; a firmware or BIOS that left them set
+        // would run every guest uncached.
+        let cr0 = Cr0::read_raw() & !(Cr0Flags::CACHE_DISABLE | Cr0Flags::NOT_WRITE_THROUGH).bits();
+        Cr0::write(Cr0Flags::from_bits_retain(caps.fix_cr0(cr0)));
         Cr4::write(Cr4Flags::from_bits_retain(
             caps.fix_cr4((Cr4::read() | Cr4Flags::VIRTUAL_MACHINE_EXTENSIONS).bits()),
         ));

@@ -1,5 +1,6 @@
 //! Control-register-access exits (the rules: `hvcore::exits::cr`): a MOV to CR0, CLTS or LMSW
-//! that changes a bit VMX fixes (CR0.NE) is completed with every rule of MOV to CR0, paging-mode
+//! that changes a bit VMX fixes (CR0.NE) or CD/NW (kept in the read shadow: VM entry does not
+//! load them, `hvcore::exits::cr::cr0_mask`) is completed with every rule of MOV to CR0, paging-mode
 //! changes included; a MOV to CR4 that exits sets a bit the VM does not have, which is #GP(0);
 //! CR3 accesses, should the processor force CR3 exiting, are completed; CR8 is the modelled
 //! APIC's (`apic::cr8_access`). No control-register access stops a VM.
