@@ -198,12 +198,17 @@ pub fn kernel_vm(k: &KernelVm<'_>, extra: &[(&str, &str)]) -> Result<(String, Ve
     }
     let key = if bzimage { "linux" } else { "kernel" };
     let ram = if bzimage { BZIMAGE_RAM_MIB } else { KERNEL_RAM_MIB };
-    // Alone in its run, the VM has no neighbour for the console budget to protect: a test
-    // kernel's verdict is its console, so it gets the conformance harness's rate.
-    let mut section = format!(
-        "\n[vm]\nname = kernel\n{key} = {}\nvcpus = {}\nexpect = pass\nram_mib = {ram}\ntimeout_ms = {}\nconsole_bytes_per_second = {}\n",
-        files[0].0, k.vcpus, k.watchdog_ms, KERNEL_CONSOLE_BYTES_PER_S
-    );
+    let mut section = format!("\n[vm]\nname = kernel\n{key} = {}\nvcpus = {}\nexpect = pass\n", files[0].0, k.vcpus);
+    // QEMU's defaults, each unless a flag gave the key (`extra`). Alone in its run, the VM has no
+    // neighbour for the console budget to protect, and a test kernel's verdict is its console.
+    let defaults = [
+        ("ram_mib", ram.to_string()),
+        ("timeout_ms", k.watchdog_ms.to_string()),
+        ("console_bytes_per_second", KERNEL_CONSOLE_BYTES_PER_S.to_string()),
+    ];
+    for (key, value) in defaults.iter().filter(|(key, _)| !extra.iter().any(|(e, _)| e == key)) {
+        section += &format!("{key} = {value}\n");
+    }
     if !cmdline.is_empty() {
         section += &format!("cmdline = \"{cmdline}\"\n");
     }

@@ -92,8 +92,8 @@ pub struct RunArgs {
     /// (default: --kernel 90 % of --timeout, --guest the catalogue's).
     #[arg(long)]
     pub watchdog_ms: Option<u64>,
-    /// Console budget of the --kernel or --guest VMs in bytes per second (default 4096, bursts
-    /// of 16 KiB or four seconds' worth; docs/security.md).
+    /// Console budget of the --kernel or --guest VMs in bytes per second (default 4096, a
+    /// --kernel VM 1 MiB/s; bursts of 16 KiB or four seconds' worth; docs/security.md).
     #[arg(long)]
     pub console_rate: Option<u64>,
     /// An initrd for a --kernel that is a Linux bzImage.
