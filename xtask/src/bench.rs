@@ -46,6 +46,12 @@ pub struct BenchArgs {
     /// Debian's QEMU with IPIv on, IPIv off and APICv off (not part of `cargo xtask test`: slow).
     #[arg(long, value_enum)]
     pub peer: Option<Peer>,
+    /// KVM's host for --platform nested-kvm (see `cargo xtask run --help`).
+    #[arg(long, value_enum, default_value = "trixie")]
+    pub kvm_host: crate::kvm_peer::KvmHost,
+    /// `kvm_intel` parameters for --platform nested-kvm (default: KVM's defaults).
+    #[arg(long, default_value = "")]
+    pub kvm_params: String,
     /// Bochs' CPU model for this hypervisor's cells (Bochs only; not with --linux or --peer,
     /// which run on the default model).
     #[arg(long, default_value = crate::bochs::DEFAULT_MODEL)]
@@ -322,7 +328,8 @@ pub fn table(records: &[Value], unit: &str) -> String {
 /// "bochs-instructions" under Bochs (its TSC counts instructions per CPU), "tsc" elsewhere.
 pub fn cycles_unit(platform: Platform) -> &'static str {
     match platform {
-        Platform::Bochs => "bochs-instructions",
+        // Nested, the L2's TSC is still Bochs' (KVM offsets it, without scaling).
+        Platform::Bochs | Platform::NestedKvm => "bochs-instructions",
         _ => "tsc",
     }
 }
@@ -349,30 +356,139 @@ pub fn measure(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec<Va
             }
             Err(e) => return Err(e.context(format!("bench cell {}", cell.name()))),
         };
-        let summary = outcome.summary.with_context(|| format!("bench cell {}: no summary", cell.name()))?;
-        let reason = summary["reason"].as_str().unwrap_or("");
-        let no_vmx = summary["result"] == "unsupported";
-        // A CPU without the cell's interrupt path refuses its VM (`cannot run on this CPU`).
-        if (cell.config != "native" && reason.contains("cannot run on this CPU")) || (cell.config != "native" && no_vmx)
-        {
-            skipped.push(format!("{}: {reason}", cell.name()));
-            continue;
+        match judge_cell(cell, outcome)? {
+            Ok(r) => records.push(r),
+            Err(why) => skipped.push(why),
         }
-        if cell.config == "native" && summary["native"]["apic"] != cell.apic {
-            skipped.push(format!(
-                "{}: the host APIC ran in {} mode (no x2APIC here)",
-                cell.name(),
-                summary["native"]["apic"]
-            ));
-            continue;
-        }
-        // A platform without VMX (QEMU TCG) still measures the native round trip.
-        if !outcome.accepted && !(cell.config == "native" && no_vmx) {
-            bail!("bench cell {} failed: {}", cell.name(), summary["reason"]);
-        }
-        records.push(record(cell, &summary)?);
     }
     Ok((records, skipped))
+}
+
+/// What a cell's summary says about it: its record, or why it was not measured; an error when
+/// the run failed for another reason than a missing capability.
+fn judge_cell(cell: &Cell, outcome: run::Outcome) -> Result<Result<Value, String>> {
+    let summary = outcome.summary.with_context(|| format!("bench cell {}: no summary", cell.name()))?;
+    let reason = summary["reason"].as_str().unwrap_or("");
+    let no_vmx = summary["result"] == "unsupported";
+    // A CPU without the cell's interrupt path refuses its VM (`cannot run on this CPU`).
+    if (cell.config != "native" && reason.contains("cannot run on this CPU")) || (cell.config != "native" && no_vmx) {
+        return Ok(Err(format!("{}: {reason}", cell.name())));
+    }
+    if cell.config == "native" && summary["native"]["apic"] != cell.apic {
+        return Ok(Err(format!(
+            "{}: the host APIC ran in {} mode (no x2APIC here)",
+            cell.name(),
+            summary["native"]["apic"]
+        )));
+    }
+    // A platform without VMX (QEMU TCG) still measures the native round trip.
+    if !outcome.accepted && !(cell.config == "native" && no_vmx) {
+        bail!("bench cell {} failed: {}", cell.name(), summary["reason"]);
+    }
+    let mut rec = record(cell, &summary)?;
+    rec["platform"] = summary["platform"].clone();
+    if !summary["kvm"].is_null() {
+        rec["kvm"] = summary["kvm"].clone();
+    }
+    Ok(Ok(rec))
+}
+
+/// `--platform nested-kvm`: every cell in one boot of KVM's host on Bochs (the hypervisor as
+/// an L1 under KVM), beside the same cells on Bochs directly. The L1 refuses the cells nested
+/// KVM cannot carry (IPIv: no tertiary controls), and they are listed with its reason.
+fn measure_nested(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec<Value>, Vec<String>)> {
+    let dir = PathBuf::from("target/xtask/bench");
+    fs::create_dir_all(&dir)?;
+    let mut cases = Vec::new();
+    for cell in cells {
+        let mut args = cell.run_args(a, iterations, &dir)?;
+        args.memory = 256;
+        cases.push(crate::nested::Case { name: cell.name().replace(' ', "-"), args });
+    }
+    let host = crate::nested::Host {
+        label: "bench",
+        kvm_host: a.kvm_host,
+        kvm_params: a.kvm_params.clone(),
+        cpu_model: a.cpu_model.clone(),
+        cpus: a.cpus,
+        exclude: &[],
+        echo: false,
+    };
+    eprintln!("xtask bench: nested-kvm: {} cells in one boot of KVM's host ({iterations} iterations)", cells.len());
+    let outcomes = crate::nested::run_cases(&cases, &host)?;
+    let (mut records, mut skipped) = (Vec::new(), Vec::new());
+    for (cell, o) in cells.iter().zip(outcomes) {
+        match judge_cell(cell, o.outcome) {
+            Ok(Ok(r)) => records.push(r),
+            Ok(Err(why)) => skipped.push(format!("nested-kvm {why}")),
+            Err(e) => skipped.push(format!("nested-kvm {e:#}")),
+        }
+    }
+    eprintln!("xtask bench: the same cells on bochs directly");
+    let direct = BenchArgs { platform: Platform::Bochs, ..a.clone() };
+    let (more, not) = measure(&direct, cells, iterations)?;
+    records.extend(more);
+    skipped.extend(not.into_iter().map(|s| format!("bochs {s}")));
+    Ok((records, skipped))
+}
+
+/// Nested beside direct: per cell the two medians, their ratio and the exits per IPI each
+/// hypervisor counted (the L1's own count under nested KVM).
+pub fn nested_comparison(records: &[Value]) -> Vec<Value> {
+    let on = |platform: &str, c: &Value| {
+        records.iter().find(|r| {
+            r["platform"] == platform
+                && ["apic", "config", "target", "pattern"].iter().all(|k| r[*k] == c[*k])
+                && r["hypervisor"] == c["hypervisor"]
+        })
+    };
+    records
+        .iter()
+        .filter(|r| r["platform"] == "nested-kvm")
+        .map(|n| {
+            let d = on("bochs", n);
+            let (nm, dm) = (median(n), d.and_then(median));
+            json!({
+                "hypervisor": n["hypervisor"], "apic": n["apic"], "config": n["config"], "target": n["target"],
+                "pattern": n["pattern"], "interrupt_path": n["interrupt_path"],
+                "bochs": dm, "nested-kvm": nm,
+                "nested_vs_bochs": dm.filter(|d| *d > 0).zip(nm).map(|(d, n)| n as f64 / d as f64),
+                "exits_per_ipi": {"bochs": d.map(|d| d["exits_per_ipi"].clone()), "nested-kvm": n["exits_per_ipi"]},
+            })
+        })
+        .collect()
+}
+
+pub fn nested_table(rows: &[Value], unit: &str) -> String {
+    let mut s = format!(
+        "{:<7} {:<7} {:<16} {:<17} {:<10} {:>8} {:>9} {:>7} {:>11} {:>11}\n",
+        "hv", "apic", "config", "target", "pattern", "bochs", "nested", "ratio", "exits bochs", "exits nest"
+    );
+    let n = |v: &Value| v.as_u64().map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+    let f = |v: &Value| v.as_f64().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+    let e =
+        |v: &Value| if v.is_null() { "-".to_string() } else { format!("{}/{}", f(&v["sender"]), f(&v["receiver"])) };
+    for r in rows {
+        s += &format!(
+            "{:<7} {:<7} {:<16} {:<17} {:<10} {:>8} {:>9} {:>7} {:>11} {:>11}\n",
+            r["hypervisor"].as_str().unwrap_or(""),
+            r["apic"].as_str().unwrap_or(""),
+            r["config"].as_str().unwrap_or(""),
+            r["target"].as_str().unwrap_or(""),
+            r["pattern"].as_str().unwrap_or(""),
+            n(&r["bochs"]),
+            n(&r["nested-kvm"]),
+            f(&r["nested_vs_bochs"]),
+            e(&r["exits_per_ipi"]["bochs"]),
+            e(&r["exits_per_ipi"]["nested-kvm"]),
+        );
+    }
+    s += &format!(
+        "medians of the round trip in {unit} (the L2's TSC is Bochs' under KVM too: path lengths through L2, L1 and L0); \
+         native: the hypervisor's own round trip, nested as a KVM guest; exits: VM exits per IPI (sender/receiver) as this \
+         hypervisor counted them\n"
+    );
+    s
 }
 
 /// The peer's configuration of the same design as ours: KVM with APICv off emulates the APIC
@@ -491,7 +607,9 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
     }
     let iterations = a.iterations.unwrap_or(if a.full { 2000 } else { 200 });
     let cells = matrix(a.cpus, a.platform);
-    let (mut records, mut skipped) = measure(a, &cells, iterations)?;
+    let nested = a.platform == Platform::NestedKvm;
+    let (mut records, mut skipped) =
+        if nested { measure_nested(a, &cells, iterations)? } else { measure(a, &cells, iterations)? };
     if a.peer == Some(Peer::Kvm) {
         let cells = crate::kvm_peer::cells(a.cpus);
         eprintln!("xtask bench: KVM: {} cells in one boot of KVM's host ({iterations} iterations)", cells.len());
@@ -506,16 +624,26 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
     if !rows.is_empty() {
         println!("\nside by side with KVM on the same emulated CPU\n{}", comparison_table(&rows, "kvm", unit));
     }
+    let nested_rows = if nested { nested_comparison(&records) } else { Vec::new() };
+    if nested {
+        println!("\nnested under KVM beside bochs directly\n{}", nested_table(&nested_rows, unit));
+    }
     for s in &skipped {
         println!("not measured: {s}");
     }
-    let checks = check_targets(&records, 500, true);
+    // The targets are about this hypervisor on the CPU itself: the direct cells.
+    let direct: Vec<Value> = records.iter().filter(|r| r["platform"] != "nested-kvm").cloned().collect();
+    let checks = check_targets(&direct, 500, true);
     let ok = print_targets(&checks);
     if let Some(path) = &a.json {
         let mut doc = json!({"platform": a.platform.name(), "cycles_unit": unit, "records": records,
             "targets": targets_json(&checks), "not_measured": skipped});
-        if a.platform == Platform::Bochs {
+        if matches!(a.platform, Platform::Bochs | Platform::NestedKvm) {
             doc["cpu_model"] = json!(a.cpu_model);
+        }
+        if nested {
+            doc["nested_comparison"] = json!(nested_rows);
+            doc["kvm_host"] = json!(a.kvm_host.suite());
         }
         if a.peer.is_some() {
             doc["comparison"] = json!(rows);

@@ -200,8 +200,109 @@ pub fn table(records: &[Value]) -> String {
     s
 }
 
+/// `--platform nested-kvm`: the Linux VM as an L2, under this hypervisor as an L1 under KVM on
+/// Bochs, in both APIC modes on the path nested KVM allows (`ipiv-off`: posted interrupts, the
+/// ICR write exits; nested KVM offers no IPIv), in one boot of KVM's host. Its records beside
+/// those of `bench --linux` on Bochs directly are in docs/results.md.
+fn run_nested(a: &BenchArgs, append: &str) -> Result<bool> {
+    let configs: Vec<Config> =
+        ["xapic", "x2apic"].into_iter().map(|apic| Config { config: "ipiv-off", apic }).collect();
+    let cases: Vec<crate::nested::Case> = configs
+        .iter()
+        .map(|c| crate::nested::Case {
+            name: format!("linux-{}-{}", c.config, c.apic),
+            args: RunArgs {
+                linux: true,
+                vcpus: VCPUS,
+                linux_ram: RAM_MIB,
+                memory: 512,
+                append: Some(append.to_string()),
+                apic: Some(c.apic.into()),
+                ipiv: Some("off".into()),
+                // Every L2 exit is an L1 exit through L0: far longer than on Bochs directly.
+                timeout: a.timeout.max(3600),
+                ..RunArgs::new(run::Platform::NestedKvm, VCPUS)
+            },
+        })
+        .collect();
+    let host = crate::nested::Host {
+        label: "bench-linux",
+        kvm_host: a.kvm_host,
+        kvm_params: a.kvm_params.clone(),
+        cpu_model: crate::bochs::DEFAULT_MODEL.into(),
+        cpus: VCPUS,
+        // Bochs' model stays whole: KVM's host needs MONITOR/MWAIT exiting (kvm_intel refuses
+        // to load without it), and its command line already keeps AMX and LA57 from itself
+        // and so from its guests (`kvm_peer::HOST_CMDLINE`); the L1 hides MONITOR/MWAIT.
+        exclude: &[],
+        echo: false,
+    };
+    let outcomes = crate::nested::run_cases(&cases, &host)?;
+    let mut records = Vec::new();
+    let mut failed = Vec::new();
+    for (c, o) in configs.iter().zip(outcomes) {
+        let vm = o
+            .outcome
+            .summary
+            .as_ref()
+            .and_then(|s| s["vms"].as_array()?.iter().find(|v| v["name"] == "linux").cloned());
+        let log = fs::read_to_string(&o.outcome.serial).unwrap_or_default();
+        match vm {
+            Some(vm) if o.outcome.accepted => match vm_records(*c, &vm) {
+                Ok(mut r) => {
+                    for x in &mut r {
+                        x["platform"] = json!("nested-kvm");
+                        x["kvm"] = o.outcome.summary.as_ref().map(|s| s["kvm"].clone()).unwrap_or_default();
+                    }
+                    records.extend(r);
+                }
+                Err(e) => failed.push(format!("{} {}: {e:#}", c.config, c.apic)),
+            },
+            vm => {
+                // How far it got: the last lines of the L2's console.
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                failed.push(format!(
+                    "{} {}: {} after {:.1} s of KVM's host's clock; last lines: {}",
+                    c.config,
+                    c.apic,
+                    vm.map(|v| format!("{} ({})", v["result"], v["reason"])).unwrap_or_else(|| "no summary".into()),
+                    o.host_ms as f64 / 1000.0,
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                ))
+            }
+        }
+    }
+    println!(
+        "\nLinux IPI workload as an L2 under nested KVM on bochs ({VCPUS} vCPUs, {RAM_MIB} MiB, {append})\n{}",
+        table(&records)
+    );
+    for f in &failed {
+        println!("not measured: {f}");
+    }
+    println!(
+        "not measured: ipiv-on: nested KVM offers no tertiary controls (IA32_VMX_PROCBASED_CTLS bit 49 clear), so no IPIv for an L1"
+    );
+    let checks = check_targets(&records);
+    let ok = crate::bench::print_targets(&checks) && failed.is_empty();
+    if let Some(path) = &a.json {
+        let doc = json!({"platform": "nested-kvm", "kind": "linux", "workload_counts": append,
+            "vcpus": VCPUS, "ram_mib": RAM_MIB, "kvm_host": a.kvm_host.suite(),
+            "host_cmdline": crate::kvm_peer::HOST_CMDLINE,
+            "seconds_unit": "emulated seconds: the part's TSC ticks / Bochs' ips (its TSC ticks once per instruction per CPU)", "tsc_hz": crate::bochs::IPS,
+            "records": records, "not_measured": failed,
+            "targets": crate::bench::targets_json(&checks)});
+        fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
+        eprintln!("xtask bench: wrote {}", path.display());
+    }
+    Ok(ok)
+}
+
 /// Runs every configuration, one boot each, and prints the table and the targets.
 pub fn run(a: &BenchArgs) -> Result<bool> {
+    if a.platform == run::Platform::NestedKvm {
+        let n = a.iterations.unwrap_or(if a.full { 10_000 } else { 2_000 });
+        return run_nested(a, &counts(n));
+    }
     if a.platform != run::Platform::Bochs {
         bail!("--linux runs on the project's Bochs (the only platform here with VMX and IPIv)");
     }

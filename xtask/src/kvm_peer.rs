@@ -140,10 +140,12 @@ fn closure(root: &Path, binary: &Path) -> Result<(BTreeMap<String, PathBuf>, BTr
 }
 
 /// QEMU's firmware for a multiboot `-kernel` with `-nodefaults`: SeaBIOS, the option ROMs that
-/// load the kernel, and the TPR-patching ROM QEMU's APIC asks for; where Debian puts them (its
-/// QEMU searches /usr/share/qemu, then /usr/share/seabios).
-const FIRMWARE: [&str; 4] = [
+/// load the kernel, and the TPR-patching ROM QEMU's APIC asks for; and the standard VGA's BIOS
+/// for a disk image whose boot loader sets a VESA mode (`--platform nested-kvm`); where Debian
+/// puts them (its QEMU searches /usr/share/qemu, then /usr/share/seabios).
+const FIRMWARE: [&str; 5] = [
     "/usr/share/seabios/bios-256k.bin",
+    "/usr/share/seabios/vgabios-stdvga.bin",
     "/usr/share/qemu/linuxboot_dma.bin",
     "/usr/share/qemu/multiboot_dma.bin",
     "/usr/share/qemu/kvmvapic.bin",
@@ -243,6 +245,52 @@ echo "init: kvm-peer ended with $status"
 /bin/ipi-workload exit $status
 "#;
 
+/// The Debian release whose kernel is KVM's host (its QEMU, 7.2, and busybox stay bookworm's,
+/// the machine's own suite). `--peer kvm` measured bookworm's; `--platform nested-kvm` defaults
+/// to trixie's, whose nested posted interrupts work (docs/hardware.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvmHost {
+    /// Debian 12's 6.1 kernel: nested posted interrupts have two KVM bugs fixed upstream in 2024.
+    Bookworm,
+    /// Debian 13's 6.12 kernel.
+    Trixie,
+}
+
+impl KvmHost {
+    pub fn suite(self) -> &'static str {
+        match self {
+            Self::Bookworm => "bookworm",
+            Self::Trixie => "trixie",
+        }
+    }
+}
+
+/// Debian's kernel for `host` (its package root holds the modules), and its `package version`.
+fn host_kernel(cache: &Path, host: KvmHost) -> Result<(PathBuf, String)> {
+    if host.suite() == linux::SUITE {
+        let d = linux::debian(cache)?;
+        return Ok((d.vmlinuz, d.kernel_package));
+    }
+    let _lock = linux::lock_cache(cache)?;
+    let apt = linux::private_apt_for(cache, host.suite())?;
+    linux::kernel_of(cache, &apt)
+}
+
+/// A kernel module from the package root `modules` (`.../lib/modules/VERSION/kernel`) at `at`:
+/// as it is, or decompressed where Debian ships it xz-compressed (trixie), since busybox'
+/// `insmod` hands the kernel the bytes it reads.
+fn module(modules: &Path, at: &str, name: &str) -> Result<Vec<u8>> {
+    let plain = modules.join(at).join(format!("{name}.ko"));
+    if plain.is_file() {
+        return fs::read(&plain).with_context(|| format!("reading {}", plain.display()));
+    }
+    let xz = modules.join(at).join(format!("{name}.ko.xz"));
+    let packed = fs::read(&xz).with_context(|| format!("neither {} nor {}", plain.display(), xz.display()))?;
+    let mut out = Vec::new();
+    lzma_rs::xz_decompress(&mut &packed[..], &mut out).map_err(|e| anyhow::anyhow!("{}: {e:?}", xz.display()))?;
+    Ok(out)
+}
+
 /// What `image` built, and what it is made of.
 pub struct Image {
     pub kernel: Vec<u8>,
@@ -253,27 +301,32 @@ pub struct Image {
 /// Builds (Debian packages from the cache) the image that runs `cells`.
 pub fn image(cells: &[Cell], iterations: u32) -> Result<Image> {
     let plan = cells.iter().map(|c| plan_line(c, iterations) + "\n").collect::<String>();
-    image_with(&plan, Vec::new())
+    image_with(&plan, Vec::new(), KvmHost::Bookworm)
 }
 
 /// A file for KVM's host image: path inside it, mode, contents.
 pub type ImageFile = (String, u32, Vec<u8>);
 
 /// The image of KVM's host with the driver's `plan` (its lines: linux-guest/src/bin/kvm-peer.rs)
-/// and `extra` files (test kernels the plan names).
-pub fn image_with(plan: &str, extra: Vec<ImageFile>) -> Result<Image> {
+/// and `extra` files (test kernels the plan names), on `host`'s kernel.
+pub fn image_with(plan: &str, extra: Vec<ImageFile>, host: KvmHost) -> Result<Image> {
     let cache = crate::deps::cache_dir();
     let debian = linux::debian(&cache)?;
+    let (vmlinuz, kernel_package) = host_kernel(&cache, host)?;
     let qemu = qemu(&cache)?;
     let workload_path = linux::build_workload()?;
     let driver = fs::read(workload_path.with_file_name("kvm-peer")).context("the kvm-peer driver")?;
     let workload = fs::read(&workload_path)?;
     let bench = crate::guests::build()?.remove("ipi-bench").context("no ipi-bench guest")?;
     // The package root: .../root/boot/vmlinuz-VERSION.
-    let kroot = debian.vmlinuz.parent().and_then(Path::parent).context("the kernel package's root")?;
-    let kver =
-        debian.vmlinuz.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
-    let modules = kroot.join("lib/modules").join(&kver).join("kernel");
+    let kroot = vmlinuz.parent().and_then(Path::parent).context("the kernel package's root")?;
+    let kver = vmlinuz.file_name().unwrap_or_default().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+    // Trixie's packages follow the merged /usr.
+    let modules = ["lib/modules", "usr/lib/modules"]
+        .iter()
+        .map(|d| kroot.join(d).join(&kver).join("kernel"))
+        .find(|p| p.is_dir())
+        .with_context(|| format!("no lib/modules/{kver} in {kernel_package}"))?;
     let mut files: Vec<(String, u32, Vec<u8>)> = vec![
         ("bin/busybox".into(), 0o755, fs::read(&debian.busybox)?),
         ("bin/ipi-workload".into(), 0o755, workload),
@@ -285,8 +338,7 @@ pub fn image_with(plan: &str, extra: Vec<ImageFile>) -> Result<Image> {
         ("lib64/ld-linux-x86-64.so.2".into(), 0o755, fs::read(&qemu.loader)?),
     ];
     for (m, at) in [("irqbypass", "virt/lib"), ("kvm", "arch/x86/kvm"), ("kvm-intel", "arch/x86/kvm")] {
-        let p = modules.join(at).join(format!("{m}.ko"));
-        files.push((format!("lib/modules/{m}.ko"), 0o644, fs::read(&p).with_context(|| format!("{}", p.display()))?));
+        files.push((format!("lib/modules/{m}.ko"), 0o644, module(&modules, at, m)?));
     }
     for (soname, p) in &qemu.libs {
         files.push((format!("lib/x86_64-linux-gnu/{soname}"), 0o755, fs::read(p)?));
@@ -311,6 +363,7 @@ pub fn image_with(plan: &str, extra: Vec<ImageFile>) -> Result<Image> {
         "usr/share/qemu",
         "usr/share/seabios",
         "kut",
+        "nested",
     ];
     let mut entries: Vec<Entry> = dirs.iter().map(|d| Entry::Dir(d)).collect();
     entries.push(Entry::CharDev { path: "dev/console", major: 5, minor: 1 });
@@ -320,10 +373,10 @@ pub fn image_with(plan: &str, extra: Vec<ImageFile>) -> Result<Image> {
     fs::create_dir_all(linux::OUT_DIR)?;
     fs::write(Path::new(linux::OUT_DIR).join("kvm-peer-initramfs.cpio"), &initrd)?;
     Ok(Image {
-        kernel: fs::read(&debian.vmlinuz)?,
+        kernel: fs::read(&vmlinuz)?,
         describe: format!(
             "{}, {}, {} libraries, initramfs {} MiB",
-            debian.kernel_package,
+            kernel_package,
             qemu.package,
             qemu.libs.len(),
             initrd.len() >> 20

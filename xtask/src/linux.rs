@@ -45,6 +45,19 @@ pub fn debian(cache: &Path) -> Result<Debian> {
     // One xtask at a time updates the private index and unpacks packages into the cache.
     let _lock = lock_cache(cache)?;
     let apt = private_apt(cache)?;
+    let (vmlinuz, kernel_package) = kernel_of(cache, &apt)?;
+    let bb_ver = apt.candidate(BUSYBOX)?;
+    let busybox = extracted(&apt, BUSYBOX, &bb_ver, &package_dir(cache, BUSYBOX, &bb_ver), |root| {
+        let p = root.join("bin/busybox");
+        if p.is_file() { Ok(p) } else { bail!("no bin/busybox in {BUSYBOX}") }
+    })?;
+    let d = Debian { vmlinuz, kernel_package, busybox };
+    Ok(DEBIAN.get_or_init(|| d).clone())
+}
+
+/// The current kernel of the suite `apt` indexes (what [`KERNEL_META`] depends on), unpacked
+/// under the cache (call with [`lock_cache`] held): its `vmlinuz` and `package version`.
+pub fn kernel_of(cache: &Path, apt: &PrivateApt) -> Result<(PathBuf, String)> {
     let kernel_pkg = apt
         .depends(KERNEL_META)?
         .into_iter()
@@ -52,20 +65,14 @@ pub fn debian(cache: &Path) -> Result<Debian> {
         .with_context(|| format!("{KERNEL_META} depends on no linux-image-*-amd64 package"))?;
     let kernel_ver = apt.candidate(&kernel_pkg)?;
     let kernel_dir = package_dir(cache, &kernel_pkg, &kernel_ver);
-    let vmlinuz = extracted(&apt, &kernel_pkg, &kernel_ver, &kernel_dir, |root| {
+    let vmlinuz = extracted(apt, &kernel_pkg, &kernel_ver, &kernel_dir, |root| {
         let boot = root.join("boot");
         fs::read_dir(&boot)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
             .with_context(|| format!("no boot/vmlinuz-* in {kernel_pkg}"))
     })?;
-    let bb_ver = apt.candidate(BUSYBOX)?;
-    let busybox = extracted(&apt, BUSYBOX, &bb_ver, &package_dir(cache, BUSYBOX, &bb_ver), |root| {
-        let p = root.join("bin/busybox");
-        if p.is_file() { Ok(p) } else { bail!("no bin/busybox in {BUSYBOX}") }
-    })?;
-    let d = Debian { vmlinuz, kernel_package: format!("{kernel_pkg} {kernel_ver}"), busybox };
-    Ok(DEBIAN.get_or_init(|| d).clone())
+    Ok((vmlinuz, format!("{kernel_pkg} {kernel_ver}")))
 }
 
 /// Holds the Debian package cache for this process until dropped (one xtask at a time updates
@@ -77,16 +84,24 @@ pub fn lock_cache(cache: &Path) -> Result<fs::File> {
     Ok(lock)
 }
 
-static INDEX_FETCHED: OnceLock<()> = OnceLock::new();
+static INDEX_FETCHED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// apt on [`SUITE`]'s binary packages from the machine's own Debian mirror, its index fetched
 /// once per process (call with [`lock_cache`] held).
 pub fn private_apt(cache: &Path) -> Result<PrivateApt> {
-    let apt = PrivateApt::new(&cache.join(format!("apt-{SUITE}")), Privilege::detect())?;
-    if INDEX_FETCHED.get().is_none() {
+    private_apt_for(cache, SUITE)
+}
+
+/// apt on `suite`'s binary packages (another Debian release than the machine's, e.g. the KVM
+/// host's `trixie`) from the machine's own Debian mirror, its index fetched once per process
+/// (call with [`lock_cache`] held).
+pub fn private_apt_for(cache: &Path, suite: &str) -> Result<PrivateApt> {
+    let apt = PrivateApt::new(&cache.join(format!("apt-{suite}")), Privilege::detect())?;
+    let mut fetched = INDEX_FETCHED.lock().unwrap_or_else(|e| e.into_inner());
+    if !fetched.iter().any(|s| s == suite) {
         let mirror = apt::debian_mirrors()?.into_iter().next().context("no Debian mirror in apt's configuration")?;
-        apt.update_binary(&mirror, SUITE)?;
-        let _ = INDEX_FETCHED.set(());
+        apt.update_binary(&mirror, suite)?;
+        fetched.push(suite.to_string());
     }
     Ok(apt)
 }

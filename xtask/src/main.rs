@@ -14,6 +14,7 @@ mod image;
 mod kvm_peer;
 mod linux;
 mod linux_native;
+mod nested;
 mod plot;
 mod progress;
 mod qemu_guest;
@@ -188,6 +189,8 @@ fn needs(platform: run::Platform, uefi: bool) -> Vec<deps::Need> {
         run::Platform::Bochs => vec![deps::Need::Bochs],
         run::Platform::Qemu | run::Platform::QemuKvm if uefi => vec![deps::Need::Qemu, deps::Need::Uefi],
         run::Platform::Qemu | run::Platform::QemuKvm => vec![deps::Need::Qemu],
+        // KVM's host boots from a boot sector assembled with GNU as and ld.
+        run::Platform::NestedKvm => vec![deps::Need::Bochs, deps::Need::Fixtures],
     }
 }
 

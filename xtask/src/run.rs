@@ -21,6 +21,9 @@ pub enum Platform {
     Qemu,
     /// QEMU with KVM (`-enable-kvm -cpu host`): needs a host with (nested) VMX.
     QemuKvm,
+    /// The hypervisor as an L1 under KVM, on the project's Bochs: one Bochs boot of Debian's
+    /// kernel as KVM's host runs it under Debian's QEMU with `-enable-kvm -cpu host`.
+    NestedKvm,
 }
 
 impl Platform {
@@ -29,6 +32,7 @@ impl Platform {
             Self::Bochs => "bochs",
             Self::Qemu => "qemu",
             Self::QemuKvm => "qemu-kvm",
+            Self::NestedKvm => "nested-kvm",
         }
     }
 }
@@ -144,6 +148,14 @@ pub struct RunArgs {
     /// does with --guest or --kernel; the bench's "bare" cells ask it for a manifest).
     #[arg(skip)]
     pub direct: bool,
+    /// KVM's host for --platform nested-kvm: Debian's trixie (6.12) or bookworm (6.1, whose
+    /// nested posted interrupts have two bugs: docs/hardware.md).
+    #[arg(long, value_enum, default_value = "trixie")]
+    pub kvm_host: crate::kvm_peer::KvmHost,
+    /// `kvm_intel` parameters for --platform nested-kvm (e.g. `enable_apicv=0`; default: KVM's
+    /// defaults, nested on).
+    #[arg(long, default_value = "")]
+    pub kvm_params: String,
     /// CPU features the project's Bochs hides from its model for this run (the Linux
     /// benchmark's: `bochs::LINUX_EXCLUDED_FEATURES`).
     #[arg(skip)]
@@ -187,6 +199,8 @@ impl RunArgs {
             direct: false,
             bochs_exclude: Vec::new(),
             cpu_model: crate::bochs::DEFAULT_MODEL.into(),
+            kvm_host: crate::kvm_peer::KvmHost::Trixie,
+            kvm_params: String::new(),
         }
     }
 
@@ -195,7 +209,7 @@ impl RunArgs {
     }
 
     /// A short name for the run's output folder.
-    fn slug(&self) -> String {
+    pub fn slug(&self) -> String {
         let fw = if self.uefi { "uefi" } else { "bios" };
         let x2apic = self.x2apic.as_ref().map(|v| format!("x2apic{v}"));
         let opts: String = [&self.apic, &x2apic, &self.ipiv, &self.hlt, &self.interrupt_path]
@@ -254,11 +268,17 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     if args.platform == Platform::Qemu && (args.direct || args.guest.is_some() || args.kernel.is_some() || args.linux) {
         return crate::qemu_guest::run(args);
     }
-    if args.platform != Platform::Bochs && args.cpu_model != crate::bochs::DEFAULT_MODEL {
-        bail!("--cpu-model chooses the project's Bochs' CPU model: use it with --platform bochs");
+    if !matches!(args.platform, Platform::Bochs | Platform::NestedKvm) && args.cpu_model != crate::bochs::DEFAULT_MODEL
+    {
+        bail!("--cpu-model chooses the project's Bochs' CPU model: use it with --platform bochs or nested-kvm");
     }
-    if args.uefi && args.platform == Platform::Bochs {
-        bail!("--uefi needs a QEMU platform: the project's Bochs boots BIOS images");
+    if args.uefi && matches!(args.platform, Platform::Bochs | Platform::NestedKvm) {
+        bail!(
+            "--uefi needs a QEMU platform: the project's Bochs boots BIOS images, and KVM's host on it has SeaBIOS only"
+        );
+    }
+    if args.platform == Platform::NestedKvm {
+        return crate::nested::run(args);
     }
     let (config, guests) = compose(args, "debug-port")?;
     let dir = PathBuf::from("target/xtask/runs").join(args.slug());
@@ -285,6 +305,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             bochs::command(&bochs, &dir, &img, &serial, &m)?
         }
         Platform::Qemu | Platform::QemuKvm => qemu_command(args, &img, &serial)?,
+        Platform::NestedKvm => unreachable!("nested::run boots it"),
     };
     eprintln!(
         "xtask: booting on {}{} with {} CPUs (timeout {} s, log in {})",
@@ -302,36 +323,8 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let elapsed = start.elapsed();
     let serial_log = String::from_utf8_lossy(&fs::read(&serial)?).into_owned();
 
-    let parsed = summary::find(&serial_log);
-    let mut problems = Vec::new();
-    let mut summary = match parsed {
-        Ok(s) => s,
-        Err(e) => {
-            problems.push(format!("{e:#}"));
-            None
-        }
-    };
-    if let Some(Value::Object(m)) = summary.as_mut() {
-        m.insert("platform".into(), Value::from(args.platform.name()));
-        m.insert("firmware".into(), Value::from(if args.uefi { "uefi" } else { "bios" }));
-    }
-    let result = summary.as_ref().and_then(|s| s["result"].as_str()).and_then(RunResult::parse);
-    if timed_out {
-        problems.push(format!("timed out after {} s", args.timeout));
-    } else if summary.is_none() {
-        problems.push(format!("no HV-SUMMARY line; the emulator exited with {exit_status:?}"));
-    }
-    if let (Some(r), Some(code), false) = (result, exit_status, timed_out)
-        && code != r.emulator_exit_status()
-    {
-        problems.push(format!(
-            "summary says {} but the emulator exited with {code} (expected {})",
-            r.as_str(),
-            r.emulator_exit_status()
-        ));
-    }
-    let wanted = args.expect.as_deref().unwrap_or("pass");
-    let accepted = problems.is_empty() && result.is_some_and(|r| r == RunResult::Pass || r.as_str() == wanted);
+    let Judged { summary, result, accepted, problems } =
+        judge(args, &serial_log, exit_status, timed_out, &format!("{} s", args.timeout));
 
     if let (Some(path), Some(s)) = (&args.json, &summary) {
         fs::write(path, serde_json::to_string_pretty(s)? + "\n")
@@ -368,6 +361,52 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         }
     }
     Ok(Outcome { summary, exit_status, timed_out, accepted, serial })
+}
+
+/// What a run's console and its emulator's end say.
+pub struct Judged {
+    /// The summary with "platform" and "firmware" added; `None` when the kernel printed none.
+    pub summary: Option<Value>,
+    pub result: Option<RunResult>,
+    /// A "pass", or the `--expect`ed result, with nothing wrong besides.
+    pub accepted: bool,
+    pub problems: Vec<String>,
+}
+
+/// Judges a run of `args` from its serial log and how the emulator (or QEMU, nested) ended:
+/// the HV-SUMMARY line, and the exit status isa-debug-exit gave, which must agree with it.
+/// `limit` says what timed out, for the message.
+pub fn judge(args: &RunArgs, serial_log: &str, exit_status: Option<i32>, timed_out: bool, limit: &str) -> Judged {
+    let mut problems = Vec::new();
+    let mut summary = match summary::find(serial_log) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            None
+        }
+    };
+    if let Some(Value::Object(m)) = summary.as_mut() {
+        m.insert("platform".into(), Value::from(args.platform.name()));
+        m.insert("firmware".into(), Value::from(if args.uefi { "uefi" } else { "bios" }));
+    }
+    let result = summary.as_ref().and_then(|s| s["result"].as_str()).and_then(RunResult::parse);
+    if timed_out {
+        problems.push(format!("timed out after {limit}"));
+    } else if summary.is_none() {
+        problems.push(format!("no HV-SUMMARY line; the emulator exited with {exit_status:?}"));
+    }
+    if let (Some(r), Some(code), false) = (result, exit_status, timed_out)
+        && code != r.emulator_exit_status()
+    {
+        problems.push(format!(
+            "summary says {} but the emulator exited with {code} (expected {})",
+            r.as_str(),
+            r.emulator_exit_status()
+        ));
+    }
+    let wanted = args.expect.as_deref().unwrap_or("pass");
+    let accepted = problems.is_empty() && result.is_some_and(|r| r == RunResult::Pass || r.as_str() == wanted);
+    Judged { summary, result, accepted, problems }
 }
 
 /// The boot config text (global keys, then the manifest's `[vm]` sections) and the guest

@@ -1195,6 +1195,8 @@ fn bench_exit_counts() -> Result<()> {
         linux: false,
         peer: None,
         cpu_model: crate::bochs::DEFAULT_MODEL.into(),
+        kvm_host: crate::kvm_peer::KvmHost::Trixie,
+        kvm_params: String::new(),
     };
     let cells: Vec<Cell> = bench::matrix(4, Platform::Bochs)
         .into_iter()
@@ -1393,6 +1395,131 @@ fn kut_case(dir: &std::path::Path, paths: &[&str], apics: &[&str], only: KutOnly
     Ok(())
 }
 
+/// The path a VM took as an L2 must be the best nested KVM offers the L1: `posted` where
+/// `kvm_intel` runs with APIC virtualization (nested KVM exposes no tertiary controls, so no
+/// IPIv), `virtual-delivery` without it (no posted interrupts either).
+fn nested_path(o: &Outcome, name: &str) -> Result<()> {
+    let apicv = field(o, &["kvm", "kvm_intel", "enable_apicv"]).as_str().unwrap_or("?").to_string();
+    let want = if apicv == "Y" { "posted" } else { "virtual-delivery" };
+    let v = vm(o, name)?;
+    if v["interrupt_path"] != want {
+        bail!("VM {name}: path {} under nested KVM with enable_apicv={apicv}, expected {want}", v["interrupt_path"]);
+    }
+    if field(o, &["kvm", "kvm_intel", "nested"]) != "Y" {
+        bail!("kvm_intel should run with nested=Y: {}", field(o, &["kvm"]));
+    }
+    Ok(())
+}
+
+/// The L2s of `cargo xtask test --filter nested`: the hypervisor as an L1 under KVM on the
+/// project's Bochs (`--platform nested-kvm`), all cases in one boot of KVM's host.
+fn nested_cases() -> Vec<Case> {
+    let l1 = |cpus: u32, list: &str, apic: &str| RunArgs {
+        apic: Some(apic.into()),
+        memory: 256,
+        ..RunArgs::new(Platform::NestedKvm, cpus).with_guests(list)
+    };
+    vec![
+        Case {
+            name: "nested-smp-boot",
+            args: l1(2, "smp-boot:2", "x2apic"),
+            check: |o| {
+                smp_boot_ok(o, 2)?;
+                nested_path(o, "smp-boot-0")
+            },
+        },
+        Case {
+            name: "nested-ipi-basic-xapic",
+            args: l1(2, "ipi-basic:2", "xapic"),
+            check: |o| {
+                vm_result(o, "ipi-basic-0", "pass")?;
+                every_vcpu_reported(o, "ipi-basic-0", 2)?;
+                nested_path(o, "ipi-basic-0")
+            },
+        },
+        Case {
+            name: "nested-ipi-basic-x2apic",
+            args: l1(2, "ipi-basic:2", "x2apic"),
+            check: |o| {
+                vm_result(o, "ipi-basic-0", "pass")?;
+                every_vcpu_reported(o, "ipi-basic-0", 2)?;
+                nested_path(o, "ipi-basic-0")
+            },
+        },
+        Case {
+            name: "nested-timer",
+            args: l1(2, "timer:2", "x2apic"),
+            check: |o| {
+                timer_ok(o, 2, "x2apic", "preemption")?;
+                nested_path(o, "timer-0")
+            },
+        },
+        Case {
+            name: "nested-ipi-storm",
+            args: l1(2, "ipi-storm:2", "x2apic"),
+            check: |o| {
+                vm_result(o, "ipi-storm-0", "pass")?;
+                every_vcpu_reported(o, "ipi-storm-0", 2)?;
+                ipi_storm_counts(o, "ipi-storm-0")?;
+                nested_path(o, "ipi-storm-0")
+            },
+        },
+        Case {
+            name: "nested-hostile-icr",
+            args: l1(3, "hostile-icr:2,neighbour", "x2apic"),
+            check: |o| {
+                hostile_ended(o, "hostile-icr-0", "pass", "")?;
+                every_vcpu_reported(o, "hostile-icr-0", 2)?;
+                neighbour_untouched(o, "neighbour-1")?;
+                nested_path(o, "hostile-icr-0")
+            },
+        },
+    ]
+}
+
+/// The nested cases the filter selects, in one boot of KVM's host (Bochs with as many CPUs
+/// as the largest case gives QEMU, plus one for QEMU's other threads).
+fn nested_group(tally: &mut Tally<'_>, cpu_model: &str) {
+    let cases: Vec<Case> =
+        nested_cases().into_iter().filter(|c| tally.filter.is_none_or(|f| c.name.contains(f))).collect();
+    if cases.is_empty() {
+        return;
+    }
+    let runs: Vec<crate::nested::Case> =
+        cases.iter().map(|c| crate::nested::Case { name: c.name.into(), args: c.args.clone() }).collect();
+    let host = crate::nested::Host {
+        label: "test",
+        kvm_host: crate::kvm_peer::KvmHost::Trixie,
+        kvm_params: String::new(),
+        cpu_model: cpu_model.into(),
+        cpus: runs.iter().map(|c| c.args.cpus).max().unwrap_or(1) + 1,
+        exclude: &[],
+        echo: false,
+    };
+    eprintln!("xtask test: {} nested cases in one boot of KVM's host on bochs ...", cases.len());
+    let t = Instant::now();
+    let outcomes = crate::nested::run_cases(&runs, &host);
+    eprintln!("xtask test: KVM's host ran for {:.1} s", t.elapsed().as_secs_f64());
+    match outcomes {
+        Ok(outcomes) => {
+            for (c, o) in cases.iter().zip(outcomes) {
+                tally.check(c.name, || {
+                    eprintln!("  {:.2} s of KVM's host's clock", o.host_ms as f64 / 1000.0);
+                    if o.outcome.timed_out {
+                        bail!("timed out");
+                    }
+                    (c.check)(&o.outcome)
+                });
+            }
+        }
+        Err(e) => {
+            for c in &cases {
+                tally.check(c.name, || bail!("KVM's host did not run: {e:#}"));
+            }
+        }
+    }
+}
+
 /// Runs named checks, counting and reporting each.
 struct Tally<'a> {
     filter: Option<&'a str>,
@@ -1495,6 +1622,8 @@ pub fn run_all(args: &TestArgs) -> Result<()> {
     tally.check("linux-smp-x2apic-ipiv-beside-guest", linux_beside_guest);
     tally.check("linux-qemu-reference", linux_on_qemu);
     tally.check("linux-smp-xapic-injection", linux_on_injection_path);
+    // The hypervisor as an L1 under KVM on the project's Bochs.
+    nested_group(&mut tally, &args.cpu_model);
     // `cargo xtask bench --peer kvm` is too slow for the suite; its image must build.
     tally.check("kvm-peer-image", kvm_peer_image);
     // kvm-unit-tests, where the folder is (test inputs, not part of the repository).

@@ -214,11 +214,14 @@ fn main(me: u32, info: &'static Platform) {
     // paths) every interrupt from another vCPU costs its receiver such an exit, unless one
     // already pending covers it.
     let kicks = if n > 1 && me == n - 1 { 1 } else { 0 };
+    // A nested KVM with the bug of docs/hardware.md turns notifications into exits the
+    // hypervisor counts apart and processes as the processor would have: not the hypervisor's.
+    let notified = hypercall::posted_notification_exits();
     if hv && info.interrupt_path.is_some_and(|p| p >= InterruptPath::Posted) {
-        assert_eq!(ext_int, kicks, "receivers take posted interrupts without external-interrupt exits");
+        assert_eq!(ext_int - notified, kicks, "receivers take posted interrupts without external-interrupt exits");
     }
     report!(
-        r#"{{"test":"ipi-basic","vcpu":{me},"apic":"{}","ipiv":{},"sent":{sent},"covered_sent":{covered},"covered_exits":{covered_exits},"uncovered_sent":{uncovered},"received":{received},"woken_from_hlt":{woken},"interrupt_path":"{}","exits":{{"apic_write":{apic_write},"wrmsr":{wrmsr},"apic_access":{apic_access},"external_interrupt":{ext_int},"hlt":{hlt}}}}}"#,
+        r#"{{"test":"ipi-basic","vcpu":{me},"apic":"{}","ipiv":{},"sent":{sent},"covered_sent":{covered},"covered_exits":{covered_exits},"uncovered_sent":{uncovered},"received":{received},"woken_from_hlt":{woken},"interrupt_path":"{}","exits":{{"apic_write":{apic_write},"wrmsr":{wrmsr},"apic_access":{apic_access},"external_interrupt":{ext_int},"hlt":{hlt}}},"posted_notification_exits":{notified}}}"#,
         if apic::is_x2apic() { "x2apic" } else { "xapic" },
         info.ipiv != 0,
         info.interrupt_path.map_or("none", |p| p.as_str())

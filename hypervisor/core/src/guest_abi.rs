@@ -13,8 +13,16 @@ pub mod hypercall {
     /// End this vCPU: code 0 = passed, anything else = failed (ends the VM). Does not return.
     pub const EXIT: u64 = 3;
     /// Copy this vCPU's exit counters (one u64 per basic exit reason) to `ptr`, at most `count`
-    /// of them; returns how many were written.
+    /// of them; returns how many were written. After the basic reasons comes one more slot,
+    /// [`EXIT_COUNTER_POSTED_NOTIFICATION`].
     pub const EXIT_COUNTERS: u64 = 4;
+    /// The slot after the basic exit reasons: external-interrupt exits that carried the
+    /// posted-interrupt notification vector on a path where the processor processes posted
+    /// interrupts (also counted as external-interrupt exits). Hardware takes none; a nested
+    /// KVM with a known bug hands them to its L1 (docs/hardware.md).
+    pub const EXIT_COUNTER_POSTED_NOTIFICATION: usize = crate::vmx::exit_reason::COUNT;
+    /// How many slots EXIT_COUNTERS fills at most.
+    pub const EXIT_COUNTER_SLOTS: usize = EXIT_COUNTER_POSTED_NOTIFICATION + 1;
 
     /// Test support for the IPIv rules (docs/platform.md): `ptr` = target vCPU index, `count`
     /// = operation on its posted-interrupt descriptor (the PID_* constants); returns the

@@ -10,7 +10,7 @@ use core::fmt::{self, Write};
 use crate::exits::census::Window;
 use crate::exits::counters::ExitCounters;
 use crate::manifest::VmResult;
-use crate::vmx::caps::VmxFeatures;
+use crate::vmx::caps::{VmxFeatures, VmxMsrs};
 
 /// Prefix of the summary line on the serial console.
 pub const SUMMARY_PREFIX: &str = "HV-SUMMARY ";
@@ -190,6 +190,9 @@ pub struct HvSummary {
     /// The processor's brand string (CPUID 0x80000002-4), set after `judge`: which CPU model
     /// the run's paths and refusals are about.
     pub cpu_model: String,
+    /// The VMX capability MSRs the bootstrap processor read, set after `judge`: what a nested
+    /// hypervisor underneath offers is recorded from runs, not derived (docs/hardware.md).
+    pub vmx_msrs: Option<VmxMsrs>,
 }
 
 impl HvSummary {
@@ -240,6 +243,7 @@ impl HvSummary {
             vms,
             native: None,
             cpu_model: String::new(),
+            vmx_msrs: None,
         }
     }
 
@@ -314,6 +318,39 @@ impl fmt::Display for OptStr<'_> {
     }
 }
 
+/// `{"feature_control": "0x5", ...}`: each capability MSR as hex text (JSON numbers lose
+/// 64-bit precision in many readers); absent MSRs as null.
+struct MsrsJson<'a>(&'a VmxMsrs);
+
+impl fmt::Display for MsrsJson<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        let opt = |v: Option<u64>| v.map(|v| alloc::format!("\"{v:#x}\"")).unwrap_or_else(|| "null".into());
+        write!(
+            f,
+            "{{\"cpuid_vmx\":{},\"feature_control\":\"{:#x}\",\"basic\":\"{:#x}\",\"pinbased\":\"{:#x}\",\
+             \"procbased\":\"{:#x}\",\"exit\":\"{:#x}\",\"entry\":\"{:#x}\",\"procbased2\":{},\"procbased3\":{},\
+             \"ept_vpid_cap\":{},\"misc\":\"{:#x}\",\"cr0_fixed0\":\"{:#x}\",\"cr0_fixed1\":\"{:#x}\",\
+             \"cr4_fixed0\":\"{:#x}\",\"cr4_fixed1\":\"{:#x}\"}}",
+            m.cpuid_vmx,
+            m.feature_control,
+            m.basic,
+            m.pinbased,
+            m.procbased,
+            m.exit,
+            m.entry,
+            opt(m.procbased2),
+            opt(m.procbased3),
+            opt(m.ept_vpid_cap),
+            m.misc,
+            m.cr0_fixed0,
+            m.cr0_fixed1,
+            m.cr4_fixed0,
+            m.cr4_fixed1
+        )
+    }
+}
+
 /// The summary as one line of JSON (no prefix).
 impl fmt::Display for HvSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -342,6 +379,9 @@ impl fmt::Display for HvSummary {
             s && v.vpid,
             s && v.unrestricted_guest
         )?;
+        if let Some(m) = &self.vmx_msrs {
+            write!(f, "\"vmx_msrs\":{},", MsrsJson(m))?;
+        }
         write!(f, "\"tsc_hz\":{},\"cpu_model\":{},\"cpus\":[", self.tsc_hz, JsonStr(&self.cpu_model))?;
         for (i, c) in self.cpus.iter().enumerate() {
             if i > 0 {
@@ -426,6 +466,18 @@ mod tests {
         assert_eq!(v["native"]["apic"], "x2apic");
         assert_eq!(v["native"]["cycles"]["median"], 2);
         assert_eq!(v["native"]["iterations"], 100);
+        assert!(v["vmx_msrs"].is_null(), "only where the kernel read them");
+        s.vmx_msrs = Some(VmxMsrs {
+            cpuid_vmx: true,
+            basic: 0x00d8_1000_11e5_7ed0,
+            procbased2: Some(0x0213_7bff_0000_0000),
+            ..Default::default()
+        });
+        let v: serde_json::Value = serde_json::from_str(&s.to_string()).unwrap();
+        assert_eq!(v["vmx_msrs"]["basic"], "0xd8100011e57ed0", "hex text: 64-bit values survive any JSON reader");
+        assert_eq!(v["vmx_msrs"]["procbased2"], "0x2137bff00000000");
+        assert!(v["vmx_msrs"]["procbased3"].is_null(), "absent MSRs are null");
+        assert_eq!(v["vmx_msrs"]["cpuid_vmx"], true);
     }
 
     #[test]

@@ -207,6 +207,7 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     let mut summary = HvSummary::judge(expected, unsupported, features, tsc_hz, reports, vm_reports);
     summary.native = native;
     summary.cpu_model = cpu::brand();
+    summary.vmx_msrs = Some(msrs);
     match vm_error {
         // Without VMX the platform stays "unsupported"; the reason says the VMs could not run.
         Some(e) if summary.result == RunResult::Unsupported => {

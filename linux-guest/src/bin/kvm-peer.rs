@@ -12,8 +12,11 @@
 //! The plan, one cell per line, fields separated by tabs:
 //! `name  kvm_intel-parameters  vcpus  qemu-extra-arguments  kernel-arguments  timeout-seconds`
 //! and optionally `kernel  initrd`: another multiboot kernel in the image than `ipi-bench` (the
-//! kvm-unit-tests binaries of `cargo xtask conformance --peer kvm`) and its `-initrd`. Every
-//! line the guest prints is in the cell's report (`output`).
+//! kvm-unit-tests binaries of `cargo xtask conformance --peer kvm`) and its `-initrd`; a
+//! `kernel` ending in `.img` is a disk image QEMU boots as a PC's first disk (the hypervisor's
+//! own image, as an L1, for `--platform nested-kvm`), and an empty `kernel-arguments` passes no
+//! `-append`. A `-m` among the extra arguments replaces the default 128 MiB. Every line the
+//! guest prints is in the cell's report (`output`).
 
 use serde_json::{Map, Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -99,6 +102,8 @@ fn load_kvm_intel(params: &str) -> Result<Value, String> {
     let params = [
         ("kvm_intel", "enable_apicv"),
         ("kvm_intel", "enable_ipiv"),
+        ("kvm_intel", "nested"),
+        ("kvm_intel", "enable_shadow_vmcs"),
         ("kvm_intel", "preemption_timer"),
         ("kvm_intel", "ept"),
         ("kvm_intel", "vpid"),
@@ -119,11 +124,14 @@ struct Qmp {
 }
 
 impl Qmp {
-    fn connect(deadline: Instant) -> Result<Self, String> {
+    /// Connects once QEMU listens; gives up at `deadline` or when QEMU (`child`) has ended.
+    fn connect(deadline: Instant, child: &mut Child) -> Result<Self, String> {
         let s = loop {
             match UnixStream::connect(QMP) {
                 Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => return Err(format!("QMP socket: {e}")),
+                Err(e) if Instant::now() > deadline || !matches!(child.try_wait(), Ok(None)) => {
+                    return Err(format!("QMP socket: {e}"));
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
@@ -269,13 +277,26 @@ fn ack(stdin: &mut ChildStdin) -> Result<(), String> {
 fn start_qemu(cell: &Cell) -> Result<Child, String> {
     let _ = std::fs::remove_file(QMP);
     let mut cmd = Command::new("/usr/bin/qemu-system-x86_64");
-    cmd.args(["-enable-kvm", "-cpu", "host", "-m", "128", "-nodefaults", "-display", "none", "-serial", "stdio"])
+    cmd.args(["-enable-kvm", "-cpu", "host", "-nodefaults", "-display", "none", "-serial", "stdio"])
         .args(["-smp", &cell.vcpus.to_string()])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x4"])
-        .args(["-qmp", &format!("unix:{QMP},server=on,wait=off")])
-        .args(&cell.qemu_extra)
-        .args(["-kernel", &cell.kernel, "-append", &cell.append])
-        .args(cell.initrd.iter().flat_map(|i| ["-initrd", i.as_str()]))
+        .args(["-qmp", &format!("unix:{QMP},server=on,wait=off")]);
+    if !cell.qemu_extra.iter().any(|a| a == "-m") {
+        cmd.args(["-m", "128"]);
+    }
+    cmd.args(&cell.qemu_extra);
+    if cell.kernel.ends_with(".img") {
+        // A disk image's boot loader asks the BIOS for a VESA mode: give it a VGA card.
+        cmd.args(["-machine", "q35", "-vga", "std", "-no-reboot"])
+            .arg("-drive")
+            .arg(format!("format=raw,file={}", cell.kernel));
+    } else {
+        cmd.args(["-kernel", &cell.kernel]);
+    }
+    if !cell.append.is_empty() {
+        cmd.args(["-append", &cell.append]);
+    }
+    cmd.args(cell.initrd.iter().flat_map(|i| ["-initrd", i.as_str()]))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -298,7 +319,7 @@ fn measure(cell: &Cell) -> Value {
     let out = lines_of(child.stdout.take().expect("piped"));
     let err = lines_of(child.stderr.take().expect("piped"));
     let deadline = start + cell.timeout;
-    let mut qmp = match Qmp::connect(deadline) {
+    let mut qmp = match Qmp::connect(deadline, &mut child) {
         Ok(q) => Some(q),
         Err(e) => {
             rec["error"] = json!(e);

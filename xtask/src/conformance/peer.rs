@@ -70,7 +70,7 @@ pub fn run(entries: &[Entry], jobs: &[Job], dir: &Path, args: &ConformanceArgs) 
         let data = std::fs::read(dir.join(b)).with_context(|| format!("reading {}", dir.join(b).display()))?;
         files.push((format!("kut/{b}"), 0o644, data));
     }
-    let img = kvm_peer::image_with(&plan, files)?;
+    let img = kvm_peer::image_with(&plan, files, kvm_peer::KvmHost::Bookworm)?;
     eprintln!("xtask conformance: KVM's host: {}", img.describe);
     let machine = Machine { model: &args.cpu_model, cpus: HOST_CPUS, memory_mib: kvm_peer::HOST_RAM_MIB, exclude: &[] };
     let timeout = 900 + entries.len() as u64 * 600;

@@ -94,6 +94,11 @@ exit_counters! {
     /// level-triggered ones passed back to it (EOI-induced exits).
     device_interrupts,
     device_eois,
+    /// External-interrupt exits that carried the posted-interrupt notification vector on a
+    /// path where the processor processes posted interrupts: never on hardware (SDM Vol. 3C
+    /// §30.6), but KVM's nested VMX before a 2024 fix hands an L2's notification to L1 this way
+    /// (docs/hardware.md). Each is processed as the processor would have.
+    posted_notification_exits,
 }
 
 impl ExitCounters {

@@ -353,6 +353,12 @@ impl Controls {
         self.secondary & (1 << secondary_bits::VIRTUAL_INTERRUPT_DELIVERY) != 0
     }
 
+    /// Whether "process posted interrupts" is set (pin-based bit 7; SDM Vol. 3C §30.6): the
+    /// processor itself moves what is posted into the virtual APIC on a notification.
+    pub fn process_posted_interrupts(&self) -> bool {
+        self.pin & (1 << pin_bits::PROCESS_POSTED_INTERRUPTS) != 0
+    }
+
     /// Whether "use TPR shadow" is set (else CR8 accesses exit: the injection path without one).
     pub fn tpr_shadow(&self) -> bool {
         self.primary & (1 << primary_bits::USE_TPR_SHADOW) != 0

@@ -187,21 +187,18 @@ fn control_caps_split_allowed_0_and_allowed_1() {
     assert!(!c.allows(8));
 }
 
-/// What KVM's nested VMX offers an L1 hypervisor on a Sapphire Rapids host with default module
-/// parameters (no MPX, with SGX, INS/OUTS reporting and 5-level EPT on the host), derived from
-/// Linux's arch/x86/kvm/vmx/nested.c, `nested_vmx_setup_ctls_msrs` and the helpers it calls
-/// (`nested_vmx_setup_pinbased_ctls`, `_cpubased_ctls`, `_secondary_ctls`, `_exit_ctls`,
-/// `_entry_ctls`, `_misc_data`, `_basic`, `_cr_fixed`), as read in gregkh/linux at
-/// 0e729a53689257803ec0c3d633b26f6a5e57d22b (about v6.12), with the host masks of vmx.c's
-/// `setup_vmcs_config`. Not read from a machine: where a value follows the host it is an
-/// assumption about Sapphire Rapids. What matters for this hypervisor: primary bit 17
+/// What KVM's nested VMX offers an L1 hypervisor, as this hypervisor read it running as that L1
+/// (`cargo xtask run --platform nested-kvm`, HV-SUMMARY `vmx_msrs`, 2026-12-07): Debian
+/// trixie's 6.12.117 kernel as KVM's host with default `kvm_intel` parameters (nested=Y,
+/// enable_apicv=Y, enable_ipiv=Y), Debian's QEMU 7.2 with `-enable-kvm -cpu host`, on the
+/// project's Bochs (`sapphire_rapids`). Bookworm's 6.1.176 gave the same values. Primary bit 17
 /// ("activate tertiary controls") is never offered, so IA32_VMX_PROCBASED_CTLS3 is not there
 /// and IPIv cannot be used by an L1; posted interrupts, APIC virtualization, EPT, VPID and
 /// unrestricted guest are.
-fn nested_kvm_sapphire_rapids() -> BTreeMap<u32, u64> {
+fn nested_kvm_measured() -> BTreeMap<u32, u64> {
     BTreeMap::from([
-        // QEMU sets IA32_FEATURE_CONTROL locked with VMX outside SMX for a guest with VMX.
-        (IA32_FEATURE_CONTROL, 0x5),
+        // QEMU locks it with VMX outside SMX and LMCE (bit 20) on for a guest with VMX.
+        (IA32_FEATURE_CONTROL, 0x10_0005),
         // VMCS12 revision 0x11e57ed0, 4 KiB, write-back, INS/OUTS info (54), true controls (55).
         (IA32_VMX_BASIC, 0x00d8_1000_11e5_7ed0),
         // Posted interrupts (7) with enable_apicv; the preemption timer (6) is emulated.
@@ -213,16 +210,76 @@ fn nested_kvm_sapphire_rapids() -> BTreeMap<u32, u64> {
         // APIC accesses (0), EPT (1), x2APIC mode (4), VPID (5), unrestricted guest (7),
         // APIC-register virtualization (8), virtual-interrupt delivery (9), ...; no PAUSE-loop
         // exiting (10).
-        (IA32_VMX_PROCBASED_CTLS2, 0x0613_fbff_0000_0000),
-        (IA32_VMX_EPT_VPID_CAP, 0xf01_0633_40c1),
+        (IA32_VMX_PROCBASED_CTLS2, 0x0213_7bff_0000_0000),
+        (IA32_VMX_EPT_VPID_CAP, 0xf01_0633_4041),
         // Preemption-timer rate 5, HLT and wait-for-SIPI activity states, VMWRITE to any field.
         (IA32_VMX_MISC, 0x2000_0165),
         (IA32_VMX_CR0_FIXED0, 0x8000_0021),
         (IA32_VMX_CR0_FIXED1, 0xffff_ffff),
         (IA32_VMX_CR4_FIXED0, 0x2000),
-        // KVM derives it from the guest's CPUID; the Bochs model's value stands in for it.
-        (IA32_VMX_CR4_FIXED1, 0x3f7_3fff),
+        (IA32_VMX_CR4_FIXED1, 0x77_3fff),
     ])
+}
+
+/// The same, with `kvm_intel enable_apicv=0` (read on bookworm's 6.1 by the same procedure):
+/// no posted interrupts (pin-based bit 7), the rest unchanged.
+fn nested_kvm_measured_apicv_off() -> BTreeMap<u32, u64> {
+    let mut m = nested_kvm_measured();
+    m.insert(IA32_VMX_TRUE_PINBASED_CTLS, 0x7f_0000_0016);
+    m
+}
+
+/// What this project predicted before it could measure: derived from Linux's
+/// arch/x86/kvm/vmx/nested.c (`nested_vmx_setup_ctls_msrs` and its helpers, gregkh/linux at
+/// 0e729a53689257803ec0c3d633b26f6a5e57d22b, about v6.12) with vmx.c's host masks, for a
+/// Sapphire Rapids host (with SGX, WAITPKG and 5-level EPT). Kept to show where a derivation
+/// goes wrong (docs/hardware.md): the host-dependent bits.
+fn nested_kvm_derived_from_source() -> BTreeMap<u32, u64> {
+    let mut m = nested_kvm_measured();
+    m.insert(IA32_FEATURE_CONTROL, 0x5);
+    m.insert(IA32_VMX_PROCBASED_CTLS2, 0x0613_fbff_0000_0000);
+    m.insert(IA32_VMX_EPT_VPID_CAP, 0xf01_0633_40c1);
+    m.insert(IA32_VMX_CR4_FIXED1, 0x3f7_3fff);
+    m
+}
+
+/// The measurement differs from the derivation only in bits that follow the host CPU (which
+/// the project's Bochs model lacks) or QEMU, none of which this hypervisor uses: LMCE in
+/// IA32_FEATURE_CONTROL (20), ENCLS exiting (15, SGX) and user wait and pause (26, WAITPKG) in
+/// the secondary controls, 5-level EPT (7), and CR4.CET/PKS/UINTR (23-25) in CR4_FIXED1.
+#[test]
+fn measured_nested_kvm_differs_from_the_derivation_only_in_host_dependent_bits() {
+    let (measured, derived) = (nested_kvm_measured(), nested_kvm_derived_from_source());
+    let diff: Vec<(u32, Vec<u32>)> = measured
+        .iter()
+        .filter_map(|(msr, v)| {
+            let x = v ^ derived[msr];
+            (x != 0).then(|| (*msr, (0..64).filter(|b| x >> b & 1 != 0).collect()))
+        })
+        .collect();
+    assert_eq!(
+        diff,
+        std::vec![
+            (IA32_FEATURE_CONTROL, std::vec![20]),
+            (IA32_VMX_CR4_FIXED1, std::vec![23, 24, 25]),
+            (IA32_VMX_PROCBASED_CTLS2, std::vec![32 + 15, 32 + 26]),
+            (IA32_VMX_EPT_VPID_CAP, std::vec![7]),
+        ]
+    );
+    let (m, d) = (features(&measured), features(&derived));
+    assert_eq!(m, d, "the same features, so the same interrupt path");
+}
+
+#[test]
+fn nested_kvm_without_apicv_runs_on_the_virtual_delivery_path() {
+    use crate::manifest::IpivSetting;
+    use crate::vmx::controls::VcpuControlOptions;
+    use crate::vmx::interrupt_path::{InterruptPath, choose};
+    let caps = VmxCaps::decode(&read(true, &nested_kvm_measured_apicv_off()).0).unwrap();
+    assert!(!caps.features().posted_interrupts);
+    let base = VcpuControlOptions { unrestricted_guest: true, ..Default::default() };
+    let c = choose(&caps, IpivSetting::Auto, None, base).unwrap();
+    assert_eq!(c.path, InterruptPath::VirtualDelivery);
 }
 
 #[test]
@@ -230,7 +287,7 @@ fn nested_kvm_offers_everything_but_tertiary_controls_and_the_controls_negotiate
     use crate::manifest::IpivSetting;
     use crate::vmx::controls::{VcpuControlOptions, vcpu_controls};
     use crate::vmx::interrupt_path::{InterruptPath, PathError, choose};
-    let (m, seen) = read(true, &nested_kvm_sapphire_rapids());
+    let (m, seen) = read(true, &nested_kvm_measured());
     assert!(!seen.contains(&IA32_VMX_PROCBASED_CTLS3), "primary bit 17 clear: CTLS3 is never read");
     let caps = VmxCaps::decode(&m).unwrap();
     assert_eq!(caps.revision_id, 0x11e5_7ed0);

@@ -6,7 +6,7 @@ use alloc::string::{String, ToString};
 
 use hvcore::exits::hypercall::{self, Call};
 use hvcore::exits::report;
-use hvcore::guest_abi::hypercall::{E_INVAL, E_NOSYS, E_PERM, MAX_LEN};
+use hvcore::guest_abi::hypercall::{E_INVAL, E_NOSYS, E_PERM, EXIT_COUNTER_SLOTS, MAX_LEN};
 use hvcore::manifest::VmResult;
 use hvcore::vmx::exit_reason as er;
 
@@ -62,10 +62,11 @@ pub fn vmcall(v: &mut Vcpu<'_>) -> Handled {
             return Ok(Flow::Stop(VmResult::Fail, format!("exited with code {code}{after}")));
         }
         Call::ExitCounters { gpa, count } => {
-            let n = count.min(er::COUNT as u64);
-            match hypercall::check_buffer(gpa, n * 8, er::COUNT as u64 * 8, ram_size) {
+            let n = count.min(EXIT_COUNTER_SLOTS as u64);
+            match hypercall::check_buffer(gpa, n * 8, EXIT_COUNTER_SLOTS as u64 * 8, ram_size) {
                 Ok(r) => {
-                    for (i, c) in v.counters.by_reason[..n as usize].iter().enumerate() {
+                    let slots = v.counters.by_reason.iter().chain([&v.counters.posted_notification_exits]);
+                    for (i, c) in slots.take(n as usize).enumerate() {
                         v.vm.write_ram(r.start + i * 8, &c.to_le_bytes());
                     }
                     n as i64
