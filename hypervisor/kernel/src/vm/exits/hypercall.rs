@@ -8,7 +8,6 @@ use hvcore::exits::hypercall::{self, Call};
 use hvcore::exits::report;
 use hvcore::guest_abi::hypercall::{E_INVAL, E_NOSYS, E_PERM, EXIT_COUNTER_SLOTS, MAX_LEN};
 use hvcore::manifest::VmResult;
-use hvcore::vmx::exit_reason as er;
 
 use super::io::guest_output;
 use super::{Flow, Handled};
