@@ -144,13 +144,12 @@ fn case_dir(c: &Case) -> PathBuf {
     PathBuf::from("target/xtask/runs").join(format!("{}-{}", c.args.slug(), c.name))
 }
 
-/// A case's outcome from the driver's report `r`: its console (written to the case's
-/// `serial.log`), QEMU's exit status, the judgement of `run::judge`.
-fn judge_case(c: &Case, r: &Value, params: &Value, host: &str) -> Result<CaseOutcome> {
+/// The judgement of the driver's report `r` on case `c`: its console, QEMU's status and
+/// whether it timed out, judged by `run::judge`, with a driver error as a problem and the
+/// summary's `kvm` added (`params`: what `kvm_intel` said it runs with; `host`: the image).
+fn judge_report(c: &Case, r: &Value, params: &Value, host: &str) -> (run::Judged, String, Option<i32>, bool) {
     let lines: Vec<&str> = r["output"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     let log = lines.join("\n") + "\n";
-    let serial = case_dir(c).join("serial.log");
-    fs::write(&serial, &log)?;
     let timed_out = r["timed_out"] == true;
     let status = r["status"].as_i64().map(|s| s as i32);
     let limit = format!("{} s of KVM's host's clock", host_timeout_s(&c.args));
@@ -166,6 +165,16 @@ fn judge_case(c: &Case, r: &Value, params: &Value, host: &str) -> Result<CaseOut
                    "qemu": format!("-enable-kvm -cpu host -smp {} -m {}", c.args.cpus, c.args.memory)}),
         );
     }
+    (j, log, status, timed_out)
+}
+
+/// A case's outcome from the driver's report `r`: its console (written to the case's
+/// `serial.log`), QEMU's exit status, the judgement of `run::judge`.
+fn judge_case(c: &Case, r: &Value, params: &Value, host: &str) -> Result<CaseOutcome> {
+    let (j, log, status, timed_out) = judge_report(c, r, params, host);
+    let lines: Vec<&str> = log.lines().collect();
+    let serial = case_dir(c).join("serial.log");
+    fs::write(&serial, &log)?;
     let verdict = j.result.map_or("no result", |r| r.as_str());
     let reason = j.summary.as_ref().and_then(|s| s["reason"].as_str()).map(|r| format!(" ({r})")).unwrap_or_default();
     let host_ms = r["wall_ms"].as_u64().unwrap_or(0);
@@ -209,4 +218,44 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let case = Case { name: "run".into(), args: args.clone() };
     let mut out = run_cases(std::slice::from_ref(&case), &host)?;
     Ok(out.remove(0).outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::Platform;
+
+    fn case() -> Case {
+        Case { name: "ipi".into(), args: RunArgs { memory: 256, ..RunArgs::new(Platform::NestedKvm, 2) } }
+    }
+
+    #[test]
+    fn the_plan_line_boots_the_case_image_with_its_cpus_and_memory() {
+        let line = plan_line(&case(), "enable_apicv=0");
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(f, ["ipi", "enable_apicv=0", "2", "-m 256", "", "15", "/nested/ipi.img", ""]);
+    }
+
+    #[test]
+    fn a_case_is_judged_by_its_own_summary_and_qemu_status() {
+        let params = json!({"enable_apicv": "Y", "nested": "Y"});
+        let pass = r#"HV-SUMMARY {"result":"pass","reason":null,"vms":[]}"#;
+        // isa-debug-exit: QEMU's status is (code << 1) | 1, and a pass writes 0x10.
+        let r = json!({"kvm_cell": "ipi", "output": ["booting", pass], "status": 33, "timed_out": false});
+        let (j, log, status, timed_out) = judge_report(&case(), &r, &params, "linux 6.12");
+        assert!(j.accepted, "{:?}", j.problems);
+        assert_eq!((status, timed_out), (Some(33), false));
+        assert!(log.contains("booting"));
+        let s = j.summary.unwrap();
+        assert_eq!((s["platform"].as_str(), s["kvm"]["kvm_intel"]["nested"].as_str()), (Some("nested-kvm"), Some("Y")));
+        // The summary and QEMU's status must agree; a driver error fails the case.
+        let r = json!({"output": [pass], "status": 35, "timed_out": false});
+        assert!(!judge_report(&case(), &r, &params, "").0.accepted);
+        let r = json!({"output": [pass], "status": 33, "timed_out": false, "error": "QMP socket: refused"});
+        let j = judge_report(&case(), &r, &params, "").0;
+        assert!(!j.accepted && j.problems.iter().any(|p| p.contains("QMP")));
+        let r = json!({"output": ["half a line"], "timed_out": true});
+        let j = judge_report(&case(), &r, &params, "").0;
+        assert!(!j.accepted && j.problems.iter().any(|p| p.contains("timed out after 15 s of KVM's host's clock")));
+    }
 }

@@ -160,7 +160,7 @@ mod tests {
         assert_eq!(ExitCounters::default().to_string(), "{}");
         b.timer_exit_ticks = 7;
         let names: std::vec::Vec<_> = b.extras().map(|(k, _)| k).collect();
-        assert_eq!((names[0], names.len()), ("ignored_io", 21));
+        assert_eq!((names[0], names.len()), ("ignored_io", 22));
         assert!(b.to_string().contains("\"timer_exit_ticks\":7"));
     }
 }
