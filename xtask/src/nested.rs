@@ -206,6 +206,12 @@ fn judge_case(c: &Case, r: &Value, params: &Value, host: &str) -> Result<CaseOut
 
 /// `cargo xtask run --platform nested-kvm`: the run as one case.
 pub fn run(args: &RunArgs) -> Result<Outcome> {
+    if args.uefi {
+        bail!("--uefi: KVM's host on Bochs has SeaBIOS only; nested-kvm boots the BIOS image");
+    }
+    if args.cpus == 0 || args.cpus > 16 {
+        bail!("--cpus for nested-kvm: 1 to 16 (each is a vCPU thread of KVM's host on Bochs)");
+    }
     let host = Host {
         label: "run",
         kvm_host: args.kvm_host,

@@ -278,7 +278,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         );
     }
     if args.platform == Platform::NestedKvm {
-        return crate::nested::run(args);
+        bail!("--platform nested-kvm boots through nested::run");
     }
     let (config, guests) = compose(args, "debug-port")?;
     let dir = PathBuf::from("target/xtask/runs").join(args.slug());
@@ -305,7 +305,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             bochs::command(&bochs, &dir, &img, &serial, &m)?
         }
         Platform::Qemu | Platform::QemuKvm => qemu_command(args, &img, &serial)?,
-        Platform::NestedKvm => unreachable!("nested::run boots it"),
+        Platform::NestedKvm => unreachable!("refused above"),
     };
     eprintln!(
         "xtask: booting on {}{} with {} CPUs (timeout {} s, log in {})",
