@@ -109,7 +109,8 @@ fn xtask() -> Result<()> {
     }
     match cli.cmd {
         Cmd::Run(args) => {
-            let outcome = if args.platform == run::Platform::NestedKvm { nested::run(&args)? } else { run::run(&args)? };
+            let outcome =
+                if args.platform == run::Platform::NestedKvm { nested::run(&args)? } else { run::run(&args)? };
             std::process::exit(if outcome.accepted { 0 } else { 1 })
         }
         Cmd::Test(args) => test::run_all(&args),
