@@ -367,7 +367,14 @@ pub fn measure(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec<Va
 /// What a cell's summary says about it: its record, or why it was not measured; an error when
 /// the run failed for another reason than a missing capability.
 fn judge_cell(cell: &Cell, outcome: run::Outcome) -> Result<Result<Value, String>> {
-    let summary = outcome.summary.with_context(|| format!("bench cell {}: no summary", cell.name()))?;
+    let Some(summary) = outcome.summary else {
+        let how = if outcome.timed_out {
+            "timed out".to_string()
+        } else {
+            format!("the emulator exited with {:?}", outcome.exit_status)
+        };
+        bail!("bench cell {}: no summary ({how}; log {})", cell.name(), outcome.serial.display());
+    };
     let reason = summary["reason"].as_str().unwrap_or("");
     let no_vmx = summary["result"] == "unsupported";
     // A CPU without the cell's interrupt path refuses its VM (`cannot run on this CPU`).
