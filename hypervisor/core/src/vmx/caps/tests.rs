@@ -221,8 +221,8 @@ fn nested_kvm_measured() -> BTreeMap<u32, u64> {
     ])
 }
 
-/// The same, with `kvm_intel enable_apicv=0` (read on bookworm's 6.1 by the same procedure):
-/// no posted interrupts (pin-based bit 7), the rest unchanged.
+/// The same, with `kvm_intel enable_apicv=0` (read on trixie's 6.12 by the same procedure,
+/// and on bookworm's 6.1 before): no posted interrupts (pin-based bit 7), the rest unchanged.
 fn nested_kvm_measured_apicv_off() -> BTreeMap<u32, u64> {
     let mut m = nested_kvm_measured();
     m.insert(IA32_VMX_TRUE_PINBASED_CTLS, 0x7f_0000_0016);
