@@ -11,7 +11,7 @@ use guest_tests::apic::{self, ICR_ASSERT, ICR_LOGICAL, SHORTHAND_OTHERS, SHORTHA
 use guest_tests::irq::{IRQS, count};
 use guest_tests::sync::Barrier;
 use guest_tests::{Platform, entry, hypercall, println, report, sti, sti_hlt, wait_until};
-use hvcore::vmx::interrupt_path::InterruptPath;
+use hvcore::vmx::path_kind::InterruptPath;
 
 entry!(main);
 

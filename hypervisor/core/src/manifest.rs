@@ -7,7 +7,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::vmx::interrupt_path::InterruptPath;
+use crate::vmx::path_kind::{InterruptPath, IpivSetting};
 
 /// Most vCPUs per VM (the boot-info page and PID tables are sized for it).
 pub const MAX_VCPUS: u32 = 64;
@@ -38,16 +38,6 @@ impl VmResult {
     pub fn parse(s: &str) -> Option<Self> {
         [Self::Pass, Self::Fail, Self::Killed, Self::Timeout].into_iter().find(|e| e.as_str() == s)
     }
-}
-
-/// Whether to use IPI virtualization.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IpivSetting {
-    /// On where the CPU has it.
-    Auto,
-    /// Required: the VM fails to start where the CPU lacks it.
-    On,
-    Off,
 }
 
 /// The APIC mode the guest runtime switches to at start.
@@ -82,16 +72,6 @@ impl TimerSource {
         match self {
             Self::Preemption => "preemption",
             Self::HostApic => "host-apic",
-        }
-    }
-}
-
-impl IpivSetting {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::On => "on",
-            Self::Off => "off",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! x2APIC MSRs (0x800–0x8FF) under "virtualize x2APIC mode" (SDM Vol. 3C §30.5): which pass
 //! through the MSR bitmap, and what an intercepted write means. IA32_APIC_BASE: `super::base`.
 
-use crate::vmx::interrupt_path::InterruptPath;
+use crate::vmx::path_kind::InterruptPath;
 
 pub const X2APIC_MSR_FIRST: u32 = 0x800;
 pub const X2APIC_MSR_LAST: u32 = 0x8ff;

@@ -6,7 +6,7 @@
 //! timer leaves describing the APIC timer. Each hidden bit is named below with its reason.
 
 use crate::guest_abi::CPUID_SIGNATURE;
-use crate::vmx::interrupt_path::InterruptPath;
+use crate::vmx::path_kind::InterruptPath;
 
 /// Who is asking.
 #[derive(Clone, Copy, Debug, Default)]

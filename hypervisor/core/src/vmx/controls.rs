@@ -5,7 +5,7 @@
 use core::fmt;
 
 use super::caps::{ControlCaps, VmxCaps, exit_bits, pin_bits, primary_bits, secondary_bits, tertiary_bits};
-use super::interrupt_path::InterruptPath;
+use super::path_kind::InterruptPath;
 
 /// One control word of the VMCS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

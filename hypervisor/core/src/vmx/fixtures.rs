@@ -2,7 +2,8 @@
 //! `controls` and `interrupt_path`.
 
 use super::caps::{VmxCaps, VmxMsrs};
-use super::interrupt_path::{InterruptPath, PathError};
+use super::interrupt_path::PathError;
+use super::path_kind::InterruptPath;
 
 /// The VMX capability MSRs of every Intel model of the project's Bochs with long mode and VMX,
 /// as the kernel read and logged them (`cargo xtask run --cpu-model M --log-level debug`,

@@ -17,58 +17,16 @@
 
 #[cfg(feature = "alloc")]
 use alloc::{format, string::String, vec::Vec};
+#[cfg(feature = "alloc")]
 use core::fmt;
 
 #[cfg(feature = "alloc")]
 use super::caps::VmxCaps;
 #[cfg(feature = "alloc")]
 use super::controls::{MissingControl, VcpuControlOptions, vcpu_controls};
+use super::path_kind::InterruptPath;
 #[cfg(feature = "alloc")]
-use crate::manifest::IpivSetting;
-
-/// An interrupt path, ordered worst to best.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub enum InterruptPath {
-    Injection,
-    VirtualDelivery,
-    #[default]
-    Posted,
-    Ipiv,
-}
-
-impl InterruptPath {
-    pub const BEST_FIRST: [Self; 4] = [Self::Ipiv, Self::Posted, Self::VirtualDelivery, Self::Injection];
-
-    /// The name in manifests and HV-SUMMARY's `interrupt_path`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ipiv => "ipiv",
-            Self::Posted => "posted",
-            Self::VirtualDelivery => "virtual-delivery",
-            Self::Injection => "injection",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::BEST_FIRST.into_iter().find(|p| p.as_str() == s)
-    }
-
-    /// What the path is built on, for reasons.
-    pub fn feature(self) -> &'static str {
-        match self {
-            Self::Ipiv => "IPI virtualization",
-            Self::Posted => "posted interrupts",
-            Self::VirtualDelivery => "virtual-interrupt delivery",
-            Self::Injection => "event injection",
-        }
-    }
-}
-
-impl fmt::Display for InterruptPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use super::path_kind::IpivSetting;
 
 #[cfg(feature = "alloc")]
 /// The path a VM gets, and why each better one was not used (`None` for IPIv).

@@ -11,3 +11,4 @@ pub mod fixtures;
 pub mod instruction_error;
 pub mod interrupt_path;
 pub mod msr;
+pub mod path_kind;

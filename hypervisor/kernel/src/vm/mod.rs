@@ -27,7 +27,8 @@ use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::manifest::{HltMode, TimerSource, VmResult, VmSpec};
 use hvcore::summary::VmReport;
 use hvcore::vmx::controls::VcpuControlOptions;
-use hvcore::vmx::interrupt_path::{self, InterruptPath};
+use hvcore::vmx::interrupt_path;
+use hvcore::vmx::path_kind::InterruptPath;
 use spin::Mutex;
 
 use crate::host::Host;

@@ -13,7 +13,7 @@ use hvcore::vmx::controls::{VcpuControlOptions, vcpu_controls};
 use hvcore::vmx::events::{self, NmiGate};
 use hvcore::vmx::exit_reason::{BasicExit, ExitReason};
 use hvcore::vmx::fields::{Vmcs32, Vmcs64};
-use hvcore::vmx::interrupt_path::InterruptPath;
+use hvcore::vmx::path_kind::InterruptPath;
 
 use super::exits::{self, Flow};
 use super::vcpu::Vcpu;

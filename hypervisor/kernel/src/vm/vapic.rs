@@ -14,7 +14,7 @@ use hvcore::apic::x2apic_msr;
 use hvcore::exits::msr;
 use hvcore::manifest::VmSpec;
 use hvcore::vmx::events::NmiLatch;
-use hvcore::vmx::interrupt_path::InterruptPath;
+use hvcore::vmx::path_kind::InterruptPath;
 
 use crate::vectors::POSTED_INTR as POSTED_INTR_VECTOR;
 use crate::{apic, memory};

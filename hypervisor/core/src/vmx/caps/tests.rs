@@ -272,9 +272,10 @@ fn measured_nested_kvm_differs_from_the_derivation_only_in_host_dependent_bits()
 
 #[test]
 fn nested_kvm_without_apicv_runs_on_the_virtual_delivery_path() {
-    use crate::manifest::IpivSetting;
     use crate::vmx::controls::VcpuControlOptions;
-    use crate::vmx::interrupt_path::{InterruptPath, choose};
+    use crate::vmx::interrupt_path::choose;
+    use crate::vmx::path_kind::InterruptPath;
+    use crate::vmx::path_kind::IpivSetting;
     let caps = VmxCaps::decode(&read(true, &nested_kvm_measured_apicv_off()).0).unwrap();
     assert!(!caps.features().posted_interrupts);
     let base = VcpuControlOptions { unrestricted_guest: true, ..Default::default() };
@@ -284,9 +285,10 @@ fn nested_kvm_without_apicv_runs_on_the_virtual_delivery_path() {
 
 #[test]
 fn nested_kvm_offers_everything_but_tertiary_controls_and_the_controls_negotiate() {
-    use crate::manifest::IpivSetting;
     use crate::vmx::controls::{VcpuControlOptions, vcpu_controls};
-    use crate::vmx::interrupt_path::{InterruptPath, PathError, choose};
+    use crate::vmx::interrupt_path::{PathError, choose};
+    use crate::vmx::path_kind::InterruptPath;
+    use crate::vmx::path_kind::IpivSetting;
     let (m, seen) = read(true, &nested_kvm_measured());
     assert!(!seen.contains(&IA32_VMX_PROCBASED_CTLS3), "primary bit 17 clear: CTLS3 is never read");
     let caps = VmxCaps::decode(&m).unwrap();

@@ -1,6 +1,6 @@
 use super::*;
 use crate::vmx::caps::VmxCaps;
-use crate::vmx::interrupt_path::InterruptPath;
+use crate::vmx::path_kind::InterruptPath;
 
 /// The recorded Bochs `sapphire_rapids` capabilities without the IPIv bit the project's
 /// patches add (tests add it where they need it).

@@ -16,7 +16,7 @@ use hvcore::exits::cr::{self, CrAccess, CrAccessKind};
 use hvcore::exits::mmio::{self, Access as MemAccess};
 use hvcore::manifest::VmResult;
 use hvcore::vmx::fields::{Vmcs16, VmcsNatural};
-use hvcore::vmx::interrupt_path::InterruptPath;
+use hvcore::vmx::path_kind::InterruptPath;
 
 use super::{Flow, Handled, instruction};
 use crate::vm::delivery;

@@ -11,7 +11,7 @@ use hvcore::apic::timer::IA32_TSC_DEADLINE;
 use hvcore::apic::x2apic_msr;
 use hvcore::exits::msr;
 use hvcore::vmx::fields::Vmcs64;
-use hvcore::vmx::interrupt_path::InterruptPath;
+use hvcore::vmx::path_kind::InterruptPath;
 
 use super::{Flow, Handled, apic};
 use crate::vm::vcpu::Vcpu;

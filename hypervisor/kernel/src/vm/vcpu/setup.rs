@@ -9,7 +9,7 @@ use hvcore::bootcfg::FaultInjection;
 use hvcore::manifest::{ApicMode, VmResult};
 use hvcore::start_state::{self, StartState};
 use hvcore::vmx::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsNatural};
-use hvcore::vmx::interrupt_path::InterruptPath;
+use hvcore::vmx::path_kind::InterruptPath;
 use x86_64::instructions::tables::{sgdt, sidt};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, GsBase, Msr};
