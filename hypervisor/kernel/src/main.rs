@@ -427,5 +427,5 @@ fn inject_page_fault() {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    report::fatal(format_args!("panic on CPU {}: {info}", cpu::index()))
+    report::fatal(format_args!("panic on CPU {}: {info}", cpu::id::index()))
 }

@@ -2,14 +2,15 @@
 
 pub mod exceptions;
 pub mod gdt;
+pub mod id;
 
 use alloc::boxed::Box;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::Ordering;
 use x86_64::VirtAddr;
 use x86_64::registers::model_specific::GsBase;
 
 /// Per-CPU data. GS base points at it on every CPU; `index` sits at a fixed offset so
-/// [`index`] is one load.
+/// [`id::index`] is one load.
 #[repr(C)]
 pub struct PerCpu {
     /// Dense CPU index: 0 is the BSP, then the APs in MADT order.
@@ -19,22 +20,6 @@ pub struct PerCpu {
 }
 
 const _: () = assert!(core::mem::offset_of!(PerCpu, index) == 0);
-
-/// False until the BSP's per-CPU block exists; from then on every CPU running kernel code has
-/// its GS base set (APs set it before anything else, see [`activate`]).
-static PERCPU_READY: AtomicBool = AtomicBool::new(false);
-
-/// This CPU's index (0 before per-CPU data exists, so early log lines say cpu0).
-pub fn index() -> u32 {
-    if !PERCPU_READY.load(Ordering::Relaxed) {
-        return 0;
-    }
-    let i: u32;
-    // SAFETY: once PERCPU_READY is set, every CPU that runs kernel code has GS base pointing at
-    // its PerCpu (APs set it before they can log), whose first field is the u32 index.
-    unsafe { core::arch::asm!("mov {0:e}, gs:[0]", out(reg) i, options(nostack, readonly, preserves_flags)) };
-    i
-}
 
 impl PerCpu {
     /// Allocates a CPU's block and descriptor tables. The BSP does this for every AP before
@@ -54,7 +39,7 @@ pub fn tss_base() -> u64 {
 /// Makes `pc` the running CPU's block: GS base, GDT, TSS and IDT. First thing on every CPU.
 pub fn activate(pc: &'static PerCpu) {
     GsBase::write(VirtAddr::from_ptr(pc as *const PerCpu));
-    PERCPU_READY.store(true, Ordering::Release);
+    id::PERCPU_READY.store(true, Ordering::Release);
     pc.gdt.load();
     exceptions::load_idt();
 }
