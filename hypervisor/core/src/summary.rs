@@ -320,7 +320,7 @@ impl fmt::Display for OptStr<'_> {
 
 /// `{"feature_control": "0x5", ...}`: each capability MSR as hex text (JSON numbers lose
 /// 64-bit precision in many readers); absent MSRs as null.
-struct MsrsJson<'a>(&'a VmxMsrs);
+pub struct MsrsJson<'a>(pub &'a VmxMsrs);
 
 impl fmt::Display for MsrsJson<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

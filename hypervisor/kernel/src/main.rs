@@ -318,25 +318,7 @@ fn boot_config(ramdisk: Option<&Archive<'_>>) -> (BootConfig, Manifest) {
 }
 
 fn log_msrs(m: &VmxMsrs) {
-    log::debug!(
-        "VMX MSRs: cpuid_vmx={} feature_control={:#x} basic={:#x} pin={:#x} proc={:#x} exit={:#x} entry={:#x} \
-         proc2={:x?} proc3={:x?} ept_vpid={:x?} misc={:#x} cr0_fixed={:#x}/{:#x} cr4_fixed={:#x}/{:#x}",
-        m.cpuid_vmx,
-        m.feature_control,
-        m.basic,
-        m.pinbased,
-        m.procbased,
-        m.exit,
-        m.entry,
-        m.procbased2,
-        m.procbased3,
-        m.ept_vpid_cap,
-        m.misc,
-        m.cr0_fixed0,
-        m.cr0_fixed1,
-        m.cr4_fixed0,
-        m.cr4_fixed1
-    );
+    log::debug!("VMX MSRs: {}", hvcore::summary::MsrsJson(m));
 }
 
 /// VMXON on this CPU (when the platform supports VMX); records the outcome in REPORTS.
