@@ -4,20 +4,13 @@
 //! IA32_APIC_BASE.EXTD.
 
 use core::sync::atomic::{AtomicBool, Ordering};
+use hvcore::apic::base::{EN as APIC_BASE_EN, EXTD as APIC_BASE_EXTD};
+use hvcore::apic::regs::{
+    self, DFR, EOI, IA32_APIC_BASE, ICR_ASSERT, ICR_FIXED, ICR_HI, ICR_LO, LDR, SVR, XAPIC_DEST_SHIFT, x2apic_msr,
+};
 use hvcore::guest_abi::APIC_MMIO_GPA;
 
 static X2APIC: AtomicBool = AtomicBool::new(false);
-
-pub const ICR_FIXED: u32 = 0;
-pub const ICR_NMI: u32 = 0b100 << 8;
-pub const ICR_INIT: u32 = 0b101 << 8;
-pub const ICR_STARTUP: u32 = 0b110 << 8;
-pub const ICR_LEVEL: u32 = 1 << 15;
-pub const ICR_LOGICAL: u32 = 1 << 11;
-pub const ICR_ASSERT: u32 = 1 << 14;
-pub const SHORTHAND_SELF: u32 = 1 << 18;
-pub const SHORTHAND_ALL: u32 = 2 << 18;
-pub const SHORTHAND_OTHERS: u32 = 3 << 18;
 
 #[inline]
 pub fn rdmsr(msr: u32) -> u64 {
@@ -36,15 +29,15 @@ pub fn wrmsr(msr: u32, v: u64) {
 }
 
 #[inline]
-fn mmio(offset: u32) -> *mut u32 {
+fn mmio(offset: usize) -> *mut u32 {
     (APIC_MMIO_GPA + offset as u64) as *mut u32
 }
 
 /// Reads the APIC register at xAPIC offset `offset` (its MSR in x2APIC mode).
 #[inline]
-pub fn read(offset: u32) -> u32 {
+pub fn read(offset: usize) -> u32 {
     if is_x2apic() {
-        rdmsr(0x800 + (offset >> 4)) as u32
+        rdmsr(x2apic_msr(offset)) as u32
     } else {
         // SAFETY: the APIC page is identity-mapped; APIC virtualization serves the access.
         unsafe { mmio(offset).read_volatile() }
@@ -53,9 +46,9 @@ pub fn read(offset: u32) -> u32 {
 
 /// Writes the APIC register at xAPIC offset `offset` (its MSR in x2APIC mode).
 #[inline]
-pub fn write(offset: u32, v: u32) {
+pub fn write(offset: usize, v: u32) {
     if is_x2apic() {
-        wrmsr(0x800 + (offset >> 4), v as u64)
+        wrmsr(x2apic_msr(offset), v as u64)
     } else {
         // SAFETY: as in read.
         unsafe { mmio(offset).write_volatile(v) }
@@ -72,10 +65,6 @@ pub fn is_x2apic() -> bool {
 pub fn set_x2apic_interface(x2apic: bool) {
     X2APIC.store(x2apic, Ordering::Relaxed);
 }
-
-const IA32_APIC_BASE: u32 = 0x1b;
-const APIC_BASE_EXTD: u64 = 1 << 10;
-const APIC_BASE_EN: u64 = 1 << 11;
 
 /// IA32_APIC_BASE says x2APIC mode.
 pub fn x2apic_enabled() -> bool {
@@ -94,16 +83,16 @@ pub fn init(x2apic: bool) {
         }
         X2APIC.store(true, Ordering::Relaxed);
     }
-    write(0xf0, 0x1ff);
+    write(SVR, regs::SVR_APIC_ENABLED | 0xff);
 }
 
 pub fn id() -> u32 {
-    if is_x2apic() { read(0x20) } else { read(0x20) >> 24 }
+    if is_x2apic() { read(regs::ID) } else { read(regs::ID) >> XAPIC_DEST_SHIFT }
 }
 
 #[inline]
 pub fn eoi() {
-    write(0xb0, 0);
+    write(EOI, 0);
 }
 
 /// Sends an IPI: `low` = vector | delivery mode | flags; `dest` = APIC ID or logical mask.
@@ -111,12 +100,12 @@ pub fn eoi() {
 #[inline]
 pub fn send(low: u32, dest: u32) {
     if is_x2apic() {
-        wrmsr(0x830, ((dest as u64) << 32) | low as u64);
+        wrmsr(regs::msr::ICR, ((dest as u64) << 32) | low as u64);
     } else {
         // SAFETY: as in read: ICR_HI, then ICR_LO, whose write sends.
         unsafe {
-            mmio(0x310).write_volatile(dest << 24);
-            mmio(0x300).write_volatile(low);
+            mmio(ICR_HI).write_volatile(dest << XAPIC_DEST_SHIFT);
+            mmio(ICR_LO).write_volatile(low);
         }
     }
 }
@@ -130,14 +119,14 @@ pub fn send_fixed(dest: u32, vector: u8) {
 /// The x2APIC SELF IPI register (x2APIC mode only).
 #[inline]
 pub fn self_ipi_msr(vector: u8) {
-    wrmsr(0x83f, vector as u64);
+    wrmsr(regs::msr::SELF_IPI, vector as u64);
 }
 
 /// xAPIC: flat logical model with one bit per vCPU (up to 8). x2APIC: logical IDs are fixed.
 pub fn set_flat_logical_id(vcpu: u32) {
     if !is_x2apic() {
-        write(0xe0, 0xffff_ffff);
-        write(0xd0, 1 << (24 + vcpu));
+        write(DFR, 0xffff_ffff);
+        write(LDR, 1 << (XAPIC_DEST_SHIFT + vcpu));
     }
 }
 
@@ -151,18 +140,9 @@ pub fn broadcast() -> u32 {
     if is_x2apic() { u32::MAX } else { 0xff }
 }
 
-/// The local APIC timer's registers (SDM Vol. 3A §12.5.4).
+/// The local APIC timer (SDM Vol. 3A §12.5.4; its registers: `hvcore::apic::regs`).
 pub mod timer {
-    pub const LVT: u32 = 0x320;
-    pub const INITIAL: u32 = 0x380;
-    pub const CURRENT: u32 = 0x390;
-    pub const DIVIDE: u32 = 0x3e0;
-    pub const MASKED: u32 = 1 << 16;
-    pub const PERIODIC: u32 = 1 << 17;
-    pub const TSC_DEADLINE: u32 = 2 << 17;
-    pub const DIVIDE_BY_1: u32 = 0b1011;
-    pub const DIVIDE_BY_16: u32 = 0b0011;
-    pub const IA32_TSC_DEADLINE: u32 = 0x6e0;
+    use hvcore::apic::regs::{DIVIDE_BY_1, LVT_MASKED, LVT_TIMER, TIMER_CURRENT, TIMER_DIVIDE, TIMER_INITIAL};
 
     /// CPUID.1:ECX[24]: the timer has TSC-deadline mode.
     pub fn has_tsc_deadline() -> bool {
@@ -178,17 +158,17 @@ pub mod timer {
                 return khz * 1000;
             }
         }
-        super::write(LVT, MASKED);
-        super::write(DIVIDE, DIVIDE_BY_1);
-        super::write(INITIAL, u32::MAX);
+        super::write(LVT_TIMER, LVT_MASKED);
+        super::write(TIMER_DIVIDE, DIVIDE_BY_1);
+        super::write(TIMER_INITIAL, u32::MAX);
         let t0 = crate::rdtsc();
-        let c0 = super::read(CURRENT);
+        let c0 = super::read(TIMER_CURRENT);
         while crate::rdtsc() - t0 < p.tsc_hz / 100 {
             core::hint::spin_loop();
         }
-        let c1 = super::read(CURRENT);
+        let c1 = super::read(TIMER_CURRENT);
         let t1 = crate::rdtsc();
-        super::write(INITIAL, 0);
+        super::write(TIMER_INITIAL, 0);
         (c0 - c1) as u64 * p.tsc_hz / (t1 - t0)
     }
 }

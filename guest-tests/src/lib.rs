@@ -22,6 +22,7 @@ pub mod sync;
 pub mod uart;
 
 use core::sync::atomic::{AtomicU32, Ordering};
+use hvcore::apic::regs;
 
 pub use platform::Platform;
 
@@ -105,7 +106,7 @@ fn start_application_processors(p: &Platform) {
     };
     for i in 1..p.vcpu_count {
         let id = p.apic_ids[i as usize];
-        apic::send(apic::ICR_INIT | apic::ICR_ASSERT | apic::ICR_LEVEL, id);
+        apic::send(regs::ICR_INIT | regs::ICR_ASSERT | regs::ICR_LEVEL, id);
         delay(10 * ms);
         let started = |within: u64| {
             let end = rdtsc() + within;
@@ -117,9 +118,9 @@ fn start_application_processors(p: &Platform) {
             }
             false
         };
-        apic::send(apic::ICR_STARTUP | apic::ICR_ASSERT | boot::SIPI_VECTOR as u32, id);
+        apic::send(regs::ICR_STARTUP | regs::ICR_ASSERT | boot::SIPI_VECTOR as u32, id);
         if !started(ms) {
-            apic::send(apic::ICR_STARTUP | apic::ICR_ASSERT | boot::SIPI_VECTOR as u32, id);
+            apic::send(regs::ICR_STARTUP | regs::ICR_ASSERT | boot::SIPI_VECTOR as u32, id);
             assert!(started(1000 * ms), "CPU {i} (APIC ID {id}) did not start after INIT-SIPI-SIPI");
         }
     }

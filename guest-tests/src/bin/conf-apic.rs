@@ -17,18 +17,17 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use guest_tests::apic::{self, ICR_ASSERT, ICR_NMI};
+use guest_tests::apic;
 use guest_tests::idt::{try_rdmsr, try_wrmsr};
 use guest_tests::{Platform, cpuid, entry, irq, println, rdtsc, report, sti, wait_until};
+use hvcore::apic::base::{EN, EXTD};
+use hvcore::apic::regs::{
+    self, IA32_APIC_BASE, ICR_ASSERT, ICR_NMI, LVT_LINT0, LVT_MASKED, LVT_TIMER, SVR, SVR_APIC_ENABLED,
+    XAPIC_DEST_SHIFT,
+};
 
 entry!(main);
 
-const IA32_APIC_BASE: u32 = 0x1b;
-const EN: u64 = 1 << 11;
-const EXTD: u64 = 1 << 10;
-const SVR: u32 = 0xf0;
-const LVT_LINT0: u32 = 0x350;
-const LVT_TIMER: u32 = 0x320;
 const VECTOR: u8 = 0x71;
 const VECTOR_1: u8 = 0x72;
 
@@ -90,9 +89,9 @@ fn states(info: &Platform) {
     assert!(!apic_bit_in_cpuid(), "CPUID.1:EDX.APIC clear while disabled");
     if info.hypervisor {
         // QEMU 7.2's TCG models no x2APIC and answers these MSRs anyway.
-        assert_eq!(try_rdmsr(0x803), None, "no x2APIC MSRs while disabled");
+        assert_eq!(try_rdmsr(regs::msr::VERSION), None, "no x2APIC MSRs while disabled");
         // SAFETY: 0xFEE00000 is identity-mapped; nothing claims it now.
-        let lvr = unsafe { ((hvcore::guest_abi::APIC_MMIO_GPA + 0x30) as *const u32).read_volatile() };
+        let lvr = unsafe { ((hvcore::guest_abi::APIC_MMIO_GPA + regs::VERSION as u64) as *const u32).read_volatile() };
         assert_eq!(lvr, u32::MAX, "the unclaimed APIC page reads all ones");
     }
     if x2_offered {
@@ -105,13 +104,13 @@ fn states(info: &Platform) {
     // QEMU's TCG clears the bit on disabling and never sets it again.
     assert!(apic_bit_in_cpuid() || !info.hypervisor, "CPUID.1:EDX.APIC set again");
     assert_eq!(apic::read(SVR), 0xff, "SVR as after reset");
-    assert_ne!(apic::read(LVT_TIMER) & (1 << 16), 0, "LVT timer masked as after reset");
-    assert_eq!(apic::read(0x20) >> 24, id, "the APIC ID as after reset");
+    assert_ne!(apic::read(LVT_TIMER) & LVT_MASKED, 0, "LVT timer masked as after reset");
+    assert_eq!(apic::read(regs::ID) >> XAPIC_DEST_SHIFT, id, "the APIC ID as after reset");
 
     if x2_offered {
         assert!(try_wrmsr(IA32_APIC_BASE, (base & !EXTD) | EN | EXTD), "xAPIC to x2APIC is legal");
         apic::set_x2apic_interface(true);
-        assert_eq!(apic::read(0x20), id, "the x2APIC ID");
+        assert_eq!(apic::read(regs::ID), id, "the x2APIC ID");
         assert!(!try_wrmsr(IA32_APIC_BASE, (base & !EXTD) | EN), "x2APIC to xAPIC is illegal");
         assert!(try_wrmsr(IA32_APIC_BASE, base & !(EN | EXTD)), "x2APIC to disabled is legal");
         apic::set_x2apic_interface(false);
@@ -125,10 +124,10 @@ fn states(info: &Platform) {
 /// whatever SVR says, SDM Vol. 3C §30.1.5; docs/conformance.md.)
 fn software_disabled_vcpu1(info: &Platform) {
     sti();
-    apic::write(SVR, apic::read(SVR) & !0x100);
+    apic::write(SVR, apic::read(SVR) & !SVR_APIC_ENABLED);
     apic::write(LVT_LINT0, 0x700);
     // QEMU's TCG lets the write unmask it.
-    let masked = apic::read(LVT_LINT0) & (1 << 16) != 0;
+    let masked = apic::read(LVT_LINT0) & LVT_MASKED != 0;
     assert!(masked || !info.hypervisor, "LVT entries stay masked while software-disabled");
     STEP.store(1, Ordering::Release);
     wait_until(info, 10, "vCPU 0's NMI", || irq::IRQS[1].nmis.load(Ordering::Acquire) == 1);

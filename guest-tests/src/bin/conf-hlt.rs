@@ -8,8 +8,9 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use guest_tests::apic::{self, ICR_ASSERT, ICR_NMI};
+use guest_tests::apic;
 use guest_tests::{Platform, entry, irq, println, rdtsc, report, sti, wait_until};
+use hvcore::apic::regs::{ICR_ASSERT, ICR_NMI};
 
 entry!(main);
 

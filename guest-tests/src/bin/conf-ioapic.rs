@@ -15,6 +15,7 @@ use guest_tests::ioapic::{IoApic, entry};
 use guest_tests::irq::{self, count};
 use guest_tests::port::outb;
 use guest_tests::{Platform, apic, entry, println, rdtsc, report, sti, wait_until};
+use hvcore::apic::regs;
 
 entry!(main);
 
@@ -43,7 +44,8 @@ fn io() -> IoApic {
 }
 
 fn tmr_has(vector: u8) -> bool {
-    apic::read(0x180 + (vector as u32 / 32) * 0x10) & (1 << (vector % 32)) != 0
+    let (reg, bit) = regs::vector_bit(regs::TMR, vector);
+    apic::read(reg) & bit != 0
 }
 
 fn mask_handler() {

@@ -16,8 +16,9 @@
 #![no_std]
 #![no_main]
 
-use guest_tests::apic::{self, ICR_ASSERT, ICR_INIT, ICR_LEVEL, ICR_STARTUP};
+use guest_tests::apic;
 use guest_tests::{Platform, entry, println, rdtsc, report};
+use hvcore::apic::regs::{ICR_ASSERT, ICR_INIT, ICR_LEVEL, ICR_STARTUP};
 
 entry!(main);
 

@@ -6,6 +6,7 @@
 #![no_main]
 
 use guest_tests::{Platform, console, cpuid, entry, hypercall, idt, println, report};
+use hvcore::apic::regs;
 use hvcore::guest_abi::{CPUID_SIGNATURE, hypercall as hc};
 
 entry!(main);
@@ -26,7 +27,7 @@ fn wrmsr(msr: u32, v: u64) {
 
 fn main(vcpu: u32, info: &'static Platform) {
     // Any PC.
-    let apic_base = rdmsr(0x1b);
+    let apic_base = rdmsr(regs::IA32_APIC_BASE);
     assert_eq!(apic_base & !0xfff, 0xfee0_0000);
     assert_eq!(apic_base & (1 << 8) != 0, vcpu == 0, "BSP flag only on vCPU 0");
     let efer = rdmsr(0xc000_0080);
@@ -60,12 +61,12 @@ fn main(vcpu: u32, info: &'static Platform) {
     idt::expect_gp();
     wrmsr(0x1234, 1);
     idt::expect_gp();
-    wrmsr(0x1b, apic_base | 1); // IA32_APIC_BASE bit 0 is reserved
+    wrmsr(regs::IA32_APIC_BASE, apic_base | 1); // bit 0 is reserved
     idt::expect_gp();
     if guest_tests::apic::is_x2apic() {
-        wrmsr(0x802, 5); // the x2APIC ID is read-only
+        wrmsr(regs::msr::ID, 5); // the x2APIC ID is read-only
     } else {
-        let _ = rdmsr(0x802); // x2APIC registers do not exist in xAPIC mode
+        let _ = rdmsr(regs::msr::ID); // x2APIC registers do not exist in xAPIC mode
     }
     assert_eq!(idt::gp_seen() - before, 4, "four #GPs from disallowed MSR accesses");
 

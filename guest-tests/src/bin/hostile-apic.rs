@@ -14,17 +14,24 @@
 
 use guest_tests::idt::try_xsetbv;
 use guest_tests::{Platform, cpuid, entry, println, report};
+use hvcore::apic::regs::{
+    APR, DFR, EOI, ESR, ICR_HI, ICR_LO, ID, ISR, LDR, LVT_CMCI, LVT_ERROR, LVT_TIMER, PPR, RRD, SVR, TIMER_CURRENT,
+    TIMER_DIVIDE, TIMER_INITIAL, TPR, VERSION,
+};
 use hvcore::guest_abi::APIC_MMIO_GPA;
 
 entry!(main);
 
-fn reg(offset: u64) -> *mut u32 {
-    (APIC_MMIO_GPA + offset) as *mut u32
+fn reg(offset: usize) -> *mut u32 {
+    (APIC_MMIO_GPA + offset as u64) as *mut u32
 }
 
 /// Offsets the processor virtualizes for reads (SDM Vol. 3C §30.4.2).
-fn virtualized(offset: u64) -> bool {
-    matches!(offset, 0x20 | 0x30 | 0x80 | 0xb0 | 0xd0 | 0xe0 | 0xf0 | 0x100..=0x270 | 0x280 | 0x300 | 0x310 | 0x320..=0x370 | 0x380 | 0x3e0)
+fn virtualized(offset: usize) -> bool {
+    matches!(
+        offset,
+        ID | VERSION | TPR | EOI | LDR | DFR | SVR | ISR..ESR | ESR | ICR_LO | ICR_HI | LVT_TIMER..=LVT_ERROR | TIMER_INITIAL | TIMER_DIVIDE
+    )
 }
 
 fn main(me: u32, info: &'static Platform) {
@@ -33,38 +40,38 @@ fn main(me: u32, info: &'static Platform) {
     let mut values = [0u32; 64];
     for (i, v) in values.iter_mut().enumerate() {
         // SAFETY: the APIC page is identity-mapped; reads have no side effects (EOI is a write).
-        *v = unsafe { reg(i as u64 * 16).read_volatile() };
+        *v = unsafe { reg(i * 16).read_volatile() };
     }
-    let (ppr, cmci, current) = (values[0xa], values[0x2f], values[0x39]);
+    let (ppr, cmci, current) = (values[PPR / 16], values[LVT_CMCI / 16], values[TIMER_CURRENT / 16]);
     assert_eq!(ppr & 0xf, 0, "PPR's low nibble");
     assert_eq!(cmci, 1 << 16, "LVT CMCI is masked at reset");
     assert_eq!(current, 0, "the timer is not running");
-    assert_eq!(values[0x3] & 0xff, 0x14, "version register");
+    assert_eq!(values[VERSION / 16] & 0xff, 0x14, "version register");
     // 2. Writes the processor does not virtualize.
     // SAFETY: as above; these registers are read-only or LVT CMCI.
     unsafe {
-        reg(0x2f0).write_volatile(0x0001_00f3);
-        for ro in [0x90, 0xa0, 0xc0, 0x390] {
+        reg(LVT_CMCI).write_volatile(0x0001_00f3);
+        for ro in [APR, PPR, RRD, TIMER_CURRENT] {
             reg(ro).write_volatile(0xffff_ffff);
         }
     }
     // SAFETY: as above.
-    let (cmci2, ppr2) = unsafe { (reg(0x2f0).read_volatile(), reg(0xa0).read_volatile()) };
+    let (cmci2, ppr2) = unsafe { (reg(LVT_CMCI).read_volatile(), reg(PPR).read_volatile()) };
     assert_eq!(cmci2, 0x0001_00f3, "LVT CMCI keeps what was written");
     assert_eq!(ppr2, ppr, "PPR is read-only");
     // 3. Bytes and 16-bit halves of the virtualized registers (complete in the processor).
     let mut narrow = 0u32;
-    for offset in (0..0x400u64).step_by(16).filter(|&o| virtualized(o)) {
+    for offset in (0..hvcore::apic::regs::END).step_by(16).filter(|&o| virtualized(o)) {
         for b in 0..4 {
             // SAFETY: as above.
-            let byte = unsafe { ((APIC_MMIO_GPA + offset + b) as *const u8).read_volatile() };
+            let byte = unsafe { ((APIC_MMIO_GPA + (offset + b) as u64) as *const u8).read_volatile() };
             // SAFETY: as above.
             let word = unsafe { reg(offset).read_volatile() };
             assert_eq!(byte, (word >> (8 * b)) as u8, "byte {b} of register {offset:#x}");
             narrow += 1;
         }
         // SAFETY: as above.
-        let half = unsafe { ((APIC_MMIO_GPA + offset + 2) as *const u16).read_volatile() };
+        let half = unsafe { ((APIC_MMIO_GPA + (offset + 2) as u64) as *const u16).read_volatile() };
         // SAFETY: as above.
         assert_eq!(half, (unsafe { reg(offset).read_volatile() } >> 16) as u16);
         narrow += 1;
@@ -94,16 +101,16 @@ fn main(me: u32, info: &'static Platform) {
     match info.arg("end").unwrap_or("none") {
         "fetch" => {
             // SAFETY: not safe at all: the point is that the hypervisor stops the VM here.
-            unsafe { core::arch::asm!("jmp {}", in(reg) APIC_MMIO_GPA + 0x80, options(noreturn)) }
+            unsafe { core::arch::asm!("jmp {}", in(reg) APIC_MMIO_GPA + TPR as u64, options(noreturn)) }
         }
         "wide" => {
             // SAFETY: 8-byte accesses to APIC registers are undefined (SDM Vol. 3A §12.4.1):
             // the hypervisor completes them without touching a register.
             let (v, svr) = unsafe {
-                let v = ((APIC_MMIO_GPA + 0xa0) as *const u64).read_volatile();
-                let before = reg(0xf0).read_volatile();
-                ((APIC_MMIO_GPA + 0xf0) as *mut u64).write_volatile(0);
-                (v, (before, reg(0xf0).read_volatile()))
+                let v = ((APIC_MMIO_GPA + PPR as u64) as *const u64).read_volatile();
+                let before = reg(SVR).read_volatile();
+                ((APIC_MMIO_GPA + SVR as u64) as *mut u64).write_volatile(0);
+                (v, (before, reg(SVR).read_volatile()))
             };
             assert_eq!(v, 0, "an 8-byte read of PPR reads 0");
             assert_eq!(svr.0, svr.1, "an 8-byte write of SVR is dropped");

@@ -9,6 +9,7 @@
 
 use guest_tests::sync::Barrier;
 use guest_tests::{Platform, apic, entry, idt, report, sti};
+use hvcore::apic::regs;
 
 entry!(main);
 
@@ -38,7 +39,7 @@ fn main(me: u32, info: &'static Platform) {
             low |= 0x80;
         }
         if (low >> 8) & 7 == 5 {
-            low = (low & !apic::ICR_ASSERT) | apic::ICR_LEVEL;
+            low = (low & !regs::ICR_ASSERT) | regs::ICR_LEVEL;
         }
         let dest_raw = next();
         if apic::is_x2apic() {
@@ -46,10 +47,10 @@ fn main(me: u32, info: &'static Platform) {
             let value = ((dest as u64) << 32) | low as u64;
             if i % 16 == 15 {
                 idt::expect_gp();
-                apic::wrmsr(0x830, value | X2APIC_RESERVED);
+                apic::wrmsr(regs::msr::ICR, value | X2APIC_RESERVED);
                 gp_expected += 1;
             } else {
-                apic::wrmsr(0x830, value & !X2APIC_RESERVED);
+                apic::wrmsr(regs::msr::ICR, value & !X2APIC_RESERVED);
             }
         } else {
             apic::send(low, (dest_raw >> 8) as u32 & 0xff);

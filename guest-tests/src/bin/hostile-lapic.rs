@@ -10,6 +10,7 @@
 
 use guest_tests::idt::{raises_gp, try_wrmsr};
 use guest_tests::{Platform, apic, entry, println, report, sti};
+use hvcore::apic::regs;
 
 entry!(main);
 
@@ -38,7 +39,7 @@ fn cr0() -> u64 {
     v
 }
 
-fn main(vcpu: u32, info: &'static Platform) {
+fn main(vcpu: u32, _info: &'static Platform) {
     if vcpu != 0 {
         return;
     }
@@ -76,21 +77,21 @@ fn main(vcpu: u32, info: &'static Platform) {
         }
     }
     apic::set_x2apic_interface(x2apic);
-    apic::write(0xf0, 0x1ff);
+    apic::write(regs::SVR, 0x1ff);
 
     sti();
     for _ in 0..2000 {
         let r = rng.next();
-        apic::write(0xf0, r as u32 & 0x1ff | 0x100);
+        apic::write(regs::SVR, r as u32 & 0x1ff | 0x100);
         if !x2apic {
-            apic::write(0x20, (r as u32) & 0xff00_0000);
+            apic::write(regs::ID, (r as u32) & 0xff00_0000);
         }
         // Fixed IPIs to whatever IDs exist now (vectors with the runtime's counting handler).
         apic::send(0x4000 | 0x40 | (r as u32 >> 8 & 0x3f), (r >> 16) as u32 & 0xff);
     }
-    apic::write(0xf0, 0x1ff);
+    apic::write(regs::SVR, 0x1ff);
     if !x2apic {
-        apic::write(0x20, 0);
+        apic::write(regs::ID, 0);
     }
 
     let c0 = cr0();

@@ -13,6 +13,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use guest_tests::irq::{IRQS, NMI_DWELL_TICKS};
 use guest_tests::sync::Barrier;
 use guest_tests::{Platform, apic, entry, println, rdtsc, report, sti, wait_until};
+use hvcore::apic::regs;
 
 entry!(main);
 
@@ -27,7 +28,7 @@ fn nmis() -> u32 {
 }
 
 fn nmi_to_1() {
-    apic::send(apic::ICR_NMI | apic::ICR_ASSERT, 1);
+    apic::send(regs::ICR_NMI | regs::ICR_ASSERT, 1);
 }
 
 /// Sends one NMI and waits for it to arrive.

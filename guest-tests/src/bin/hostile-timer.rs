@@ -10,8 +10,9 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU32, Ordering};
+use hvcore::apic::regs;
 
-use guest_tests::apic::{self, timer};
+use guest_tests::apic;
 use guest_tests::irq::{self, count, this_vcpu};
 use guest_tests::{Platform, entry, println, rdtsc, report, sti};
 
@@ -25,15 +26,15 @@ const REARM_TIMES: u32 = 2000;
 
 fn rearm() {
     if REARMS.fetch_add(1, Ordering::Relaxed) + 1 < REARM_TIMES {
-        apic::write(timer::INITIAL, 1);
+        apic::write(regs::TIMER_INITIAL, 1);
     }
 }
 
 fn main(me: u32, p: &'static Platform) {
     let me_ = this_vcpu();
-    apic::write(timer::DIVIDE, timer::DIVIDE_BY_1);
-    apic::write(timer::LVT, PERIODIC as u32 | timer::PERIODIC);
-    apic::write(timer::INITIAL, 1);
+    apic::write(regs::TIMER_DIVIDE, regs::DIVIDE_BY_1);
+    apic::write(regs::LVT_TIMER, PERIODIC as u32 | regs::LVT_TIMER_PERIODIC);
+    apic::write(regs::TIMER_INITIAL, 1);
     sti();
     let span = p.tsc_hz / 20;
     let (t0, mut spins) = (rdtsc(), 0u64);
@@ -41,7 +42,7 @@ fn main(me: u32, p: &'static Platform) {
         spins += 1;
         core::hint::spin_loop();
     }
-    apic::write(timer::INITIAL, 0);
+    apic::write(regs::TIMER_INITIAL, 0);
     let periodic = count(me_, PERIODIC) as u64;
     let floor = p.tsc_hz / 10_000; // 100 µs
     let most = span / floor + 2;
@@ -50,12 +51,12 @@ fn main(me: u32, p: &'static Platform) {
     assert!(spins > 1000, "the vCPU got no time of its own between timer interrupts ({spins} spins)");
 
     irq::set_handler(REARM, rearm);
-    apic::write(timer::LVT, REARM as u32);
+    apic::write(regs::LVT_TIMER, REARM as u32);
     let t1 = rdtsc();
-    apic::write(timer::INITIAL, 1);
+    apic::write(regs::TIMER_INITIAL, 1);
     guest_tests::wait_until(p, 5, "the re-armed one-shots", || REARMS.load(Ordering::Relaxed) >= REARM_TIMES);
     let ticks = rdtsc() - t1;
-    apic::write(timer::LVT, timer::MASKED);
+    apic::write(regs::LVT_TIMER, regs::LVT_MASKED);
     let rearms = REARMS.load(Ordering::Relaxed);
     println!(
         "hostile-timer vCPU {me}: {periodic} periodic interrupts in 50 ms (at most {most}); {rearms} one-shots re-armed from the handler in {ticks} TSC ticks"

@@ -7,10 +7,11 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU32, Ordering};
-use guest_tests::apic::{self, ICR_ASSERT, ICR_LOGICAL, SHORTHAND_OTHERS, SHORTHAND_SELF};
+use guest_tests::apic;
 use guest_tests::irq::{IRQS, count};
 use guest_tests::sync::Barrier;
 use guest_tests::{Platform, entry, hypercall, println, report, sti, sti_hlt, wait_until};
+use hvcore::apic::regs::{self, ICR_ASSERT, ICR_LOGICAL, ICR_SHORTHAND_OTHERS, ICR_SHORTHAND_SELF};
 use hvcore::vmx::path_kind::InterruptPath;
 
 entry!(main);
@@ -65,7 +66,7 @@ fn main(me: u32, info: &'static Platform) {
         if apic::is_x2apic() && r % 2 == 1 {
             // Bit 12 set: WRMSR to the x2APIC ICR ignores it (x2APIC specification §2.4.3), so
             // this is the same covered IPI, neither a #GP nor an exit.
-            apic::send(apic::ICR_FIXED | ICR_ASSERT | 1 << 12 | unicast(me, r) as u32, r);
+            apic::send(regs::ICR_FIXED | ICR_ASSERT | 1 << 12 | unicast(me, r) as u32, r);
         } else {
             apic::send_fixed(r, unicast(me, r));
         }
@@ -90,7 +91,7 @@ fn main(me: u32, info: &'static Platform) {
     }
 
     // 2. Self-IPIs: the shorthand, and in x2APIC mode the SELF IPI register.
-    apic::send(ICR_ASSERT | SHORTHAND_SELF | SELF_VECTOR as u32, 0);
+    apic::send(ICR_ASSERT | ICR_SHORTHAND_SELF | SELF_VECTOR as u32, 0);
     sent += 1;
     wait_until(info, 5, "the self-IPI", || count(me as usize, SELF_VECTOR) == 1);
     if apic::is_x2apic() {
@@ -105,8 +106,8 @@ fn main(me: u32, info: &'static Platform) {
     //     processor's TPR virtualization, the hypervisor's APIC model, or its CR8 exits.
     write_cr8((TPR_VECTOR >> 4) as u64);
     assert_eq!(read_cr8(), (TPR_VECTOR >> 4) as u64, "CR8 reads back");
-    assert_eq!(apic::read(0x80) & 0xf0, (TPR_VECTOR & 0xf0) as u32, "CR8 is TPR[7:4]");
-    apic::send(ICR_ASSERT | SHORTHAND_SELF | TPR_VECTOR as u32, 0);
+    assert_eq!(apic::read(regs::TPR) & 0xf0, (TPR_VECTOR & 0xf0) as u32, "CR8 is TPR[7:4]");
+    apic::send(ICR_ASSERT | ICR_SHORTHAND_SELF | TPR_VECTOR as u32, 0);
     sent += 1;
     let until = guest_tests::rdtsc() + info.tsc_hz / 1000;
     while guest_tests::rdtsc() < until {
@@ -115,14 +116,14 @@ fn main(me: u32, info: &'static Platform) {
     assert_eq!(count(me as usize, TPR_VECTOR), 0, "an interrupt of the TPR's own class was delivered");
     write_cr8(0);
     wait_until(info, 5, "the self-IPI the TPR held back", || count(me as usize, TPR_VECTOR) == 1);
-    assert_eq!(apic::read(0x80), 0, "TPR back to 0");
+    assert_eq!(apic::read(regs::TPR), 0, "TPR back to 0");
     sync();
 
     // 3. Broadcasts, one sender per round so the same vector never coalesces: the
     //    all-excluding-self shorthand, then the physical broadcast ID (which includes the sender).
     for round in 0..n {
         if me == round {
-            apic::send(ICR_ASSERT | SHORTHAND_OTHERS | SHORTHAND_VECTOR as u32, 0);
+            apic::send(ICR_ASSERT | ICR_SHORTHAND_OTHERS | SHORTHAND_VECTOR as u32, 0);
             sent += 1;
         }
         let expected = (0..=round).filter(|&s| s != me).count() as u32;
@@ -172,7 +173,7 @@ fn main(me: u32, info: &'static Platform) {
     if n > 1 {
         let last = n - 1;
         if me == 0 {
-            apic::send(apic::ICR_NMI | ICR_ASSERT, last);
+            apic::send(regs::ICR_NMI | ICR_ASSERT, last);
             sent += 1;
         }
         if me == last {

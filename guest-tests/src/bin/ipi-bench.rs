@@ -8,11 +8,12 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use guest_tests::apic::{self, ICR_ASSERT, ICR_FIXED, SHORTHAND_OTHERS};
+use guest_tests::apic;
 use guest_tests::hypercall::exits_except_vmcall;
 use guest_tests::irq::{FAST_HITS, FAST_VECTOR};
 use guest_tests::sync::Barrier;
 use guest_tests::{Platform, entry, println, rdtsc, report, sti, uart};
+use hvcore::apic::regs::{ICR_ASSERT, ICR_FIXED, ICR_SHORTHAND_OTHERS};
 use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::stats::summarize;
 
@@ -58,7 +59,7 @@ fn main(me: u32, info: &'static Platform) {
     let mut guard = SAMPLES.lock();
     let samples = &mut guard[..];
     let mut exits_start = 0;
-    let shorthand = if broadcast { SHORTHAND_OTHERS } else { 0 };
+    let shorthand = if broadcast { ICR_SHORTHAND_OTHERS } else { 0 };
     let icr_low = ICR_FIXED | ICR_ASSERT | shorthand | VECTOR as u32;
     let sync = info.arg("sync") == Some("serial");
     for i in 0..warmup + iterations {

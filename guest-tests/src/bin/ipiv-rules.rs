@@ -5,11 +5,12 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicBool, Ordering};
-use guest_tests::apic::{self, ICR_ASSERT, ICR_LOGICAL, ICR_NMI, SHORTHAND_OTHERS};
+use guest_tests::apic;
 use guest_tests::hypercall::{self, exits_except_vmcall, pid_op};
 use guest_tests::irq::{IRQS, count};
 use guest_tests::sync::Barrier;
 use guest_tests::{Platform, entry, println, rdtsc, report, sti, wait_until};
+use hvcore::apic::regs::{ICR_ASSERT, ICR_LOGICAL, ICR_NMI, ICR_SHORTHAND_OTHERS};
 use hvcore::guest_abi::hypercall::*;
 
 entry!(main);
@@ -70,7 +71,7 @@ fn main(me: u32, info: &'static Platform) {
     one_exit("vector below 16", exits_of(|| apic::send_fixed(1, 0x0f)));
     one_exit("logical destination", exits_of(|| apic::send(ICR_ASSERT | ICR_LOGICAL | 0x52, apic::logical_dest(1))));
     wait_until(info, 5, "the logical IPI", || count(1, 0x52) == 1);
-    one_exit("shorthand", exits_of(|| apic::send(ICR_ASSERT | SHORTHAND_OTHERS | 0x53, 0)));
+    one_exit("shorthand", exits_of(|| apic::send(ICR_ASSERT | ICR_SHORTHAND_OTHERS | 0x53, 0)));
     for t in 1..4 {
         wait_until(info, 5, "the shorthand IPI", || count(t, 0x53) == 1);
     }

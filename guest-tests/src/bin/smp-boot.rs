@@ -9,9 +9,10 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use guest_tests::apic::{self, ICR_ASSERT, ICR_INIT, ICR_LEVEL, ICR_STARTUP, SHORTHAND_OTHERS};
+use guest_tests::apic;
 use guest_tests::boot::{MAX_CPUS, SIPI_VECTOR};
 use guest_tests::{Platform, entry, println, rdtsc, report, wait_until};
+use hvcore::apic::regs::{ICR_ASSERT, ICR_INIT, ICR_LEVEL, ICR_SHORTHAND_OTHERS, ICR_STARTUP};
 
 entry!(main);
 
@@ -91,9 +92,9 @@ fn main(me: u32, p: &'static Platform) {
     for w in &WAITING[1..n] {
         w.store(false, Ordering::Release);
     }
-    apic::send(ICR_INIT | ICR_ASSERT | ICR_LEVEL | SHORTHAND_OTHERS, 0);
+    apic::send(ICR_INIT | ICR_ASSERT | ICR_LEVEL | ICR_SHORTHAND_OTHERS, 0);
     delay(p, 10_000);
-    apic::send(ICR_STARTUP | ICR_ASSERT | SHORTHAND_OTHERS | SIPI_VECTOR as u32, 0);
+    apic::send(ICR_STARTUP | ICR_ASSERT | ICR_SHORTHAND_OTHERS | SIPI_VECTOR as u32, 0);
     wait_until(p, 2, "every processor restarted by shorthand", || all_waiting(3));
     println!("smp-boot: {n} processors started, each restarted by INIT-SIPI by destination and by shorthand");
     report!(r#"{{"test":"smp-boot","vcpu":0,"processors":{n},"entries_per_ap":3}}"#);

@@ -8,6 +8,7 @@
 #![no_main]
 
 use core::sync::atomic::{AtomicU32, Ordering};
+use hvcore::apic::regs;
 
 use guest_tests::apic::{self, timer};
 use guest_tests::irq::{IRQS, count, this_vcpu};
@@ -71,12 +72,12 @@ fn one_shot(t: &Timing, vector: u8, divide: u32, divisor: u64) -> i64 {
     let me = this_vcpu();
     // About 10 ms.
     let n = (t.clock_hz / divisor / 100) as u32;
-    apic::write(timer::LVT, vector as u32);
-    apic::write(timer::DIVIDE, divide);
+    apic::write(regs::LVT_TIMER, vector as u32);
+    apic::write(regs::TIMER_DIVIDE, divide);
     let t0 = rdtsc();
-    apic::write(timer::INITIAL, n);
-    let c0 = apic::read(timer::CURRENT);
-    let c1 = apic::read(timer::CURRENT);
+    apic::write(regs::TIMER_INITIAL, n);
+    let c0 = apic::read(regs::TIMER_CURRENT);
+    let c1 = apic::read(regs::TIMER_CURRENT);
     assert!(c0 <= n && c1 <= c0, "the current count runs down: {n} then {c0}, {c1}");
     let expected = t.ticks(n, divisor);
     let at = wait_for(vector, 1, expected * 4 + t.tsc_hz / 10, "one-shot");
@@ -84,7 +85,7 @@ fn one_shot(t: &Timing, vector: u8, divide: u32, divisor: u64) -> i64 {
     assert!(err.abs() <= t.tolerance_ppm, "one-shot (divide {divisor}) off by {err} ppm");
     idle(expected);
     assert_eq!(count(me, vector), 1, "a one-shot timer fires once");
-    assert_eq!(apic::read(timer::CURRENT), 0, "the current count stays at 0 after a one-shot");
+    assert_eq!(apic::read(regs::TIMER_CURRENT), 0, "the current count stays at 0 after a one-shot");
     err
 }
 
@@ -100,18 +101,18 @@ fn main(me: u32, p: &'static Platform) {
     };
     let vcpu = this_vcpu();
 
-    let one_shot_ppm = one_shot(&t, ONE_SHOT, timer::DIVIDE_BY_1, 1);
-    let divided_ppm = one_shot(&t, DIVIDED, timer::DIVIDE_BY_16, 16);
+    let one_shot_ppm = one_shot(&t, ONE_SHOT, regs::DIVIDE_BY_1, 1);
+    let divided_ppm = one_shot(&t, DIVIDED, regs::DIVIDE_BY_16, 16);
 
     // Periodic, 1 ms: the average period over PERIODS interrupts, then stopped by a 0 count.
     let n = (t.clock_hz / 1000) as u32;
-    apic::write(timer::LVT, PERIODIC as u32 | timer::PERIODIC);
-    apic::write(timer::DIVIDE, timer::DIVIDE_BY_1);
-    apic::write(timer::INITIAL, n);
+    apic::write(regs::LVT_TIMER, PERIODIC as u32 | regs::LVT_TIMER_PERIODIC);
+    apic::write(regs::TIMER_DIVIDE, regs::DIVIDE_BY_1);
+    apic::write(regs::TIMER_INITIAL, n);
     let period = t.ticks(n, 1);
     let first = wait_for(PERIODIC, 1, period * 4 + t.tsc_hz / 10, "periodic");
     let last = wait_for(PERIODIC, PERIODS, period * (PERIODS as u64 * 4) + t.tsc_hz / 10, "periodic");
-    apic::write(timer::INITIAL, 0);
+    apic::write(regs::TIMER_INITIAL, 0);
     let periodic_ppm = ppm((last - first) / (PERIODS as u64 - 1), period);
     assert!(periodic_ppm.abs() <= t.tolerance_ppm, "periodic timer off by {periodic_ppm} ppm");
     let after = count(vcpu, PERIODIC);
@@ -119,32 +120,32 @@ fn main(me: u32, p: &'static Platform) {
     assert_eq!(count(vcpu, PERIODIC), after, "a 0 initial count stops the periodic timer");
 
     // Masked: the count runs, no interrupt.
-    apic::write(timer::LVT, MASKED as u32 | timer::MASKED);
-    apic::write(timer::INITIAL, n);
-    assert!(apic::read(timer::CURRENT) > 0, "a masked timer still counts");
+    apic::write(regs::LVT_TIMER, MASKED as u32 | regs::LVT_MASKED);
+    apic::write(regs::TIMER_INITIAL, n);
+    assert!(apic::read(regs::TIMER_CURRENT) > 0, "a masked timer still counts");
     idle(period * 3);
-    assert_eq!((count(vcpu, MASKED), apic::read(timer::CURRENT)), (0, 0), "masked: no interrupt, count ran out");
+    assert_eq!((count(vcpu, MASKED), apic::read(regs::TIMER_CURRENT)), (0, 0), "masked: no interrupt, count ran out");
 
     // TSC-deadline: on time and never early; the MSR reads 0 once it fired; 0 disarms.
     let deadline = timer::has_tsc_deadline();
     let mut late = 0;
     if deadline {
-        apic::write(timer::LVT, DEADLINE as u32 | timer::TSC_DEADLINE);
+        apic::write(regs::LVT_TIMER, DEADLINE as u32 | regs::LVT_TIMER_TSC_DEADLINE);
         let interval = t.tsc_hz / 500;
         let at = rdtsc() + interval;
-        apic::wrmsr(timer::IA32_TSC_DEADLINE, at);
-        assert_eq!(apic::read(timer::CURRENT), 0, "the current count reads 0 in TSC-deadline mode");
+        apic::wrmsr(regs::IA32_TSC_DEADLINE, at);
+        assert_eq!(apic::read(regs::TIMER_CURRENT), 0, "the current count reads 0 in TSC-deadline mode");
         let arrived = wait_for(DEADLINE, 1, interval * 4 + t.tsc_hz / 10, "TSC deadline");
         assert!(arrived >= at, "the TSC-deadline interrupt came {} ticks early", at - arrived);
         late = arrived - at;
         assert!(ppm(interval + late, interval) <= t.tolerance_ppm, "TSC deadline {late} ticks late");
-        assert_eq!(apic::rdmsr(timer::IA32_TSC_DEADLINE), 0, "IA32_TSC_DEADLINE reads 0 after it fired");
-        apic::wrmsr(timer::IA32_TSC_DEADLINE, rdtsc() + interval);
-        apic::wrmsr(timer::IA32_TSC_DEADLINE, 0);
+        assert_eq!(apic::rdmsr(regs::IA32_TSC_DEADLINE), 0, "IA32_TSC_DEADLINE reads 0 after it fired");
+        apic::wrmsr(regs::IA32_TSC_DEADLINE, rdtsc() + interval);
+        apic::wrmsr(regs::IA32_TSC_DEADLINE, 0);
         idle(interval * 2);
         assert_eq!(count(vcpu, DEADLINE), 1, "writing 0 disarms the TSC-deadline timer");
     }
-    apic::write(timer::LVT, timer::MASKED);
+    apic::write(regs::LVT_TIMER, regs::LVT_MASKED);
 
     let mode = if apic::is_x2apic() { "x2apic" } else { "xapic" };
     println!(

@@ -22,7 +22,7 @@ macro_rules! ipi_bench_isr {
             "    pushq %rcx",
             "    pushq %rdx",
             "    lock incl {hits}(%rip)",
-            "    movl $0x80b, %ecx",
+            "    movl ${eoi_msr}, %ecx",
             "    xorl %eax, %eax",
             "    xorl %edx, %edx",
             "    wrmsr",
@@ -40,6 +40,7 @@ macro_rules! ipi_bench_isr {
             "    iretq",
             hits = sym $hits,
             eoi = sym $eoi_ptr,
+            eoi_msr = const $crate::apic::regs::msr::EOI,
             options(att_syntax)
         );
     };
@@ -71,7 +72,7 @@ macro_rules! ipi_bench_loops {
             "    movq %rax, %r9",
             "    movl %edi, %eax",
             "    movl %esi, %edx",
-            "    movl $0x830, %ecx",
+            "    movl ${icr_msr}, %ecx",
             "    wrmsr",
             "2:  pause",
             "    cmpl {hits}(%rip), %r8d",
@@ -84,12 +85,12 @@ macro_rules! ipi_bench_loops {
             concat!(".global ", stringify!($rt_xapic)),
             concat!(stringify!($rt_xapic), ":"),
             "    movl %edx, %r8d",
-            "    shll $24, %esi",
+            "    shll ${dest_shift}, %esi",
             "    rdtsc",
             "    shlq $32, %rdx",
             "    orq %rdx, %rax",
             "    movq %rax, %r9",
-            "    movl %esi, 0x10(%rcx)",
+            "    movl %esi, {icr_hi}(%rcx)",
             "    movl %edi, (%rcx)",
             "3:  pause",
             "    cmpl {hits}(%rip), %r8d",
@@ -112,6 +113,9 @@ macro_rules! ipi_bench_loops {
             "    jmp 4b",
             "6:  ret",
             hits = sym $hits,
+            icr_msr = const $crate::apic::regs::msr::ICR,
+            dest_shift = const $crate::apic::regs::XAPIC_DEST_SHIFT,
+            icr_hi = const $crate::apic::regs::ICR_HI - $crate::apic::regs::ICR_LO,
             options(att_syntax)
         );
         unsafe extern "C" {

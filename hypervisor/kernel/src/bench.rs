@@ -5,6 +5,7 @@
 use alloc::vec;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use hvcore::apic::regs;
 use hvcore::stats::summarize;
 use hvcore::summary::NativeBench;
 
@@ -55,8 +56,8 @@ pub fn run_sender(iterations: u32, halt: bool, target_apic_id: u32) -> Option<Na
     crate::time::pit_delay_us(1000);
     let warmup = (iterations / 10).max(10);
     let mut samples = vec![0u64; iterations as usize];
-    let icr_low = apic::ICR_FIXED | apic::ICR_LEVEL_ASSERT | NATIVE_VECTOR as u32;
-    let icr = apic::xapic_register_address(apic::REG_ICR_LO);
+    let icr_low = regs::ICR_FIXED | regs::ICR_ASSERT | NATIVE_VECTOR as u32;
+    let icr = apic::xapic_register_address(regs::ICR_LO);
     for i in 0..warmup + iterations {
         let expected = RECEIVED.load(Ordering::Acquire).wrapping_add(1);
         let cycles = match icr {
@@ -72,7 +73,7 @@ pub fn run_sender(iterations: u32, halt: bool, target_apic_id: u32) -> Option<Na
     }
     DONE.store(true, Ordering::Release);
     // Wake a halted target so it sees DONE.
-    apic::send_ipi(target_apic_id, apic::ICR_FIXED | NATIVE_VECTOR as u32);
+    apic::send_ipi(target_apic_id, regs::ICR_FIXED | NATIVE_VECTOR as u32);
     Some(NativeBench { x2apic: apic::is_x2apic(), halt, cycles: summarize(&mut samples) })
 }
 
@@ -87,7 +88,7 @@ pub fn target_loop(stop_waiting: impl Fn() -> bool) {
     }
     let halt = HALT.load(Ordering::Relaxed);
     // The handler's EOI in xAPIC mode (unused in x2APIC mode, which EOIs by WRMSR).
-    EOI_PTR.store(apic::xapic_register_address(apic::REG_EOI).unwrap_or(0), Ordering::Relaxed);
+    EOI_PTR.store(apic::xapic_register_address(regs::EOI).unwrap_or(0), Ordering::Relaxed);
     READY.store(true, Ordering::Release);
     x86_64::instructions::interrupts::enable();
     // SAFETY: DONE is a static byte; interrupts are on, and the sender sends one last IPI

@@ -7,10 +7,8 @@
 //! vector. Register reads and writes that exit (every xAPIC register but TPR, every x2APIC
 //! MSR) are completed here.
 
+use super::regs::{IRR, ISR, TPR, msr, vector_bit};
 use super::vapic::{self, VirtualApicPage, Write};
-
-const ISR: usize = vapic::ISR;
-const IRR: usize = vapic::IRR;
 
 /// The highest vector set in the 256-bit register at `base` (ISR, IRR).
 fn highest(page: &VirtualApicPage<'_>, base: usize) -> Option<u8> {
@@ -21,8 +19,7 @@ fn highest(page: &VirtualApicPage<'_>, base: usize) -> Option<u8> {
 }
 
 fn set_bit(page: &VirtualApicPage<'_>, base: usize, vector: u8, on: bool) {
-    let off = base + (vector as usize / 32) * 0x10;
-    let bit = 1 << (vector % 32);
+    let (off, bit) = vector_bit(base, vector);
     let v = page.read(off);
     page.write(off, if on { v | bit } else { v & !bit });
 }
@@ -30,7 +27,7 @@ fn set_bit(page: &VirtualApicPage<'_>, base: usize, vector: u8, on: bool) {
 /// PPR (SDM Vol. 3A §12.8.3.1): TPR if its class is at least the highest in-service vector's
 /// class, else that class (low nibble 0).
 pub fn ppr(page: &VirtualApicPage<'_>) -> u32 {
-    let tpr = page.read(vapic::TPR) & 0xff;
+    let tpr = page.read(TPR) & 0xff;
     let isrv = highest(page, ISR).unwrap_or(0) as u32;
     if tpr >> 4 >= isrv >> 4 { tpr } else { isrv & 0xf0 }
 }
@@ -46,14 +43,14 @@ pub fn deliverable(page: &VirtualApicPage<'_>) -> Option<u8> {
 pub fn acknowledge(page: &VirtualApicPage<'_>, vector: u8) {
     set_bit(page, IRR, vector, false);
     set_bit(page, ISR, vector, true);
-    page.write(vapic::PPR, ppr(page));
+    page.write(super::regs::PPR, ppr(page));
 }
 
 /// EOI: retires the highest in-service vector (none: ignored, as hardware does) and returns it.
 pub fn eoi(page: &VirtualApicPage<'_>) -> Option<u8> {
     let v = highest(page, ISR)?;
     set_bit(page, ISR, v, false);
-    page.write(vapic::PPR, ppr(page));
+    page.write(super::regs::PPR, ppr(page));
     Some(v)
 }
 
@@ -62,7 +59,7 @@ pub fn eoi(page: &VirtualApicPage<'_>) -> Option<u8> {
 /// exits and the interrupt goes in; else 0 (no exit).
 pub fn tpr_threshold(page: &VirtualApicPage<'_>) -> u32 {
     let Some(irr) = highest(page, IRR) else { return 0 };
-    let tpr_class = (page.read(vapic::TPR) >> 4) & 0xf;
+    let tpr_class = (page.read(TPR) >> 4) & 0xf;
     let isr_class = highest(page, ISR).map_or(0, |v| v >> 4) as u32;
     let class = (irr >> 4) as u32;
     if class <= tpr_class && class > isr_class { class } else { 0 }
@@ -95,28 +92,19 @@ pub fn xapic_read(page: &VirtualApicPage<'_>, offset: usize, size: u8, current_c
     vapic::read_register(page, offset, size, current_count, ppr(page))
 }
 
-/// RDMSR of x2APIC register `msr` (0x800-0x8FF; SDM Vol. 3A §12.12.1.2, Table 12-6); `None`
-/// for #GP (write-only, reserved or nonexistent).
-pub fn x2apic_read(page: &VirtualApicPage<'_>, msr: u32, current_count: u32) -> Option<u64> {
-    let offset = ((msr & 0xff) << 4) as usize;
-    Some(match msr {
-        0x802 | 0x803 | 0x808 | 0x80d | 0x80f | 0x810..=0x827 | 0x828 | 0x82f | 0x832..=0x838 | 0x83e => {
-            page.read(offset) as u64
-        }
-        0x80a => ppr(page) as u64,
-        0x830 => page.read(vapic::ICR_LO) as u64 | (page.read(vapic::ICR_LO + 4) as u64) << 32,
-        0x839 => current_count as u64,
-        _ => return None,
-    })
+/// RDMSR of an x2APIC register on the injection path (`vapic::read_x2apic_register`, with
+/// PPR computed from the model).
+pub fn x2apic_read(page: &VirtualApicPage<'_>, m: u32, current_count: u32) -> Option<u64> {
+    vapic::read_x2apic_register(page, m, current_count, ppr(page))
 }
 
 /// WRMSR of x2APIC TPR, EOI or SELF IPI, which the injection path intercepts (the other
 /// registers: `x2apic_msr::write_action`); `None` for #GP (reserved bits set; EOI takes 0).
-pub fn x2apic_write(page: &VirtualApicPage<'_>, msr: u32, value: u64) -> Option<Write> {
-    match msr {
-        0x808 if value < 0x100 => Some(vapic::store(page, vapic::TPR, value as u32)),
-        0x80b if value == 0 => Some(Write::Eoi),
-        0x83f if value < 0x100 => Some(Write::SelfIpi(value as u8)),
+pub fn x2apic_write(page: &VirtualApicPage<'_>, m: u32, value: u64) -> Option<Write> {
+    match m {
+        msr::TPR if value < 0x100 => Some(vapic::store(page, TPR, value as u32)),
+        msr::EOI if value == 0 => Some(Write::Eoi),
+        msr::SELF_IPI if value < 0x100 => Some(Write::SelfIpi(value as u8)),
         _ => None,
     }
 }
@@ -124,6 +112,7 @@ pub fn x2apic_write(page: &VirtualApicPage<'_>, msr: u32, value: u64) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apic::regs::{self, msr};
     use core::sync::atomic::AtomicU32;
 
     fn page(regs: &[AtomicU32; 1024]) -> VirtualApicPage<'_> {
@@ -139,17 +128,17 @@ mod tests {
         assert_eq!(deliverable(&p), None);
         p.set_irr(0x41);
         assert_eq!(deliverable(&p), Some(0x41));
-        p.write(vapic::TPR, 0x40);
+        p.write(regs::TPR, 0x40);
         assert_eq!(deliverable(&p), None, "same class as TPR: held");
         assert_eq!(tpr_threshold(&p), 4, "lowering TPR below class 4 must exit");
-        p.write(vapic::TPR, 0x3f);
+        p.write(regs::TPR, 0x3f);
         assert_eq!(deliverable(&p), Some(0x41));
         assert_eq!(tpr_threshold(&p), 0);
-        p.write(vapic::TPR, 0);
+        p.write(regs::TPR, 0);
         acknowledge(&p, 0x41);
-        assert_eq!(p.read(vapic::PPR), 0x40);
-        assert_eq!(p.read(vapic::IRR + 0x20), 0);
-        assert_eq!(p.read(vapic::ISR + 0x20), 1 << 1);
+        assert_eq!(p.read(regs::PPR), 0x40);
+        assert_eq!(p.read(regs::IRR + 0x20), 0);
+        assert_eq!(p.read(regs::ISR + 0x20), 1 << 1);
         p.set_irr(0x45);
         assert_eq!(deliverable(&p), None, "in-service class 4 holds class 4");
         assert_eq!(tpr_threshold(&p), 0, "the ISR, not the TPR, holds it: the EOI exits anyway");
@@ -159,7 +148,7 @@ mod tests {
         assert_eq!(eoi(&p), Some(0x51));
         assert_eq!(eoi(&p), Some(0x41));
         assert_eq!(eoi(&p), None);
-        assert_eq!(p.read(vapic::PPR), 0);
+        assert_eq!(p.read(regs::PPR), 0);
         assert_eq!(deliverable(&p), Some(0x45));
     }
 
@@ -177,14 +166,14 @@ mod tests {
     fn xapic_reads_compute_ppr() {
         let regs = [const { AtomicU32::new(0) }; 1024];
         let p = page(&regs);
-        assert_eq!(xapic_read(&p, vapic::VERSION, 4, 0), vapic::VERSION_VALUE);
+        assert_eq!(xapic_read(&p, regs::VERSION, 4, 0), vapic::VERSION_VALUE);
         p.set_irr(0x61);
         acknowledge(&p, 0x61);
-        assert_eq!(xapic_read(&p, vapic::ISR + 0x30, 4, 0), 1 << 1);
-        assert_eq!(xapic_read(&p, vapic::PPR, 4, 0), 0x60);
+        assert_eq!(xapic_read(&p, regs::ISR + 0x30, 4, 0), 1 << 1);
+        assert_eq!(xapic_read(&p, regs::PPR, 4, 0), 0x60);
         assert_eq!(eoi(&p), Some(0x61));
-        assert_eq!(xapic_read(&p, vapic::EOI, 4, 0), 0, "write-only");
-        assert_eq!(xapic_read(&p, vapic::TIMER_CURRENT_COUNT, 4, 77), 77);
+        assert_eq!(xapic_read(&p, regs::EOI, 4, 0), 0, "write-only");
+        assert_eq!(xapic_read(&p, regs::TIMER_CURRENT, 4, 77), 77);
     }
 
     #[test]
@@ -192,21 +181,21 @@ mod tests {
         let regs = [const { AtomicU32::new(0) }; 1024];
         let p = VirtualApicPage(&regs);
         p.reset(3, true);
-        assert_eq!(x2apic_read(&p, 0x802, 0), Some(3));
-        assert_eq!(x2apic_read(&p, 0x80d, 0), Some(8), "cluster 0, bit 3");
-        assert_eq!(x2apic_read(&p, 0x80b, 0), None, "EOI is write-only");
-        assert_eq!(x2apic_read(&p, 0x83f, 0), None, "SELF IPI is write-only");
-        assert_eq!(x2apic_read(&p, 0x831, 0), None, "no ICR high half in x2APIC mode");
-        assert_eq!(x2apic_read(&p, 0x839, 5), Some(5));
-        assert_eq!(x2apic_write(&p, 0x808, 0x20), Some(Write::Done));
-        assert_eq!(x2apic_read(&p, 0x808, 0), Some(0x20));
-        assert_eq!(x2apic_read(&p, 0x80a, 0), Some(0x20), "PPR follows TPR");
-        assert_eq!(x2apic_write(&p, 0x808, 0x100), None);
-        assert_eq!(x2apic_write(&p, 0x80b, 0), Some(Write::Eoi));
-        assert_eq!(x2apic_write(&p, 0x80b, 1), None, "EOI takes 0 only");
-        assert_eq!(x2apic_write(&p, 0x83f, 0x41), Some(Write::SelfIpi(0x41)));
-        p.write(vapic::ICR_LO, 0x4041);
-        p.write(vapic::ICR_LO + 4, 7);
-        assert_eq!(x2apic_read(&p, 0x830, 0), Some(0x7_0000_4041));
+        assert_eq!(x2apic_read(&p, msr::ID, 0), Some(3));
+        assert_eq!(x2apic_read(&p, msr::LDR, 0), Some(8), "cluster 0, bit 3");
+        assert_eq!(x2apic_read(&p, msr::EOI, 0), None, "EOI is write-only");
+        assert_eq!(x2apic_read(&p, msr::SELF_IPI, 0), None, "SELF IPI is write-only");
+        assert_eq!(x2apic_read(&p, msr::ICR + 1, 0), None, "no ICR high half in x2APIC mode");
+        assert_eq!(x2apic_read(&p, msr::TIMER_CURRENT, 5), Some(5));
+        assert_eq!(x2apic_write(&p, msr::TPR, 0x20), Some(Write::Done));
+        assert_eq!(x2apic_read(&p, msr::TPR, 0), Some(0x20));
+        assert_eq!(x2apic_read(&p, msr::PPR, 0), Some(0x20), "PPR follows TPR");
+        assert_eq!(x2apic_write(&p, msr::TPR, 0x100), None);
+        assert_eq!(x2apic_write(&p, msr::EOI, 0), Some(Write::Eoi));
+        assert_eq!(x2apic_write(&p, msr::EOI, 1), None, "EOI takes 0 only");
+        assert_eq!(x2apic_write(&p, msr::SELF_IPI, 0x41), Some(Write::SelfIpi(0x41)));
+        p.write(regs::ICR_LO, 0x4041);
+        p.write(regs::ICR_LO + 4, 7);
+        assert_eq!(x2apic_read(&p, msr::ICR, 0), Some(0x7_0000_4041));
     }
 }

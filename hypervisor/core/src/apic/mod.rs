@@ -6,6 +6,7 @@ pub mod base;
 pub mod icr;
 pub mod injection;
 pub mod pid;
+pub mod regs;
 pub mod startup;
 pub mod timer;
 pub mod vapic;

@@ -16,16 +16,11 @@
 //! interrupt is due, arranges to be back then (the VMX-preemption timer), and calls
 //! [`ApicTimer::expire`], which returns the vector to deliver.
 
-/// Register offsets in the (virtual-)APIC page (SDM Vol. 3A Table 12-1).
-pub use super::vapic::{DIVIDE_CONFIG, INITIAL_COUNT, LVT_TIMER, TIMER_CURRENT_COUNT as CURRENT_COUNT};
-/// IA32_TSC_DEADLINE (SDM Vol. 4 Table 2-2).
-pub const IA32_TSC_DEADLINE: u32 = 0x6e0;
+use super::regs::{LVT_MASKED as LVT_MASK, LVT_TIMER_MODE_SHIFT as LVT_MODE_SHIFT};
 
 /// LVT timer bits (SDM Vol. 3A Figure 12-8): vector 7:0, delivery status 12 (read-only), mask
 /// 16, timer mode 18:17. The rest are reserved and read as 0.
 const LVT_VECTOR: u32 = 0xff;
-const LVT_MASK: u32 = 1 << 16;
-const LVT_MODE_SHIFT: u32 = 17;
 pub const LVT_WRITABLE: u32 = LVT_VECTOR | LVT_MASK | (3 << LVT_MODE_SHIFT);
 /// Divide configuration bits 0, 1 and 3 (SDM Vol. 3A Figure 12-10).
 pub const DIVIDE_WRITABLE: u32 = 0b1011;
@@ -238,8 +233,7 @@ impl ApicTimer {
 mod tests {
     use super::*;
 
-    const PERIODIC: u32 = 1 << 17;
-    const DEADLINE: u32 = 2 << 17;
+    use crate::apic::regs::{LVT_TIMER_PERIODIC as PERIODIC, LVT_TIMER_TSC_DEADLINE as DEADLINE};
 
     #[test]
     fn divide_configuration_encodings() {

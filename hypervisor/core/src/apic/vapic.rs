@@ -1,45 +1,17 @@
-//! The virtual-APIC page (SDM Vol. 3C §30.1.1): register offsets, initial values, and the VIRR
+//! The virtual-APIC page (SDM Vol. 3C §30.1.1; its offsets: `super::regs`): initial values, and the VIRR
 //! and RVI updates the hypervisor makes when it delivers an interrupt itself (self-IPIs, and
 //! folding a descriptor's PIR in before a VM entry, §30.6).
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-pub const ID: usize = 0x20;
-pub const VERSION: usize = 0x30;
-pub const TPR: usize = 0x80;
-pub const PPR: usize = 0xa0;
-pub const EOI: usize = 0xb0;
-pub const LDR: usize = 0xd0;
-pub const DFR: usize = 0xe0;
-pub const SVR: usize = 0xf0;
-pub const ISR: usize = 0x100;
-pub const TMR: usize = 0x180;
-pub const IRR: usize = 0x200;
-pub const ESR: usize = 0x280;
-pub const ICR_LO: usize = 0x300;
-pub const ICR_HI: usize = 0x310;
-pub const SELF_IPI: usize = 0x3f0;
-
-/// SVR bit 8: the APIC is software-enabled (SDM Vol. 3A §12.9, Figure 12-23).
-pub const SVR_APIC_ENABLED: u32 = 1 << 8;
-/// The mask bit of every LVT entry (SDM Vol. 3A Figure 12-8).
-pub const LVT_MASKED: u32 = 1 << 16;
-/// The LVT entries: CMCI, timer, thermal, performance counters, LINT0, LINT1, error.
-pub const LVTS: [usize; 7] = [0x2f0, 0x320, 0x330, 0x340, 0x350, 0x360, 0x370];
+use super::regs::{
+    DFR, END, EOI, ESR, ICR_HI, ICR_LO, ID, IRR, ISR, LDR, LVT_CMCI, LVT_ERROR, LVT_MASKED, LVT_THERMAL, LVT_TIMER,
+    LVTS, PPR, SVR, SVR_APIC_ENABLED, TIMER_CURRENT, TIMER_DIVIDE, TIMER_INITIAL, TMR, TPR, VERSION, msr, vector_bit,
+    x2apic_offset,
+};
 
 /// Version register: version 0x14 (integrated APIC), 6 LVT entries (max LVT index 5).
 pub const VERSION_VALUE: u32 = 0x0005_0014;
-
-/// xAPIC registers the processor does not virtualize even with APIC-register virtualization
-/// (SDM Vol. 3C §30.4.2 lists the reads it virtualizes, §30.4.3.1 the writes): an access to
-/// them is an APIC-access VM exit, and the hypervisor completes it.
-pub const APR: usize = 0x90;
-pub const RRD: usize = 0xc0;
-pub const LVT_CMCI: usize = 0x2f0;
-pub const LVT_TIMER: usize = 0x320;
-pub const INITIAL_COUNT: usize = 0x380;
-pub const TIMER_CURRENT_COUNT: usize = 0x390;
-pub const DIVIDE_CONFIG: usize = 0x3e0;
 
 /// An xAPIC register read the hypervisor completes (an APIC-access exit for a register the
 /// processor does not virtualize, an APIC moved away from the APIC-access page, and every read
@@ -51,26 +23,53 @@ pub const DIVIDE_CONFIG: usize = 0x3e0;
 /// virtualization does (Vol. 3C §30.4.2), and any other form reads 0, as under KVM.
 pub fn read_register(page: &VirtualApicPage<'_>, offset: usize, size: u8, current_count: u32, ppr: u32) -> u32 {
     let within = offset & 0xf;
-    if offset >= 0x400 || !matches!(size, 1 | 2 | 4) || within + size as usize > 4 {
+    if offset >= END || !matches!(size, 1 | 2 | 4) || within + size as usize > 4 {
         return 0;
     }
     let reg = offset - within;
     let word = match reg {
         PPR => ppr,
-        TIMER_CURRENT_COUNT => current_count,
+        TIMER_CURRENT => current_count,
         // ISR, TMR and IRR; the LVTs, ICR, initial count.
-        ID | VERSION | TPR | LDR | DFR | SVR | ESR | 0x100..=0x270 | 0x2f0..=0x380 | DIVIDE_CONFIG => page.read(reg),
+        ID | VERSION | TPR | LDR | DFR | SVR | ESR | ISR..ESR | LVT_CMCI..=TIMER_INITIAL | TIMER_DIVIDE => {
+            page.read(reg)
+        }
         _ => 0,
     };
     let bits = 8 * size as u32;
     (word >> (8 * within)) & if bits == 32 { u32::MAX } else { (1 << bits) - 1 }
 }
 
+/// RDMSR of x2APIC register `m` (0x800-0x8FF; SDM Vol. 3A §12.12.1.2, Table 12-6) that the
+/// hypervisor completes, with PPR and the current count as for [`read_register`]; `None` for
+/// #GP (write-only, reserved or nonexistent: EOI, SELF IPI, the xAPIC-only APR, RRD, DFR and
+/// ICR_HI).
+pub fn read_x2apic_register(page: &VirtualApicPage<'_>, m: u32, current_count: u32, ppr: u32) -> Option<u64> {
+    Some(match m {
+        msr::PPR => ppr as u64,
+        msr::TIMER_CURRENT => current_count as u64,
+        // The 64-bit ICR sits at 0x300-0x307, as x2APIC virtualization reads and writes it (SDM
+        // Vol. 3C §30.5), not at the xAPIC ICR_HI.
+        msr::ICR => page.read(ICR_LO) as u64 | (page.read(ICR_LO + 4) as u64) << 32,
+        msr::ID
+        | msr::VERSION
+        | msr::TPR
+        | msr::LDR
+        | msr::SVR
+        | msr::ISR0..=msr::IRR7
+        | msr::ESR
+        | msr::LVT_CMCI
+        | msr::LVT_TIMER..=msr::TIMER_INITIAL
+        | msr::TIMER_DIVIDE => page.read(x2apic_offset(m)) as u64,
+        _ => return None,
+    })
+}
+
 /// The register an xAPIC write of `size` bytes at `offset` reaches: only an aligned 32-bit
 /// write inside the register space does (SDM Vol. 3A §12.4.1); other forms are model-specific,
 /// and this APIC drops them, as KVM's does.
 pub fn write_target(offset: usize, size: u8) -> Option<usize> {
-    (offset < 0x400 && size == 4 && offset.is_multiple_of(16)).then_some(offset)
+    (offset < END && size == 4 && offset.is_multiple_of(16)).then_some(offset)
 }
 
 /// What a register write asks of the vCPU beyond the value `store` kept.
@@ -117,10 +116,10 @@ pub fn store(page: &VirtualApicPage<'_>, offset: usize, value: u32) -> Write {
             return Write::Icr;
         }
         ICR_HI => keep(0xff00_0000),
-        LVT_TIMER | INITIAL_COUNT | DIVIDE_CONFIG => return Write::Timer(offset, value),
+        LVT_TIMER | TIMER_INITIAL | TIMER_DIVIDE => return Write::Timer(offset, value),
         // LVT CMCI, thermal, performance, LINT0, LINT1, error: vector, delivery mode,
         // polarity, trigger mode and mask (SDM Vol. 3A §12.5.1, Figure 12-8).
-        LVT_CMCI | 0x330..=0x370 => {
+        LVT_CMCI | LVT_THERMAL..=LVT_ERROR => {
             keep(0x0001_a7ff);
             return Write::Lvt(offset);
         }
@@ -136,8 +135,8 @@ pub fn store(page: &VirtualApicPage<'_>, offset: usize, value: u32) -> Write {
 /// of it); VM entry then does PPR virtualization and evaluates pending interrupts (§27.3.2.5).
 pub fn virtual_eoi(page: &VirtualApicPage<'_>, status: u16) -> (u16, u8) {
     let vector = (status >> 8) as u8;
-    let off = ISR + (vector as usize / 32) * 0x10;
-    page.write(off, page.read(off) & !(1 << (vector % 32)));
+    let (off, bit) = vector_bit(ISR, vector);
+    page.write(off, page.read(off) & !bit);
     let svi = (0..8).rev().find_map(|r| {
         let bits = page.read(ISR + r * 0x10);
         (bits != 0).then(|| (r * 32 + 31 - bits.leading_zeros() as usize) as u8)
@@ -187,17 +186,16 @@ impl VirtualApicPage<'_> {
 
     /// Sets VIRR bit `vector` (SDM Vol. 3C §30.1.1: IRR at 0x200, 8 registers of 32 bits).
     pub fn set_irr(&self, vector: u8) {
-        let off = IRR + (vector as usize / 32) * 0x10;
-        let v = self.read(off) | 1 << (vector % 32);
-        self.write(off, v);
+        let (off, bit) = vector_bit(IRR, vector);
+        self.write(off, self.read(off) | bit);
     }
 
     /// Records the trigger mode of an accepted fixed interrupt in TMR (SDM Vol. 3A §12.8.4:
     /// set for level-triggered, cleared for edge-triggered). One atomic read-modify-write:
     /// the sender's CPU does it, whichever vCPU owns the page.
     pub fn set_tmr(&self, vector: u8, level: bool) {
-        let reg = &self.0[(TMR + (vector as usize / 32) * 0x10) / 4];
-        let bit = 1 << (vector % 32);
+        let (off, bit) = vector_bit(TMR, vector);
+        let reg = &self.0[off / 4];
         if level {
             reg.fetch_or(bit, Ordering::Relaxed);
         } else if reg.load(Ordering::Relaxed) & bit != 0 {
@@ -264,6 +262,7 @@ pub fn raise_rvi(status: u16, vector: u8) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apic::regs::LVT_LINT0;
 
     #[test]
     fn reset_values_by_mode() {
@@ -273,7 +272,7 @@ mod tests {
         assert_eq!(p.read(ID), 3 << 24);
         assert_eq!(p.read(VERSION), VERSION_VALUE);
         assert_eq!(p.read(DFR), 0xffff_ffff);
-        assert_eq!(p.read(0x350), 1 << 16);
+        assert_eq!(p.read(LVT_LINT0), 1 << 16);
         p.set_mode(17, true);
         assert_eq!(p.read(ID), 17);
         assert_eq!(p.read(LDR), 0x0001_0002);
@@ -287,11 +286,11 @@ mod tests {
         assert!(!software_enabled(&p), "SVR is 0xFF after reset: software-disabled");
         p.write(SVR, 0x1ff);
         assert!(software_enabled(&p));
-        p.write(0x350, 0x700);
-        p.write(0x320, 0xec);
+        p.write(LVT_LINT0, 0x700);
+        p.write(LVT_TIMER, 0xec);
         mask_every_lvt(&p);
-        assert_eq!(p.read(0x350), 0x700 | LVT_MASKED, "delivery mode kept");
-        assert_eq!(p.read(0x320), 0xec | LVT_MASKED);
+        assert_eq!(p.read(LVT_LINT0), 0x700 | LVT_MASKED, "delivery mode kept");
+        assert_eq!(p.read(LVT_TIMER), 0xec | LVT_MASKED);
     }
 
     #[test]
@@ -329,14 +328,14 @@ mod tests {
         page.reset(1, false);
         page.write(PPR, 0x40);
         assert_eq!(read_register(&page, PPR, 4, 0, 0x50), 0x50, "PPR as the caller has it");
-        assert_eq!(read_register(&page, TIMER_CURRENT_COUNT, 4, 1234, 0), 1234, "the timer model's count");
+        assert_eq!(read_register(&page, TIMER_CURRENT, 4, 1234, 0), 1234, "the timer model's count");
         assert_eq!(read_register(&page, LVT_CMCI, 4, 0, 0), 1 << 16, "masked at reset");
         assert_eq!(read_register(&page, 0x40, 4, 0, 0), 0, "reserved");
         assert_eq!(read_register(&page, VERSION + 2, 2, 0, 0), VERSION_VALUE >> 16, "a 16-bit half");
         assert_eq!(read_register(&page, VERSION, 1, 0, 0), 0x14, "a byte");
         assert_eq!(read_register(&page, VERSION + 3, 2, 0, 0), 0, "across the register: 0");
         assert_eq!(read_register(&page, PPR, 8, 0, 0x50), 0, "8 bytes: 0");
-        assert_eq!(read_register(&page, 0x400, 4, 0, 0), 0, "beyond the registers");
+        assert_eq!(read_register(&page, END, 4, 0, 0), 0, "beyond the registers");
         assert_eq!(write_target(SVR, 4), Some(SVR));
         assert_eq!(write_target(SVR, 1), None, "a narrow write is dropped");
         assert_eq!(write_target(SVR + 4, 4), None);
@@ -351,7 +350,7 @@ mod tests {
         assert_eq!(page.read(DFR), 0x0fff_ffff);
         assert_eq!(store(&page, ICR_LO, 0x1041), Write::Icr);
         assert_eq!(page.read(ICR_LO), 0x41, "delivery status reads idle");
-        assert_eq!(store(&page, 0x380, 1000), Write::Timer(0x380, 1000));
+        assert_eq!(store(&page, TIMER_INITIAL, 1000), Write::Timer(TIMER_INITIAL, 1000));
         assert_eq!(store(&page, ID, 0x0500_0000), Write::Id);
         assert_eq!(store(&page, SVR, 0x1ff), Write::Svr);
         assert_eq!(store(&page, EOI, 0), Write::Eoi);

@@ -4,6 +4,8 @@
 //! #GP; SDM Vol. 4 Table 2-2); every other access injects #GP, as on a processor without the
 //! MSR.
 
+use crate::apic::regs::{IA32_APIC_BASE, IA32_TSC_DEADLINE};
+
 /// What to do with an MSR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rule {
@@ -35,7 +37,6 @@ pub enum Register {
 
 pub const IA32_TSC: u32 = 0x10;
 pub const IA32_PLATFORM_ID: u32 = 0x17;
-pub const IA32_APIC_BASE: u32 = 0x1b;
 pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
 pub const IA32_BIOS_SIGN_ID: u32 = 0x8b;
 pub const IA32_MTRRCAP: u32 = 0xfe;
@@ -79,7 +80,7 @@ pub fn rule(msr: u32, vcpu: u32) -> Rule {
         IA32_PLATFORM_ID => Rule::ReadOnly(0),
         IA32_DEBUGCTL => Rule::Debugctl,
         IA32_BIOS_SIGN_ID => Rule::ReadValueIgnoreWrite(0),
-        crate::apic::timer::IA32_TSC_DEADLINE => Rule::ApicTimer,
+        IA32_TSC_DEADLINE => Rule::ApicTimer,
         _ => Rule::Gp,
     }
 }

@@ -24,6 +24,7 @@ use core::fmt;
 use super::caps::VmxCaps;
 #[cfg(feature = "alloc")]
 use super::controls::{MissingControl, VcpuControlOptions, vcpu_controls};
+#[cfg(feature = "alloc")]
 use super::path_kind::InterruptPath;
 #[cfg(feature = "alloc")]
 use super::path_kind::IpivSetting;

@@ -5,10 +5,11 @@ pub mod trampoline;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::apic::{self, ICR_INIT, ICR_LEVEL_ASSERT, ICR_STARTUP};
+use crate::apic;
 use crate::cpu::PerCpu;
 use crate::memory;
 use crate::time::pit_delay_us;
+use hvcore::apic::regs::{ICR_ASSERT, ICR_INIT, ICR_STARTUP};
 use trampoline::Trampoline;
 
 const AP_STACK_SIZE: u64 = 64 * 1024;
@@ -43,7 +44,7 @@ pub fn start_ap(
     t.prepare(stack_top, entry, pc as *const PerCpu as u64);
     AP_STARTED.store(false, Ordering::Release);
 
-    apic::send_ipi(apic_id, ICR_INIT | ICR_LEVEL_ASSERT);
+    apic::send_ipi(apic_id, ICR_INIT | ICR_ASSERT);
     pit_delay_us(10_000);
     for _ in 0..2 {
         apic::send_ipi(apic_id, ICR_STARTUP | t.sipi_vector() as u32);

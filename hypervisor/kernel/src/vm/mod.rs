@@ -404,7 +404,7 @@ impl VcpuWhere {
 /// Makes the CPU with host APIC ID `host_apic_id` leave guest mode (an external-interrupt
 /// exit) or its wait in the hypervisor, so it looks at its vCPU again.
 pub fn kick(host_apic_id: u32) {
-    apic::send_ipi(host_apic_id, apic::ICR_FIXED | vectors::KICK as u32);
+    apic::send_ipi(host_apic_id, hvcore::apic::regs::ICR_FIXED | vectors::KICK as u32);
 }
 
 /// Guest RAM as a slice, only while the VM is built: no vCPU runs yet, so nothing else writes it.

@@ -8,6 +8,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hvcore::apic::base::{self, ApicMode};
 use hvcore::apic::icr::Target;
 use hvcore::apic::pid::{HostApicMode, PostedInterruptDesc, build_pid_table, last_pid_pointer_index};
+use hvcore::apic::regs::{self, X2APIC_MSR_FIRST, X2APIC_MSR_LAST};
 use hvcore::apic::startup::Startup;
 use hvcore::apic::vapic::{self, VirtualApicPage};
 use hvcore::apic::x2apic_msr;
@@ -71,13 +72,13 @@ impl VcpuApic {
     pub fn current_id(&self, index: u32) -> u32 {
         match self.mode() {
             ApicMode::X2Apic => index,
-            _ => self.page().read(vapic::ID) >> 24,
+            _ => self.page().read(regs::ID) >> 24,
         }
     }
 
     pub fn target(&self, index: u32) -> Target {
         let p = self.page();
-        Target { apic_id: self.current_id(index), ldr: p.read(vapic::LDR), dfr: p.read(vapic::DFR) }
+        Target { apic_id: self.current_id(index), ldr: p.read(regs::LDR), dfr: p.read(regs::DFR) }
     }
 
     /// Posts `vector` and notifies the vCPU's CPU if the descriptor asks for it (SDM Vol. 3C
@@ -85,7 +86,7 @@ impl VcpuApic {
     #[inline(always)]
     pub fn post(&self, vector: u8) {
         if self.pid().post(vector) {
-            apic::send_ipi(self.host_apic_id, apic::ICR_FIXED | POSTED_INTR_VECTOR as u32);
+            apic::send_ipi(self.host_apic_id, hvcore::apic::regs::ICR_FIXED | POSTED_INTR_VECTOR as u32);
         }
     }
 }
@@ -207,7 +208,7 @@ fn msr_bitmap(x2apic: bool, path: InterruptPath) -> Result<u64, &'static str> {
         clear(m, true);
     }
     if x2apic {
-        for m in x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST {
+        for m in X2APIC_MSR_FIRST..=X2APIC_MSR_LAST {
             if x2apic_msr::read_passes_through(m, path) {
                 clear(m, false);
             }

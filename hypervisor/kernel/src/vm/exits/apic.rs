@@ -9,6 +9,7 @@ use alloc::format;
 
 use hvcore::apic::icr::Icr;
 use hvcore::apic::injection;
+use hvcore::apic::regs::{self, ICR_HI, ICR_LO, msr};
 use hvcore::apic::vapic::{self, Write};
 use hvcore::apic::x2apic_msr::{self, X2apicWrite};
 use hvcore::devices::ioapic::Message;
@@ -55,9 +56,9 @@ pub fn send_message(v: &mut Vcpu<'_>, m: &Message) -> Result<(), VmxInstrError> 
 pub fn apic_write(v: &mut Vcpu<'_>) -> Handled {
     let offset = (VmcsNatural::ExitQualification.read()? & 0xff0) as usize;
     let value = v.apic.page().read(offset);
-    if offset == vapic::ICR_LO && v.x2apic() {
+    if offset == ICR_LO && v.x2apic() {
         // x2APIC: the 64-bit virtual ICR is at 0x300 (SDM Vol. 3C §30.5).
-        let high = v.apic.page().read(vapic::ICR_LO + 4) as u64;
+        let high = v.apic.page().read(ICR_LO + 4) as u64;
         x2apic_icr(v, high << 32 | value as u64)?;
     } else {
         write_register(v, offset, value)?;
@@ -75,7 +76,7 @@ pub fn write_register(v: &mut Vcpu<'_>, offset: usize, value: u32) -> Result<(),
         Write::Done => Ok(()),
         Write::Eoi => eoi(v),
         Write::Icr => {
-            let icr = Icr::xapic(page.read(vapic::ICR_LO), page.read(vapic::ICR_HI));
+            let icr = Icr::xapic(page.read(ICR_LO), page.read(ICR_HI));
             send_ipi(v, &icr)
         }
         Write::Timer(offset, value) => v.timer_write(offset, value),
@@ -88,7 +89,7 @@ pub fn write_register(v: &mut Vcpu<'_>, offset: usize, value: u32) -> Result<(),
         // The xAPIC ID is read-write (SDM Vol. 3A §12.4.6, Table 12-1); the x2APIC ID is not
         // (its WRMSR faults before this). Physical destinations and IPI virtualization follow.
         Write::Id => {
-            page.write(vapic::ID, value & 0xff00_0000);
+            page.write(regs::ID, value & 0xff00_0000);
             v.sync_accepts_ipiv();
             Ok(())
         }
@@ -144,26 +145,24 @@ fn self_ipi(v: &mut Vcpu<'_>, vector: u8) -> Result<(), VmxInstrError> {
 fn x2apic_icr(v: &mut Vcpu<'_>, value: u64) -> Result<bool, VmxInstrError> {
     let Some(icr) = Icr::x2apic(value) else { return Ok(false) };
     let page = v.apic.page();
-    page.write(vapic::ICR_LO, value as u32);
-    page.write(vapic::ICR_LO + 4, (value >> 32) as u32);
+    page.write(ICR_LO, value as u32);
+    page.write(ICR_LO + 4, (value >> 32) as u32);
     send_ipi(v, &icr)?;
     Ok(true)
 }
 
 /// An intercepted x2APIC-mode WRMSR (0x800-0x8FF); false for #GP. On the injection path TPR,
 /// EOI and SELF IPI exit too, for the modelled APIC.
-pub fn x2apic_wrmsr(v: &mut Vcpu<'_>, msr: u32, value: u64) -> Result<bool, VmxInstrError> {
-    if v.vm.path == InterruptPath::Injection
-        && matches!(msr, x2apic_msr::MSR_TPR | x2apic_msr::MSR_EOI | x2apic_msr::MSR_SELF_IPI)
-    {
-        return match injection::x2apic_write(&v.apic.page(), msr, value) {
+pub fn x2apic_wrmsr(v: &mut Vcpu<'_>, m: u32, value: u64) -> Result<bool, VmxInstrError> {
+    if v.vm.path == InterruptPath::Injection && matches!(m, msr::TPR | msr::EOI | msr::SELF_IPI) {
+        return match injection::x2apic_write(&v.apic.page(), m, value) {
             Some(Write::Eoi) => eoi(v).map(|()| true),
             Some(Write::SelfIpi(vector)) => self_ipi(v, vector).map(|()| true),
             Some(_) => Ok(true),
             None => Ok(false),
         };
     }
-    match x2apic_msr::write_action(msr, value) {
+    match x2apic_msr::write_action(m, value) {
         X2apicWrite::Icr(value) => {
             v.counters.msr_write_icr += 1;
             x2apic_icr(v, value)
@@ -225,7 +224,7 @@ fn xapic_access(v: &mut Vcpu<'_>, offset: usize, write: bool) -> Handled {
             let value = if v.vm.path == InterruptPath::Injection {
                 injection::xapic_read(&page, offset, size, count)
             } else {
-                vapic::read_register(&page, offset, size, count, page.read(vapic::PPR))
+                vapic::read_register(&page, offset, size, count, page.read(regs::PPR))
             };
             let old = v.gpr(dest.number)?;
             v.set_gpr(dest.number, mmio::load_into(old, dest, value as u64))?;
@@ -264,14 +263,14 @@ pub fn cr8_access(v: &mut Vcpu<'_>, q: CrAccess) -> Handled {
     let page = v.apic.page();
     if q.kind == CrAccessKind::MovTo {
         match cr::tpr_from_cr8(v.gpr(q.gpr)?) {
-            Some(tpr) => page.write(vapic::TPR, tpr),
+            Some(tpr) => page.write(regs::TPR, tpr),
             None => {
                 v.inject_exception(GP, Some(0))?;
                 return Ok(Flow::Continue);
             }
         }
     } else {
-        v.set_gpr(q.gpr, cr::cr8_from_tpr(page.read(vapic::TPR)))?;
+        v.set_gpr(q.gpr, cr::cr8_from_tpr(page.read(regs::TPR)))?;
     }
     v.counters.emulated += 1;
     v.skip_instruction()?;

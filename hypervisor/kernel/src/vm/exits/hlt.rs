@@ -5,6 +5,7 @@
 //! so nothing is lost even while the halt goes on (IF = 0, or masked by the guest's PPR).
 
 use hvcore::apic::injection;
+use hvcore::apic::regs;
 use hvcore::apic::vapic;
 use hvcore::vmx::events::interruptibility::BLOCKING_BY_NMI;
 use hvcore::vmx::fields::{Vmcs16, Vmcs32, VmcsNatural};
@@ -28,7 +29,7 @@ pub fn hlt(v: &mut Vcpu<'_>) -> Handled {
         let page = v.apic.page();
         let wakes = if v.controls.virtual_interrupt_delivery() {
             let rvi = Vmcs16::GuestInterruptStatus.read()? as u8;
-            vapic::hlt_wakes(rvi, page.read(vapic::PPR), interrupts_enabled, nmi)
+            vapic::hlt_wakes(rvi, page.read(regs::PPR), interrupts_enabled, nmi)
         } else {
             nmi || (interrupts_enabled && injection::deliverable(&page).is_some())
         };

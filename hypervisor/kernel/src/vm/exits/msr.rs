@@ -7,8 +7,7 @@ use core::sync::atomic::Ordering;
 
 use hvcore::apic::base;
 use hvcore::apic::injection;
-use hvcore::apic::timer::IA32_TSC_DEADLINE;
-use hvcore::apic::x2apic_msr;
+use hvcore::apic::regs::{self, IA32_TSC_DEADLINE, X2APIC_MSR_FIRST, X2APIC_MSR_LAST};
 use hvcore::exits::msr;
 use hvcore::vmx::fields::Vmcs64;
 use hvcore::vmx::path_kind::InterruptPath;
@@ -22,18 +21,16 @@ const GP: u8 = 13;
 pub fn rdmsr(v: &mut Vcpu<'_>) -> Handled {
     let m = v.regs.rcx as u32;
     let value = match m {
-        msr::IA32_APIC_BASE => Some(v.apic.apic_base.load(Ordering::Relaxed)),
+        regs::IA32_APIC_BASE => Some(v.apic.apic_base.load(Ordering::Relaxed)),
         IA32_TSC_DEADLINE => Some(v.timer_tsc_deadline()),
         msr::IA32_TSC => Some(crate::time::rdtsc().wrapping_add(v.tsc_offset)),
         msr::IA32_DEBUGCTL => Some(Vmcs64::GuestIa32Debugctl.read()?),
         // The one x2APIC read the bitmap intercepts (x2apic_msr::read_passes_through), or on
         // the injection path every one: the modelled APIC answers.
-        x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST
-            if v.x2apic() && v.vm.path == InterruptPath::Injection =>
-        {
+        X2APIC_MSR_FIRST..=X2APIC_MSR_LAST if v.x2apic() && v.vm.path == InterruptPath::Injection => {
             injection::x2apic_read(&v.apic.page(), m, v.timer_current_count())
         }
-        x2apic_msr::MSR_TIMER_CURRENT if v.x2apic() => Some(v.timer_current_count() as u64),
+        regs::msr::TIMER_CURRENT if v.x2apic() => Some(v.timer_current_count() as u64),
         _ => match msr::rule(m, v.index) {
             msr::Rule::Register(r) => Some(v.msrs.read(r)),
             _ => msr::read(m, v.index),
@@ -56,7 +53,7 @@ pub fn wrmsr(v: &mut Vcpu<'_>) -> Handled {
     let ok = match m {
         // x2APIC registers the MSR bitmap intercepts (only reachable in x2APIC mode: in xAPIC
         // mode they do not exist, and the allow-list answers #GP).
-        x2apic_msr::X2APIC_MSR_FIRST..=x2apic_msr::X2APIC_MSR_LAST if v.x2apic() => apic::x2apic_wrmsr(v, m, val)?,
+        X2APIC_MSR_FIRST..=X2APIC_MSR_LAST if v.x2apic() => apic::x2apic_wrmsr(v, m, val)?,
         IA32_TSC_DEADLINE => {
             v.set_timer_tsc_deadline(val)?;
             true
@@ -68,7 +65,7 @@ pub fn wrmsr(v: &mut Vcpu<'_>) -> Handled {
             Vmcs64::TscOffset.write(v.tsc_offset)?;
             true
         }
-        msr::IA32_APIC_BASE => {
+        regs::IA32_APIC_BASE => {
             let current = v.apic.apic_base.load(Ordering::Relaxed);
             match base::write(current, val, v.vm.apic_features) {
                 Some(change) => {

@@ -106,7 +106,7 @@ impl Vcpu<'_> {
         let page = self.apic.page();
         if !vapic::software_enabled(&page) {
             vapic::mask_every_lvt(&page);
-            self.timer.write_lvt(page.read(hvcore::apic::timer::LVT_TIMER));
+            self.timer.write_lvt(page.read(hvcore::apic::regs::LVT_TIMER));
         }
         self.sync_accepts_ipiv();
         Ok(())
@@ -114,7 +114,7 @@ impl Vcpu<'_> {
 
     /// An LVT value as the APIC keeps it: masked while software-disabled.
     pub(in crate::vm) fn lvt_value(&self, value: u32) -> u32 {
-        if vapic::software_enabled(&self.apic.page()) { value } else { value | vapic::LVT_MASKED }
+        if vapic::software_enabled(&self.apic.page()) { value } else { value | hvcore::apic::regs::LVT_MASKED }
     }
 
     /// IPI virtualization posts to this vCPU only while it takes fixed interrupts and under

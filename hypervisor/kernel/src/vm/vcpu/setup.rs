@@ -230,9 +230,9 @@ impl Vcpu<'_> {
         // do too, being left alone.
         self.cd_nw_at_init = crate::vm::exits::cr::guest_cr0(self)? & start_state::CR0_CD_NW;
         // INIT keeps the APIC ID (SDM Vol. 3A §12.12.5.1), an xAPIC ID software wrote too.
-        let id = self.apic.page().read(hvcore::apic::vapic::ID);
+        let id = self.apic.page().read(hvcore::apic::regs::ID);
         self.reset_local_apic(self.x2apic())?;
-        self.apic.page().write(hvcore::apic::vapic::ID, id);
+        self.apic.page().write(hvcore::apic::regs::ID, id);
         self.sync_accepts_ipiv();
         if self.controls.primary & INTERRUPT_WINDOW_EXITING != 0 {
             self.controls.primary &= !INTERRUPT_WINDOW_EXITING;

@@ -9,7 +9,7 @@
 //! waits in the hypervisor (HLT that exits, wait-for-SIPI) the host APIC timer wakes its CPU
 //! at the same deadline.
 
-use hvcore::apic::timer::{self, CURRENT_COUNT, DIVIDE_CONFIG, INITIAL_COUNT, LVT_TIMER};
+use hvcore::apic::regs::{LVT_TIMER, TIMER_DIVIDE, TIMER_INITIAL};
 use hvcore::manifest::TimerSource;
 use hvcore::vmx::fields::Vmcs32;
 
@@ -35,11 +35,11 @@ impl Vcpu<'_> {
         let page = self.apic.page();
         match offset {
             LVT_TIMER => page.write(LVT_TIMER, self.timer.write_lvt(self.lvt_value(value))),
-            INITIAL_COUNT => {
+            TIMER_INITIAL => {
                 self.timer.write_initial_count(value, now);
-                page.write(INITIAL_COUNT, self.timer.initial_count());
+                page.write(TIMER_INITIAL, self.timer.initial_count());
             }
-            DIVIDE_CONFIG => page.write(DIVIDE_CONFIG, self.timer.write_divide(value, now)),
+            TIMER_DIVIDE => page.write(TIMER_DIVIDE, self.timer.write_divide(value, now)),
             _ => return Ok(()),
         }
         self.counters.timer_writes += 1;
@@ -145,6 +145,3 @@ impl Vcpu<'_> {
         self.next_event().min(backstop)
     }
 }
-
-const _: () = assert!(CURRENT_COUNT == hvcore::apic::vapic::TIMER_CURRENT_COUNT);
-const _: () = assert!(timer::LVT_TIMER == 0x320 && timer::DIVIDE_CONFIG == 0x3e0);
