@@ -1,23 +1,26 @@
 //! Hypercall arguments: `exits::hypercall::decode` and `check_buffer` on arbitrary registers.
-//! A buffer that passes the check must lie inside guest RAM, be at most `max` long and start at
-//! the guest's address; one that fails must really be too long or outside RAM.
+//! A decoded call is the one its registers select (`Call::encode` gives them back, and decodes
+//! to the same call); a buffer that passes the check must lie inside guest RAM, be at most
+//! `max` long and start at the guest's address; one that fails must really be too long or
+//! outside RAM.
 #![no_main]
 
 use hvcore::exits::hypercall::{Call, check_buffer, decode};
-use hvcore::guest_abi::hypercall::{E_FAULT, E_INVAL, EXIT, EXIT_COUNTERS, PID_OP, PRINT, REPORT};
+use hvcore::guest_abi::hypercall::{E_FAULT, E_INVAL};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|regs: [u64; 5]| {
     let [rax, rdi, rsi, max, ram_size] = regs;
-    let expected = match rax {
-        PRINT => Call::Print { gpa: rdi, len: rsi },
-        REPORT => Call::Report { gpa: rdi, len: rsi },
-        EXIT => Call::Exit { code: rdi },
-        EXIT_COUNTERS => Call::ExitCounters { gpa: rdi, count: rsi },
-        PID_OP => Call::PidOp { vcpu: rdi, op: rsi },
-        n => Call::Unknown(n),
-    };
-    assert_eq!(decode(rax, rdi, rsi), expected);
+    let call = decode(rax, rdi, rsi);
+    let (number, arg0, arg1) = call.encode();
+    assert_eq!(number, rax, "{call:?} is not the call RAX selects");
+    assert_eq!(decode(number, arg0, arg1), call, "{call:?} does not survive encode and decode");
+    // Arguments are taken from the registers as they are, never altered.
+    assert!(arg0 == rdi || arg0 == 0, "{call:?}: RDI {rdi:#x}");
+    assert!(arg1 == rsi || arg1 == 0, "{call:?}: RSI {rsi:#x}");
+    if !matches!(call, Call::Unknown(_)) {
+        assert_eq!(arg0, rdi, "{call:?}: every known call takes RDI");
+    }
 
     // Small values are where the edges are; the fuzzer's raw u64s are mostly huge.
     for (gpa, len, max, ram_size) in [(rdi, rsi, max, ram_size), (rdi >> 40, rsi >> 40, max >> 40, ram_size >> 40)] {

@@ -1,4 +1,4 @@
-//! Multiboot kernels (`multiboot::LoadPlan`, `multiboot::place`), checked by xtask and again by
+//! Multiboot kernels (`multiboot::load::LoadPlan`, `place`), checked by xtask and again by
 //! the hypervisor before they are copied into guest RAM: any file a user boots. An accepted plan
 //! keeps every piece inside loadable guest RAM and inside the file, the entry inside the image;
 //! `load` writes only the pieces, and `place` writes only above the image and inside RAM.
@@ -7,7 +7,8 @@
 use std::cell::RefCell;
 
 use arbitrary::{Arbitrary, Unstructured};
-use hvcore::multiboot::{self, HEADER_MAGIC, HIGH_RAM_START, LOW_RAM_END, LoadPlan, Module, flags};
+use hvcore::multiboot::abi::{HEADER_MAGIC, HIGH_RAM_START, LOW_RAM_END, flags};
+use hvcore::multiboot::load::{LoadPlan, Module, place};
 use libfuzzer_sys::fuzz_target;
 
 /// Guest RAM of up to 16 MiB, kept filled with this byte between runs.
@@ -105,7 +106,7 @@ fn check(image: &[u8], ram_size: u64, cmdline: &str, module: &[u8]) {
         let ram = &mut ram[..ram_size as usize];
         plan.load(image, ram);
         let modules = [Module { data: module, string: "module" }];
-        let placed = multiboot::place(ram, &plan, cmdline, &modules);
+        let placed = place(ram, &plan, cmdline, &modules);
         let inside = |a: u64| plan.chunks.iter().any(|c| a >= c.gpa && a < c.gpa + c.mem_size);
         match placed {
             Ok(p) => {

@@ -8,7 +8,7 @@ use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 use core::ptr::NonNull;
 use hvcore::exits::cpuid::{HV_FEATURE_IPIV, HV_LEAF_BASE, HV_LEAF_FEATURES, HV_LEAF_TIMING, path_from_code};
 use hvcore::guest_abi::CPUID_SIGNATURE;
-use hvcore::multiboot::{BOOTLOADER_MAGIC, MEMORY_AVAILABLE, info_flags};
+use hvcore::multiboot::abi::{BOOTLOADER_MAGIC, MEMORY_AVAILABLE, info_flags};
 use hvcore::vmx::path_kind::InterruptPath;
 
 use crate::boot::MAX_CPUS;

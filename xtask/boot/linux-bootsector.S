@@ -4,7 +4,7 @@
  * baseline of `cargo xtask bench --linux`, where Debian's kernel runs directly on the
  * project's Bochs with no hypervisor (and no boot loader from elsewhere).
  *
- * xtask writes the disk (xtask/src/linux_native.rs): this sector, the command line, the
+ * xtask writes the disk (xtask/src/platform/linux_native.rs): this sector, the command line, the
  * bzImage, the initrd, each from a sector boundary, and fills in the parameter block below.
  * The sector then
  *   - reads the kernel's real-mode part (boot sector and setup, `setup_sects` + 1 sectors)

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::deps;
-use crate::image::cargo_build;
 use crate::progress::{self, Step};
+use crate::provision::deps;
+use crate::provision::image::cargo_build;
 
 /// The cargo-fuzz release `cargo xtask fuzz` installs and uses.
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";

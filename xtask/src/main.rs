@@ -1,29 +1,21 @@
 //! `cargo xtask`: builds the hypervisor, provisions the project's Bochs, and runs and tests
 //! the hypervisor under QEMU and Bochs.
 
-mod apt;
 mod bench;
-mod bench_linux;
-mod bochs;
 mod conformance;
-mod deps;
-mod fixtures;
 mod fuzz;
-mod guests;
-mod image;
-mod kvm_peer;
-mod linux;
-mod linux_native;
-mod nested;
-mod plot;
+mod modgraph;
+mod platform;
 mod progress;
-mod qemu_guest;
-mod run;
+mod provision;
+mod suite;
 mod summary;
-mod test;
 
 use anyhow::Result;
+
 use clap::{Parser, Subcommand};
+use platform::spec::{self, Platform, RunArgs};
+use provision::{apt, deps, image};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -36,20 +28,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Boot the hypervisor on an emulator (or KVM) and report its HV-SUMMARY.
-    Run(run::RunArgs),
+    Run(RunArgs),
     /// Run every test: host unit tests, QEMU boots, Bochs with VMX.
-    Test(test::TestArgs),
+    Test(suite::TestArgs),
     /// Measure IPI round trips: APIC modes x {native, ipiv-on, ipiv-off} x targets.
-    Bench(bench::BenchArgs),
+    Bench(bench::args::BenchArgs),
     /// Run kvm-unit-tests' x86 binaries under this hypervisor on every interrupt path and APIC
     /// mode (and under KVM with --peer kvm), as their own harness runs them.
-    Conformance(conformance::ConformanceArgs),
+    Conformance(conformance::plan::ConformanceArgs),
     /// Build a bootable disk image for real hardware (halts at the end instead of exiting).
     /// Takes the run flags that shape the image (--uefi, --cpus, --memory, --guest, --manifest,
     /// --log-level).
     Image {
         #[command(flatten)]
-        args: run::RunArgs,
+        args: RunArgs,
         /// Where to write the image.
         #[arg(long, default_value = "target/hypervisor.img")]
         out: PathBuf,
@@ -59,6 +51,9 @@ enum Cmd {
     Fuzz(fuzz::FuzzArgs),
     /// Build (or find in the cache) the project's Bochs and print its path.
     Bochs,
+    /// Print the module graph of hvcore, the kernel and xtask, drawn from their imports, by
+    /// layer; fails on an import cycle.
+    Graph,
     /// List every dependency (toolchain, Debian packages, Bochs' source and build, OVMF) as
     /// found, installed now or missing, with how to get what is missing.
     Doctor {
@@ -105,33 +100,41 @@ fn xtask() -> Result<()> {
             }
             deps::ensure(&n)?
         }
-        Cmd::Image { .. } | Cmd::Doctor { .. } | Cmd::Fuzz(_) => {}
+        Cmd::Image { .. } | Cmd::Doctor { .. } | Cmd::Fuzz(_) | Cmd::Graph => {}
     }
     match cli.cmd {
         Cmd::Run(args) => {
-            let outcome =
-                if args.platform == run::Platform::NestedKvm { nested::run(&args)? } else { run::run(&args)? };
+            let outcome = platform::launch::run(&args)?;
+            if args.kernel.is_some() {
+                // What a kvm-unit-tests-style kernel said: its checks and its figures.
+                let log = String::from_utf8_lossy(&std::fs::read(&outcome.serial)?).into_owned();
+                if let Some(line) = conformance::kut::verdict(conformance::kut::guest_lines(&log, "kernel")).one_line()
+                {
+                    eprintln!("xtask: the kernel says: {line}");
+                }
+            }
             std::process::exit(if outcome.accepted { 0 } else { 1 })
         }
-        Cmd::Test(args) => test::run_all(&args),
+        Cmd::Test(args) => suite::run_all(&args),
         Cmd::Bench(args) => {
             let targets_met = bench::run(&args)?;
             std::process::exit(if targets_met { 0 } else { 1 })
         }
         Cmd::Image { args, out } => {
-            let (config, guests) = run::compose(&args, "halt")?;
+            let (config, guests) = spec::compose(&args, "halt")?;
             let kernel = image::build_kernel()?;
             image::make_image(&kernel, &config, &guests, args.uefi, &out)?;
             println!("{}", out.display());
             Ok(())
         }
         Cmd::Fuzz(args) => fuzz::run(&args),
+        Cmd::Graph => modgraph::run(),
         Cmd::Conformance(args) => {
             let ok = conformance::run(&args)?;
             std::process::exit(if ok { 0 } else { 1 })
         }
         Cmd::Bochs => {
-            println!("{}", bochs::binary(&deps::cache_dir())?.display());
+            println!("{}", provision::bochs::binary(&deps::cache_dir())?.display());
             Ok(())
         }
         Cmd::Doctor { fix } => {
@@ -181,17 +184,17 @@ fn user_paths(cmd: &mut Cmd, here: &std::path::Path) {
             a.json.iter_mut().for_each(output);
         }
         Cmd::Fuzz(a) => a.json.iter_mut().for_each(output),
-        Cmd::Test(_) | Cmd::Bochs | Cmd::Doctor { .. } => {}
+        Cmd::Test(_) | Cmd::Bochs | Cmd::Graph | Cmd::Doctor { .. } => {}
     }
 }
 
-fn needs(platform: run::Platform, uefi: bool) -> Vec<deps::Need> {
+fn needs(platform: Platform, uefi: bool) -> Vec<deps::Need> {
     match platform {
-        run::Platform::Bochs => vec![deps::Need::Bochs],
-        run::Platform::Qemu | run::Platform::QemuKvm if uefi => vec![deps::Need::Qemu, deps::Need::Uefi],
-        run::Platform::Qemu | run::Platform::QemuKvm => vec![deps::Need::Qemu],
+        Platform::Bochs => vec![deps::Need::Bochs],
+        Platform::Qemu | Platform::QemuKvm if uefi => vec![deps::Need::Qemu, deps::Need::Uefi],
+        Platform::Qemu | Platform::QemuKvm => vec![deps::Need::Qemu],
         // KVM's host boots from a boot sector assembled with GNU as and ld.
-        run::Platform::NestedKvm => vec![deps::Need::Bochs, deps::Need::Fixtures],
+        Platform::NestedKvm => vec![deps::Need::Bochs, deps::Need::Fixtures],
     }
 }
 

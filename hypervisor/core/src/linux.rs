@@ -13,7 +13,7 @@
 use alloc::format;
 use alloc::string::String;
 
-use crate::multiboot::{self, HIGH_RAM_START};
+use crate::multiboot::abi::{HIGH_RAM_START, MEMORY_AVAILABLE, memory_map};
 
 /// Setup-header offsets in the image and in the zero page (boot.rst, "The Real-Mode Kernel Header").
 mod hdr {
@@ -212,9 +212,8 @@ impl LoadPlan {
 /// The guest's e820 map: the multiboot one (conventional memory, the reserved legacy hole with
 /// the ACPI tables, RAM from 1 MiB), as `(base, length, type)`.
 pub fn e820(ram_size: u64) -> [(u64, u64, u32); 3] {
-    multiboot::memory_map(ram_size).map(|(base, len, kind)| {
-        (base, len, if kind == multiboot::MEMORY_AVAILABLE { E820_RAM } else { E820_RESERVED })
-    })
+    memory_map(ram_size)
+        .map(|(base, len, kind)| (base, len, if kind == MEMORY_AVAILABLE { E820_RAM } else { E820_RESERVED }))
 }
 
 /// What [`place`] wrote where.

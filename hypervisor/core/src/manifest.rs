@@ -322,13 +322,14 @@ impl VmSpec {
             return Ok(());
         }
         let img = files(&self.kernel).ok_or_else(|| format!("kernel `{}`: not in the ramdisk", self.kernel))?;
-        let plan = crate::multiboot::LoadPlan::new(img, ram).map_err(|e| format!("kernel `{}`: {e}", self.kernel))?;
+        let plan =
+            crate::multiboot::load::LoadPlan::new(img, ram).map_err(|e| format!("kernel `{}`: {e}", self.kernel))?;
         let mut modules = Vec::new();
         for m in &self.modules {
             let data = files(m).ok_or_else(|| format!("module `{m}`: not in the ramdisk"))?;
-            modules.push(crate::multiboot::Module { data, string: m });
+            modules.push(crate::multiboot::load::Module { data, string: m });
         }
-        crate::multiboot::check_fits(&plan, ram, &self.multiboot_cmdline(), &modules)
+        crate::multiboot::load::check_fits(&plan, ram, &self.multiboot_cmdline(), &modules)
             .map_err(|e| format!("kernel `{}`: {e}", self.kernel))
     }
 }

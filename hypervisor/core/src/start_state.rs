@@ -3,7 +3,7 @@
 //! guest-state area; the values here follow the rules VM entry checks for an unrestricted guest
 //! (SDM Vol. 3C §27.3.1.2).
 
-use crate::multiboot::BOOTLOADER_MAGIC;
+use crate::multiboot::abi::BOOTLOADER_MAGIC;
 
 /// A segment register as the VMCS holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -159,6 +159,29 @@ pub struct Verdict {
     pub abort: Option<String>,
 }
 
+impl Verdict {
+    /// A one-line account of the PASS/FAIL/SKIP lines, SUMMARY and figures.
+    pub fn one_line(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if !self.passed.is_empty() || !self.failed.is_empty() || !self.skipped.is_empty() {
+            parts.push(format!(
+                "{} passed, {} failed, {} skipped",
+                self.passed.len(),
+                self.failed.len(),
+                self.skipped.len()
+            ));
+        }
+        if let Some(s) = &self.summary {
+            parts.push(format!("SUMMARY: {s}"));
+        }
+        if !self.figures.is_empty() {
+            let f: Vec<String> = self.figures.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            parts.push(format!("{} (TSC ticks per iteration; under Bochs, path lengths)", f.join(", ")));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
 /// Reads the lines a VM named `vm` printed on the hypervisor's console (`[vm/N] text`).
 pub fn guest_lines<'a>(serial: &'a str, vm: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     serial.lines().filter_map(move |l| {

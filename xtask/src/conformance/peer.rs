@@ -1,6 +1,6 @@
 //! `cargo xtask conformance --peer kvm`: the same kvm-unit-tests binaries under KVM, on the same
 //! emulated CPU. One boot of the project's Bochs (the conformance runs' CPU model, 4 CPUs)
-//! runs Debian's kernel as KVM's host (the image of `bench --peer kvm`, `crate::kvm_peer`), and
+//! runs Debian's kernel as KVM's host (the image of `bench --peer kvm`, `platform::kvm_host`), and
 //! its driver runs each entry under Debian's QEMU with `-enable-kvm -cpu host` plus the entry's
 //! CPU flags and arguments, 128 MiB, the same environment module (`TEST_DEVICE=0`: neither side
 //! is given QEMU's test devices) and KVM's default `kvm_intel` (APICv and IPIv on). The guest's
@@ -12,9 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::kut::{self, Entry, Outcome};
-use super::{ConformanceArgs, ENV, Job};
-use crate::bochs::Machine;
-use crate::kvm_peer::{self, ImageFile};
+use super::plan::{ConformanceArgs, ENV, Job};
+use super::report;
+use crate::platform::bochs::Machine;
+use crate::platform::kvm_host::{self, ImageFile};
 
 /// KVM's configuration: its defaults on a CPU with IPIv.
 pub const KVM_PARAMS: &str = "enable_apicv=1 enable_ipiv=1";
@@ -70,16 +71,16 @@ pub fn run(entries: &[Entry], jobs: &[Job], dir: &Path, args: &ConformanceArgs) 
         let data = std::fs::read(dir.join(b)).with_context(|| format!("reading {}", dir.join(b).display()))?;
         files.push((format!("kut/{b}"), 0o644, data));
     }
-    let img = kvm_peer::image_with(&plan, files, kvm_peer::KvmHost::Bookworm)?;
+    let img = kvm_host::image_with(&plan, files, kvm_host::KvmHost::Bookworm)?;
     eprintln!("xtask conformance: KVM's host: {}", img.describe);
-    let machine = Machine { model: &args.cpu_model, cpus: HOST_CPUS, memory_mib: kvm_peer::HOST_RAM_MIB, exclude: &[] };
+    let machine = Machine { model: &args.cpu_model, cpus: HOST_CPUS, memory_mib: kvm_host::HOST_RAM_MIB, exclude: &[] };
     let timeout = 900 + entries.len() as u64 * 600;
-    let out = crate::linux_native::boot(
+    let out = crate::platform::linux_native::boot(
         "kvm-conformance",
         &machine,
         &img.kernel,
         &img.initrd,
-        kvm_peer::HOST_CMDLINE,
+        kvm_host::HOST_CMDLINE,
         timeout,
         args.verbose,
     )?;
@@ -95,14 +96,14 @@ pub fn run(entries: &[Entry], jobs: &[Job], dir: &Path, args: &ConformanceArgs) 
         let Some(e) = entries.iter().find(|e| e.name == name) else { continue };
         seen.insert(name.to_string());
         let rec = record(e, &module, r, &args.cpu_model);
-        println!("[kvm] {:<22} {}", e.name, super::line(&rec));
+        println!("[kvm] {:<22} {}", e.name, report::line(&rec));
         records.push(rec);
     }
     for e in entries.iter().filter(|e| !seen.contains(&e.name)) {
         let mut rec = base(e, &module, &args.cpu_model);
         rec["result"] = "fail".into();
         rec["reason"] = format!("no result from KVM's host ({}; log {})", out.detail, out.serial.display()).into();
-        println!("[kvm] {:<22} {}", e.name, super::line(&rec));
+        println!("[kvm] {:<22} {}", e.name, report::line(&rec));
         records.push(rec);
     }
     Ok(records)

@@ -5,7 +5,7 @@
 //! nothing ever interrupts (no alarm or periodic interrupt). [`unix_from_rtc`] reads the same
 //! registers back, for the host's own RTC.
 
-use super::{Effects, PortDevice};
+use super::bus::{Effects, PortDevice};
 
 pub const PORT: u16 = 0x70;
 pub const LEN: u16 = 2;

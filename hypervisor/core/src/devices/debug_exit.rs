@@ -2,7 +2,7 @@
 //! VM. QEMU exits with status `(value << 1) | 1`, so test kernels write 0 for success; here a
 //! write of 0 is `pass` and any other value `fail` with that value as the code.
 
-use super::{Effects, ExitRequest, PortDevice};
+use super::bus::{Effects, ExitRequest, PortDevice};
 
 pub const PORT: u16 = 0xf4;
 pub const LEN: u16 = 4;

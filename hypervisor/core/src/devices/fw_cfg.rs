@@ -5,7 +5,7 @@
 
 use alloc::vec::Vec;
 
-use super::{Effects, PortDevice};
+use super::bus::{Effects, PortDevice};
 
 pub const PORT: u16 = 0x510;
 pub const LEN: u16 = 2;

@@ -5,7 +5,7 @@
 //! register at port 0xE0, which reads back what was last written. Its other parts (the page
 //! flush port, the MMIO scratch at 0xFF000000) are not modelled.
 
-use super::{Effects, Irq, LineChange, PortDevice};
+use super::bus::{Effects, Irq, LineChange, PortDevice};
 
 pub const IRQ_PORT: u16 = 0x2000;
 pub const IRQ_LINES: u16 = 24;

@@ -3,7 +3,7 @@
 //! was written, so an OS sees mechanism #1 is there, and every configuration read returns all
 //! ones ("no device"), every write is dropped.
 
-use super::{Effects, PortDevice};
+use super::bus::{Effects, PortDevice};
 
 pub const PORT: u16 = 0xcf8;
 pub const LEN: u16 = 8;

@@ -3,7 +3,7 @@
 //! mask (OCW1), EOIs (OCW2) and the IRR/ISR read select (OCW3). They never raise an interrupt:
 //! the VM's interrupts come through the local and I/O APICs. (Intel 8259A datasheet.)
 
-use super::{Effects, PortDevice};
+use super::bus::{Effects, PortDevice};
 
 pub const MASTER: u16 = 0x20;
 pub const SLAVE: u16 = 0xa0;

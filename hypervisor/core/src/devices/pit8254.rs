@@ -8,7 +8,7 @@
 //! port B: the IBM PC/AT technical reference (bit 0 gate 2, bit 1 speaker, bit 4 refresh
 //! toggle, bit 5 OUT2).
 
-use super::{Effects, PortDevice};
+use super::bus::{Effects, PortDevice};
 
 pub const PORT: u16 = 0x40;
 pub const LEN: u16 = 4;

@@ -6,7 +6,7 @@
 //! the FADT themselves find the timer there (kvm-unit-tests' vmexit `inl_from_pmtimer` times
 //! an exit with it).
 
-use super::{Effects, PortDevice};
+use super::bus::{Effects, PortDevice};
 
 pub const PORT: u16 = 0x608;
 pub const LEN: u16 = 4;

@@ -9,7 +9,7 @@
 //! sees a new interrupt per byte, as with real hardware a moment later.
 //! Register map and bits: the TI/National PC16550D datasheet, "Register Description".
 
-use super::{Effects, Irq, LineChange, PortDevice};
+use super::bus::{Effects, Irq, LineChange, PortDevice};
 
 pub const COM1: u16 = 0x3f8;
 pub const LEN: u16 = 8;

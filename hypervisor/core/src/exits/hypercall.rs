@@ -25,6 +25,21 @@ pub fn decode(rax: u64, rdi: u64, rsi: u64) -> Call {
     }
 }
 
+impl Call {
+    /// The registers (RAX, RDI, RSI) a guest sets to make this call, unused ones 0: the inverse
+    /// of [`decode`], which the fuzz target holds it to.
+    pub fn encode(self) -> (u64, u64, u64) {
+        match self {
+            Call::Print { gpa, len } => (PRINT, gpa, len),
+            Call::Report { gpa, len } => (REPORT, gpa, len),
+            Call::Exit { code } => (EXIT, code, 0),
+            Call::ExitCounters { gpa, count } => (EXIT_COUNTERS, gpa, count),
+            Call::PidOp { vcpu, op } => (PID_OP, vcpu, op),
+            Call::Unknown(n) => (n, 0, 0),
+        }
+    }
+}
+
 /// Checks that `[gpa, gpa + len)` lies inside guest RAM and `len` is at most `max`.
 pub fn check_buffer(gpa: u64, len: u64, max: u64, ram_size: u64) -> Result<core::ops::Range<usize>, i64> {
     if len > max {
@@ -52,6 +67,14 @@ mod tests {
         assert_eq!(decode(EXIT, 1, 0), Call::Exit { code: 1 });
         assert_eq!(decode(PID_OP, 2, PID_SET_SN), Call::PidOp { vcpu: 2, op: PID_SET_SN });
         assert_eq!(decode(99, 0, 0), Call::Unknown(99));
+    }
+
+    #[test]
+    fn encode_is_decodes_inverse() {
+        for (rax, rdi, rsi) in [(PRINT, 0x1000, 5), (REPORT, 7, 8), (EXIT_COUNTERS, 1, 2), (PID_OP, 3, 4), (99, 0, 0)] {
+            assert_eq!(decode(rax, rdi, rsi).encode(), (rax, rdi, rsi));
+        }
+        assert_eq!(decode(EXIT, 1, 0xdead).encode(), (EXIT, 1, 0), "EXIT takes no RSI");
     }
 
     #[test]

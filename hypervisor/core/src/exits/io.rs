@@ -1,5 +1,5 @@
 //! Port I/O exits: the exit qualification decoded, and IN's result merged into RAX. The ports
-//! themselves are the VM's devices (`crate::devices::PortBus`).
+//! themselves are the VM's devices (`crate::devices::bus::PortBus`).
 
 /// The decoded exit qualification of an I/O instruction exit (SDM Vol. 3C Table 29-5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

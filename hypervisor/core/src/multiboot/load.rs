@@ -7,7 +7,7 @@ use elf::ElfBytes;
 use elf::abi::{EM_386, EM_X86_64, ET_EXEC, PT_LOAD};
 use elf::endian::LittleEndian;
 
-use super::*;
+use super::abi::*;
 
 /// The multiboot header found in an image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use hvcore::acpi_tables;
-use hvcore::devices::IO_APIC_ID;
+use hvcore::devices::pc::IO_APIC_ID;
 use hvcore::manifest::{ApicMode, VmSpec};
 use hvcore::start_state::{self, StartState};
 use hvcore::{linux, multiboot};
@@ -72,13 +72,13 @@ fn linux_kernel(spec: &VmSpec, file: &Files<'_, '_>, ram: &mut [u8]) -> Result<B
 
 fn multiboot_kernel(spec: &VmSpec, file: &Files<'_, '_>, ram: &mut [u8]) -> Result<Boot, String> {
     let kernel = file(&spec.kernel)?;
-    let plan =
-        multiboot::LoadPlan::new(kernel, ram.len() as u64).map_err(|e| format!("kernel `{}`: {e}", spec.kernel))?;
+    let plan = multiboot::load::LoadPlan::new(kernel, ram.len() as u64)
+        .map_err(|e| format!("kernel `{}`: {e}", spec.kernel))?;
     plan.load(kernel, ram);
     let mut modules = Vec::new();
     for m in &spec.modules {
-        modules.push(multiboot::Module { data: file(m)?, string: m });
+        modules.push(multiboot::load::Module { data: file(m)?, string: m });
     }
-    let placed = multiboot::place(ram, &plan, &spec.multiboot_cmdline(), &modules)?;
+    let placed = multiboot::load::place(ram, &plan, &spec.multiboot_cmdline(), &modules)?;
     Ok(Boot::Multiboot { entry: plan.entry, info: placed.info })
 }

@@ -5,8 +5,9 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use hvcore::devices::bus::Effects;
 use hvcore::devices::ioapic::Message;
-use hvcore::devices::{Effects, Pc, PcConfig};
+use hvcore::devices::pc::{Pc, PcConfig};
 use hvcore::manifest::VmSpec;
 use spin::Mutex;
 

@@ -15,7 +15,8 @@ use hvcore::vmx::exit_reason::{BasicExit, ExitReason};
 use hvcore::vmx::fields::{Vmcs32, Vmcs64};
 use hvcore::vmx::path_kind::InterruptPath;
 
-use super::exits::{self, Flow};
+use super::exits;
+use super::exits::flow::{self, Flow};
 use super::vcpu::Vcpu;
 use super::{VcpuWhere, Vm};
 use crate::host::Host;
@@ -156,7 +157,7 @@ impl Vcpu<'_> {
         // The preemption timer counts only guest time; a guest that keeps exiting would
         // never let it fire, so every exit checks the deadline too.
         let flow = if exit_tsc >= self.deadline_tsc {
-            exits::timeout(self)?
+            flow::timeout(self)?
         } else if let Err(over) = self.exit_budget.exit(exit_tsc) {
             Flow::Stop(VmResult::Killed, format!("{over}"))
         } else {

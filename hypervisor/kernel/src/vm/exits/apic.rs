@@ -19,7 +19,8 @@ use hvcore::manifest::VmResult;
 use hvcore::vmx::fields::{Vmcs16, VmcsNatural};
 use hvcore::vmx::path_kind::InterruptPath;
 
-use super::{Flow, Handled, instruction};
+use super::flow::{Flow, Handled};
+use super::instruction;
 use crate::vm::delivery;
 use crate::vm::vcpu::Vcpu;
 use crate::vmx::vmcs::{Access, VmxInstrError};

@@ -8,7 +8,8 @@
 use hvcore::exits::cr::{self, CrAccess, CrAccessKind, CrContext};
 use hvcore::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
 
-use super::{Flow, Handled, apic};
+use super::apic;
+use super::flow::{Flow, Handled};
 use crate::vm::vcpu::Vcpu;
 use crate::vmx::vmcs::{Access, VmxInstrError};
 

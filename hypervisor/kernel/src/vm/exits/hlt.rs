@@ -10,7 +10,7 @@ use hvcore::apic::vapic;
 use hvcore::vmx::events::interruptibility::BLOCKING_BY_NMI;
 use hvcore::vmx::fields::{Vmcs16, Vmcs32, VmcsNatural};
 
-use super::{Flow, Handled, timeout};
+use super::flow::{Flow, Handled, timeout};
 use crate::vm::vcpu::Vcpu;
 use crate::vmx::vmcs::Access;
 

@@ -9,8 +9,8 @@ use hvcore::exits::report;
 use hvcore::guest_abi::hypercall::{E_INVAL, E_NOSYS, E_PERM, EXIT_COUNTER_SLOTS, MAX_LEN};
 use hvcore::manifest::VmResult;
 
+use super::flow::{Flow, Handled};
 use super::io::guest_output;
-use super::{Flow, Handled};
 use crate::vm::vcpu::Vcpu;
 
 /// A copy of the guest's buffer at `r` (checked: inside RAM, at most MAX_LEN bytes), so the

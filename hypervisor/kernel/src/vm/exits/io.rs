@@ -6,8 +6,8 @@
 use alloc::format;
 use alloc::string::String;
 
+use hvcore::devices::bus::{Effects, ExitRequest};
 use hvcore::devices::console_line::{self, LINE_MAX};
-use hvcore::devices::{Effects, ExitRequest};
 use hvcore::exits::io::{self, IoExit};
 use hvcore::exits::mmio::{self, Access as MemAccess};
 use hvcore::exits::report;
@@ -16,7 +16,8 @@ use hvcore::manifest::VmResult;
 use hvcore::vmx::events;
 use hvcore::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
 
-use super::{Flow, Handled, apic, instruction};
+use super::flow::{Flow, Handled};
+use super::{apic, instruction};
 use crate::vm::vcpu::Vcpu;
 use crate::vmx::vmcs::Access;
 

@@ -6,6 +6,7 @@
 pub mod apic;
 pub mod cr;
 pub mod entry_failure;
+pub mod flow;
 pub mod hlt;
 pub mod hypercall;
 pub mod instruction;
@@ -15,7 +16,6 @@ pub mod task_switch;
 pub mod xsetbv;
 
 use alloc::format;
-use alloc::string::String;
 
 use hvcore::exits::cpuid;
 use hvcore::manifest::VmResult;
@@ -24,18 +24,8 @@ use hvcore::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
 
 use super::vcpu::Vcpu;
 use crate::vectors;
-use crate::vmx::vmcs::{Access, VmxInstrError};
-
-/// What the run loop does next.
-pub enum Flow {
-    Continue,
-    /// This vCPU finished (EXIT hypercall with code 0, or its VM is stopping).
-    VcpuDone,
-    /// The VM ends with this result and reason.
-    Stop(VmResult, String),
-}
-
-pub type Handled = Result<Flow, VmxInstrError>;
+use crate::vmx::vmcs::Access;
+use flow::{Flow, Handled, timeout};
 
 pub fn handle(v: &mut Vcpu<'_>, reason: BasicExit) -> Handled {
     match reason {
@@ -102,15 +92,6 @@ fn cpuid(v: &mut Vcpu<'_>) -> Handled {
     (v.regs.rax, v.regs.rbx, v.regs.rcx, v.regs.rdx) = (a as u64, b as u64, c as u64, d as u64);
     v.skip_instruction()?;
     Ok(Flow::Continue)
-}
-
-/// The watchdog fired: the VM ends as `timeout`, with where the guest was (a hang or a loop).
-pub fn timeout(v: &Vcpu<'_>) -> Handled {
-    let rip = v.rip()?;
-    Ok(Flow::Stop(
-        VmResult::Timeout,
-        format!("watchdog: still running after {} ms (RIP {rip:#x})", v.vm.spec.timeout_ms),
-    ))
 }
 
 fn external_interrupt(v: &mut Vcpu<'_>) -> Handled {

@@ -12,7 +12,8 @@ use hvcore::exits::msr;
 use hvcore::vmx::fields::Vmcs64;
 use hvcore::vmx::path_kind::InterruptPath;
 
-use super::{Flow, Handled, apic};
+use super::apic;
+use super::flow::{Flow, Handled};
 use crate::vm::vcpu::Vcpu;
 use crate::vmx::vmcs::Access;
 

@@ -10,8 +10,8 @@ use hvcore::manifest::VmResult;
 use hvcore::vmx::events::{self, info};
 use hvcore::vmx::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsNatural};
 
+use super::flow::{Flow, Handled};
 use super::instruction::{Unmapped, linear_to_ram_with};
-use super::{Flow, Handled};
 use crate::vm::vcpu::Vcpu;
 use crate::vmx::vmcs::{Access, VmxInstrError};
 

@@ -5,7 +5,7 @@
 use hvcore::exits::{cpuid, xsetbv as rules};
 use hvcore::vmx::fields::VmcsNatural;
 
-use super::{Flow, Handled};
+use super::flow::{Flow, Handled};
 use crate::vm::vcpu::Vcpu;
 use crate::vmx::vmcs::Access;
 

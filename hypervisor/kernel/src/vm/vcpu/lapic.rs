@@ -66,7 +66,7 @@ impl Vcpu<'_> {
         self.apic.page().reset(self.index, x2apic);
         self.apic.pid().take();
         self.apic.nmi.clear();
-        self.timer = hvcore::apic::timer::ApicTimer::new(super::timer::min_timer_period(self.host.tsc_hz));
+        self.timer = hvcore::apic::timer::ApicTimer::for_tsc(self.host.tsc_hz);
         if self.controls.virtual_interrupt_delivery() {
             Vmcs16::GuestInterruptStatus.write(0)?;
         }

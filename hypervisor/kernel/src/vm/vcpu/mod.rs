@@ -102,7 +102,7 @@ impl<'a> Vcpu<'a> {
             controls,
             apic: &vm.apic.vcpus[index as usize],
             apic_mode: hvcore::apic::base::ApicMode::XApic,
-            timer: ApicTimer::new(timer::min_timer_period(host.tsc_hz)),
+            timer: ApicTimer::for_tsc(host.tsc_hz),
             counters: ExitCounters::default(),
             launched: false,
             vpid: 0,

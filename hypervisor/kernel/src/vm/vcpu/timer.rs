@@ -17,15 +17,6 @@ use super::Vcpu;
 use crate::vectors::GUEST_TIMER;
 use crate::vmx::vmcs::{Access, VmxInstrError};
 
-/// The shortest period a guest's periodic APIC timer gets (`hvcore::apic::timer`): 100 µs,
-/// ten times faster than the 1 ms an OS with HZ = 1000 asks for, and half KVM's 200 µs floor.
-pub const MIN_PERIODIC_TIMER_US: u64 = 100;
-
-/// That period in TSC ticks.
-pub fn min_timer_period(tsc_hz: u64) -> u64 {
-    tsc_hz * MIN_PERIODIC_TIMER_US / 1_000_000
-}
-
 impl Vcpu<'_> {
     /// A guest write of the LVT timer, initial-count or divide-configuration register (an
     /// APIC-write exit in xAPIC mode, a WRMSR in x2APIC mode). The virtual-APIC page then holds

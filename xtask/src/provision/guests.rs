@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::image::KERNEL_TARGET;
+use crate::provision::image::KERNEL_TARGET;
 
 /// A guest test: the result it is written to produce under this hypervisor, its watchdog,
 /// manifest keys it always needs, and whether it also means something on QEMU's reference PC
@@ -82,7 +82,7 @@ pub fn build() -> Result<BTreeMap<String, Vec<u8>>> {
         .arg(&target_dir)
         // Static relocation: guests are loaded at their link address, no relocations needed.
         .env("CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS", "-C relocation-model=static");
-    crate::image::cargo_build(&mut cmd, "building the guest tests")?;
+    crate::provision::image::cargo_build(&mut cmd, "building the guest tests")?;
     let dir = target_dir.join(KERNEL_TARGET).join("release");
     CATALOGUE
         .iter()
@@ -98,8 +98,8 @@ pub fn build() -> Result<BTreeMap<String, Vec<u8>>> {
 /// ELF file: a section the linker script forgot would be placed past the header's BSS end and
 /// be overwritten by the boot information.
 fn check_layout(image: &[u8]) -> Result<()> {
-    let plan = multiboot::LoadPlan::new(image, 1 << 32).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let elf_end = multiboot::elf_load_end(image).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let plan = multiboot::load::LoadPlan::new(image, 1 << 32).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let elf_end = multiboot::load::elf_load_end(image).map_err(|e| anyhow::anyhow!("{e}"))?;
     if elf_end > plan.end {
         bail!("ELF segments end at {elf_end:#x}, past the multiboot header's bss_end_addr {:#x}", plan.end);
     }
@@ -171,7 +171,10 @@ pub const BZIMAGE_RAM_MIB: u32 = 256;
 /// boot protocol with the initrd; anything else as a multiboot kernel with the modules, its
 /// command line `"<file name> <append>"` as QEMU and GRUB give it (the kernel adds the name).
 /// `extra` keys (`--apic`, `--ram`, `--watchdog-ms`, ...) come last and win.
-pub fn kernel_vm(k: &KernelVm<'_>, extra: &[(&str, &str)]) -> Result<(String, Vec<crate::image::GuestImage>)> {
+pub fn kernel_vm(
+    k: &KernelVm<'_>,
+    extra: &[(&str, &str)],
+) -> Result<(String, Vec<crate::provision::image::GuestImage>)> {
     let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     let image = read(k.kernel)?;
     let bzimage = image.get(0x202..0x206) == Some(b"HdrS".as_slice());
@@ -235,9 +238,9 @@ pub fn manifest_files(
     config: &str,
     base: &std::path::Path,
     catalogue: &BTreeMap<String, Vec<u8>>,
-) -> Result<Vec<crate::image::GuestImage>> {
+) -> Result<Vec<crate::provision::image::GuestImage>> {
     let (_, manifest) = BootConfig::parse(config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut out: Vec<crate::image::GuestImage> = Vec::new();
+    let mut out: Vec<crate::provision::image::GuestImage> = Vec::new();
     for vm in &manifest.vms {
         let named = [("kernel", &vm.kernel), ("linux", &vm.linux), ("initrd", &vm.initrd)]
             .into_iter()

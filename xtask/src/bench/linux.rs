@@ -13,8 +13,11 @@ use std::fs;
 
 use hvcore::exits::counters::ExitCounters;
 
-use crate::bench::{BenchArgs, TargetCheck};
-use crate::run::{self, RunArgs};
+use super::args::BenchArgs;
+use super::plot;
+use super::targets::{TargetCheck, print_targets, targets_json};
+use crate::platform::launch;
+use crate::platform::spec::{Platform, RunArgs};
 
 /// The VM's vCPUs and RAM (the native run gets the same CPUs and RAM).
 const VCPUS: u32 = 4;
@@ -68,7 +71,7 @@ pub fn record(c: Config, report: &Value, window: Option<&Value>) -> Value {
     let guest_ipis = num(&ipis["RES"]) + num(&ipis["CAL"]);
     // Rates per emulated second of the TSC, the one clock every configuration shares (the
     // guests' own clocks were calibrated differently: linux-guest's Timer).
-    let seconds = num(&report["tsc_ticks"]) / crate::bochs::IPS as f64;
+    let seconds = num(&report["tsc_ticks"]) / crate::platform::bochs::IPS as f64;
     let per_s = |x: f64| if seconds > 0.0 { json!(x / seconds) } else { Value::Null };
     let mut r = json!({
         "config": c.config, "apic": c.apic, "workload": report["workload"],
@@ -207,9 +210,9 @@ pub fn table(records: &[Value]) -> String {
 fn run_nested(a: &BenchArgs, append: &str) -> Result<bool> {
     let configs: Vec<Config> =
         ["xapic", "x2apic"].into_iter().map(|apic| Config { config: "ipiv-off", apic }).collect();
-    let cases: Vec<crate::nested::Case> = configs
+    let cases: Vec<crate::platform::nested::Case> = configs
         .iter()
-        .map(|c| crate::nested::Case {
+        .map(|c| crate::platform::nested::Case {
             name: format!("linux-{}-{}", c.config, c.apic),
             args: RunArgs {
                 linux: true,
@@ -221,15 +224,15 @@ fn run_nested(a: &BenchArgs, append: &str) -> Result<bool> {
                 ipiv: Some("off".into()),
                 // Every L2 exit is an L1 exit through L0: far longer than on Bochs directly.
                 timeout: a.timeout.max(3600),
-                ..RunArgs::new(run::Platform::NestedKvm, VCPUS)
+                ..RunArgs::new(Platform::NestedKvm, VCPUS)
             },
         })
         .collect();
-    let host = crate::nested::Host {
+    let host = crate::platform::nested::Host {
         label: "bench-linux",
         kvm_host: a.kvm_host,
         kvm_params: a.kvm_params.clone(),
-        cpu_model: crate::bochs::DEFAULT_MODEL.into(),
+        cpu_model: crate::platform::bochs::DEFAULT_MODEL.into(),
         cpus: VCPUS,
         // Bochs' model stays whole: KVM's host needs MONITOR/MWAIT exiting (kvm_intel refuses
         // to load without it), and its command line already keeps AMX and LA57 from itself
@@ -237,7 +240,7 @@ fn run_nested(a: &BenchArgs, append: &str) -> Result<bool> {
         exclude: &[],
         echo: false,
     };
-    let outcomes = crate::nested::run_cases(&cases, &host)?;
+    let outcomes = crate::platform::nested::run_cases(&cases, &host)?;
     let mut records = Vec::new();
     let mut failed = Vec::new();
     for (c, o) in configs.iter().zip(outcomes) {
@@ -290,15 +293,15 @@ fn run_nested(a: &BenchArgs, append: &str) -> Result<bool> {
         "ipiv-on: nested KVM offers no tertiary controls (IA32_VMX_PROCBASED_CTLS bit 49 clear), so no IPIv for an L1";
     println!("not measured: {no_ipiv}");
     let checks = check_targets(&records);
-    let ok = crate::bench::print_targets(&checks) && failed.is_empty();
+    let ok = print_targets(&checks) && failed.is_empty();
     failed.push(no_ipiv.to_string());
     if let Some(path) = &a.json {
         let doc = json!({"platform": "nested-kvm", "kind": "linux", "workload_counts": append,
             "vcpus": VCPUS, "ram_mib": RAM_MIB, "kvm_host": a.kvm_host.suite(),
-            "host_cmdline": crate::kvm_peer::HOST_CMDLINE,
-            "seconds_unit": "emulated seconds: the part's TSC ticks / Bochs' ips (its TSC ticks once per instruction per CPU)", "tsc_hz": crate::bochs::IPS,
+            "host_cmdline": crate::platform::kvm_host::HOST_CMDLINE,
+            "seconds_unit": "emulated seconds: the part's TSC ticks / Bochs' ips (its TSC ticks once per instruction per CPU)", "tsc_hz": crate::platform::bochs::IPS,
             "records": records, "not_measured": failed,
-            "targets": crate::bench::targets_json(&checks)});
+            "targets": targets_json(&checks)});
         fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
         eprintln!("xtask bench: wrote {}", path.display());
     }
@@ -307,22 +310,22 @@ fn run_nested(a: &BenchArgs, append: &str) -> Result<bool> {
 
 /// Runs every configuration, one boot each, and prints the table and the targets.
 pub fn run(a: &BenchArgs) -> Result<bool> {
-    if a.platform == run::Platform::NestedKvm {
+    if a.platform == Platform::NestedKvm {
         let n = a.iterations.unwrap_or(if a.full { 10_000 } else { 2_000 });
         return run_nested(a, &counts(n));
     }
-    if a.platform != run::Platform::Bochs {
+    if a.platform != Platform::Bochs {
         bail!("--linux runs on the project's Bochs (the only platform here with VMX and IPIv)");
     }
     let n = a.iterations.unwrap_or(if a.full { 10_000 } else { 2_000 });
     let append = counts(n);
-    let exclude: Vec<&'static str> = crate::bochs::LINUX_EXCLUDED_FEATURES.iter().map(|(f, _)| *f).collect();
+    let exclude: Vec<&'static str> = crate::platform::bochs::LINUX_EXCLUDED_FEATURES.iter().map(|(f, _)| *f).collect();
     let mut records = Vec::new();
     let configs = configs();
     for (i, c) in configs.iter().enumerate() {
         eprintln!("xtask bench --linux: [{}/{}] {} {} ({append})", i + 1, configs.len(), c.config, c.apic);
         if c.config == "native" {
-            let o = crate::linux_native::run(VCPUS, RAM_MIB, Some(&append), a.timeout, false)?;
+            let o = crate::platform::linux_native::run(VCPUS, RAM_MIB, Some(&append), a.timeout, false)?;
             if !o.passed {
                 bail!("native Linux run failed: {}", o.detail);
             }
@@ -345,7 +348,7 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
             bochs_exclude: exclude.clone(),
             ..RunArgs::new(a.platform, a.cpus)
         };
-        let outcome = run::run(&args)?;
+        let outcome = launch::run(&args)?;
         let summary = outcome.summary.with_context(|| format!("{} {}: no summary", c.config, c.apic))?;
         let vm = summary["vms"]
             .as_array()
@@ -364,23 +367,23 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
     add_ratios(&mut records);
     println!("\nLinux IPI workload on bochs ({VCPUS} vCPUs, {RAM_MIB} MiB, {append})\n{}", table(&records));
     let checks = check_targets(&records);
-    let ok = crate::bench::print_targets(&checks);
+    let ok = print_targets(&checks);
     if let Some(path) = &a.json {
         let doc = json!({"platform": a.platform.name(), "kind": "linux", "workload_counts": append,
-            "vcpus": VCPUS, "ram_mib": RAM_MIB, "kernel": crate::linux::debian(&crate::deps::cache_dir())?.kernel_package,
+            "vcpus": VCPUS, "ram_mib": RAM_MIB, "kernel": crate::provision::debian::debian(&crate::provision::deps::cache_dir())?.kernel_package,
             "excluded_cpu_features": exclude,
-            "seconds_unit": "emulated seconds: the part's TSC ticks / Bochs' ips (its TSC ticks once per instruction per CPU)", "tsc_hz": crate::bochs::IPS,
+            "seconds_unit": "emulated seconds: the part's TSC ticks / Bochs' ips (its TSC ticks once per instruction per CPU)", "tsc_hz": crate::platform::bochs::IPS,
             "records": records,
-            "targets": crate::bench::targets_json(&checks)});
+            "targets": targets_json(&checks)});
         fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")?;
         eprintln!("xtask bench: wrote {}", path.display());
     }
     if let Some(path) = &a.plot {
-        let rows: Vec<crate::plot::Bar> = records
+        let rows: Vec<plot::Bar> = records
             .iter()
             .map(|r| {
                 let v = num(&r["ops_per_s"]);
-                crate::plot::Bar {
+                plot::Bar {
                     label: format!(
                         "{} {} {}",
                         r["workload"].as_str().unwrap_or(""),
@@ -393,12 +396,7 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
                 }
             })
             .collect();
-        crate::plot::hbars(
-            path,
-            &rows,
-            "Linux IPI workload: operations per guest second (bochs)",
-            "operations per second",
-        )?;
+        plot::hbars(path, &rows, "Linux IPI workload: operations per guest second (bochs)", "operations per second")?;
         eprintln!("xtask bench: wrote {}", path.display());
     }
     Ok(ok)
@@ -431,7 +429,7 @@ mod tests {
     fn records_take_exits_per_ipi_from_the_census_window() {
         let c = Config { config: "ipiv-off", apic: "x2apic" };
         let w = json!({"us": 500_000, "exits": {"wrmsr": 120, "io": 30, "hlt": 5, "ipi_sent_by_exit": 100, "msr_write_icr": 100, "timer_writes": 20}});
-        let r = record(c, &report("wake", 10, 90, crate::bochs::IPS / 10), Some(&w));
+        let r = record(c, &report("wake", 10, 90, crate::platform::bochs::IPS / 10), Some(&w));
         assert_eq!(
             (r["ops_per_s"].clone(), r["guest_ipis_per_s"].clone()),
             (json!(1000.0), json!(1000.0)),
@@ -442,8 +440,11 @@ mod tests {
         assert_eq!(r["exits_per_ipi"], 1.05);
         assert_eq!(r["exits_per_s"], 310.0, "155 exits by reason in half a second; extras are not reasons");
         assert_eq!(r["exits_by_reason"], json!({"wrmsr": 120, "io": 30, "hlt": 5}));
-        let native =
-            record(Config { config: "native", apic: "xapic" }, &report("wake", 10, 90, crate::bochs::IPS / 20), None);
+        let native = record(
+            Config { config: "native", apic: "xapic" },
+            &report("wake", 10, 90, crate::platform::bochs::IPS / 20),
+            None,
+        );
         assert!(native["exits_per_ipi"].is_null() && native["exits_by_reason"].is_null());
         let mut all = vec![native, r];
         add_ratios(&mut all);

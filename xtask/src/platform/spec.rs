@@ -1,17 +1,15 @@
 //! `cargo xtask run`: boot the hypervisor on a platform, stream its serial console, enforce a
 //! timeout, and judge the run by its `HV-SUMMARY` line and the emulator's exit status.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use hvcore::summary::RunResult;
 use serde_json::Value;
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::{bochs, deps, guests, image, summary};
+use crate::provision::{debian, deps, guests, image};
+use crate::summary;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Platform {
@@ -49,7 +47,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 4)]
     pub cpus: u32,
     /// Bochs' CPU model (Bochs only; `bochs -help cpu` lists them).
-    #[arg(long, default_value = crate::bochs::DEFAULT_MODEL)]
+    #[arg(long, default_value = crate::platform::bochs::DEFAULT_MODEL)]
     pub cpu_model: String,
     /// Write the HV-SUMMARY object, plus "platform", to this file.
     #[arg(long)]
@@ -151,7 +149,7 @@ pub struct RunArgs {
     /// KVM's host for --platform nested-kvm: Debian's trixie (6.12) or bookworm (6.1, whose
     /// nested posted interrupts have two bugs: docs/hardware.md).
     #[arg(long, value_enum, default_value = "trixie")]
-    pub kvm_host: crate::kvm_peer::KvmHost,
+    pub kvm_host: crate::platform::kvm_host::KvmHost,
     /// `kvm_intel` parameters for --platform nested-kvm (e.g. `enable_apicv=0`; default: KVM's
     /// defaults, nested on).
     #[arg(long, default_value = "")]
@@ -198,8 +196,8 @@ impl RunArgs {
             skip_manifest_check: false,
             direct: false,
             bochs_exclude: Vec::new(),
-            cpu_model: crate::bochs::DEFAULT_MODEL.into(),
-            kvm_host: crate::kvm_peer::KvmHost::Trixie,
+            cpu_model: crate::platform::bochs::DEFAULT_MODEL.into(),
+            kvm_host: crate::platform::kvm_host::KvmHost::Trixie,
             kvm_params: String::new(),
         }
     }
@@ -241,8 +239,11 @@ impl RunArgs {
         } else {
             String::new()
         };
-        let model =
-            if self.cpu_model == crate::bochs::DEFAULT_MODEL { String::new() } else { format!("-{}", self.cpu_model) };
+        let model = if self.cpu_model == crate::platform::bochs::DEFAULT_MODEL {
+            String::new()
+        } else {
+            format!("-{}", self.cpu_model)
+        };
         format!("{}{model}-{fw}-{}cpu-{}{guests}{native}", self.platform.name(), self.cpus, self.fault)
     }
 }
@@ -258,109 +259,6 @@ pub struct Outcome {
     pub accepted: bool,
     /// The serial log of the run.
     pub serial: PathBuf,
-}
-
-pub fn run(args: &RunArgs) -> Result<Outcome> {
-    if args.cpus == 0 || args.cpus > 255 {
-        bail!("--cpus must be between 1 and 255");
-    }
-    // QEMU as the reference PC: the guest kernels themselves, no hypervisor underneath.
-    if args.platform == Platform::Qemu && (args.direct || args.guest.is_some() || args.kernel.is_some() || args.linux) {
-        return crate::qemu_guest::run(args);
-    }
-    if !matches!(args.platform, Platform::Bochs | Platform::NestedKvm) && args.cpu_model != crate::bochs::DEFAULT_MODEL
-    {
-        bail!("--cpu-model chooses the project's Bochs' CPU model: use it with --platform bochs or nested-kvm");
-    }
-    if args.uefi && matches!(args.platform, Platform::Bochs | Platform::NestedKvm) {
-        bail!(
-            "--uefi needs a QEMU platform: the project's Bochs boots BIOS images, and KVM's host on it has SeaBIOS only"
-        );
-    }
-    if args.platform == Platform::NestedKvm {
-        bail!("--platform nested-kvm boots through nested::run");
-    }
-    let (config, guests) = compose(args, "debug-port")?;
-    let dir = PathBuf::from("target/xtask/runs").join(args.slug());
-    fs::create_dir_all(&dir)?;
-    let kernel = image::build_kernel()?;
-    let img = dir.join("disk.img");
-    // Bochs locks its disk with `<image>.lock` and leaves it behind when killed on a timeout;
-    // the image is rebuilt for every run, so a lock left here is stale.
-    let _ = fs::remove_file(dir.join("disk.img.lock"));
-    image::make_image(&kernel, &config, &guests, args.uefi, &img)?;
-
-    let serial = dir.join("serial.log");
-    let _ = fs::remove_file(&serial);
-    fs::write(&serial, b"")?;
-    let mut cmd = match args.platform {
-        Platform::Bochs => {
-            let bochs = bochs::binary(&deps::cache_dir())?;
-            let m = bochs::Machine {
-                model: &args.cpu_model,
-                cpus: args.cpus,
-                memory_mib: args.memory,
-                exclude: &args.bochs_exclude,
-            };
-            bochs::command(&bochs, &dir, &img, &serial, &m)?
-        }
-        Platform::Qemu | Platform::QemuKvm => qemu_command(args, &img, &serial)?,
-        Platform::NestedKvm => unreachable!("refused above"),
-    };
-    eprintln!(
-        "xtask: booting on {}{} with {} CPUs (timeout {} s, log in {})",
-        args.platform.name(),
-        if args.uefi { " (UEFI)" } else { "" },
-        args.cpus,
-        args.timeout,
-        serial.display()
-    );
-    let emu_out = fs::File::create(dir.join("emulator.out"))?;
-    cmd.stdin(Stdio::null()).stdout(emu_out.try_clone()?).stderr(emu_out);
-    let start = Instant::now();
-    let child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
-    let (exit_status, timed_out) = supervise(child, &serial, !args.quiet, args.timeout)?;
-    let elapsed = start.elapsed();
-    let serial_log = String::from_utf8_lossy(&fs::read(&serial)?).into_owned();
-
-    let Judged { summary, result, accepted, problems } =
-        judge(args, &serial_log, exit_status, timed_out, &format!("{} s", args.timeout));
-
-    if let (Some(path), Some(s)) = (&args.json, &summary) {
-        fs::write(path, serde_json::to_string_pretty(s)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    let verdict = match result {
-        Some(r) => r.as_str(),
-        None => "no result",
-    };
-    eprintln!(
-        "xtask: {} in {:.1} s: {verdict}{}",
-        args.platform.name(),
-        elapsed.as_secs_f64(),
-        summary.as_ref().and_then(|s| s["reason"].as_str()).map(|r| format!(" ({r})")).unwrap_or_default()
-    );
-    if args.kernel.is_some() {
-        // What a kvm-unit-tests-style kernel said: its checks and its figures.
-        let v = crate::conformance::kut::verdict(crate::conformance::kut::guest_lines(&serial_log, "kernel"));
-        if let Some(line) = kernel_said(&v) {
-            eprintln!("xtask: the kernel says: {line}");
-        }
-    }
-    if !accepted {
-        for p in &problems {
-            eprintln!("xtask: {p}");
-        }
-        if !problems.is_empty() || !args.quiet {
-            print_tail(&serial_log, 40);
-            let emu = fs::read_to_string(dir.join("emulator.out")).unwrap_or_default();
-            if !emu.trim().is_empty() {
-                eprintln!("--- emulator output (tail) ---");
-                print_tail(&emu, 15);
-            }
-        }
-    }
-    Ok(Outcome { summary, exit_status, timed_out, accepted, serial })
 }
 
 /// What a run's console and its emulator's end say.
@@ -449,9 +347,9 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
     }
     let mut linux_files = Vec::new();
     if args.linux {
-        let (debian, files) = crate::linux::files(&deps::cache_dir())?;
+        let (debian, files) = debian::files(&deps::cache_dir())?;
         eprintln!("xtask: Linux guest: {} with the project's initramfs", debian.kernel_package);
-        config += &crate::linux::vm_section(
+        config += &debian::vm_section(
             args.vcpus,
             args.linux_ram,
             linux_watchdog_ms(args.timeout),
@@ -497,105 +395,6 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
         })
         .collect();
     Ok((config, needed))
-}
-
-/// A one-line account of a test kernel's PASS/FAIL/SKIP lines, SUMMARY and figures.
-fn kernel_said(v: &crate::conformance::kut::Verdict) -> Option<String> {
-    let mut parts = Vec::new();
-    if !v.passed.is_empty() || !v.failed.is_empty() || !v.skipped.is_empty() {
-        parts.push(format!("{} passed, {} failed, {} skipped", v.passed.len(), v.failed.len(), v.skipped.len()));
-    }
-    if let Some(s) = &v.summary {
-        parts.push(format!("SUMMARY: {s}"));
-    }
-    if !v.figures.is_empty() {
-        let f: Vec<String> = v.figures.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        parts.push(format!("{} (TSC ticks per iteration; under Bochs, path lengths)", f.join(", ")));
-    }
-    (!parts.is_empty()).then(|| parts.join("; "))
-}
-
-fn print_tail(log: &str, n: usize) {
-    let lines: Vec<&str> = log.lines().collect();
-    eprintln!("--- last {} lines ---", n.min(lines.len()));
-    for l in &lines[lines.len().saturating_sub(n)..] {
-        eprintln!("{l}");
-    }
-}
-
-fn qemu_command(args: &RunArgs, img: &Path, serial: &Path) -> Result<Command> {
-    let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-machine", "q35", "-m"]).arg(format!("{}M", args.memory));
-    c.arg("-smp").arg(args.cpus.to_string());
-    c.args(["-display", "none", "-monitor", "none", "-no-reboot"]);
-    c.arg("-serial").arg(format!("file:{}", serial.display()));
-    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
-    c.arg("-drive").arg(format!("format=raw,file={}", img.display()));
-    if args.uefi {
-        c.arg("-bios")
-            .arg(deps::ovmf().context("OVMF firmware not found (install Debian's ovmf package or set OVMF=path)")?);
-    }
-    if args.platform == Platform::QemuKvm {
-        if !Path::new("/dev/kvm").exists() {
-            bail!("--platform qemu-kvm needs /dev/kvm (a host with VT-x and KVM, nested VMX for L1 VMX)");
-        }
-        c.args(["-enable-kvm", "-cpu", "host"]);
-    }
-    Ok(c)
-}
-
-/// Waits for an emulator, echoing its serial log (`echo`), and kills it after `timeout_s`: its
-/// exit status (`None` if killed) and whether the timeout did it.
-pub fn supervise(
-    mut child: std::process::Child,
-    serial: &Path,
-    echo: bool,
-    timeout_s: u64,
-) -> Result<(Option<i32>, bool)> {
-    let mut tail = SerialTail::new(serial, echo);
-    let deadline = Instant::now() + Duration::from_secs(timeout_s);
-    let ended = loop {
-        tail.pump()?;
-        if let Some(st) = child.try_wait()? {
-            break (st.code(), false);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break (None, true);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    tail.pump()?;
-    Ok(ended)
-}
-
-/// Follows the serial log file while the emulator writes it.
-struct SerialTail {
-    file: PathBuf,
-    pos: u64,
-    echo: bool,
-}
-
-impl SerialTail {
-    fn new(file: &Path, echo: bool) -> Self {
-        Self { file: file.to_path_buf(), pos: 0, echo }
-    }
-
-    fn pump(&mut self) -> Result<()> {
-        if !self.echo {
-            return Ok(());
-        }
-        let Ok(mut f) = fs::File::open(&self.file) else { return Ok(()) };
-        f.seek(SeekFrom::Start(self.pos))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)?;
-        self.pos += buf.len() as u64;
-        let mut out = std::io::stdout().lock();
-        out.write_all(&buf)?;
-        out.flush()?;
-        Ok(())
-    }
 }
 
 /// The watchdog of a Linux or `--kernel` VM: 90 % of the run's timeout, so the hypervisor's

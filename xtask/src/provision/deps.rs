@@ -8,9 +8,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::apt::{self, Privilege};
-use crate::bochs;
+use super::bochs::{self, BIOS, VGABIOS};
 use crate::progress::{self, Step};
+use crate::provision::apt::{self, Privilege};
 
 /// What a command is about to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,8 +75,8 @@ enum PackageNeed {
 const PACKAGES: &[Package] = &[
     Package { name: "qemu-system-x86", need: PackageNeed::Runtime(Need::Qemu), file: || on_path("qemu-system-x86_64") },
     Package { name: "ovmf", need: PackageNeed::Runtime(Need::Uefi), file: ovmf },
-    Package { name: "bochsbios", need: PackageNeed::Runtime(Need::Bochs), file: || existing(bochs::BIOS) },
-    Package { name: "vgabios", need: PackageNeed::Runtime(Need::Bochs), file: || existing(bochs::VGABIOS) },
+    Package { name: "bochsbios", need: PackageNeed::Runtime(Need::Bochs), file: || existing(BIOS) },
+    Package { name: "vgabios", need: PackageNeed::Runtime(Need::Bochs), file: || existing(VGABIOS) },
     Package { name: "binutils", need: PackageNeed::Runtime(Need::Fixtures), file: || on_path("as") },
     Package { name: "gcc", need: PackageNeed::BochsBuild, file: || on_path("gcc") },
     Package { name: "g++", need: PackageNeed::BochsBuild, file: || on_path("g++") },
@@ -317,8 +317,8 @@ fn describe_file(p: &Package) -> &'static str {
     match p.name {
         "qemu-system-x86" => "qemu-system-x86_64 on PATH",
         "ovmf" => "/usr/share/ovmf/OVMF.fd",
-        "bochsbios" => bochs::BIOS,
-        "vgabios" => bochs::VGABIOS,
+        "bochsbios" => BIOS,
+        "vgabios" => VGABIOS,
         _ => "its program on PATH",
     }
 }

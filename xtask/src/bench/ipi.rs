@@ -7,140 +7,16 @@
 //! targets, writes JSON and an SVG plot.
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 use std::fs;
 use std::path::PathBuf;
 
-use crate::run::{self, Platform, RunArgs};
-
-#[derive(Args, Clone, Debug)]
-pub struct BenchArgs {
-    #[arg(long, value_enum, default_value = "bochs")]
-    pub platform: Platform,
-    /// CPUs (the broadcast cell needs 4).
-    #[arg(long, default_value_t = 4)]
-    pub cpus: u32,
-    /// Round trips per cell (after a warm-up of a tenth); default 200, or 2000 with --full.
-    #[arg(long)]
-    pub iterations: Option<u32>,
-    /// The whole matrix at full length.
-    #[arg(long)]
-    pub full: bool,
-    /// Write `{"platform", "cycles_unit", "records": [...]}` here.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Write an SVG plot of median cycles (p99 whiskers) here.
-    #[arg(long)]
-    pub plot: Option<PathBuf>,
-    /// Per-boot timeout in seconds.
-    #[arg(long, default_value_t = 600)]
-    pub timeout: u64,
-    /// The Linux benchmark instead: Debian's kernel with the project's IPI workload in a
-    /// 4-vCPU VM (IPIv on and off, xAPIC and x2APIC) and booted directly on Bochs (native);
-    /// --iterations sets the workload's counts (default 2000, --full 10000).
-    #[arg(long)]
-    pub linux: bool,
-    /// Measure a peer hypervisor side by side on the same emulated CPU: `kvm` boots Debian's
-    /// kernel as KVM's host on the project's Bochs and runs the same `ipi-bench` kernel under
-    /// Debian's QEMU with IPIv on, IPIv off and APICv off (not part of `cargo xtask test`: slow).
-    #[arg(long, value_enum)]
-    pub peer: Option<Peer>,
-    /// KVM's host for --platform nested-kvm (see `cargo xtask run --help`).
-    #[arg(long, value_enum, default_value = "trixie")]
-    pub kvm_host: crate::kvm_peer::KvmHost,
-    /// `kvm_intel` parameters for --platform nested-kvm (default: KVM's defaults).
-    #[arg(long, default_value = "")]
-    pub kvm_params: String,
-    /// Bochs' CPU model for this hypervisor's cells (Bochs only; not with --linux or --peer,
-    /// which run on the default model).
-    #[arg(long, default_value = crate::bochs::DEFAULT_MODEL)]
-    pub cpu_model: String,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Peer {
-    Kvm,
-}
-
-/// One cell of the matrix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cell {
-    pub apic: &'static str,
-    pub config: &'static str,
-    pub target: &'static str,
-    pub pattern: &'static str,
-}
-
-/// The matrix, in the order the table shows it; on QEMU with the "bare" cells too.
-pub fn matrix(cpus: u32, platform: Platform) -> Vec<Cell> {
-    let mut cells = Vec::new();
-    let bare: &[&str] = if platform == Platform::Qemu { &["spin", "halt-passthrough"] } else { &[] };
-    for apic in ["xapic", "x2apic"] {
-        for (config, targets) in [
-            ("native", &["spin", "halt-passthrough"][..]),
-            ("bare", bare),
-            ("ipiv-on", &["spin", "halt-passthrough", "halt-exit"][..]),
-            ("ipiv-off", &["spin", "halt-passthrough", "halt-exit"][..]),
-            ("virtual-delivery", &["spin", "halt-passthrough", "halt-exit"][..]),
-            ("injection", &["spin", "halt-passthrough", "halt-exit"][..]),
-        ] {
-            for &target in targets {
-                cells.push(Cell { apic, config, target, pattern: "unicast" });
-            }
-        }
-        if cpus >= 4 {
-            for config in ["ipiv-on", "ipiv-off"] {
-                cells.push(Cell { apic, config, target: "spin", pattern: "broadcast" });
-            }
-        }
-    }
-    cells
-}
-
-impl Cell {
-    pub fn name(&self) -> String {
-        format!("{} {} {} {}", self.apic, self.config, self.target, self.pattern)
-    }
-
-    /// The run that measures this cell.
-    fn run_args(&self, a: &BenchArgs, iterations: u32, dir: &std::path::Path) -> Result<RunArgs> {
-        let mut r = RunArgs { timeout: a.timeout, cpu_model: a.cpu_model.clone(), ..RunArgs::new(a.platform, a.cpus) };
-        if self.config == "native" {
-            r.native_bench = iterations;
-            r.native_target = if self.target == "spin" { "spin" } else { "halt" }.into();
-            r.host_apic = if self.apic == "xapic" { "xapic" } else { "auto" }.into();
-            return Ok(r);
-        }
-        let vcpus = if self.pattern == "broadcast" { 4 } else { 2 };
-        let mut manifest = format!(
-            "[vm]\nname = bench\nkernel = ipi-bench\nvcpus = {vcpus}\napic = {}\ntimeout_ms = {}\n\
-             cmdline = iterations={iterations} target={} pattern={}\n",
-            self.apic,
-            a.timeout * 1000,
-            if self.target == "spin" { "spin" } else { "halt" },
-            self.pattern
-        );
-        if self.config != "bare" {
-            // Each config is one interrupt path (`interrupt_path`): IPIv, the posted exit path,
-            // and the two paths of CPUs without posted interrupts. A CPU without the path
-            // refuses the VM, and the cell is not measured.
-            let path = match self.config {
-                "ipiv-on" => "ipiv = on\n",
-                "ipiv-off" => "ipiv = off\ninterrupt_path = posted\n",
-                "virtual-delivery" => "interrupt_path = virtual-delivery\n",
-                _ => "interrupt_path = injection\n",
-            };
-            manifest += path;
-            manifest += &format!("hlt = {}\n", if self.target == "halt-exit" { "exit" } else { "passthrough" });
-        }
-        let file = dir.join(format!("{}.manifest", self.name().replace(' ', "-")));
-        fs::write(&file, manifest)?;
-        r.manifest = Some(file);
-        r.direct = self.config == "bare";
-        Ok(r)
-    }
-}
+use super::args::{BenchArgs, Peer};
+use super::cell::{Cell, matrix};
+use super::targets::{TargetCheck, print_targets, targets_json};
+use super::{peer, plot};
+use crate::platform::launch;
+use crate::platform::spec::{Outcome, Platform};
 
 /// A measured cell, as written to the JSON file.
 pub fn record(cell: &Cell, summary: &Value) -> Result<Value> {
@@ -179,38 +55,6 @@ pub fn record(cell: &Cell, summary: &Value) -> Result<Value> {
 
 fn median(r: &Value) -> Option<u64> {
     r["cycles"]["median"].as_u64()
-}
-
-/// One target and whether the measurements meet it.
-#[derive(Debug)]
-pub struct TargetCheck {
-    pub what: String,
-    /// `None`: a cell it needs was not measured (e.g. no IPIv on this CPU).
-    pub met: Option<bool>,
-    pub detail: String,
-}
-
-/// Prints the targets as met, NOT MET or not measured; whether none was missed.
-pub fn print_targets(checks: &[TargetCheck]) -> bool {
-    let mut ok = true;
-    println!("\ntargets:");
-    for c in checks {
-        let mark = match c.met {
-            Some(true) => "met",
-            Some(false) => {
-                ok = false;
-                "NOT MET"
-            }
-            None => "not measured",
-        };
-        println!("  [{mark}] {} ({})", c.what, c.detail);
-    }
-    ok
-}
-
-/// The targets as the JSON file lists them.
-pub fn targets_json(checks: &[TargetCheck]) -> Value {
-    checks.iter().map(|c| json!({"target": c.what, "met": c.met, "detail": c.detail})).collect()
 }
 
 /// This hypervisor's (or the native) record of a cell; a peer's records are not these.
@@ -344,7 +188,7 @@ pub fn measure(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec<Va
     for (i, cell) in cells.iter().enumerate() {
         eprintln!("xtask bench: [{}/{}] {} ({iterations} iterations)", i + 1, cells.len(), cell.name());
         let args = cell.run_args(a, iterations, &dir)?;
-        let outcome = match run::run(&args) {
+        let outcome = match launch::run(&args) {
             Ok(o) => o,
             Err(e) if cell.config == "ipiv-on" && format!("{e:#}").contains("IPI virtualization") => {
                 skipped.push(format!("{}: {e:#}", cell.name()));
@@ -366,7 +210,7 @@ pub fn measure(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec<Va
 
 /// What a cell's summary says about it: its record, or why it was not measured; an error when
 /// the run failed for another reason than a missing capability.
-fn judge_cell(cell: &Cell, outcome: run::Outcome) -> Result<Result<Value, String>> {
+fn judge_cell(cell: &Cell, outcome: Outcome) -> Result<Result<Value, String>> {
     let Some(summary) = outcome.summary else {
         let how = if outcome.timed_out {
             "timed out".to_string()
@@ -410,9 +254,9 @@ fn measure_nested(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec
     for cell in cells {
         let mut args = cell.run_args(a, iterations, &dir)?;
         args.memory = 256;
-        cases.push(crate::nested::Case { name: cell.name().replace(' ', "-"), args });
+        cases.push(crate::platform::nested::Case { name: cell.name().replace(' ', "-"), args });
     }
-    let host = crate::nested::Host {
+    let host = crate::platform::nested::Host {
         label: "bench",
         kvm_host: a.kvm_host,
         kvm_params: a.kvm_params.clone(),
@@ -422,7 +266,7 @@ fn measure_nested(a: &BenchArgs, cells: &[Cell], iterations: u32) -> Result<(Vec
         echo: false,
     };
     eprintln!("xtask bench: nested-kvm: {} cells in one boot of KVM's host ({iterations} iterations)", cells.len());
-    let outcomes = crate::nested::run_cases(&cases, &host)?;
+    let outcomes = crate::platform::nested::run_cases(&cases, &host)?;
     let (mut records, mut skipped) = (Vec::new(), Vec::new());
     for (cell, o) in cells.iter().zip(outcomes) {
         match judge_cell(cell, o.outcome) {
@@ -597,18 +441,6 @@ pub fn comparison_table(rows: &[Value], peer: &str, unit: &str) -> String {
 }
 
 pub fn run(a: &BenchArgs) -> Result<bool> {
-    if a.cpu_model != crate::bochs::DEFAULT_MODEL && (a.linux || a.peer.is_some()) {
-        bail!(
-            "--cpu-model applies to the IPI round trip's own cells; --linux and --peer run on {}",
-            crate::bochs::DEFAULT_MODEL
-        );
-    }
-    if a.linux {
-        if a.peer.is_some() {
-            bail!("--peer measures the IPI round trip; it does not combine with --linux");
-        }
-        return crate::bench_linux::run(a);
-    }
     if a.peer.is_some() && a.platform != Platform::Bochs {
         bail!("--peer kvm runs KVM inside the project's Bochs (its CPU has VMX and IPIv): use --platform bochs");
     }
@@ -618,9 +450,9 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
     let (mut records, mut skipped) =
         if nested { measure_nested(a, &cells, iterations)? } else { measure(a, &cells, iterations)? };
     if a.peer == Some(Peer::Kvm) {
-        let cells = crate::kvm_peer::cells(a.cpus);
+        let cells = peer::cells(a.cpus);
         eprintln!("xtask bench: KVM: {} cells in one boot of KVM's host ({iterations} iterations)", cells.len());
-        let (kvm, not) = crate::kvm_peer::measure(&cells, iterations, a.cpus, false)?;
+        let (kvm, not) = peer::measure(&cells, iterations, a.cpus, false)?;
         records.extend(kvm);
         skipped.extend(not);
     }
@@ -659,7 +491,7 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
         eprintln!("xtask bench: wrote {}", path.display());
     }
     if let Some(path) = &a.plot {
-        crate::plot::bars(path, &records, unit, a.platform.name())?;
+        plot::bars(path, &records, unit, a.platform.name())?;
         eprintln!("xtask bench: wrote {}", path.display());
     }
     Ok(ok)

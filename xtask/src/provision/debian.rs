@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use crate::apt::{self, PrivateApt, Privilege};
 use crate::progress::Step;
+use crate::provision::apt::{self, PrivateApt, Privilege};
 
 /// The Debian release whose kernel the guest runs (the facts of issue 12 were measured on it).
 pub const SUITE: &str = "bookworm";
@@ -144,7 +144,7 @@ pub fn build_workload() -> Result<PathBuf> {
     cmd.args(["build", "--release", "--package", "ipi-workload", "--target", "x86_64-unknown-linux-gnu"])
         .args(["--target-dir", "target/linux-guest"])
         .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static -C strip=symbols");
-    crate::image::cargo_build(&mut cmd, "building the Linux guest's workload")?;
+    crate::provision::image::cargo_build(&mut cmd, "building the Linux guest's workload")?;
     Ok(PathBuf::from("target/linux-guest/x86_64-unknown-linux-gnu/release/ipi-workload"))
 }
 
@@ -238,7 +238,7 @@ pub fn vm_section(vcpus: u32, ram_mib: u32, timeout_ms: u64, append: Option<&str
 
 /// What a Linux run needs in the ramdisk: the kernel and the initramfs, by the names the
 /// manifest uses.
-pub fn files(cache: &Path) -> Result<(Debian, Vec<crate::image::GuestImage>)> {
+pub fn files(cache: &Path) -> Result<(Debian, Vec<crate::provision::image::GuestImage>)> {
     let debian = debian(cache)?;
     let workload = fs::read(build_workload()?).context("reading the workload")?;
     let busybox = fs::read(&debian.busybox)?;

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::guests;
-use crate::run::{Outcome, RunArgs, compose, supervise};
+use super::spec::{Outcome, RunArgs, compose};
+use super::supervise::supervise;
+use crate::provision::guests;
 
 /// QEMU's TCG emulates x2APIC from QEMU 8.0 on.
 const X2APIC_SINCE: (u32, u32) = (8, 0);

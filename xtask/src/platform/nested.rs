@@ -1,10 +1,10 @@
 //! `--platform nested-kvm`: the hypervisor as an L1 under KVM, on the project's Bochs. One
 //! Bochs boot (the bench's CPU model and patches) runs Debian's kernel as KVM's host, with the
-//! image of `bench --peer kvm` (`crate::kvm_peer`: Debian's QEMU, `kvm_intel`) plus one disk
+//! image of `bench --peer kvm` (`platform::kvm_host`: Debian's QEMU, `kvm_intel`) plus one disk
 //! image of the hypervisor per case, each built as `run --platform qemu-kvm` builds it. The
 //! driver (`linux-guest/src/bin/kvm-peer.rs`) runs each under QEMU with `-enable-kvm -cpu host`
 //! and reports its console; each case is then judged like every other run, by its own
-//! HV-SUMMARY and QEMU's isa-debug-exit status (`run::judge`), and its summary gains `kvm`:
+//! HV-SUMMARY and QEMU's isa-debug-exit status (`spec::judge`), and its summary gains `kvm`:
 //! the host kernel and the parameters `kvm_intel` ran that case with.
 
 use anyhow::{Context, Result, bail};
@@ -13,9 +13,10 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::bochs::Machine;
-use crate::kvm_peer::{self, ImageFile, KvmHost};
-use crate::run::{self, Outcome, RunArgs};
+use super::bochs::Machine;
+use super::kvm_host::{self, ImageFile, KvmHost};
+use super::linux_native;
+use super::spec::{self, Judged, Outcome, RunArgs};
 
 /// One L1 run: a name (unique within a boot) and the run arguments its image is built from
 /// (CPUs become QEMU's `-smp`, memory its `-m`).
@@ -81,20 +82,20 @@ pub fn run_cases(cases: &[Case], host: &Host) -> Result<Vec<CaseOutcome>> {
             bail!("case {} gives QEMU {} CPUs, KVM's host has {}", c.name, c.args.cpus, host.cpus);
         }
     }
-    let kernel = crate::image::build_kernel()?;
+    let kernel = crate::provision::image::build_kernel()?;
     let mut files: Vec<ImageFile> = Vec::new();
     let mut plan = String::new();
     for c in cases {
-        let (config, guests) = run::compose(&c.args, "debug-port")?;
+        let (config, guests) = spec::compose(&c.args, "debug-port")?;
         let dir = case_dir(c);
         fs::create_dir_all(&dir)?;
         let img = dir.join("disk.img");
-        crate::image::make_image(&kernel, &config, &guests, false, &img)?;
+        crate::provision::image::make_image(&kernel, &config, &guests, false, &img)?;
         files.push((format!("nested/{}.img", c.name), 0o644, fs::read(&img)?));
         plan += &plan_line(c, &host.kvm_params);
         plan += "\n";
     }
-    let img = kvm_peer::image_with(&plan, files, host.kvm_host)?;
+    let img = kvm_host::image_with(&plan, files, host.kvm_host)?;
     eprintln!("xtask: nested-kvm: KVM's host: {}", img.describe);
     let max_mem = cases.iter().map(|c| c.args.memory).max().unwrap_or(0);
     let machine =
@@ -102,12 +103,12 @@ pub fn run_cases(cases: &[Case], host: &Host) -> Result<Vec<CaseOutcome>> {
     // The host's boot, then each case: its limit in wall seconds (about 45 a host second).
     let timeout = 900 + cases.iter().map(|c| host_timeout_s(&c.args) * 45).sum::<u64>();
     let started = Instant::now();
-    let out = crate::linux_native::boot(
+    let out = linux_native::boot(
         &format!("nested-kvm-{}-{}", host.kvm_host.suite(), host.label),
         &machine,
         &img.kernel,
         &img.initrd,
-        kvm_peer::HOST_CMDLINE,
+        kvm_host::HOST_CMDLINE,
         timeout,
         host.echo,
     )?;
@@ -145,15 +146,15 @@ fn case_dir(c: &Case) -> PathBuf {
 }
 
 /// The judgement of the driver's report `r` on case `c`: its console, QEMU's status and
-/// whether it timed out, judged by `run::judge`, with a driver error as a problem and the
+/// whether it timed out, judged by `spec::judge`, with a driver error as a problem and the
 /// summary's `kvm` added (`params`: what `kvm_intel` said it runs with; `host`: the image).
-fn judge_report(c: &Case, r: &Value, params: &Value, host: &str) -> (run::Judged, String, Option<i32>, bool) {
+fn judge_report(c: &Case, r: &Value, params: &Value, host: &str) -> (Judged, String, Option<i32>, bool) {
     let lines: Vec<&str> = r["output"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     let log = lines.join("\n") + "\n";
     let timed_out = r["timed_out"] == true;
     let status = r["status"].as_i64().map(|s| s as i32);
     let limit = format!("{} s of KVM's host's clock", host_timeout_s(&c.args));
-    let mut j = run::judge(&c.args, &log, status, timed_out, &limit);
+    let mut j = spec::judge(&c.args, &log, status, timed_out, &limit);
     if let Some(e) = r["error"].as_str() {
         j.problems.push(e.to_string());
         j.accepted = false;
@@ -169,7 +170,7 @@ fn judge_report(c: &Case, r: &Value, params: &Value, host: &str) -> (run::Judged
 }
 
 /// A case's outcome from the driver's report `r`: its console (written to the case's
-/// `serial.log`), QEMU's exit status, the judgement of `run::judge`.
+/// `serial.log`), QEMU's exit status, the judgement of `spec::judge`.
 fn judge_case(c: &Case, r: &Value, params: &Value, host: &str) -> Result<CaseOutcome> {
     let (j, log, status, timed_out) = judge_report(c, r, params, host);
     let lines: Vec<&str> = log.lines().collect();
@@ -229,7 +230,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::Platform;
+    use crate::platform::spec::Platform;
 
     fn case() -> Case {
         Case { name: "ipi".into(), args: RunArgs { memory: 256, ..RunArgs::new(Platform::NestedKvm, 2) } }

@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use hvcore::linux::LoadPlan;
 
-use crate::bochs::Machine;
-use crate::fixtures::binutils;
+use crate::platform::bochs::Machine;
+use crate::provision::fixtures::binutils;
 
 const SOURCE: &str = "xtask/boot/linux-bootsector.S";
 const SECTOR: usize = 512;
@@ -107,18 +107,19 @@ pub struct NativeOutcome {
     pub serial: PathBuf,
 }
 
-/// Boots the kernel and initramfs of `crate::linux::files` on Bochs with `cpus` CPUs and
-/// `ram_mib` of RAM, [`crate::linux::CMDLINE`] plus `append`, without the hypervisor.
+/// Boots the kernel and initramfs of `crate::provision::debian::files` on Bochs with `cpus` CPUs and
+/// `ram_mib` of RAM, [`crate::provision::debian::CMDLINE`] plus `append`, without the hypervisor.
 pub fn run(cpus: u32, ram_mib: u32, append: Option<&str>, timeout_s: u64, echo: bool) -> Result<NativeOutcome> {
-    let (_, files) = crate::linux::files(&crate::deps::cache_dir())?;
+    let (_, files) = crate::provision::debian::files(&crate::provision::deps::cache_dir())?;
     let file = |name: &str| files.iter().find(|(n, _)| n == name).map(|(_, b)| b.as_slice());
     let (kernel, initrd) = (file("vmlinuz").context("no kernel")?, file("initramfs").context("no initramfs")?);
     let cmdline = match append {
-        Some(a) if !a.trim().is_empty() => format!("{} {}", crate::linux::CMDLINE, a.trim()),
-        _ => crate::linux::CMDLINE.to_string(),
+        Some(a) if !a.trim().is_empty() => format!("{} {}", crate::provision::debian::CMDLINE, a.trim()),
+        _ => crate::provision::debian::CMDLINE.to_string(),
     };
-    let exclude: Vec<&str> = crate::bochs::LINUX_EXCLUDED_FEATURES.iter().map(|(f, _)| *f).collect();
-    let machine = Machine { model: crate::bochs::DEFAULT_MODEL, cpus, memory_mib: ram_mib, exclude: &exclude };
+    let exclude: Vec<&str> = crate::platform::bochs::LINUX_EXCLUDED_FEATURES.iter().map(|(f, _)| *f).collect();
+    let machine =
+        Machine { model: crate::platform::bochs::DEFAULT_MODEL, cpus, memory_mib: ram_mib, exclude: &exclude };
     boot(&format!("native-linux-{cpus}"), &machine, kernel, initrd, &cmdline, timeout_s, echo)
 }
 
@@ -141,8 +142,8 @@ pub fn boot(
     fs::write(&img, disk(&bootsector()?, kernel, initrd, cmdline, (m.memory_mib as u64) << 20)?)?;
     let serial = dir.join("serial.log");
     fs::write(&serial, b"")?;
-    let bochs = crate::bochs::binary(&crate::deps::cache_dir())?;
-    let mut cmd = crate::bochs::command(&bochs, &dir, &img, &serial, m)?;
+    let bochs = crate::provision::bochs::binary(&crate::provision::deps::cache_dir())?;
+    let mut cmd = crate::platform::bochs::command(&bochs, &dir, &img, &serial, m)?;
     eprintln!(
         "xtask: booting Linux directly on bochs with {} CPUs, no hypervisor (timeout {timeout_s} s, log in {})",
         m.cpus,
@@ -152,9 +153,9 @@ pub fn boot(
     cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     let start = Instant::now();
     let child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
-    let (status, timed_out) = crate::run::supervise(child, &serial, echo, timeout_s)?;
+    let (status, timed_out) = crate::platform::supervise::supervise(child, &serial, echo, timeout_s)?;
     let log = String::from_utf8_lossy(&fs::read(&serial)?).into_owned();
-    let reports = crate::qemu_guest::reports(&log);
+    let reports = crate::platform::qemu::reports(&log);
     // isa-debug-exit with 0 ends Bochs with status (0 << 1) | 1 (patch 0001).
     let passed = !timed_out && status == Some(1);
     let detail = if timed_out {
