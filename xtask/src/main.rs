@@ -52,8 +52,12 @@ enum Cmd {
     /// Build (or find in the cache) the project's Bochs and print its path.
     Bochs,
     /// Print the module graph of hvcore, the kernel and xtask, drawn from their imports, by
-    /// layer; fails on an import cycle.
-    Graph,
+    /// layer (top-level modules; every file with --files); fails on an import cycle.
+    Graph {
+        /// One line per file instead of per top-level module.
+        #[arg(long)]
+        files: bool,
+    },
     /// List every dependency (toolchain, Debian packages, Bochs' source and build, OVMF) as
     /// found, installed now or missing, with how to get what is missing.
     Doctor {
@@ -100,7 +104,7 @@ fn xtask() -> Result<()> {
             }
             deps::ensure(&n)?
         }
-        Cmd::Image { .. } | Cmd::Doctor { .. } | Cmd::Fuzz(_) | Cmd::Graph => {}
+        Cmd::Image { .. } | Cmd::Doctor { .. } | Cmd::Fuzz(_) | Cmd::Graph { .. } => {}
     }
     match cli.cmd {
         Cmd::Run(args) => {
@@ -128,7 +132,7 @@ fn xtask() -> Result<()> {
             Ok(())
         }
         Cmd::Fuzz(args) => fuzz::run(&args),
-        Cmd::Graph => modgraph::run(),
+        Cmd::Graph { files } => modgraph::run(files),
         Cmd::Conformance(args) => {
             let ok = conformance::run(&args)?;
             std::process::exit(if ok { 0 } else { 1 })
@@ -184,7 +188,7 @@ fn user_paths(cmd: &mut Cmd, here: &std::path::Path) {
             a.json.iter_mut().for_each(output);
         }
         Cmd::Fuzz(a) => a.json.iter_mut().for_each(output),
-        Cmd::Test(_) | Cmd::Bochs | Cmd::Graph | Cmd::Doctor { .. } => {}
+        Cmd::Test(_) | Cmd::Bochs | Cmd::Graph { .. } | Cmd::Doctor { .. } => {}
     }
 }
 

@@ -32,7 +32,15 @@ fn module_of(rel: &Path) -> Option<String> {
 
 /// The part of a file that is not its unit tests.
 fn without_tests(text: &str) -> &str {
-    text.find("#[cfg(test)]\nmod tests").map_or(text, |i| &text[..i])
+    let mut at = 0;
+    while let Some(i) = text[at..].find("#[cfg(test)]").map(|i| i + at) {
+        at = i + 1;
+        let next = text[i..].lines().nth(1).unwrap_or_default().trim();
+        if next.starts_with("mod tests") || next.starts_with("pub(crate) mod tests") {
+            return &text[..i];
+        }
+    }
+    text
 }
 
 /// The code of `text` with comments and the contents of string and character literals blanked
@@ -308,16 +316,38 @@ pub fn render(name: &str, g: &Graph) -> String {
     out
 }
 
+/// The graph of top-level modules (a folder is one): `a::b -> c::d` becomes `a -> c`.
+pub fn top_level(g: &Graph) -> Graph {
+    let top = |m: &str| m.split("::").next().unwrap_or_default().to_string();
+    let mut out = Graph::new();
+    for (m, deps) in g {
+        let t = top(m);
+        let entry = out.entry(t.clone()).or_default();
+        entry.extend(deps.iter().map(|d| top(d)).filter(|d| *d != t));
+    }
+    out
+}
+
 /// The crates whose graphs the project keeps free of cycles: name and source folder.
 pub const CRATES: [(&str, &str); 3] =
     [("hvcore", "hypervisor/core/src"), ("kernel", "hypervisor/kernel/src"), ("xtask", "xtask/src")];
 
-/// `cargo xtask graph`: each crate's modules by layer and its cycles; an error if any.
-pub fn run() -> Result<()> {
+/// Each crate's top-level modules by layer, as docs/architecture.md shows them.
+pub fn top_level_text(root: &Path) -> Result<String> {
+    let mut out = String::new();
+    for (name, src) in CRATES {
+        out += &render(name, &top_level(&graph(&read_crate(&root.join(src))?)));
+    }
+    Ok(out)
+}
+
+/// `cargo xtask graph`: each crate's modules (every file with `files`, else the top level) by
+/// layer, and its cycles; an error if any.
+pub fn run(files: bool) -> Result<()> {
     let mut found = Vec::new();
     for (name, src) in CRATES {
         let g = graph(&read_crate(Path::new(src))?);
-        print!("{}", render(name, &g));
+        print!("{}", render(name, &if files { g.clone() } else { top_level(&g) }));
         for c in cycles(&g) {
             found.push(format!("{name}: {}", c.join(" <-> ")));
         }
@@ -361,7 +391,7 @@ mod tests {
         let g = graph(&files(&[
             ("", "mod a;\nmod b;\nfn main() { a::run(); }"),
             ("a", "pub mod x;\nuse crate::b::{self, Thing};\nfn f() { x::g(); }"),
-            ("a::x", "use super::super::b::Y;\nuse super::Z;\n#[cfg(test)]\nmod tests { use crate::c; }"),
+            ("a::x", "use super::super::b::Y;\nuse super::Z;\n#[cfg(test)]\npub(crate) mod tests { use crate::c; }"),
             ("b", "pub struct Y;"),
             ("c", ""),
         ]));
@@ -371,6 +401,17 @@ mod tests {
         assert_eq!(cycles(&g), vec![vec!["a".to_string(), "a::x".to_string()]]);
         let l = layers(&graph(&files(&[("", "mod a;\nuse a::f;"), ("a", "")])));
         assert_eq!((l[""], l["a"]), (2, 1));
+    }
+
+    #[test]
+    fn the_architecture_document_shows_the_graph() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let doc = std::fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+        let want = top_level_text(root).unwrap();
+        assert!(
+            doc.contains(&format!("```text\n{want}```")),
+            "docs/architecture.md should show the module graph as `cargo xtask graph` prints it:\n{want}"
+        );
     }
 
     #[test]

@@ -50,7 +50,7 @@ impl Log for Logger {
             Level::Debug => "DEBUG",
             Level::Trace => "TRACE",
         };
-        print(format_args!("[cpu{}] {} {}\n", crate::cpu::id::index(), lvl, r.args()));
+        print(format_args!("[cpu{}] {} {}\n", crate::cpu_index::index(), lvl, r.args()));
     }
 
     fn flush(&self) {}

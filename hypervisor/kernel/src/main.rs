@@ -14,6 +14,7 @@ mod apic;
 mod bench;
 mod console;
 mod cpu;
+mod cpu_index;
 mod host;
 mod memory;
 mod report;
@@ -409,5 +410,5 @@ fn inject_page_fault() {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    report::fatal(format_args!("panic on CPU {}: {info}", cpu::id::index()))
+    report::fatal(format_args!("panic on CPU {}: {info}", cpu_index::index()))
 }

@@ -33,7 +33,7 @@ pub fn finish(summary: &HvSummary) -> ! {
 /// Never returns and never waits for a lock that the failing code might hold.
 pub fn fatal(reason: fmt::Arguments<'_>) -> ! {
     x86_64::instructions::interrupts::disable();
-    let me = crate::cpu::id::index();
+    let me = crate::cpu_index::index();
     match FATAL_CPU.compare_exchange(u32::MAX, me, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => {}
         // A fault while reporting a fault on this CPU: end at once.

@@ -69,7 +69,7 @@ fn fatal(vector: u8, name: &str, code: Option<u64>, f: &InterruptStackFrame) -> 
     crate::report::fatal(format_args!(
         "CPU exception {name} (vector {vector}) on CPU {cpu}: error code {code}, RIP {rip:#x}, CR2 {cr2:#x}, \
          RSP {rsp:#x}, CS {cs:#x}, RFLAGS {rflags:#x}",
-        cpu = super::id::index(),
+        cpu = crate::cpu_index::index(),
         code = ErrorCode(code),
         cr2 = Cr2::read_raw(),
         rip = f.instruction_pointer.as_u64(),

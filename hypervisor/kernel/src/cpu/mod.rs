@@ -2,7 +2,6 @@
 
 pub mod exceptions;
 pub mod gdt;
-pub mod id;
 
 use alloc::boxed::Box;
 use core::sync::atomic::Ordering;
@@ -10,7 +9,7 @@ use x86_64::VirtAddr;
 use x86_64::registers::model_specific::GsBase;
 
 /// Per-CPU data. GS base points at it on every CPU; `index` sits at a fixed offset so
-/// [`id::index`] is one load.
+/// [`crate::cpu_index::index`] is one load.
 #[repr(C)]
 pub struct PerCpu {
     /// Dense CPU index: 0 is the BSP, then the APs in MADT order.
@@ -39,7 +38,7 @@ pub fn tss_base() -> u64 {
 /// Makes `pc` the running CPU's block: GS base, GDT, TSS and IDT. First thing on every CPU.
 pub fn activate(pc: &'static PerCpu) {
     GsBase::write(VirtAddr::from_ptr(pc as *const PerCpu));
-    id::PERCPU_READY.store(true, Ordering::Release);
+    crate::cpu_index::PERCPU_READY.store(true, Ordering::Release);
     pc.gdt.load();
     exceptions::load_idt();
 }

@@ -248,7 +248,7 @@ impl Vm {
         }
         if !self.stopping.swap(true, Ordering::AcqRel) {
             self.stop_tsc.store(crate::time::rdtsc().max(1), Ordering::Release);
-            let me = crate::cpu::id::index();
+            let me = crate::cpu_index::index();
             for (v, &cpu) in self.apic.vcpus.iter().zip(&self.spec.cpus) {
                 if cpu != me {
                     kick(v.host_apic_id);

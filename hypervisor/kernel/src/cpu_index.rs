@@ -5,8 +5,8 @@
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// False until the BSP's per-CPU block exists; from then on every CPU running kernel code has
-/// its GS base set (APs set it before anything else, see `super::activate`).
-pub(super) static PERCPU_READY: AtomicBool = AtomicBool::new(false);
+/// its GS base set (APs set it before anything else, see `cpu::activate`).
+pub(crate) static PERCPU_READY: AtomicBool = AtomicBool::new(false);
 
 /// This CPU's index (0 before per-CPU data exists, so early log lines say cpu0).
 pub fn index() -> u32 {
@@ -16,7 +16,7 @@ pub fn index() -> u32 {
     let i: u32;
     // SAFETY: once PERCPU_READY is set, every CPU that runs kernel code has GS base pointing at
     // its PerCpu (APs set it before they can log), whose first field is the u32 index
-    // (asserted in `super`).
+    // (asserted in `cpu`).
     unsafe { core::arch::asm!("mov {0:e}, gs:[0]", out(reg) i, options(nostack, readonly, preserves_flags)) };
     i
 }
