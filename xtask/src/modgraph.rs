@@ -344,10 +344,15 @@ pub fn top_level_text(root: &Path) -> Result<String> {
 /// `cargo xtask graph`: each crate's modules (every file with `files`, else the top level) by
 /// layer, and its cycles; an error if any.
 pub fn run(files: bool) -> Result<()> {
+    if !files {
+        print!("{}", top_level_text(Path::new("."))?);
+    }
     let mut found = Vec::new();
     for (name, src) in CRATES {
         let g = graph(&read_crate(Path::new(src))?);
-        print!("{}", render(name, &if files { g.clone() } else { top_level(&g) }));
+        if files {
+            print!("{}", render(name, &g));
+        }
         for c in cycles(&g) {
             found.push(format!("{name}: {}", c.join(" <-> ")));
         }

@@ -7,7 +7,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-use crate::vmx::path_kind::{InterruptPath, IpivSetting};
+use crate::vmx::path_kind::{InterruptPath, IpivSetting, PathRequest};
 
 /// Most vCPUs per VM (the boot-info page and PID tables are sized for it).
 pub const MAX_VCPUS: u32 = 64;
@@ -296,6 +296,16 @@ impl VmSpec {
 }
 
 impl VmSpec {
+    /// `ipiv` and `interrupt_path` as the one request `vmx::interrupt_path::choose` takes
+    /// (`Manifest::validate` refused the combinations that contradict each other).
+    pub fn path_request(&self) -> PathRequest {
+        match (self.interrupt_path, self.ipiv) {
+            (Some(path), _) => PathRequest::Exact(path),
+            (None, IpivSetting::On) => PathRequest::Exact(InterruptPath::Ipiv),
+            (None, setting) => PathRequest::Best { ipiv: setting != IpivSetting::Off },
+        }
+    }
+
     /// The multiboot command line: the kernel's file name, then `cmdline`, as QEMU's `-kernel`
     /// and GRUB give it (kernels such as kvm-unit-tests' take the first word as argv[0]).
     pub fn multiboot_cmdline(&self) -> String {

@@ -262,8 +262,8 @@ fn prepare_vms(mut manifest: Manifest, ramdisk: Option<&Archive<'_>>, cpus: u32,
                     spec.ram_mib,
                     v.ram_pa,
                     spec.apic.as_str(),
-                    v.path,
-                    v.path_reason.as_deref().map(|r| alloc::format!(" ({r})")).unwrap_or_default(),
+                    v.plan.path,
+                    v.plan.why_not_better.as_deref().map(|r| alloc::format!(" ({r})")).unwrap_or_default(),
                     spec.hlt.as_str()
                 );
                 vms.push(v);

@@ -1,30 +1,9 @@
-//! x2APIC MSRs (0x800–0x8FF) under "virtualize x2APIC mode" (SDM Vol. 3C §30.5): which pass
-//! through the MSR bitmap, and what an intercepted write means. IA32_APIC_BASE: `super::base`.
+//! What an intercepted x2APIC-mode WRMSR (MSRs 0x800–0x8FF, SDM Vol. 3A §12.12.1.2) means. Which
+//! of them pass the MSR bitmap depends on the interrupt path: `vmx::interrupt_path::PathPlan`.
+//! IA32_APIC_BASE: `super::base`.
 
-use crate::vmx::path_kind::InterruptPath;
 
-use super::regs::{X2APIC_MSR_FIRST, X2APIC_MSR_LAST, msr, x2apic_offset};
-
-/// MSRs whose writes go straight to the virtual APIC without an exit: TPR, EOI and self-IPI
-/// are virtualized by virtual-interrupt delivery; the ICR only when IPI virtualization is on,
-/// because otherwise the write would reach the *physical* ICR (SDM Vol. 3C §30.5). On the
-/// injection path nothing is virtualized in x2APIC mode: every write exits.
-pub fn write_passes_through(m: u32, path: InterruptPath) -> bool {
-    match path {
-        InterruptPath::Injection => false,
-        _ => matches!(m, msr::TPR | msr::EOI | msr::SELF_IPI) || (path == InterruptPath::Ipiv && m == msr::ICR),
-    }
-}
-
-/// Reads of the range pass through in x2APIC mode: with APIC-register virtualization, RDMSR of
-/// 0x800–0x8FF reads the virtual-APIC page at `(msr & 0xff) << 4` (SDM Vol. 3C §30.5). All but
-/// the timer's current count, which only the hypervisor's timer model knows. Without it (the
-/// injection path) a read that passed would reach the physical APIC: every read exits.
-pub fn read_passes_through(m: u32, path: InterruptPath) -> bool {
-    path >= InterruptPath::VirtualDelivery
-        && (X2APIC_MSR_FIRST..=X2APIC_MSR_LAST).contains(&m)
-        && m != msr::TIMER_CURRENT
-}
+use super::regs::{msr, x2apic_offset};
 
 /// An intercepted x2APIC-mode WRMSR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,28 +35,6 @@ pub fn write_action(m: u32, value: u64) -> X2apicWrite {
 mod tests {
     use super::*;
     use crate::apic::regs::{self, msr::*};
-
-    #[test]
-    fn icr_passes_through_only_with_ipiv() {
-        use InterruptPath::*;
-        assert!(write_passes_through(EOI, Posted));
-        assert!(write_passes_through(SELF_IPI, VirtualDelivery));
-        assert!(!write_passes_through(ICR, Posted));
-        assert!(write_passes_through(ICR, Ipiv));
-        assert!(!write_passes_through(TIMER_INITIAL, Ipiv));
-        assert!(read_passes_through(ICR, Posted) && read_passes_through(ID, Ipiv));
-        assert!(!read_passes_through(X2APIC_MSR_LAST + 1, Posted));
-        assert!(!read_passes_through(TIMER_CURRENT, Ipiv), "the current count is the timer model's");
-    }
-
-    #[test]
-    fn injection_intercepts_every_x2apic_msr() {
-        for m in X2APIC_MSR_FIRST..=X2APIC_MSR_LAST {
-            assert!(
-                !read_passes_through(m, InterruptPath::Injection) && !write_passes_through(m, InterruptPath::Injection)
-            );
-        }
-    }
 
     #[test]
     fn intercepted_writes() {

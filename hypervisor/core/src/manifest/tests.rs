@@ -204,6 +204,16 @@ fn interrupt_path_key() {
     on.set("interrupt_path", "injection").unwrap();
     let e = Manifest { vms: vec![on] }.validate(&machine(4)).unwrap_err();
     assert!(e.contains("ipiv = on, but interrupt_path = injection"), "{e}");
+    // What choose() is asked, from the two keys.
+    let mut v = vm("a", 1, &[]);
+    assert_eq!(v.path_request(), PathRequest::Best { ipiv: true });
+    v.set("ipiv", "off").unwrap();
+    assert_eq!(v.path_request(), PathRequest::Best { ipiv: false });
+    v.set("interrupt_path", "posted").unwrap();
+    assert_eq!(v.path_request(), PathRequest::Exact(InterruptPath::Posted));
+    v.set("ipiv", "on").unwrap();
+    v.set("interrupt_path", "auto").unwrap();
+    assert_eq!(v.path_request(), PathRequest::Exact(InterruptPath::Ipiv));
     let mut cr8 = vm("a", 1, &[]);
     cr8.set("debug_no_tpr_shadow", "true").unwrap();
     let e = Manifest { vms: vec![cr8.clone()] }.validate(&machine(4)).unwrap_err();

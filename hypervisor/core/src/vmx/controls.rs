@@ -333,20 +333,6 @@ pub fn vcpu_controls(caps: &VmxCaps, opts: VcpuControlOptions) -> Result<Control
 }
 
 impl Controls {
-    /// The secondary controls for the other APIC mode: "virtualize x2APIC mode" and "virtualize
-    /// APIC accesses" are exclusive (SDM Vol. 3C §26.2.1.1). The injection path (no
-    /// virtual-interrupt delivery) sets neither in x2APIC mode: it intercepts the x2APIC MSRs.
-    pub fn secondary_for(&self, x2apic: bool) -> u32 {
-        let access = 1 << secondary_bits::VIRTUALIZE_APIC_ACCESSES;
-        let x2 = 1 << secondary_bits::VIRTUALIZE_X2APIC_MODE;
-        let base = self.secondary & !(access | x2);
-        match (x2apic, self.virtual_interrupt_delivery()) {
-            (false, _) => base | access,
-            (true, true) => base | x2,
-            (true, false) => base,
-        }
-    }
-
     /// Whether the processor delivers virtual interrupts (secondary bit 9; SDM Vol. 3C §30.2):
     /// then RVI, the EOI-exit bitmap and virtual EOIs exist; otherwise the hypervisor injects.
     pub fn virtual_interrupt_delivery(&self) -> bool {

@@ -25,6 +25,16 @@ impl IpivSetting {
     }
 }
 
+/// What a manifest asks of the path, as one value: exactly one path (`interrupt_path = X`, or
+/// `ipiv = on`), or the best the CPU offers (below IPIv with `ipiv = off`). The manifest makes
+/// it from its two keys, having refused a contradiction between them; `interrupt_path::choose`
+/// takes it, so the two keys are reconciled in one place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathRequest {
+    Exact(InterruptPath),
+    Best { ipiv: bool },
+}
+
 /// An interrupt path, ordered worst to best.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum InterruptPath {

@@ -27,7 +27,7 @@ use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::manifest::{HltMode, TimerSource, VmResult, VmSpec};
 use hvcore::summary::VmReport;
 use hvcore::vmx::controls::VcpuControlOptions;
-use hvcore::vmx::interrupt_path;
+use hvcore::vmx::interrupt_path::{self, PathPlan};
 use hvcore::vmx::path_kind::InterruptPath;
 use spin::Mutex;
 
@@ -63,10 +63,9 @@ pub struct Vm {
     pub eptp: u64,
     pub eptp_no_apic: u64,
     pub boot: boot::Boot,
-    /// How interrupts reach the guest, chosen for this CPU (`hvcore::vmx::interrupt_path`),
-    /// and why no better path was used.
-    pub path: InterruptPath,
-    pub path_reason: Option<String>,
+    /// How interrupts reach the guest, negotiated once for this CPU with the vCPUs' controls
+    /// (`hvcore::vmx::interrupt_path::PathPlan`), and why no better path was used.
+    pub plan: PathPlan,
     /// What delivers the guest's APIC timer, as resolved for this CPU: the host APIC only
     /// where it has TSC-deadline mode.
     pub timer: TimerSource,
@@ -127,7 +126,7 @@ impl Vm {
             no_tpr_shadow: spec.no_tpr_shadow,
             ..Default::default()
         };
-        let choice = interrupt_path::choose(&host.caps, spec.ipiv, spec.interrupt_path, base)
+        let plan = interrupt_path::choose(&host.caps, spec.path_request(), base)
             .map_err(|e| format!("cannot run on this CPU ({}): {e}", host.cpu_model))?;
         let x2apic = spec.x2apic && core::arch::x86_64::__cpuid(1).ecx & (1 << 21) != 0;
         if spec.apic == hvcore::manifest::ApicMode::X2Apic && !x2apic {
@@ -136,7 +135,7 @@ impl Vm {
         let ram_pa = memory::alloc_zeroed(ram_size, 0x20_0000)
             .ok_or_else(|| format!("no {} MiB of contiguous memory for guest RAM", spec.ram_mib))?;
         let boot = boot::load(spec, files, guest_ram_while_building(ram_pa, ram_size))?;
-        let apic = vapic::VmApic::new(spec, choice.path, &host.apic_ids)?;
+        let apic = vapic::VmApic::new(spec, &plan, &host.apic_ids)?;
         let mut frames = Frames;
         let ept_error = |e| format!("EPT: {e:?}");
         let mut ept = Ept::new(&mut frames).map_err(ept_error)?;
@@ -148,7 +147,7 @@ impl Vm {
         no_apic.map(&mut frames, 0, ram_pa, ram_size, RWX).map_err(ept_error)?;
         ept.map(&mut frames, APIC_MMIO_GPA, apic.apic_access_pa, 0x1000, RWX).map_err(ept_error)?;
         let now = crate::time::rdtsc();
-        let (cr0_mask, cr4_mask) = cr_masks(host, choice.path, spec);
+        let (cr0_mask, cr4_mask) = cr_masks(host, plan.path, spec);
         Ok(Self {
             spec: spec.clone(),
             ram_pa,
@@ -156,8 +155,7 @@ impl Vm {
             eptp: ept.eptp(),
             eptp_no_apic: no_apic.eptp(),
             boot,
-            path: choice.path,
-            path_reason: choice.why_not_better,
+            plan,
             timer: match spec.timer {
                 TimerSource::HostApic if apic::has_tsc_deadline() => TimerSource::HostApic,
                 _ => TimerSource::Preemption,
@@ -198,7 +196,7 @@ impl Vm {
             apic_id: index,
             vcpu_count: self.spec.vcpus,
             tsc_khz: (self.tsc_hz / 1000).min(u32::MAX as u64) as u32,
-            path: self.path,
+            path: self.plan.path,
             host_max_leaf: self.host_max_leaf,
             hlt_passthrough: self.spec.hlt == HltMode::PassThrough,
         }
@@ -327,9 +325,9 @@ impl Vm {
             reason,
             expect: self.spec.expect,
             apic_mode: self.spec.apic.as_str(),
-            ipiv: self.path == InterruptPath::Ipiv,
-            interrupt_path: self.path.as_str(),
-            interrupt_path_reason: self.path_reason.clone(),
+            ipiv: self.plan.ipiv(),
+            interrupt_path: self.plan.path.as_str(),
+            interrupt_path_reason: self.plan.why_not_better.clone(),
             hlt: self.spec.hlt.as_str(),
             timer: self.timer.as_str(),
             vcpu_exits: self.exits.iter().map(|c| c.lock().clone()).collect(),

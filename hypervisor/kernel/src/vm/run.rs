@@ -8,12 +8,11 @@
 use alloc::format;
 use alloc::string::String;
 
-use hvcore::manifest::{HltMode, VmResult};
-use hvcore::vmx::controls::{VcpuControlOptions, vcpu_controls};
+use hvcore::manifest::VmResult;
 use hvcore::vmx::events::{self, NmiGate};
 use hvcore::vmx::exit_reason::{BasicExit, ExitReason};
 use hvcore::vmx::fields::{Vmcs32, Vmcs64};
-use hvcore::vmx::path_kind::InterruptPath;
+use hvcore::vmx::interrupt_path::Delivery;
 
 use super::exits;
 use super::exits::flow::{self, Flow};
@@ -33,46 +32,23 @@ pub fn run_vcpu(vm: &Vm, index: u32, host: &Host) {
         vm.vcpu_done(index);
         return;
     };
-    let opts = VcpuControlOptions {
-        path: vm.path,
-        x2apic: false,
-        hlt_exiting: vm.spec.hlt == HltMode::Exit,
-        unrestricted_guest: true,
-        no_tpr_shadow: vm.spec.no_tpr_shadow,
-    };
-    match vcpu_controls(&host.caps, opts) {
-        Ok(controls) => {
-            let mut vcpu = Vcpu::new(vm, index, host, controls);
-            match vmcs.load().and_then(|_| vcpu.setup()).and_then(|_| vcpu.first_start()) {
-                // One loop per kind of path, so the posted paths' loop has no test of the others'
-                // work (the exit path's length is a measured figure: docs/results.md).
-                Ok(true) => match vm.path {
-                    InterruptPath::Ipiv | InterruptPath::Posted => vcpu.run_loop::<{ Delivery::Posted as u8 }>(),
-                    InterruptPath::VirtualDelivery => vcpu.run_loop::<{ Delivery::Folded as u8 }>(),
-                    InterruptPath::Injection => vcpu.run_loop::<{ Delivery::Injected as u8 }>(),
-                },
-                Ok(false) => {}
-                Err(e) => vm.stop(VmResult::Fail, format!("vCPU {index}: VMCS set-up: {e}")),
-            }
-            vcpu.census_catch_up();
-            *vm.exits[index as usize].lock() = vcpu.counters;
-        }
-        Err(e) => vm.stop(VmResult::Fail, format!("vCPU {index}: {e}")),
+    // Every vCPU starts in xAPIC mode, with the controls the VM's plan negotiated for it.
+    let mut vcpu = Vcpu::new(vm, index, host, vm.plan.controls(false));
+    match vmcs.load().and_then(|_| vcpu.setup()).and_then(|_| vcpu.first_start()) {
+        // One loop per kind of delivery, so the posted paths' loop has no test of the others'
+        // work (the exit path's length is a measured figure: docs/results.md).
+        Ok(true) => match vm.plan.delivery() {
+            Delivery::Posted => vcpu.run_loop::<{ Delivery::Posted as u8 }>(),
+            Delivery::Folded => vcpu.run_loop::<{ Delivery::Folded as u8 }>(),
+            Delivery::Injected => vcpu.run_loop::<{ Delivery::Injected as u8 }>(),
+        },
+        Ok(false) => {}
+        Err(e) => vm.stop(VmResult::Fail, format!("vCPU {index}: VMCS set-up: {e}")),
     }
+    vcpu.census_catch_up();
+    *vm.exits[index as usize].lock() = vcpu.counters;
     vmcs.release();
     vm.vcpu_done(index);
-}
-
-/// Who puts an interrupt from another CPU into the guest, for the run loop: the processor
-/// (posted-interrupt processing: the ipiv and posted paths), the run loop folding the
-/// descriptor into VIRR and RVI before entry (virtual-delivery), or the run loop injecting it
-/// (injection). A const parameter of the loop, not a field it tests.
-#[derive(Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum Delivery {
-    Posted,
-    Folded,
-    Injected,
 }
 
 /// What the exit being handled cost, measured to the next entry.
@@ -260,9 +236,7 @@ impl Vcpu<'_> {
             }
         }
         if (gate == NmiGate::Wait) != window_on {
-            let primary = self.controls.primary ^ NMI_WINDOW_EXITING;
-            Vmcs32::PrimaryProcBasedVmExecControl.write(primary)?;
-            self.controls.primary = primary;
+            self.set_primary(self.controls.primary ^ NMI_WINDOW_EXITING)?;
         }
         Ok(())
     }

@@ -11,11 +11,10 @@ use hvcore::apic::pid::{HostApicMode, PostedInterruptDesc, build_pid_table, last
 use hvcore::apic::regs::{self, X2APIC_MSR_FIRST, X2APIC_MSR_LAST};
 use hvcore::apic::startup::Startup;
 use hvcore::apic::vapic::{self, VirtualApicPage};
-use hvcore::apic::x2apic_msr;
 use hvcore::exits::msr;
 use hvcore::manifest::VmSpec;
 use hvcore::vmx::events::NmiLatch;
-use hvcore::vmx::path_kind::InterruptPath;
+use hvcore::vmx::interrupt_path::PathPlan;
 
 use crate::vectors::POSTED_INTR as POSTED_INTR_VECTOR;
 use crate::{apic, memory};
@@ -113,7 +112,7 @@ fn page() -> Result<u64, &'static str> {
 
 impl VmApic {
     /// Every vCPU but the first starts in wait-for-SIPI.
-    pub fn new(spec: &VmSpec, path: InterruptPath, host_apic_ids: &[u32]) -> Result<Self, &'static str> {
+    pub fn new(spec: &VmSpec, plan: &PathPlan, host_apic_ids: &[u32]) -> Result<Self, &'static str> {
         let host_mode = if apic::is_x2apic() { HostApicMode::X2Apic } else { HostApicMode::XApic };
         let mut vcpus = Vec::new();
         for i in 0..spec.vcpus {
@@ -148,8 +147,8 @@ impl VmApic {
             invalid_pid_entry: spec.invalid_pid_entry,
             ids_are_indices: AtomicBool::new(true),
             pid_table_lock: spin::Mutex::new(()),
-            msr_bitmap_xapic: msr_bitmap(false, path)?,
-            msr_bitmap_x2apic: msr_bitmap(true, path)?,
+            msr_bitmap_xapic: msr_bitmap(false, plan)?,
+            msr_bitmap_x2apic: msr_bitmap(true, plan)?,
         };
         // Every APIC starts software-disabled (SVR = 0xFF): no entry is valid until its guest
         // enables it.
@@ -193,7 +192,7 @@ impl VmApic {
 
 /// A 4 KiB MSR bitmap: everything intercepted except the pass-through list and, in x2APIC
 /// mode, the x2APIC MSRs that APIC virtualization handles (hvcore::apic::x2apic_msr).
-fn msr_bitmap(x2apic: bool, path: InterruptPath) -> Result<u64, &'static str> {
+fn msr_bitmap(x2apic: bool, plan: &PathPlan) -> Result<u64, &'static str> {
     let pa = page()?;
     // SAFETY: fresh frame, mapped by the physical window.
     let bm = unsafe { core::slice::from_raw_parts_mut(memory::phys_to_virt(pa), 0x1000) };
@@ -209,10 +208,10 @@ fn msr_bitmap(x2apic: bool, path: InterruptPath) -> Result<u64, &'static str> {
     }
     if x2apic {
         for m in X2APIC_MSR_FIRST..=X2APIC_MSR_LAST {
-            if x2apic_msr::read_passes_through(m, path) {
+            if plan.x2apic_read_passes(m) {
                 clear(m, false);
             }
-            if x2apic_msr::write_passes_through(m, path) {
+            if plan.x2apic_write_passes(m) {
                 clear(m, true);
             }
         }

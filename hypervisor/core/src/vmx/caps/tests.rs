@@ -275,11 +275,11 @@ fn nested_kvm_without_apicv_runs_on_the_virtual_delivery_path() {
     use crate::vmx::controls::VcpuControlOptions;
     use crate::vmx::interrupt_path::choose;
     use crate::vmx::path_kind::InterruptPath;
-    use crate::vmx::path_kind::IpivSetting;
+    use crate::vmx::path_kind::PathRequest;
     let caps = VmxCaps::decode(&read(true, &nested_kvm_measured_apicv_off()).0).unwrap();
     assert!(!caps.features().posted_interrupts);
     let base = VcpuControlOptions { unrestricted_guest: true, ..Default::default() };
-    let c = choose(&caps, IpivSetting::Auto, None, base).unwrap();
+    let c = choose(&caps, PathRequest::Best { ipiv: true }, base).unwrap();
     assert_eq!(c.path, InterruptPath::VirtualDelivery);
 }
 
@@ -288,7 +288,7 @@ fn nested_kvm_offers_everything_but_tertiary_controls_and_the_controls_negotiate
     use crate::vmx::controls::{VcpuControlOptions, vcpu_controls};
     use crate::vmx::interrupt_path::{PathError, choose};
     use crate::vmx::path_kind::InterruptPath;
-    use crate::vmx::path_kind::IpivSetting;
+    use crate::vmx::path_kind::PathRequest;
     let (m, seen) = read(true, &nested_kvm_measured());
     assert!(!seen.contains(&IA32_VMX_PROCBASED_CTLS3), "primary bit 17 clear: CTLS3 is never read");
     let caps = VmxCaps::decode(&m).unwrap();
@@ -310,10 +310,10 @@ fn nested_kvm_offers_everything_but_tertiary_controls_and_the_controls_negotiate
     // `ipiv = auto` runs on the posted path (the next best); `ipiv = on` is refused naming the
     // missing control.
     let base = VcpuControlOptions { unrestricted_guest: true, ..Default::default() };
-    let c = choose(&caps, IpivSetting::Auto, None, base).unwrap();
+    let c = choose(&caps, PathRequest::Best { ipiv: true }, base).unwrap();
     assert_eq!(c.path, InterruptPath::Posted);
     assert!(c.why_not_better.is_some_and(|w| w.contains("IPI virtualization")));
-    let e = choose(&caps, IpivSetting::On, None, base).unwrap_err();
+    let e = choose(&caps, PathRequest::Exact(InterruptPath::Ipiv), base).unwrap_err();
     assert!(matches!(e, PathError::Missing { path: InterruptPath::Ipiv, .. }));
     assert!(std::format!("{e}").contains("IPI virtualization"), "{e}");
     // Every vCPU configuration the hypervisor uses without IPIv negotiates, on every path

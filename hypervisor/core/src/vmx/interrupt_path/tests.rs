@@ -1,4 +1,5 @@
 use super::*;
+use crate::apic::regs::msr::{EOI, ICR, ID, SELF_IPI, TIMER_CURRENT, TIMER_INITIAL};
 use crate::vmx::caps::{VmxCaps, pin_bits, primary_bits, secondary_bits};
 use crate::vmx::fixtures;
 use std::format;
@@ -15,8 +16,8 @@ fn base() -> VcpuControlOptions {
     VcpuControlOptions { unrestricted_guest: true, ..Default::default() }
 }
 
-fn auto(caps: &VmxCaps) -> Result<PathChoice, PathError> {
-    choose(caps, IpivSetting::Auto, None, base())
+fn auto(caps: &VmxCaps) -> Result<PathPlan, PathError> {
+    choose(caps, PathRequest::Best { ipiv: true }, base())
 }
 
 #[test]
@@ -28,7 +29,8 @@ fn the_best_path_the_cpu_has() {
     assert!(why.starts_with("IPI virtualization: ") && why.contains("(bit 4)"), "{why}");
 
     caps.tertiary |= 1 << 4;
-    assert_eq!(auto(&caps).unwrap(), PathChoice { path: InterruptPath::Ipiv, why_not_better: None });
+    let plan = auto(&caps).unwrap();
+    assert_eq!((plan.path, plan.why_not_better.as_deref()), (InterruptPath::Ipiv, None));
 
     caps.pin.may_be_1 &= !(1 << pin_bits::PROCESS_POSTED_INTERRUPTS);
     let c = auto(&caps).unwrap();
@@ -67,9 +69,16 @@ fn each_path_negotiates_what_it_uses() {
     // x2APIC mode: the injection path intercepts the MSRs and virtualizes no APIC mode.
     let inj2 = get(InterruptPath::Injection, true);
     assert_eq!(inj2.secondary & 0x11, 0);
-    assert_eq!(inj.secondary_for(true), inj2.secondary);
-    assert_eq!(vd.secondary_for(true) & 0x11, 0x10);
-    assert_eq!(inj2.secondary_for(false), inj.secondary);
+    // The plan holds both modes' controls, as negotiated for its path.
+    for path in InterruptPath::BEST_FIRST {
+        let plan = choose(&caps, PathRequest::Exact(path), base()).unwrap();
+        assert_eq!((plan.controls(false), plan.controls(true)), (get(path, false), get(path, true)), "{path}");
+        assert_eq!(plan.posts(), plan.controls(false).process_posted_interrupts(), "{path}");
+        assert_eq!(plan.models_apic(), !plan.controls(false).virtual_interrupt_delivery(), "{path}");
+        assert_eq!(plan.ipiv(), plan.controls(true).tertiary != 0, "{path}");
+    }
+    let vd2 = get(InterruptPath::VirtualDelivery, true);
+    assert_eq!(vd2.secondary & 0x11, 0x10, "x2APIC mode virtualized, the APIC-access page not");
 }
 
 #[test]
@@ -130,23 +139,21 @@ fn no_vpid_is_worked_around() {
 #[test]
 fn manifest_settings() {
     let caps = sapphire_rapids();
-    let c = choose(&caps, IpivSetting::Auto, Some(InterruptPath::Injection), base()).unwrap();
+    let c = choose(&caps, PathRequest::Exact(InterruptPath::Injection), base()).unwrap();
     assert_eq!(c.path, InterruptPath::Injection);
     assert_eq!(c.why_not_better.as_deref(), Some("interrupt_path = injection in the manifest"));
-    let c = choose(&caps, IpivSetting::Off, None, base()).unwrap();
+    let c = choose(&caps, PathRequest::Best { ipiv: false }, base()).unwrap();
     assert_eq!(c.path, InterruptPath::Posted);
     assert_eq!(c.why_not_better.as_deref(), Some("IPI virtualization: ipiv = off in the manifest"));
-    let e = choose(&caps, IpivSetting::On, None, base()).unwrap_err();
+    let e = choose(&caps, PathRequest::Exact(InterruptPath::Ipiv), base()).unwrap_err();
     assert!(matches!(e, PathError::Missing { path: InterruptPath::Ipiv, requested: true, .. }));
     assert!(format!("{e}").contains("IPI virtualization"));
-    let e = choose(&caps, IpivSetting::On, Some(InterruptPath::Posted), base()).unwrap_err();
-    assert_eq!(e, PathError::Conflict(InterruptPath::Posted));
     let mut no_posting = sapphire_rapids();
     no_posting.pin.may_be_1 &= !(1 << pin_bits::PROCESS_POSTED_INTERRUPTS);
-    let e = choose(&no_posting, IpivSetting::Auto, Some(InterruptPath::Posted), base()).unwrap_err();
+    let e = choose(&no_posting, PathRequest::Exact(InterruptPath::Posted), base()).unwrap_err();
     assert!(format!("{e}").starts_with("interrupt_path = posted needs posted interrupts: "), "{e}");
     // ipiv = off on a CPU without posting: the reason names both.
-    let c = choose(&no_posting, IpivSetting::Off, None, base()).unwrap();
+    let c = choose(&no_posting, PathRequest::Best { ipiv: false }, base()).unwrap();
     assert_eq!(c.path, InterruptPath::VirtualDelivery);
     let why = c.why_not_better.unwrap();
     assert!(why.contains("ipiv = off") && why.contains("process posted interrupts"), "{why}");
@@ -175,5 +182,27 @@ fn every_bochs_model_gets_its_path_or_is_refused() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn icr_passes_through_only_with_ipiv() {
+    use InterruptPath::*;
+    assert!(x2apic_write_passes(EOI, Posted));
+    assert!(x2apic_write_passes(SELF_IPI, VirtualDelivery));
+    assert!(!x2apic_write_passes(ICR, Posted));
+    assert!(x2apic_write_passes(ICR, Ipiv));
+    assert!(!x2apic_write_passes(TIMER_INITIAL, Ipiv));
+    assert!(x2apic_read_passes(ICR, Posted) && x2apic_read_passes(ID, Ipiv));
+    assert!(!x2apic_read_passes(X2APIC_MSR_LAST + 1, Posted));
+    assert!(!x2apic_read_passes(TIMER_CURRENT, Ipiv), "the current count is the timer model's");
+}
+
+#[test]
+fn injection_intercepts_every_x2apic_msr() {
+    for m in X2APIC_MSR_FIRST..=X2APIC_MSR_LAST {
+        assert!(
+            !x2apic_read_passes(m, InterruptPath::Injection) && !x2apic_write_passes(m, InterruptPath::Injection)
+        );
     }
 }

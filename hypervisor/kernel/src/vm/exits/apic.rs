@@ -17,7 +17,6 @@ use hvcore::exits::cr::{self, CrAccess, CrAccessKind};
 use hvcore::exits::mmio::{self, Access as MemAccess};
 use hvcore::manifest::VmResult;
 use hvcore::vmx::fields::{Vmcs16, VmcsNatural};
-use hvcore::vmx::path_kind::InterruptPath;
 
 use super::flow::{Flow, Handled};
 use super::instruction;
@@ -155,7 +154,7 @@ fn x2apic_icr(v: &mut Vcpu<'_>, value: u64) -> Result<bool, VmxInstrError> {
 /// An intercepted x2APIC-mode WRMSR (0x800-0x8FF); false for #GP. On the injection path TPR,
 /// EOI and SELF IPI exit too, for the modelled APIC.
 pub fn x2apic_wrmsr(v: &mut Vcpu<'_>, m: u32, value: u64) -> Result<bool, VmxInstrError> {
-    if v.vm.path == InterruptPath::Injection && matches!(m, msr::TPR | msr::EOI | msr::SELF_IPI) {
+    if v.vm.plan.models_apic() && matches!(m, msr::TPR | msr::EOI | msr::SELF_IPI) {
         return match injection::x2apic_write(&v.apic.page(), m, value) {
             Some(Write::Eoi) => eoi(v).map(|()| true),
             Some(Write::SelfIpi(vector)) => self_ipi(v, vector).map(|()| true),
@@ -222,7 +221,7 @@ fn xapic_access(v: &mut Vcpu<'_>, offset: usize, write: bool) -> Handled {
         MemAccess::Read { dest, size } if !write => {
             let page = v.apic.page();
             let count = v.timer_current_count();
-            let value = if v.vm.path == InterruptPath::Injection {
+            let value = if v.vm.plan.models_apic() {
                 injection::xapic_read(&page, offset, size, count)
             } else {
                 vapic::read_register(&page, offset, size, count, page.read(regs::PPR))

@@ -10,7 +10,6 @@ use hvcore::apic::injection;
 use hvcore::apic::regs::{self, IA32_TSC_DEADLINE, X2APIC_MSR_FIRST, X2APIC_MSR_LAST};
 use hvcore::exits::msr;
 use hvcore::vmx::fields::Vmcs64;
-use hvcore::vmx::path_kind::InterruptPath;
 
 use super::apic;
 use super::flow::{Flow, Handled};
@@ -28,7 +27,7 @@ pub fn rdmsr(v: &mut Vcpu<'_>) -> Handled {
         msr::IA32_DEBUGCTL => Some(Vmcs64::GuestIa32Debugctl.read()?),
         // The one x2APIC read the bitmap intercepts (x2apic_msr::read_passes_through), or on
         // the injection path every one: the modelled APIC answers.
-        X2APIC_MSR_FIRST..=X2APIC_MSR_LAST if v.x2apic() && v.vm.path == InterruptPath::Injection => {
+        X2APIC_MSR_FIRST..=X2APIC_MSR_LAST if v.x2apic() && v.vm.plan.models_apic() => {
             injection::x2apic_read(&v.apic.page(), m, v.timer_current_count())
         }
         regs::msr::TIMER_CURRENT if v.x2apic() => Some(v.timer_current_count() as u64),

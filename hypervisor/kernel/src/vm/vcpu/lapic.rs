@@ -20,7 +20,7 @@ use core::sync::atomic::Ordering;
 use hvcore::apic::base::{self, ApicMode, Change};
 use hvcore::apic::vapic;
 use hvcore::vmx::caps::secondary_bits;
-use hvcore::vmx::fields::{Vmcs16, Vmcs32, Vmcs64};
+use hvcore::vmx::fields::{Vmcs16, Vmcs64};
 
 use super::Vcpu;
 use crate::vmx::vmcs::{Access, VmxInstrError};
@@ -77,15 +77,12 @@ impl Vcpu<'_> {
     /// Writes the secondary controls, MSR bitmap and EPT pointer the APIC's state asks for
     /// (the table above), keeping the control shadow.
     pub(in crate::vm) fn apply_apic_state(&mut self) -> Result<(), VmxInstrError> {
-        let mut secondary = self.controls.secondary_for(self.apic_mode == ApicMode::X2Apic);
+        let mut secondary = self.vm.plan.controls(self.apic_mode == ApicMode::X2Apic).secondary;
         let page_mapped = self.apic_mode == ApicMode::XApic && self.relocated_xapic_base().is_none();
         if !page_mapped {
             secondary &= !VIRTUALIZE_APIC_ACCESSES;
         }
-        if secondary != self.controls.secondary {
-            Vmcs32::SecondaryProcBasedVmExecControl.write(secondary)?;
-            self.controls.secondary = secondary;
-        }
+        self.set_secondary(secondary)?;
         let bitmap = if self.x2apic() { self.vm.apic.msr_bitmap_x2apic } else { self.vm.apic.msr_bitmap_xapic };
         Vmcs64::MsrBitmap.write(bitmap)?;
         // Both EPTs map the same RAM and never change, so translations cached under either

@@ -73,6 +73,27 @@ pub struct Vcpu<'a> {
 }
 
 impl<'a> Vcpu<'a> {
+    /// Sets the primary processor-based controls: the VMCS and the shadow `controls` together,
+    /// with a VMWRITE only when they change. Every change after set-up goes through here (or
+    /// [`Vcpu::set_secondary`]), so the shadow the handlers read is the VMCS's.
+    #[inline(always)]
+    pub(in crate::vm) fn set_primary(&mut self, primary: u32) -> Result<(), VmxInstrError> {
+        if primary != self.controls.primary {
+            Vmcs32::PrimaryProcBasedVmExecControl.write(primary)?;
+            self.controls.primary = primary;
+        }
+        Ok(())
+    }
+
+    /// Sets the secondary processor-based controls, as [`Vcpu::set_primary`] does.
+    pub(in crate::vm) fn set_secondary(&mut self, secondary: u32) -> Result<(), VmxInstrError> {
+        if secondary != self.controls.secondary {
+            Vmcs32::SecondaryProcBasedVmExecControl.write(secondary)?;
+            self.controls.secondary = secondary;
+        }
+        Ok(())
+    }
+
     /// Tells the straggler watch where this vCPU is (`Vm::watch_stragglers`).
     pub(in crate::vm) fn set_where(&self, at: super::VcpuWhere) {
         self.vm.vcpu_where[self.index as usize].store(at.encode(), core::sync::atomic::Ordering::Relaxed);

@@ -9,7 +9,6 @@ use hvcore::bootcfg::FaultInjection;
 use hvcore::manifest::{ApicMode, VmResult};
 use hvcore::start_state::{self, StartState};
 use hvcore::vmx::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsNatural};
-use hvcore::vmx::path_kind::InterruptPath;
 use x86_64::instructions::tables::{sgdt, sidt};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, GsBase, Msr};
@@ -62,7 +61,6 @@ impl Vcpu<'_> {
         // and the APIC-access page (xAPIC mode); with virtual-interrupt delivery, RVI/SVI and EOI exits only for
         // the I/O APIC's level entries (run.rs keeps them current); posted interrupts; and
         // IPIv's PID-pointer table.
-        let path = self.vm.path;
         if c.tpr_shadow() {
             Vmcs64::VirtualApicPageAddr.write(self.apic.page_pa)?;
             Vmcs32::TprThreshold.write(0)?;
@@ -74,11 +72,11 @@ impl Vcpu<'_> {
             }
             Vmcs16::GuestInterruptStatus.write(0)?;
         }
-        if path >= InterruptPath::Posted {
+        if self.vm.plan.posts() {
             Vmcs16::PostedIntrNv.write(POSTED_INTR as u16)?;
             Vmcs64::PostedIntrDescAddr.write(self.apic.pid_pa)?;
         }
-        if path == InterruptPath::Ipiv {
+        if self.vm.plan.ipiv() {
             Vmcs64::PidPointerTable.write(self.vm.apic.pid_table_pa)?;
             Vmcs16::LastPidPointerIndex.write(self.vm.apic.last_pid_index)?;
         }
@@ -234,14 +232,7 @@ impl Vcpu<'_> {
         self.reset_local_apic(self.x2apic())?;
         self.apic.page().write(hvcore::apic::regs::ID, id);
         self.sync_accepts_ipiv();
-        if self.controls.primary & INTERRUPT_WINDOW_EXITING != 0 {
-            self.controls.primary &= !INTERRUPT_WINDOW_EXITING;
-            Vmcs32::PrimaryProcBasedVmExecControl.write(self.controls.primary)?;
-        }
-        if self.controls.primary & NMI_WINDOW_EXITING != 0 {
-            self.controls.primary &= !NMI_WINDOW_EXITING;
-            Vmcs32::PrimaryProcBasedVmExecControl.write(self.controls.primary)?;
-        }
+        self.set_primary(self.controls.primary & !(INTERRUPT_WINDOW_EXITING | NMI_WINDOW_EXITING))?;
         self.counters.inits += 1;
         self.wait_for_sipi()
     }
