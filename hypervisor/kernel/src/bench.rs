@@ -10,6 +10,7 @@ use hvcore::stats::summarize;
 use hvcore::summary::NativeBench;
 
 use crate::apic;
+use crate::phase::{BOOT, Phase};
 use crate::vectors::NATIVE_BENCH as NATIVE_VECTOR;
 
 static GO: AtomicBool = AtomicBool::new(false);
@@ -41,7 +42,7 @@ pub fn isr_address() -> u64 {
 
 /// Measures `iterations` round trips to the CPU with `target_apic_id` (CPU 1, which must be
 /// waiting in [`target_loop`]). Returns `None` if CPU 1 never got ready.
-pub fn run_sender(iterations: u32, halt: bool, target_apic_id: u32) -> Option<NativeBench> {
+fn run_sender(iterations: u32, halt: bool, target_apic_id: u32) -> Option<NativeBench> {
     HALT.store(halt, Ordering::Relaxed);
     GO.store(true, Ordering::Release);
     let deadline = crate::time::rdtsc() + crate::time::measure_tsc_hz();
@@ -77,9 +78,35 @@ pub fn run_sender(iterations: u32, halt: bool, target_apic_id: u32) -> Option<Na
     Some(NativeBench { x2apic: apic::is_x2apic(), halt, cycles: summarize(&mut samples) })
 }
 
+/// The boot's native-bench phase on the BSP (`crate::phase`): the round trip to `target` (CPU
+/// 1's APIC ID, `None` if no AP started) when the boot config asks for `iterations`.
+pub fn bsp_phase(iterations: u32, halt: bool, target: Option<u32>) -> Option<NativeBench> {
+    if iterations == 0 {
+        return None;
+    }
+    let Some(target) = target else {
+        log::warn!("native_bench needs a second CPU");
+        return None;
+    };
+    BOOT.advance(Phase::NativeBench);
+    let r = run_sender(iterations, halt, target);
+    match &r {
+        Some(b) => log::info!("native IPI round trip: {:?}", b.cycles),
+        None => log::error!("native IPI round trip: CPU 1 never got ready"),
+    }
+    r
+}
+
+/// CPU 1's part: the target of the round trip if the boot enters the native-bench phase.
+pub fn ap_phase() {
+    if BOOT.wait_for(Phase::NativeBench) == Phase::NativeBench {
+        target_loop(|| BOOT.phase() > Phase::NativeBench);
+    }
+}
+
 /// CPU 1: if the BSP starts a native run, take its IPIs (spinning or halted, interrupts on)
 /// until it is done. Returns when `stop_waiting` says the run will not happen.
-pub fn target_loop(stop_waiting: impl Fn() -> bool) {
+fn target_loop(stop_waiting: impl Fn() -> bool) {
     while !GO.load(Ordering::Acquire) {
         if stop_waiting() {
             return;

@@ -17,6 +17,7 @@ mod cpu;
 mod cpu_index;
 mod host;
 mod memory;
+mod phase;
 mod report;
 mod smp;
 mod time;
@@ -26,7 +27,7 @@ mod vmx;
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use bootloader_api::config::Mapping;
 use bootloader_api::{BootInfo, BootloaderConfig, entry_point};
@@ -36,6 +37,7 @@ use hvcore::ramdisk::Archive;
 use hvcore::summary::{CpuReport, HvSummary, RunResult};
 use hvcore::vmx::caps::{VmxCaps, VmxMsrs};
 use log::{error, info, warn};
+use phase::{BOOT, Phase};
 use spin::{Mutex, Once};
 
 pub static BOOTLOADER_CONFIG: BootloaderConfig = {
@@ -66,16 +68,6 @@ static VMS: Once<Vec<vm::Vm>> = Once::new();
 static MANIFEST: Once<Manifest> = Once::new();
 /// TSC ticks per second, measured against the PIT (watchdog deadlines).
 static TSC_HZ_MEASURED: AtomicU64 = AtomicU64::new(0);
-/// APs that finished their VMXON attempt, and those that finished VMXOFF.
-static APS_VMX_DONE: AtomicU32 = AtomicU32::new(0);
-static APS_OFF_DONE: AtomicU32 = AtomicU32::new(0);
-/// Set by the BSP when the VMs are built (or will not be): vCPUs may start.
-static VMS_READY: AtomicBool = AtomicBool::new(false);
-/// Whether the BSP runs the native round trip (CPU 1 takes part), once decided.
-static NATIVE_PLANNED: AtomicBool = AtomicBool::new(false);
-static NATIVE_DECIDED: AtomicBool = AtomicBool::new(false);
-/// Set by the BSP when every CPU may leave VMX operation.
-static RELEASE: AtomicBool = AtomicBool::new(false);
 
 const AP_REPORT_TIMEOUT_US: u64 = 2_000_000;
 
@@ -160,43 +152,28 @@ fn kmain(boot_info: &'static mut BootInfo) -> ! {
     info!("SMP: {} of {expected} CPUs online", started + 1);
 
     let bsp_vmx = vmx_bring_up(0, &msrs);
-    wait_for(|| APS_VMX_DONE.load(Ordering::Acquire) >= started, "APs to finish VMXON");
+    wait_for(|| BOOT.aps_vmxon_done() >= started, "APs to finish VMXON");
 
-    // The native baseline, before any VM: CPU 0 → CPU 1.
-    let native = match (config.native_bench, started) {
-        (0, _) => None,
-        (_, 0) => {
-            warn!("native_bench needs a second CPU");
-            None
-        }
-        (n, _) => {
-            NATIVE_PLANNED.store(true, Ordering::Release);
-            let r = bench::run_sender(n, config.native_halt, procs.aps[0]);
-            match &r {
-                Some(b) => info!("native IPI round trip: {:?}", b.cycles),
-                None => error!("native IPI round trip: CPU 1 never got ready"),
-            }
-            r
-        }
-    };
-    NATIVE_DECIDED.store(true, Ordering::Release);
+    // The native baseline, before any VM: CPU 0 → CPU 1 (its own phase, where asked).
+    let native = bench::bsp_phase(config.native_bench, config.native_halt, (started > 0).then(|| procs.aps[0]));
 
     // Every CPU is in VMX operation (or reported why not): build the VMs, or refuse the
     // manifest before any of them starts.
+    BOOT.advance(Phase::Building);
     let vm_error = prepare_vms(manifest, ramdisk.as_ref(), expected, caps.is_some() && bsp_vmx.is_some());
     // The instruction decoder's tables, built now rather than inside a guest's first exit.
     hvcore::exits::mmio::warm_up();
-    VMS_READY.store(true, Ordering::Release);
+    BOOT.advance(Phase::Running);
     if bsp_vmx.is_some() {
         run_vcpu_here(0);
     }
     watch_until_vms_end();
 
-    RELEASE.store(true, Ordering::Release);
+    BOOT.advance(Phase::Release);
     if let Some(v) = bsp_vmx {
         v.off();
     }
-    wait_for(|| APS_OFF_DONE.load(Ordering::Acquire) >= started, "APs to finish VMXOFF");
+    wait_for(|| BOOT.aps_vmxoff_done() >= started, "APs to finish VMXOFF");
 
     let reports = REPORTS.lock().clone();
     let unsupported = match caps {
@@ -377,25 +354,21 @@ extern "C" fn ap_entry(arg: u64) -> ! {
 
     let msrs = vmx::read_msrs();
     let vmx = vmx_bring_up(index, &msrs);
-    APS_VMX_DONE.fetch_add(1, Ordering::Release);
+    BOOT.vmxon_done();
     if index == 1 {
-        bench::target_loop(|| NATIVE_DECIDED.load(Ordering::Acquire) && !NATIVE_PLANNED.load(Ordering::Acquire));
+        bench::ap_phase();
     }
-    while !VMS_READY.load(Ordering::Acquire) {
-        core::hint::spin_loop();
-    }
+    BOOT.wait_for(Phase::Running);
     // A CPU that ran a vCPU watches for stragglers until every VM has ended; one that has none
     // spins on the tightest loop, as the benchmark's figures assume (docs/results.md).
     if vmx.is_some() && run_vcpu_here(index) {
         watch_until_vms_end();
     }
-    while !RELEASE.load(Ordering::Acquire) {
-        core::hint::spin_loop();
-    }
+    BOOT.wait_for(Phase::Release);
     if let Some(v) = vmx {
         v.off();
     }
-    APS_OFF_DONE.fetch_add(1, Ordering::Release);
+    BOOT.vmxoff_done();
     report::halt_forever()
 }
 

@@ -2,7 +2,6 @@
 //! of them pass the MSR bitmap depends on the interrupt path: `vmx::interrupt_path::PathPlan`.
 //! IA32_APIC_BASE: `super::base`.
 
-
 use super::regs::{msr, x2apic_offset};
 
 /// An intercepted x2APIC-mode WRMSR.

@@ -201,8 +201,6 @@ fn icr_passes_through_only_with_ipiv() {
 #[test]
 fn injection_intercepts_every_x2apic_msr() {
     for m in X2APIC_MSR_FIRST..=X2APIC_MSR_LAST {
-        assert!(
-            !x2apic_read_passes(m, InterruptPath::Injection) && !x2apic_write_passes(m, InterruptPath::Injection)
-        );
+        assert!(!x2apic_read_passes(m, InterruptPath::Injection) && !x2apic_write_passes(m, InterruptPath::Injection));
     }
 }
