@@ -10,13 +10,10 @@
 
 use guest_tests::idt::{raises_gp, try_wrmsr};
 use guest_tests::{Platform, apic, entry, println, report, sti};
-use hvcore::apic::regs;
+use hvcore::apic::base::{EN, EXTD};
+use hvcore::apic::regs::{self, IA32_APIC_BASE};
 
 entry!(main);
-
-const IA32_APIC_BASE: u32 = 0x1b;
-const EN: u64 = 1 << 11;
-const EXTD: u64 = 1 << 10;
 
 /// xorshift64: the same sequence on every run.
 struct Rng(u64);

@@ -13,6 +13,7 @@ extern crate std;
 #[cfg(feature = "alloc")]
 pub mod acpi_tables;
 pub mod apic;
+pub mod arch;
 pub mod bench_isr;
 #[cfg(feature = "alloc")]
 pub mod bootcfg;

@@ -5,6 +5,7 @@
 //! MSR.
 
 use crate::apic::regs::{IA32_APIC_BASE, IA32_TSC_DEADLINE};
+use crate::vmx::msr::IA32_FEATURE_CONTROL;
 
 /// What to do with an MSR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +38,6 @@ pub enum Register {
 
 pub const IA32_TSC: u32 = 0x10;
 pub const IA32_PLATFORM_ID: u32 = 0x17;
-pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
 pub const IA32_BIOS_SIGN_ID: u32 = 0x8b;
 pub const IA32_MTRRCAP: u32 = 0xfe;
 pub const IA32_SYSENTER_CS: u32 = 0x174;

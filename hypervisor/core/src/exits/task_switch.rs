@@ -57,11 +57,7 @@ const CR0_TS: u64 = 1 << 3;
 /// §18.2.4).
 const DR7_LOCAL: u64 = 0x155;
 
-pub const TS: u8 = 10;
-pub const NP: u8 = 11;
-pub const SS: u8 = 12;
-pub const GP: u8 = 13;
-pub const PF: u8 = 14;
+use crate::arch::vector::{GP, NP, PF, SS, TS};
 
 /// Segment register indices, in the order of their encoding (ES, CS, SS, DS, FS, GS).
 pub const ES: usize = 0;

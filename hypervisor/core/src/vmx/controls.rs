@@ -182,6 +182,12 @@ pub mod entry_bits {
     pub const LOAD_IA32_EFER: u32 = 15;
 }
 
+/// The primary controls a vCPU opens and closes while it runs, as masks (SDM Vol. 3C §25.6.2).
+pub const INTERRUPT_WINDOW_EXITING: u32 = 1 << primary_bits::INTERRUPT_WINDOW_EXITING;
+pub const NMI_WINDOW_EXITING: u32 = 1 << primary_bits::NMI_WINDOW_EXITING;
+/// The entry control that follows the guest's EFER.LMA, as a mask.
+pub const IA32E_MODE_GUEST: u32 = 1 << entry_bits::IA32E_MODE_GUEST;
+
 /// Exit controls this hypervisor always needs beyond `caps::exit_bits`.
 pub mod exit_more_bits {
     pub const SAVE_IA32_PAT: u32 = 18;

@@ -22,7 +22,7 @@ use crate::host::Host;
 use crate::vmx::entry::{self, Entry};
 use crate::vmx::vmcs::{Access, Vmcs, VmxInstrError};
 
-const NMI_WINDOW_EXITING: u32 = 1 << hvcore::vmx::caps::primary_bits::NMI_WINDOW_EXITING;
+use hvcore::vmx::controls::NMI_WINDOW_EXITING;
 
 /// Runs vCPU `index` of `vm` on this CPU until the VM stops or this vCPU is done; its counters
 /// go to the VM at the end.

@@ -28,7 +28,7 @@ use crate::vmx::vmcs::{Access, VmxInstrError};
 const ACCESS_LINEAR_READ: u64 = 0;
 const ACCESS_LINEAR_WRITE: u64 = 1;
 const ACCESS_FETCH: u64 = 2;
-const GP: u8 = 13;
+use hvcore::arch::vector::GP;
 
 /// Sends an IPI the guest's ICR write asked for (the exit path), counting it.
 pub fn send_ipi(v: &mut Vcpu<'_>, icr: &Icr) -> Result<(), VmxInstrError> {

@@ -13,10 +13,9 @@ use super::flow::{Flow, Handled};
 use crate::vm::vcpu::Vcpu;
 use crate::vmx::vmcs::{Access, VmxInstrError};
 
-const GP: u8 = 13;
-const UD: u8 = 6;
+use hvcore::arch::vector::{GP, UD};
 const CS_L: u32 = 1 << 13;
-const IA32E_MODE_GUEST: u32 = 1 << hvcore::vmx::controls::entry_bits::IA32E_MODE_GUEST;
+use hvcore::vmx::controls::IA32E_MODE_GUEST;
 
 pub fn cr_access(v: &mut Vcpu<'_>) -> Handled {
     let q = cr::decode(VmcsNatural::ExitQualification.read()?);

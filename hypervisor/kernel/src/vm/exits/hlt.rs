@@ -14,7 +14,7 @@ use super::flow::{Flow, Handled, timeout};
 use crate::vm::vcpu::Vcpu;
 use crate::vmx::vmcs::Access;
 
-const RFLAGS_IF: u64 = 1 << 9;
+use hvcore::arch::RFLAGS_IF;
 
 pub fn hlt(v: &mut Vcpu<'_>) -> Handled {
     v.skip_instruction()?;

@@ -16,7 +16,7 @@ use super::flow::{Flow, Handled};
 use crate::vm::vcpu::Vcpu;
 use crate::vmx::vmcs::Access;
 
-const GP: u8 = 13;
+use hvcore::arch::vector::GP;
 
 pub fn rdmsr(v: &mut Vcpu<'_>) -> Handled {
     let m = v.regs.rcx as u32;

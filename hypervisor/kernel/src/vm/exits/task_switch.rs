@@ -200,7 +200,7 @@ fn raise(v: &mut Vcpu<'_>, delivering: Option<u8>, e: task_switch::Exception) ->
             format!("triple fault: #{} while delivering a double fault through a task gate", e.vector),
         ));
     };
-    if let Some(cr2) = e.cr2.filter(|_| vector == task_switch::PF) {
+    if let Some(cr2) = e.cr2.filter(|_| vector == hvcore::arch::vector::PF) {
         // SAFETY: CR2 only records the faulting address; the hypervisor takes no page faults
         // of its own while a vCPU runs on this core.
         unsafe { core::arch::asm!("mov cr2, {}", in(reg) cr2, options(nomem, nostack)) };

@@ -9,7 +9,7 @@ use super::flow::{Flow, Handled};
 use crate::vm::vcpu::Vcpu;
 use crate::vmx::vmcs::Access;
 
-const GP: u8 = 13;
+use hvcore::arch::vector::GP;
 const OSXSAVE: u64 = 1 << 18;
 
 pub fn xsetbv(v: &mut Vcpu<'_>) -> Handled {

@@ -7,15 +7,14 @@
 
 use hvcore::apic::injection::{self, Entry};
 use hvcore::apic::vapic::raise_rvi;
-use hvcore::vmx::caps::primary_bits;
 use hvcore::vmx::events::{self, interruptibility};
 use hvcore::vmx::fields::{Vmcs16, Vmcs32, VmcsNatural};
 
 use super::Vcpu;
 use crate::vmx::vmcs::{Access, VmxInstrError};
 
-const INTERRUPT_WINDOW_EXITING: u32 = 1 << primary_bits::INTERRUPT_WINDOW_EXITING;
-const RFLAGS_IF: u64 = 1 << 9;
+use hvcore::arch::RFLAGS_IF;
+use hvcore::vmx::controls::INTERRUPT_WINDOW_EXITING;
 const ACTIVITY_HLT: u32 = 1;
 
 impl Vcpu<'_> {

@@ -28,7 +28,7 @@ use crate::vmx::vmcs::{Access, VmxInstrError};
 const RFLAGS_TF: u64 = 1 << 8;
 const DR6_BS: u64 = 1 << 14;
 const DEBUGCTL_BTF: u64 = 1 << 1;
-const DB: u8 = 1;
+use hvcore::arch::vector::DB;
 const BLOCKING_BY_STI_OR_MOV_SS: u32 =
     events::interruptibility::BLOCKING_BY_STI | events::interruptibility::BLOCKING_BY_MOV_SS;
 

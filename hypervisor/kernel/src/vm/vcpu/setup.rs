@@ -21,9 +21,8 @@ use crate::vmx::vmcs::{Access, VmxInstrError};
 /// VPIDs: one per vCPU, never reused within a run (so no INVVPID is needed).
 static NEXT_VPID: AtomicU16 = AtomicU16::new(1);
 
-const IA32_PAT: u32 = 0x277;
-const NMI_WINDOW_EXITING: u32 = 1 << hvcore::vmx::caps::primary_bits::NMI_WINDOW_EXITING;
-const INTERRUPT_WINDOW_EXITING: u32 = 1 << hvcore::vmx::caps::primary_bits::INTERRUPT_WINDOW_EXITING;
+use hvcore::exits::msr::IA32_PAT;
+use hvcore::vmx::controls::{IA32E_MODE_GUEST, INTERRUPT_WINDOW_EXITING, NMI_WINDOW_EXITING};
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 const HOST_TR_SELECTOR: u16 = 0x18;
 const AR_UNUSABLE: u32 = 1 << 16;
@@ -171,7 +170,6 @@ impl Vcpu<'_> {
         VmcsNatural::Cr4ReadShadow.write(s.cr4)?;
         VmcsNatural::GuestCr3.write(s.cr3)?;
         Vmcs64::GuestIa32Efer.write(s.efer)?;
-        const IA32E_MODE_GUEST: u32 = 1 << hvcore::vmx::controls::entry_bits::IA32E_MODE_GUEST;
         // The processor keeps this bit equal to EFER.LMA across exits (SDM Vol. 3C §28.2).
         let entry = if s.long_mode() {
             self.controls.entry | IA32E_MODE_GUEST
