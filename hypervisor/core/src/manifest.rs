@@ -296,6 +296,94 @@ impl VmSpec {
 }
 
 impl VmSpec {
+    /// The `[vm]` section that [`VmSpec::set`] reads back as this VM: the manifest written from
+    /// typed values, with one reader (`bootcfg::BootConfig::parse`). Keys at their default are
+    /// left out. A value the syntax cannot carry (a newline or `#` anywhere, surrounding blanks
+    /// in a name, a `,` in a module name) is an error naming the key.
+    pub fn to_section(&self) -> Result<String, String> {
+        use core::fmt::Write;
+        let d = VmSpec::new(self.line);
+        let mut out = String::from("[vm]\n");
+        let plain = |key: &str, v: &str| -> Result<(), String> {
+            if v.contains(['\n', '\r', '#']) || v.trim() != v || (key == "modules" && v.contains(',')) {
+                return Err(format!("{key} = {v:?} cannot be written in a manifest"));
+            }
+            Ok(())
+        };
+        let put = |out: &mut String, key: &str, v: &str| -> Result<(), String> {
+            plain(key, v)?;
+            let _ = writeln!(out, "{key} = {v}");
+            Ok(())
+        };
+        put(&mut out, "name", &self.name)?;
+        for (key, v) in [("kernel", &self.kernel), ("linux", &self.linux), ("initrd", &self.initrd)] {
+            if !v.is_empty() {
+                put(&mut out, key, v)?;
+            }
+        }
+        if !self.modules.is_empty() {
+            for m in &self.modules {
+                if m.is_empty() {
+                    return Err("modules: an empty module name cannot be written".into());
+                }
+                plain("modules", m)?;
+            }
+            let _ = writeln!(out, "modules = {}", self.modules.join(", "));
+        }
+        let num = |v: u64| alloc::format!("{v}");
+        let on_off = |b: bool| if b { "on" } else { "off" };
+        let pairs: [(&str, bool, String); 17] = [
+            ("vcpus", self.vcpus != d.vcpus, num(self.vcpus as u64)),
+            ("ram_mib", self.ram_mib != d.ram_mib, num(self.ram_mib as u64)),
+            ("cpus", !self.cpus.is_empty(), self.cpus.iter().map(|c| num(*c as u64)).collect::<Vec<_>>().join(", ")),
+            ("expect", self.expect != d.expect, self.expect.as_str().into()),
+            ("timeout_ms", self.timeout_ms != d.timeout_ms, num(self.timeout_ms)),
+            ("ipiv", self.ipiv != d.ipiv, self.ipiv.as_str().into()),
+            (
+                "interrupt_path",
+                self.interrupt_path.is_some(),
+                self.interrupt_path.map_or("auto", |p| p.as_str()).into(),
+            ),
+            ("apic", self.apic != d.apic, self.apic.as_str().into()),
+            ("x2apic", self.x2apic != d.x2apic, on_off(self.x2apic).into()),
+            ("hlt", self.hlt != d.hlt, self.hlt.as_str().into()),
+            ("timer", self.timer != d.timer, self.timer.as_str().into()),
+            ("pc_testdev", self.pc_testdev != d.pc_testdev, on_off(self.pc_testdev).into()),
+            ("test_hooks", self.test_hooks != d.test_hooks, alloc::format!("{}", self.test_hooks)),
+            (
+                "max_exits_per_second",
+                self.max_exits_per_second != d.max_exits_per_second,
+                num(self.max_exits_per_second),
+            ),
+            (
+                "console_bytes_per_second",
+                self.console_bytes_per_second != d.console_bytes_per_second,
+                num(self.console_bytes_per_second),
+            ),
+            (
+                "debug_invalid_pid_entry",
+                self.invalid_pid_entry.is_some(),
+                num(self.invalid_pid_entry.unwrap_or(0) as u64),
+            ),
+            ("debug_no_tpr_shadow", self.no_tpr_shadow != d.no_tpr_shadow, alloc::format!("{}", self.no_tpr_shadow)),
+        ];
+        for (key, differs, v) in pairs {
+            if differs {
+                put(&mut out, key, &v)?;
+            }
+        }
+        if !self.cmdline.is_empty() {
+            if self.cmdline.contains(['\n', '\r', '#']) || self.cmdline.len() > MAX_CMDLINE {
+                return Err(format!("cmdline = {:?} cannot be written in a manifest", self.cmdline));
+            }
+            // Quoted: the reader keeps what is inside the quotes, blanks at the ends included.
+            let _ = writeln!(out, "cmdline = \"{}\"", self.cmdline);
+        }
+        Ok(out)
+    }
+}
+
+impl VmSpec {
     /// `ipiv` and `interrupt_path` as the one request `vmx::interrupt_path::choose` takes
     /// (`Manifest::validate` refused the combinations that contradict each other).
     pub fn path_request(&self) -> PathRequest {

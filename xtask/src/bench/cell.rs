@@ -2,6 +2,8 @@
 //! the run that measures each.
 
 use anyhow::Result;
+use hvcore::manifest::{ApicMode, HltMode, VmSpec};
+use hvcore::vmx::path_kind::{InterruptPath, IpivSetting};
 use std::fs;
 
 use super::args::BenchArgs;
@@ -56,28 +58,26 @@ impl Cell {
             r.host_apic = if self.apic == "xapic" { "xapic" } else { "auto" }.into();
             return Ok(r);
         }
-        let vcpus = if self.pattern == "broadcast" { 4 } else { 2 };
-        let mut manifest = format!(
-            "[vm]\nname = bench\nkernel = ipi-bench\nvcpus = {vcpus}\napic = {}\ntimeout_ms = {}\n\
-             cmdline = iterations={iterations} target={} pattern={}\n",
-            self.apic,
-            a.timeout * 1000,
-            if self.target == "spin" { "spin" } else { "halt" },
-            self.pattern
-        );
+        let mut vm = VmSpec::new(0);
+        (vm.name, vm.kernel) = ("bench".into(), "ipi-bench".into());
+        vm.vcpus = if self.pattern == "broadcast" { 4 } else { 2 };
+        vm.apic = if self.apic == "x2apic" { ApicMode::X2Apic } else { ApicMode::XApic };
+        vm.timeout_ms = a.timeout * 1000;
+        let target = if self.target == "spin" { "spin" } else { "halt" };
+        vm.cmdline = format!("iterations={iterations} target={target} pattern={}", self.pattern);
         if self.config != "bare" {
             // Each config is one interrupt path (`interrupt_path`): IPIv, the posted exit path,
             // and the two paths of CPUs without posted interrupts. A CPU without the path
             // refuses the VM, and the cell is not measured.
-            let path = match self.config {
-                "ipiv-on" => "ipiv = on\n",
-                "ipiv-off" => "ipiv = off\ninterrupt_path = posted\n",
-                "virtual-delivery" => "interrupt_path = virtual-delivery\n",
-                _ => "interrupt_path = injection\n",
+            (vm.ipiv, vm.interrupt_path) = match self.config {
+                "ipiv-on" => (IpivSetting::On, None),
+                "ipiv-off" => (IpivSetting::Off, Some(InterruptPath::Posted)),
+                "virtual-delivery" => (IpivSetting::Auto, Some(InterruptPath::VirtualDelivery)),
+                _ => (IpivSetting::Auto, Some(InterruptPath::Injection)),
             };
-            manifest += path;
-            manifest += &format!("hlt = {}\n", if self.target == "halt-exit" { "exit" } else { "passthrough" });
+            vm.hlt = if self.target == "halt-exit" { HltMode::Exit } else { HltMode::PassThrough };
         }
+        let manifest = vm.to_section().map_err(|e| anyhow::anyhow!("bench cell {}: {e}", self.name()))?;
         let file = dir.join(format!("{}.manifest", self.name().replace(' ', "-")));
         fs::write(&file, manifest)?;
         r.manifest = Some(file);

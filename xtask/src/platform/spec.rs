@@ -355,7 +355,7 @@ pub fn compose(args: &RunArgs, exit: &str) -> Result<(String, Vec<image::GuestIm
             linux_watchdog_ms(args.timeout),
             args.append.as_deref(),
             &extra,
-        );
+        )?;
         linux_files = files;
         if args.guest.is_none() {
             guests::validate(&config, &linux_files.iter().cloned().collect(), args.cpus, args.memory)?;

@@ -216,7 +216,13 @@ pub fn initramfs(busybox: &[u8], workload: &[u8]) -> Vec<u8> {
 /// vCPUs, `ram_mib` of RAM, [`CMDLINE`] plus `append`, the watchdog at `timeout_ms` (inside
 /// the run's own timeout, so that a stuck guest is reported by the hypervisor, with its RIP,
 /// rather than cut off by xtask), and the `extra` keys (apic, ipiv, hlt).
-pub fn vm_section(vcpus: u32, ram_mib: u32, timeout_ms: u64, append: Option<&str>, extra: &[(&str, &str)]) -> String {
+pub fn vm_section(
+    vcpus: u32,
+    ram_mib: u32,
+    timeout_ms: u64,
+    append: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<String> {
     let mut cmdline = CMDLINE.to_string();
     // An xAPIC VM's Linux stays in xAPIC mode: the CPUID it sees offers x2APIC (and the
     // KVM-compatible leaf makes it usable without interrupt remapping), so Linux would switch.
@@ -226,14 +232,10 @@ pub fn vm_section(vcpus: u32, ram_mib: u32, timeout_ms: u64, append: Option<&str
     if let Some(a) = append.map(str::trim).filter(|a| !a.is_empty()) {
         cmdline = format!("{cmdline} {a}");
     }
-    let mut s = format!(
-        "\n[vm]\nname = linux\nlinux = vmlinuz\ninitrd = initramfs\nvcpus = {vcpus}\nram_mib = {ram_mib}\n\
-         expect = pass\ntimeout_ms = {timeout_ms}\ncmdline = \"{cmdline}\"\n"
-    );
-    for (k, v) in extra {
-        s += &format!("{k} = {v}\n");
-    }
-    s
+    let mut spec = hvcore::manifest::VmSpec::new(0);
+    (spec.name, spec.linux, spec.initrd) = ("linux".into(), "vmlinuz".into(), "initramfs".into());
+    (spec.vcpus, spec.ram_mib, spec.timeout_ms, spec.cmdline) = (vcpus, ram_mib, timeout_ms, cmdline);
+    crate::provision::guests::vm_section(spec, extra.iter().copied())
 }
 
 /// What a Linux run needs in the ramdisk: the kernel and the initramfs, by the names the

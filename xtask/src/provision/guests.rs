@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use hvcore::bootcfg::BootConfig;
-use hvcore::manifest::{Machine, Manifest};
+use hvcore::manifest::{Machine, Manifest, VmSpec};
 use hvcore::multiboot;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -106,6 +106,21 @@ fn check_layout(image: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A `[vm]` section written from a typed VM: `keys` (`key = value` pairs from flags, the
+/// catalogue, `+key=value`) applied by hvcore's reader (`VmSpec::set`), so a bad one is refused
+/// here with the reader's words, and the text written by `VmSpec::to_section`.
+pub fn vm_section<'a>(mut spec: VmSpec, keys: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<String> {
+    for (k, v) in keys {
+        spec.set(k, v).map_err(|e| anyhow::anyhow!("VM {}: {k} = {v}: {e}", spec.name))?;
+    }
+    Ok(format!("\n{}", spec.to_section().map_err(|e| anyhow::anyhow!("VM {}: {e}", spec.name))?))
+}
+
+/// `key = value` lines (the catalogue's `keys`) as pairs.
+fn key_lines(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim(), v.trim()))
+}
+
 /// `[vm]` sections for `--guest hello:2,escape` (VMs named `<image>-<position>`), each with the
 /// `extra` keys (`apic`, `ipiv`, `hlt`, `interrupt_path`).
 pub fn manifest_from_list(list: &str, extra: &[(&str, &str)]) -> Result<String> {
@@ -128,13 +143,12 @@ pub fn manifest_from_list(list: &str, extra: &[(&str, &str)]) -> Result<String> 
             let known: Vec<_> = CATALOGUE.iter().map(|c| c.name).collect();
             bail!("--guest: unknown guest `{name}` (known: {})", known.join(", "));
         };
-        out += &format!(
-            "\n[vm]\nname = {name}-{i}\nkernel = {name}\nvcpus = {vcpus}\nexpect = {expect}\ntimeout_ms = {timeout}\n"
-        );
-        out += always;
-        for (k, v) in extra.iter().chain(&overrides) {
-            out += &format!("{k} = {v}\n");
-        }
+        let mut spec = VmSpec::new(0);
+        (spec.name, spec.kernel, spec.vcpus, spec.timeout_ms) =
+            (format!("{name}-{i}"), name.to_string(), vcpus, *timeout);
+        let keys =
+            [("expect", *expect)].into_iter().chain(key_lines(always)).chain(extra.iter().copied()).chain(overrides);
+        out += &vm_section(spec, keys).with_context(|| format!("--guest {item}"))?;
     }
     Ok(out)
 }
@@ -199,34 +213,22 @@ pub fn kernel_vm(
     if cmdline.contains(['\n', '#', '"']) {
         bail!("--append: the command line may not hold a newline, `#` or `\"` (the manifest syntax), got {cmdline:?}");
     }
-    let key = if bzimage { "linux" } else { "kernel" };
     let ram = if bzimage { BZIMAGE_RAM_MIB } else { KERNEL_RAM_MIB };
-    let mut section = format!("\n[vm]\nname = kernel\n{key} = {}\nvcpus = {}\nexpect = pass\n", files[0].0, k.vcpus);
-    // QEMU's defaults, each unless a flag gave the key (`extra`). Alone in its run, the VM has no
-    // neighbour for the console budget to protect, and a test kernel's verdict is its console.
-    let defaults = [
-        ("ram_mib", ram.to_string()),
-        ("timeout_ms", k.watchdog_ms.to_string()),
-        ("console_bytes_per_second", KERNEL_CONSOLE_BYTES_PER_S.to_string()),
-    ];
-    for (key, value) in defaults.iter().filter(|(key, _)| !extra.iter().any(|(e, _)| e == key)) {
-        section += &format!("{key} = {value}\n");
-    }
-    if !cmdline.is_empty() {
-        section += &format!("cmdline = \"{cmdline}\"\n");
-    }
+    let mut spec = VmSpec::new(0);
+    spec.name = "kernel".into();
     if bzimage {
-        if let Some((name, _)) = files.get(1) {
-            section += &format!("initrd = {name}\n");
-        }
-    } else if files.len() > 1 {
-        let names: Vec<&str> = files[1..].iter().map(|(n, _)| n.as_str()).collect();
-        section += &format!("modules = {}\n", names.join(", "));
+        spec.linux = files[0].0.clone();
+        spec.initrd = files.get(1).map(|(n, _)| n.clone()).unwrap_or_default();
+    } else {
+        spec.kernel = files[0].0.clone();
+        spec.modules = files[1..].iter().map(|(n, _)| n.clone()).collect();
     }
-    for (k, v) in extra {
-        section += &format!("{k} = {v}\n");
-    }
-    Ok((section, files))
+    spec.vcpus = k.vcpus;
+    spec.cmdline = cmdline.to_string();
+    // QEMU's defaults; a flag's key (`extra`, applied after) wins. Alone in its run, the VM has
+    // no neighbour for the console budget to protect, and a test kernel's verdict is its console.
+    (spec.ram_mib, spec.timeout_ms, spec.console_bytes_per_second) = (ram, k.watchdog_ms, KERNEL_CONSOLE_BYTES_PER_S);
+    Ok((vm_section(spec, extra.iter().copied())?, files))
 }
 
 /// The files a manifest names that are not catalogue kernels: `kernel = PATH`, `modules = PATH,

@@ -225,3 +225,78 @@ fn interrupt_path_key() {
     off.set("interrupt_path", "ipiv").unwrap();
     assert!(Manifest { vms: vec![off] }.validate(&machine(4)).is_err());
 }
+
+/// A VM written by `to_section` reads back as itself, through the one reader.
+mod written_sections {
+    use super::*;
+    use crate::bootcfg::BootConfig;
+    use alloc::string::String;
+    use proptest::prelude::*;
+
+    fn word() -> impl Strategy<Value = String> {
+        "[a-z0-9][a-z0-9._/-]{0,12}"
+    }
+
+    prop_compose! {
+        fn spec()(
+            name in word(), kernel in word(), linux in prop::option::of(word()), initrd in prop::option::of(word()),
+            modules in prop::collection::vec(word(), 0..3), cmdline in "[ -\"$-~]{0,40}",
+            vcpus in 1u32..9, ram_mib in 1u32..5000, cpus in prop::collection::vec(0u32..300, 0..4),
+            expect in 0usize..4, timeout_ms in any::<u64>(), ipiv in 0usize..3, path in 0usize..5,
+            x2apic_mode in any::<bool>(), x2apic in any::<bool>(), hlt_exit in any::<bool>(), host_timer in any::<bool>(),
+            pc_testdev in any::<bool>(), test_hooks in any::<bool>(), max_exits in 1u64..u64::MAX,
+            console in 1u64..=crate::budget::MAX_CONSOLE_BYTES_PER_S, invalid in prop::option::of(0u32..8),
+            no_tpr in any::<bool>(),
+        ) -> VmSpec {
+            let mut v = VmSpec::new(1);
+            v.name = name;
+            v.kernel = kernel;
+            v.linux = linux.unwrap_or_default();
+            v.initrd = initrd.unwrap_or_default();
+            v.modules = modules;
+            v.cmdline = cmdline;
+            v.vcpus = vcpus;
+            v.ram_mib = ram_mib;
+            v.cpus = cpus;
+            v.expect = [VmResult::Pass, VmResult::Fail, VmResult::Killed, VmResult::Timeout][expect];
+            v.timeout_ms = timeout_ms;
+            v.ipiv = [IpivSetting::Auto, IpivSetting::On, IpivSetting::Off][ipiv];
+            v.interrupt_path = [None, Some(InterruptPath::Ipiv), Some(InterruptPath::Posted),
+                Some(InterruptPath::VirtualDelivery), Some(InterruptPath::Injection)][path];
+            v.apic = if x2apic_mode { ApicMode::X2Apic } else { ApicMode::XApic };
+            v.x2apic = x2apic;
+            v.hlt = if hlt_exit { HltMode::Exit } else { HltMode::PassThrough };
+            v.timer = if host_timer { TimerSource::HostApic } else { TimerSource::Preemption };
+            v.pc_testdev = pc_testdev;
+            v.test_hooks = test_hooks;
+            v.max_exits_per_second = max_exits;
+            v.console_bytes_per_second = console;
+            v.invalid_pid_entry = invalid;
+            v.no_tpr_shadow = no_tpr;
+            v
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn read_back_as_written(v in spec()) {
+            let text = v.to_section().unwrap();
+            let (_, m) = BootConfig::parse(&text).map_err(|e| TestCaseError::fail(alloc::format!("{e:?}\n{text}")))?;
+            prop_assert_eq!(&m.vms, &alloc::vec![v], "{}", text);
+        }
+    }
+
+    #[test]
+    fn what_the_syntax_cannot_carry_is_refused() {
+        let mut v = VmSpec::new(1);
+        v.name = "a".into();
+        v.cmdline = "x # y".into();
+        assert!(v.to_section().unwrap_err().contains("cmdline"));
+        v.cmdline.clear();
+        v.modules = alloc::vec!["a,b".into()];
+        assert!(v.to_section().unwrap_err().contains("modules"));
+        v.modules.clear();
+        v.kernel = " k".into();
+        assert!(v.to_section().unwrap_err().contains("kernel"));
+    }
+}
