@@ -10,7 +10,7 @@ pub const FAST_VECTOR: u8 = 0xee;
 /// Hits of [`FAST_VECTOR`], all vCPUs together.
 pub static FAST_HITS: AtomicU32 = AtomicU32::new(0);
 /// The xAPIC EOI register (identity-mapped).
-pub static EOI_PTR: AtomicU64 = AtomicU64::new(hvcore::guest_abi::APIC_MMIO_GPA + 0xb0);
+pub static EOI_PTR: AtomicU64 = AtomicU64::new(hvcore::guest_abi::APIC_MMIO_GPA + hvcore::apic::regs::EOI as u64);
 
 hvcore::ipi_bench_isr!(fast_isr_x2apic, fast_isr_xapic, FAST_HITS, EOI_PTR);
 
