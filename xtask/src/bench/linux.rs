@@ -236,7 +236,7 @@ fn run_nested(a: &BenchArgs, append: &str) -> Result<bool> {
         cpus: VCPUS,
         // Bochs' model stays whole: KVM's host needs MONITOR/MWAIT exiting (kvm_intel refuses
         // to load without it), and its command line already keeps AMX and LA57 from itself
-        // and so from its guests (`kvm_peer::HOST_CMDLINE`); the L1 hides MONITOR/MWAIT.
+        // and so from its guests (`platform::kvm_host::HOST_CMDLINE`); the L1 hides MONITOR/MWAIT.
         exclude: &[],
         echo: false,
     };

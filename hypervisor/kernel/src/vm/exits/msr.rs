@@ -25,7 +25,7 @@ pub fn rdmsr(v: &mut Vcpu<'_>) -> Handled {
         IA32_TSC_DEADLINE => Some(v.timer_tsc_deadline()),
         msr::IA32_TSC => Some(crate::time::rdtsc().wrapping_add(v.tsc_offset)),
         msr::IA32_DEBUGCTL => Some(Vmcs64::GuestIa32Debugctl.read()?),
-        // The one x2APIC read the bitmap intercepts (x2apic_msr::read_passes_through), or on
+        // The one x2APIC read the bitmap intercepts (the VM's `PathPlan::x2apic_read_passes`), or on
         // the injection path every one: the modelled APIC answers.
         X2APIC_MSR_FIRST..=X2APIC_MSR_LAST if v.x2apic() && v.vm.plan.models_apic() => {
             injection::x2apic_read(&v.apic.page(), m, v.timer_current_count())
