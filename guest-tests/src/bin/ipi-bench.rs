@@ -78,7 +78,9 @@ fn main(me: u32, info: &'static Platform) {
         } else {
             // SAFETY: xAPIC mode; the APIC page is identity-mapped and APIC virtualization
             // serves the ICR writes; the handler as above.
-            unsafe { round_trip_xapic(icr_low, 1, expected, (APIC_MMIO_GPA + hvcore::apic::regs::ICR_LO as u64) as *mut u32) }
+            unsafe {
+                round_trip_xapic(icr_low, 1, expected, (APIC_MMIO_GPA + hvcore::apic::regs::ICR_LO as u64) as *mut u32)
+            }
         };
         if i >= warmup {
             samples[i - warmup] = cycles;
