@@ -81,14 +81,8 @@ pub fn measure(cells: &[Cell], iterations: u32, cpus: u32, echo: bool) -> Result
     )?;
     let mut records = Vec::new();
     let mut skipped = Vec::new();
-    let mut module = Value::Null;
     let mut seen = BTreeSet::new();
-    for r in &out.reports {
-        if r.get("kvm_module").is_some() {
-            module = r["parameters"].clone();
-            continue;
-        }
-        let Some(name) = r["kvm_cell"].as_str() else { continue };
+    for (name, r, module) in kvm_host::cell_reports(&out.reports).0 {
         let Some(cell) = cells.iter().find(|c| c.name() == name) else { continue };
         seen.insert(name.to_string());
         match record(cell, &module, r) {

@@ -84,18 +84,13 @@ pub fn run(entries: &[Entry], jobs: &[Job], dir: &Path, args: &ConformanceArgs) 
         timeout,
         args.verbose,
     )?;
-    let mut module = Value::Null;
     let mut records = Vec::new();
     let mut seen = BTreeSet::new();
-    for r in &out.reports {
-        if r.get("kvm_module").is_some() {
-            module = r["parameters"].clone();
-            continue;
-        }
-        let Some(name) = r["kvm_cell"].as_str() else { continue };
+    let (cells, module) = kvm_host::cell_reports(&out.reports);
+    for (name, r, at) in cells {
         let Some(e) = entries.iter().find(|e| e.name == name) else { continue };
         seen.insert(name.to_string());
-        let rec = record(e, &module, r, &args.cpu_model);
+        let rec = record(e, &at, r, &args.cpu_model);
         println!("[kvm] {:<22} {}", e.name, report::line(&rec));
         records.push(rec);
     }

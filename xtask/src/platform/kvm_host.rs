@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use elf::ElfBytes;
 use elf::abi::DT_NEEDED;
 use elf::endian::AnyEndian;
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -253,6 +254,22 @@ pub struct Image {
     pub describe: String,
 }
 
+/// What the driver (`kvm-peer`) reported, in order: each plan line's report by name, with the
+/// `kvm_intel` parameters it last read before that line (`Null` if none yet; the driver reloads
+/// the module when a line asks for other parameters), and the parameters it read last.
+pub fn cell_reports(reports: &[Value]) -> (Vec<(&str, &Value, Value)>, Value) {
+    let mut module = Value::Null;
+    let mut cells = Vec::new();
+    for r in reports {
+        if r.get("kvm_module").is_some() {
+            module = r["parameters"].clone();
+        } else if let Some(name) = r["kvm_cell"].as_str() {
+            cells.push((name, r, module.clone()));
+        }
+    }
+    (cells, module)
+}
+
 /// A file for KVM's host image: path inside it, mode, contents.
 pub type ImageFile = (String, u32, Vec<u8>);
 
@@ -337,6 +354,22 @@ pub fn image_with(plan: &str, extra: Vec<ImageFile>, host: KvmHost) -> Result<Im
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cell_report_carries_the_module_parameters_read_before_it() {
+        let reports = [
+            serde_json::json!({"kvm_cell": "early"}),
+            serde_json::json!({"kvm_module": "enable_ipiv=1", "parameters": {"enable_ipiv": "Y"}}),
+            serde_json::json!({"kvm_cell": "a"}),
+            serde_json::json!({"REPORT": "other"}),
+            serde_json::json!({"kvm_module": "enable_ipiv=0", "parameters": {"enable_ipiv": "N"}}),
+            serde_json::json!({"kvm_cell": "b"}),
+        ];
+        let (cells, last) = cell_reports(&reports);
+        let got: Vec<(&str, Value)> = cells.iter().map(|(n, _, m)| (*n, m["enable_ipiv"].clone())).collect();
+        assert_eq!(got, [("early", Value::Null), ("a", "Y".into()), ("b", "N".into())]);
+        assert_eq!(last["enable_ipiv"], "N");
+    }
 
     #[test]
     fn links_are_followed_inside_the_root_only() {
