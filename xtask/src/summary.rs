@@ -1,19 +1,22 @@
 //! Finding and checking the kernel's `HV-SUMMARY {json}` line in a serial log.
 
-use anyhow::{Context, Result, bail};
-use hvcore::summary::SUMMARY_PREFIX;
-use serde_json::Value;
+use anyhow::{Context, Result};
+use hvcore::summary::{HvSummary, SUMMARY_PREFIX};
 
-/// The last summary line in the log, parsed.
-pub fn find(log: &str) -> Result<Option<Value>> {
+/// The last summary line in the log, read as the kernel's summary type (hvcore::summary): the
+/// one way xtask reads a summary.
+pub fn find(log: &str) -> Result<Option<HvSummary>> {
     let Some(line) = log.lines().rev().find_map(|l| l.trim_end_matches('\r').strip_prefix(SUMMARY_PREFIX)) else {
         return Ok(None);
     };
-    let v: Value = serde_json::from_str(line).with_context(|| format!("HV-SUMMARY is not valid JSON: {line}"))?;
-    if !v.is_object() || !v["result"].is_string() {
-        bail!("HV-SUMMARY has no \"result\": {line}");
-    }
-    Ok(Some(v))
+    let s = serde_json::from_str(line).with_context(|| format!("HV-SUMMARY does not read as a summary: {line}"))?;
+    Ok(Some(s))
+}
+
+/// A summary written as a JSON value in a test, read as the kernel's line is.
+#[cfg(test)]
+pub fn from_json(v: serde_json::Value) -> HvSummary {
+    serde_json::from_str(&v.to_string()).expect("a summary")
 }
 
 #[cfg(test)]
@@ -22,17 +25,17 @@ mod tests {
 
     #[test]
     fn finds_the_last_summary_line() {
-        let log = "[cpu0] INFO  boot\nHV-SUMMARY {\"result\":\"fail\"}\nnoise\r\nHV-SUMMARY {\"result\":\"pass\",\"cpus_online\":4}\r\n";
-        let v = find(log).unwrap().unwrap();
-        assert_eq!(v["result"], "pass");
-        assert_eq!(v["cpus_online"], 4);
+        let log = "[cpu0] INFO  boot\nHV-SUMMARY {\"result\":\"fail\"}\nnoise\r\nHV-SUMMARY {\"result\":\"pass\",\"reason\":null,\"cpus_online\":4,\"vms\":[]}\r\n";
+        let s = find(log).unwrap().unwrap();
+        assert_eq!((s.result, s.cpus_online), (hvcore::summary::RunResult::Pass, 4));
     }
 
     #[test]
     fn missing_or_broken_summaries() {
         assert!(find("no summary here\n").unwrap().is_none());
         assert!(find("HV-SUMMARY {\"result\":").is_err());
-        assert!(find("HV-SUMMARY {\"cpus\":1}").is_err());
+        assert!(find("HV-SUMMARY {\"cpus\":[],\"vms\":[]}").is_err(), "no result");
+        assert!(find("HV-SUMMARY {\"result\":\"pass\",\"reason\":null,\"vms\":[],\"cpus_onlin\":1}").is_err());
     }
 
     /// Whatever bytes a guest hands to REPORT, the kernel either refuses them or keeps a value
@@ -40,29 +43,21 @@ mod tests {
     mod report_round_trip {
         use super::*;
         use hvcore::exits::counters::ExitCounters;
-        use hvcore::exits::report::canonical;
-        use hvcore::manifest::VmResult;
-        use hvcore::summary::{CpuReport, HvSummary, VmReport};
+        use hvcore::exits::report::{Report, canonical};
+        use hvcore::manifest::{ApicMode, VmResult};
+        use hvcore::summary::{CpuReport, VmReport};
         use hvcore::vmx::caps::VmxFeatures;
+        use hvcore::vmx::path_kind::InterruptPath;
         use proptest::prelude::*;
+        use serde_json::Value;
 
-        fn summary_with(report: String) -> String {
+        fn summary_with(report: Report) -> String {
             let vm = VmReport {
-                name: "hostile".into(),
-                vcpus: 1,
-                result: VmResult::Pass,
-                reason: None,
-                expect: VmResult::Pass,
-                apic_mode: "xapic",
                 ipiv: true,
-                interrupt_path: "ipiv",
-                interrupt_path_reason: None,
-                hlt: "passthrough",
-                timer: "preemption",
+                interrupt_path: Some(InterruptPath::Ipiv),
                 vcpu_exits: vec![ExitCounters::default()],
-                console_dropped_bytes: 0,
                 reports: vec![report],
-                report_exits: Vec::new(),
+                ..VmReport::new("hostile".into(), 1, VmResult::Pass, None, VmResult::Pass, ApicMode::XApic)
             };
             let cpus = vec![CpuReport { apic_id: 0, bsp: true, online: true, vmxon: true, error: None }];
             let s = HvSummary::judge(1, None, VmxFeatures::default(), 0, cpus, vec![vm]);
@@ -73,9 +68,9 @@ mod tests {
             let Ok(kept) = canonical(bytes) else { return Ok(()) };
             let log = summary_with(kept.clone());
             let v = find(&log).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
-            let got = &v.as_ref().unwrap()["vms"][0]["reports"][0];
-            let want: Value = serde_json::from_str(&kept).unwrap();
-            prop_assert_eq!(got, &want);
+            let got = v.as_ref().unwrap().vms[0].reports[0].value();
+            let want: Value = serde_json::from_str(kept.text()).unwrap();
+            prop_assert_eq!(&got, &want);
             // What the guest meant is what was kept.
             prop_assert_eq!(&serde_json::from_slice::<Value>(bytes).unwrap(), &want);
             Ok(())

@@ -26,6 +26,8 @@ pub mod frames;
 pub mod guest_abi;
 pub mod guest_paging;
 #[cfg(feature = "alloc")]
+pub mod json;
+#[cfg(feature = "alloc")]
 pub mod linux;
 #[cfg(feature = "alloc")]
 pub mod manifest;

@@ -68,31 +68,52 @@ pub enum TimerSource {
 }
 
 impl TimerSource {
+    pub const ALL: [Self; 2] = [Self::Preemption, Self::HostApic];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Preemption => "preemption",
             Self::HostApic => "host-apic",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
 }
 
 impl ApicMode {
+    pub const ALL: [Self; 2] = [Self::XApic, Self::X2Apic];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::XApic => "xapic",
             Self::X2Apic => "x2apic",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
 }
 
 impl HltMode {
+    pub const ALL: [Self; 2] = [Self::PassThrough, Self::Exit];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PassThrough => "passthrough",
             Self::Exit => "exit",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
 }
+
+// In HV-SUMMARY by the names the manifest uses.
+crate::json::by_name!(VmResult, ApicMode, HltMode, TimerSource);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmSpec {
@@ -219,11 +240,7 @@ impl VmSpec {
                 }
             }
             "apic" => {
-                self.apic = match value {
-                    "xapic" => ApicMode::XApic,
-                    "x2apic" => ApicMode::X2Apic,
-                    _ => return Err(format!("apic must be xapic|x2apic, not `{value}`")),
-                }
+                self.apic = ApicMode::parse(value).ok_or_else(|| format!("apic must be xapic|x2apic, not `{value}`"))?
             }
             "x2apic" => {
                 self.x2apic = match value {
@@ -233,18 +250,12 @@ impl VmSpec {
                 }
             }
             "hlt" => {
-                self.hlt = match value {
-                    "passthrough" => HltMode::PassThrough,
-                    "exit" => HltMode::Exit,
-                    _ => return Err(format!("hlt must be passthrough|exit, not `{value}`")),
-                }
+                self.hlt =
+                    HltMode::parse(value).ok_or_else(|| format!("hlt must be passthrough|exit, not `{value}`"))?
             }
             "timer" => {
-                self.timer = match value {
-                    "preemption" => TimerSource::Preemption,
-                    "host-apic" => TimerSource::HostApic,
-                    _ => return Err(format!("timer must be preemption|host-apic, not `{value}`")),
-                }
+                self.timer = TimerSource::parse(value)
+                    .ok_or_else(|| format!("timer must be preemption|host-apic, not `{value}`"))?
             }
             "pc_testdev" => {
                 self.pc_testdev = match value {

@@ -75,7 +75,7 @@ fn run_sender(iterations: u32, halt: bool, target_apic_id: u32) -> Option<Native
     DONE.store(true, Ordering::Release);
     // Wake a halted target so it sees DONE.
     apic::send_ipi(target_apic_id, regs::ICR_FIXED | NATIVE_VECTOR as u32);
-    Some(NativeBench { x2apic: apic::is_x2apic(), halt, cycles: summarize(&mut samples) })
+    Some(NativeBench::new(apic::is_x2apic(), halt, summarize(&mut samples)))
 }
 
 /// The boot's native-bench phase on the BSP (`crate::phase`): the round trip to `target` (CPU

@@ -296,7 +296,7 @@ fn boot_config(ramdisk: Option<&Archive<'_>>) -> (BootConfig, Manifest) {
 }
 
 fn log_msrs(m: &VmxMsrs) {
-    log::debug!("VMX MSRs: {}", hvcore::summary::MsrsJson(m));
+    log::debug!("VMX MSRs: {m:x?}");
 }
 
 /// VMXON on this CPU (when the platform supports VMX); records the outcome in REPORTS.

@@ -17,37 +17,33 @@ use super::targets::{TargetCheck, print_targets, targets_json};
 use super::{peer, plot};
 use crate::platform::launch;
 use crate::platform::spec::{Outcome, Platform};
+use hvcore::summary::{HvSummary, RunResult};
 
 /// A measured cell, as written to the JSON file.
-pub fn record(cell: &Cell, summary: &Value) -> Result<Value> {
+pub fn record(cell: &Cell, summary: &HvSummary) -> Result<Value> {
     // "bare" is the guest kernel on the reference PC without a hypervisor: native too.
     let hypervisor = if matches!(cell.config, "native" | "bare") { "native" } else { "ipiv-hv" };
     let mut rec = json!({"hypervisor": hypervisor, "apic": cell.apic, "config": cell.config, "target": cell.target,
         "pattern": cell.pattern});
     if cell.config == "native" {
-        let n = &summary["native"];
-        if n.is_null() {
-            bail!("the hypervisor reported no native measurement");
-        }
-        rec["cycles"] = n["cycles"].clone();
-        rec["iterations"] = n["iterations"].clone();
+        let n = summary.native.as_ref().context("the hypervisor reported no native measurement")?;
+        rec["cycles"] = json!(n.cycles);
+        rec["iterations"] = json!(n.iterations);
         rec["exits_per_ipi"] = json!({"sender": 0.0, "receiver": 0.0});
         return Ok(rec);
     }
-    let vm = &summary["vms"][0];
-    let report = vm["reports"]
-        .as_array()
-        .and_then(|r| r.iter().find(|r| r["test"] == "ipi-bench"))
-        .with_context(|| format!("no ipi-bench report (VM {}: {})", vm["result"], vm["reason"]))?;
+    let vm = summary.vms.first().context("the summary has no VM")?;
+    let report = vm
+        .report_values()
+        .into_iter()
+        .find(|r| r["test"] == "ipi-bench")
+        .with_context(|| format!("no ipi-bench report (VM {}: {:?})", vm.result.as_str(), vm.reason))?;
     rec["cycles"] = report["cycles"].clone();
     rec["iterations"] = report["iterations"].clone();
-    rec["interrupt_path"] = vm["interrupt_path"].clone();
+    rec["interrupt_path"] = json!(vm.interrupt_path);
     let milli = |k: &str| report["exits_milli_per_ipi"][k].as_u64().unwrap_or(0) as f64 / 1000.0;
     rec["exits_per_ipi"] = json!({"sender": milli("sender"), "receiver": milli("receiver")});
-    let sender = &vm["vcpu_exits"][0];
-    if let Some(per) =
-        sender["ipi_exit_ticks"].as_u64().zip(sender["ipi_exits_timed"].as_u64()).and_then(|(t, n)| t.checked_div(n))
-    {
+    if let Some(per) = vm.vcpu_exits.first().and_then(|s| s.ipi_exit_ticks.checked_div(s.ipi_exits_timed)) {
         rec["hypervisor_ticks_per_exit_ipi"] = json!(per);
     }
     Ok(rec)
@@ -219,27 +215,23 @@ fn judge_cell(cell: &Cell, outcome: Outcome) -> Result<Result<Value, String>> {
         };
         bail!("bench cell {}: no summary ({how}; log {})", cell.name(), outcome.serial.display());
     };
-    let reason = summary["reason"].as_str().unwrap_or("");
-    let no_vmx = summary["result"] == "unsupported";
+    let reason = summary.reason.as_deref().unwrap_or("");
+    let no_vmx = summary.result == RunResult::Unsupported;
     // A CPU without the cell's interrupt path refuses its VM (`cannot run on this CPU`).
     if (cell.config != "native" && reason.contains("cannot run on this CPU")) || (cell.config != "native" && no_vmx) {
         return Ok(Err(format!("{}: {reason}", cell.name())));
     }
-    if cell.config == "native" && summary["native"]["apic"] != cell.apic {
-        return Ok(Err(format!(
-            "{}: the host APIC ran in {} mode (no x2APIC here)",
-            cell.name(),
-            summary["native"]["apic"]
-        )));
+    if let Some(n) = summary.native.as_ref().filter(|n| cell.config == "native" && n.apic.as_str() != cell.apic) {
+        return Ok(Err(format!("{}: the host APIC ran in {} mode (no x2APIC here)", cell.name(), n.apic.as_str())));
     }
     // A platform without VMX (QEMU TCG) still measures the native round trip.
     if !outcome.accepted && !(cell.config == "native" && no_vmx) {
-        bail!("bench cell {} failed: {}", cell.name(), summary["reason"]);
+        bail!("bench cell {} failed: {reason}", cell.name());
     }
     let mut rec = record(cell, &summary)?;
-    rec["platform"] = summary["platform"].clone();
-    if !summary["kvm"].is_null() {
-        rec["kvm"] = summary["kvm"].clone();
+    rec["platform"] = json!(summary.platform);
+    if let Some(kvm) = &summary.kvm {
+        rec["kvm"] = kvm.clone();
     }
     Ok(Ok(rec))
 }
@@ -501,12 +493,13 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
 mod tests {
     use super::*;
 
-    fn vm_summary(median: u64, sender_milli: u64, receiver_milli: u64) -> Value {
-        json!({"native": null, "vms": [{"result": "pass", "reason": null,
+    fn vm_summary(median: u64, sender_milli: u64, receiver_milli: u64) -> HvSummary {
+        crate::summary::from_json(json!({"result": "pass", "reason": null, "native": null, "vms": [{"name": "b",
+            "vcpus": 2, "result": "pass", "reason": null, "expect": "pass", "apic_mode": "xapic",
             "vcpu_exits": [{"ipi_exit_ticks": 1400, "ipi_sent_by_exit": 12, "ipi_exits_timed": 10}, {}],
             "reports": [{"test": "ipi-bench", "iterations": 100,
                 "cycles": {"min": 1, "median": median, "p99": 3, "mean": 2},
-                "exits_milli_per_ipi": {"sender": sender_milli, "receiver": receiver_milli}}]}]})
+                "exits_milli_per_ipi": {"sender": sender_milli, "receiver": receiver_milli}}]}]}))
     }
 
     #[test]
@@ -528,9 +521,13 @@ mod tests {
         assert_eq!(r["exits_per_ipi"]["sender"], 1.0);
         assert_eq!(r["hypervisor_ticks_per_exit_ipi"], 140);
         let native = Cell { config: "native", ..cell.clone() };
-        let s = json!({"native": {"cycles": {"min": 20, "median": 24, "p99": 25, "mean": 24}, "iterations": 100}});
+        let s = crate::summary::from_json(
+            json!({"result": "pass", "reason": null, "vms": [], "native": {"apic": "xapic",
+            "target": "spin", "cycles": {"min": 20, "median": 24, "p99": 25, "mean": 24, "samples": 100}, "iterations": 100}}),
+        );
         assert_eq!(record(&native, &s).unwrap()["cycles"]["median"], 24);
-        assert!(record(&native, &json!({"native": null})).is_err());
+        let none = crate::summary::from_json(json!({"result": "pass", "reason": null, "vms": [], "native": null}));
+        assert!(record(&native, &none).is_err());
     }
 
     #[test]

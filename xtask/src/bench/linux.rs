@@ -8,10 +8,11 @@
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
-use std::collections::BTreeSet;
 use std::fs;
 
-use hvcore::exits::counters::ExitCounters;
+use hvcore::exits::census::Window;
+use hvcore::summary::VmReport;
+use hvcore::vmx::exit_reason;
 
 use super::args::BenchArgs;
 use super::plot;
@@ -28,7 +29,7 @@ pub const IPIV_ON_MAX: f64 = 0.05;
 pub const IPIV_OFF_RANGE: (f64, f64) = (0.8, 1.5);
 /// The exits that come with IPIs: the sender's ICR write (the exit path; `ipi_sent_by_exit`
 /// counts one per ICR-write exit), and the receiver's HLT, interrupt-window and NMI-window exits.
-const IPI_REASONS: [&str; 3] = ["hlt", "interrupt_window", "nmi_window"];
+const IPI_REASONS: [u16; 3] = [exit_reason::HLT, exit_reason::INTERRUPT_WINDOW, exit_reason::NMI_WINDOW];
 
 /// One configuration: `native` (no hypervisor), `ipiv-on` or `ipiv-off`, in an APIC mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,18 +55,13 @@ pub fn counts(n: u32) -> String {
     format!("wl_wake={n} wl_tlb={} wl_mb={n}", (n / 4).max(1))
 }
 
-/// The names of the counters that are not exit reasons.
-fn extra_names() -> BTreeSet<&'static str> {
-    ExitCounters::default().extras().map(|(n, _)| n).collect()
-}
-
 fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
 }
 
 /// One record from the guest's REPORT of a part and, in a VM, the census window that ends at
 /// it (`{"us": N, "exits": {...}}`).
-pub fn record(c: Config, report: &Value, window: Option<&Value>) -> Value {
+pub fn record(c: Config, report: &Value, window: Option<&Window>) -> Value {
     let ipis = &report["guest_ipis"];
     // A TLB shootdown is a function-call IPI: TLB counts a subset of CAL.
     let guest_ipis = num(&ipis["RES"]) + num(&ipis["CAL"]);
@@ -81,31 +77,27 @@ pub fn record(c: Config, report: &Value, window: Option<&Value>) -> Value {
         "exits_per_ipi": null, "exits_per_s": null, "exits_by_reason": null, "ipi_exits": null,
     });
     let Some(w) = window else { return r };
-    let extras = extra_names();
-    let exits = w["exits"].as_object().cloned().unwrap_or_default();
-    let by_reason: Map<String, Value> =
-        exits.iter().filter(|(k, _)| !extras.contains(k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
-    let total: f64 = by_reason.values().map(num).sum();
-    let ipi_exits = num(&exits.get("ipi_sent_by_exit").cloned().unwrap_or_default())
-        + IPI_REASONS.iter().map(|k| num(by_reason.get(*k).unwrap_or(&Value::Null))).sum::<f64>();
-    let secs = num(&w["us"]) / 1e6;
+    let e = &w.exits;
+    let by_reason: Map<String, Value> = (e.by_reason.iter().enumerate())
+        .filter(|(_, n)| **n != 0)
+        .map(|(i, n)| (exit_reason::NAMES[i].to_string(), json!(n)))
+        .collect();
+    let total = e.total() as f64;
+    let ipi_exits = (e.ipi_sent_by_exit + IPI_REASONS.iter().map(|&r| e.by_reason[r as usize]).sum::<u64>()) as f64;
+    let secs = w.us as f64 / 1e6;
     r["ipi_exits"] = json!(ipi_exits);
     r["exits_per_ipi"] = if guest_ipis > 0.0 { json!(ipi_exits / guest_ipis) } else { Value::Null };
     r["exits_per_s"] = if secs > 0.0 { json!(total / secs) } else { Value::Null };
     r["exits_by_reason"] = Value::Object(by_reason);
-    r["window_us"] = w["us"].clone();
+    r["window_us"] = json!(w.us);
     r
 }
 
 /// The records of one VM run: each part's result REPORT with its census window.
-pub fn vm_records(c: Config, vm: &Value) -> Result<Vec<Value>> {
-    let reports = vm["reports"].as_array().context("the VM handed in no REPORT")?;
-    let windows = vm["report_exits"].as_array().context("the summary has no exit census")?;
-    let out: Vec<Value> = reports
-        .iter()
-        .enumerate()
+pub fn vm_records(c: Config, vm: &VmReport) -> Result<Vec<Value>> {
+    let out: Vec<Value> = (vm.report_values().iter().enumerate())
         .filter(|(_, r)| r["test"] == "linux-workload" && r["workload"].is_string())
-        .map(|(k, r)| record(c, r, windows.get(k)))
+        .map(|(k, r)| record(c, r, vm.report_exits.get(k)))
         .collect();
     if out.is_empty() {
         bail!("the VM reported no workload results");
@@ -244,14 +236,10 @@ fn run_nested(a: &BenchArgs, append: &str) -> Result<bool> {
     let mut records = Vec::new();
     let mut failed = Vec::new();
     for (c, o) in configs.iter().zip(outcomes) {
-        let vm = o
-            .outcome
-            .summary
-            .as_ref()
-            .and_then(|s| s["vms"].as_array()?.iter().find(|v| v["name"] == "linux").cloned());
+        let vm = o.outcome.summary.as_ref().and_then(|s| s.vm("linux"));
         let log = fs::read_to_string(&o.outcome.serial).unwrap_or_default();
         match vm {
-            Some(vm) if o.outcome.accepted => match vm_records(*c, &vm) {
+            Some(vm) if o.outcome.accepted => match vm_records(*c, vm) {
                 Ok(mut r) => {
                     for x in &mut r {
                         // The census window's microseconds are the L1's, whose TSC rate was
@@ -262,7 +250,7 @@ fn run_nested(a: &BenchArgs, append: &str) -> Result<bool> {
                         let seconds = num(&x["seconds"]);
                         x["exits_per_s"] = if seconds > 0.0 { json!(total / seconds) } else { Value::Null };
                         x["platform"] = json!("nested-kvm");
-                        x["kvm"] = o.outcome.summary.as_ref().map(|s| s["kvm"].clone()).unwrap_or_default();
+                        x["kvm"] = o.outcome.summary.as_ref().and_then(|s| s.kvm.clone()).unwrap_or_default();
                     }
                     records.extend(r);
                 }
@@ -275,7 +263,8 @@ fn run_nested(a: &BenchArgs, append: &str) -> Result<bool> {
                     "{} {}: {} after {:.1} s of KVM's host's clock; last lines: {}",
                     c.config,
                     c.apic,
-                    vm.map(|v| format!("{} ({})", v["result"], v["reason"])).unwrap_or_else(|| "no summary".into()),
+                    vm.map(|v| format!("{} ({:?})", v.result.as_str(), v.reason))
+                        .unwrap_or_else(|| "no summary".into()),
                     o.host_ms as f64 / 1000.0,
                     tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
                 ))
@@ -350,12 +339,9 @@ pub fn run(a: &BenchArgs) -> Result<bool> {
         };
         let outcome = launch::run(&args)?;
         let summary = outcome.summary.with_context(|| format!("{} {}: no summary", c.config, c.apic))?;
-        let vm = summary["vms"]
-            .as_array()
-            .and_then(|v| v.iter().find(|v| v["name"] == "linux"))
-            .context("no linux VM in the summary")?;
+        let vm = summary.vm("linux").context("no linux VM in the summary")?;
         if !outcome.accepted {
-            bail!("{} {}: the Linux VM did not pass: {} ({})", c.config, c.apic, vm["result"], vm["reason"]);
+            bail!("{} {}: the Linux VM did not pass: {} ({:?})", c.config, c.apic, vm.result.as_str(), vm.reason);
         }
         let log = fs::read_to_string(&outcome.serial).unwrap_or_default();
         let want = format!("smpboot: Total of {VCPUS} processors activated");
@@ -428,7 +414,7 @@ mod tests {
     #[test]
     fn records_take_exits_per_ipi_from_the_census_window() {
         let c = Config { config: "ipiv-off", apic: "x2apic" };
-        let w = json!({"us": 500_000, "exits": {"wrmsr": 120, "io": 30, "hlt": 5, "ipi_sent_by_exit": 100, "msr_write_icr": 100, "timer_writes": 20}});
+        let w = serde_json::from_value(json!({"us": 500_000, "exits": {"wrmsr": 120, "io": 30, "hlt": 5, "ipi_sent_by_exit": 100, "msr_write_icr": 100, "timer_writes": 20}})).unwrap();
         let r = record(c, &report("wake", 10, 90, crate::platform::bochs::IPS / 10), Some(&w));
         assert_eq!(
             (r["ops_per_s"].clone(), r["guest_ipis_per_s"].clone()),
@@ -454,19 +440,24 @@ mod tests {
 
     #[test]
     fn vm_records_pair_each_result_with_its_window() {
-        let vm = json!({
+        let vm = |more: Value| {
+            let mut v = json!({"name": "linux", "vcpus": 4, "result": "pass", "reason": null, "expect": "pass", "apic_mode": "xapic"});
+            v.as_object_mut().unwrap().extend(more.as_object().unwrap().clone());
+            serde_json::from_str::<VmReport>(&v.to_string()).unwrap()
+        };
+        let full = vm(json!({
             "reports": [{"test": "linux-workload", "begin": "wake"}, report("wake", 0, 100, 10),
                         {"test": "linux-workload", "begin": "tlb"}, report("tlb", 0, 50, 10)],
             "report_exits": [{"us": 1, "exits": {"io": 9999}}, {"us": 1000, "exits": {"io": 3}},
                              {"us": 1, "exits": {}}, {"us": 1000, "exits": {"apic_write": 50, "ipi_sent_by_exit": 50}}]
-        });
-        let r = vm_records(Config { config: "ipiv-off", apic: "xapic" }, &vm).unwrap();
+        }));
+        let r = vm_records(Config { config: "ipiv-off", apic: "xapic" }, &full).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[0]["exits_by_reason"], json!({"io": 3}), "the boot's window is not the part's");
         assert_eq!(r[0]["exits_per_ipi"], 0.0);
         assert_eq!(r[1]["exits_per_ipi"], 1.0);
         assert!(
-            vm_records(Config { config: "ipiv-off", apic: "xapic" }, &json!({"reports": [], "report_exits": []}))
+            vm_records(Config { config: "ipiv-off", apic: "xapic" }, &vm(json!({"reports": [], "report_exits": []})))
                 .is_err()
         );
     }

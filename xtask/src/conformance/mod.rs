@@ -69,11 +69,11 @@ pub fn run_job(job: &Job, dir: &Path, env: &Path, cpu_model: &str, echo: bool) -
     };
     let serial = std::fs::read_to_string(&outcome.serial).unwrap_or_default();
     let verdict = kut::verdict(kut::guest_lines(&serial, "kernel"));
-    let vm = outcome.summary.as_ref().and_then(|s| s["vms"].as_array()).and_then(|v| v.first()).cloned();
-    let reason = vm.as_ref().and_then(|v| v["reason"].as_str()).map(str::to_string);
+    let vm = outcome.summary.as_ref().and_then(|s| s.vms.first());
+    let reason = vm.and_then(|v| v.reason.clone());
     let code = reason.as_deref().and_then(kut::exit_code);
     let mut result = kut::classify(code, &verdict);
-    let dropped = vm.as_ref().and_then(|v| v["console_dropped_bytes"].as_u64()).unwrap_or(0);
+    let dropped = vm.map_or(0, |v| v.console_dropped_bytes);
     let mut why = match (&verdict.abort, result) {
         (Some(a), _) => Some(a.clone()),
         (None, Outcome::Fail) if code.is_none() => Some(
@@ -95,8 +95,8 @@ pub fn run_job(job: &Job, dir: &Path, env: &Path, cpu_model: &str, echo: bool) -
     rec["exit_code"] = code.into();
     rec["reason"] = why.into();
     rec["figures"] = serde_json::to_value(&verdict.figures).unwrap_or_default();
-    rec["interrupt_path"] = vm.as_ref().map(|v| v["interrupt_path"].clone()).unwrap_or_default();
-    rec["exits"] = vm.as_ref().map(|v| v["exits"].clone()).unwrap_or_default();
+    rec["interrupt_path"] = json!(vm.and_then(|v| v.interrupt_path));
+    rec["exits"] = vm.map(|v| json!(v.exits)).unwrap_or_default();
     rec["ignored_qemu_params"] = job.entry.ignored_params().into();
     rec["seconds"] = (start.elapsed().as_secs_f64() * 10.0).round().div_euclid(10.0).into();
     rec["serial"] = outcome.serial.display().to_string().into();

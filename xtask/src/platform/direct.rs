@@ -78,7 +78,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         "xtask: {} in {:.1} s: {verdict}{}",
         args.platform.name(),
         elapsed.as_secs_f64(),
-        summary.as_ref().and_then(|s| s["reason"].as_str()).map(|r| format!(" ({r})")).unwrap_or_default()
+        summary.as_ref().and_then(|s| s.reason.as_deref()).map(|r| format!(" ({r})")).unwrap_or_default()
     );
     if !accepted {
         for p in &problems {

@@ -159,12 +159,9 @@ fn judge_report(c: &Case, r: &Value, params: &Value, host: &str) -> (Judged, Str
         j.problems.push(e.to_string());
         j.accepted = false;
     }
-    if let Some(Value::Object(m)) = j.summary.as_mut() {
-        m.insert(
-            "kvm".into(),
-            json!({"host": host, "kvm_intel": params, "asked": c.args.kvm_params,
-                   "qemu": format!("-enable-kvm -cpu host -smp {} -m {}", c.args.cpus, c.args.memory)}),
-        );
+    if let Some(s) = j.summary.as_mut() {
+        s.kvm = Some(json!({"host": host, "kvm_intel": params, "asked": c.args.kvm_params,
+            "qemu": format!("-enable-kvm -cpu host -smp {} -m {}", c.args.cpus, c.args.memory)}));
     }
     (j, log, status, timed_out)
 }
@@ -177,7 +174,7 @@ fn judge_case(c: &Case, r: &Value, params: &Value, host: &str) -> Result<CaseOut
     let serial = case_dir(c).join("serial.log");
     fs::write(&serial, &log)?;
     let verdict = j.result.map_or("no result", |r| r.as_str());
-    let reason = j.summary.as_ref().and_then(|s| s["reason"].as_str()).map(|r| format!(" ({r})")).unwrap_or_default();
+    let reason = j.summary.as_ref().and_then(|s| s.reason.as_deref()).map(|r| format!(" ({r})")).unwrap_or_default();
     let host_ms = r["wall_ms"].as_u64().unwrap_or(0);
     eprintln!(
         "xtask: nested-kvm {}: {verdict}{reason} ({:.2} s of KVM's host's clock)",
@@ -254,7 +251,8 @@ mod tests {
         assert_eq!((status, timed_out), (Some(33), false));
         assert!(log.contains("booting"));
         let s = j.summary.unwrap();
-        assert_eq!((s["platform"].as_str(), s["kvm"]["kvm_intel"]["nested"].as_str()), (Some("nested-kvm"), Some("Y")));
+        let kvm = s.kvm.unwrap();
+        assert_eq!((s.platform.as_deref(), kvm["kvm_intel"]["nested"].as_str()), (Some("nested-kvm"), Some("Y")));
         // The summary and QEMU's status must agree; a driver error fails the case.
         let r = json!({"output": [pass], "status": 35, "timed_out": false});
         assert!(!judge_report(&case(), &r, &params, "").0.accepted);

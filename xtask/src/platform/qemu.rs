@@ -6,8 +6,11 @@
 
 use anyhow::{Context, Result, bail};
 use hvcore::bootcfg::BootConfig;
-use hvcore::manifest::{ApicMode, VmSpec};
-use serde_json::{Value, json};
+use hvcore::exits::report::canonical;
+use hvcore::manifest::{ApicMode, VmResult, VmSpec};
+use hvcore::summary::{HvSummary, RunResult, VmReport};
+use hvcore::vmx::caps::VmxFeatures;
+use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,10 +54,11 @@ fn judge(status: Option<i32>, timed_out: bool, timeout_s: u64) -> Ended {
 
 /// The JSON values of the serial log's `REPORT {...}` lines.
 pub fn reports(log: &str) -> Vec<Value> {
-    log.lines()
-        .filter_map(|l| l.trim_end().strip_prefix("REPORT "))
-        .filter_map(|j| serde_json::from_str(j).ok())
-        .collect()
+    report_lines(log).filter_map(|j| serde_json::from_str(j).ok()).collect()
+}
+
+fn report_lines(log: &str) -> impl Iterator<Item = &str> {
+    log.lines().filter_map(|l| l.trim_end().strip_prefix("REPORT "))
 }
 
 pub fn run(args: &RunArgs) -> Result<Outcome> {
@@ -132,22 +136,31 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
                 tail(&log, 30);
             }
         }
-        vms.push(json!({"name": spec.name, "vcpus": spec.vcpus, "result": ended.result, "reason": ended.reason,
-            "expect": spec.expect.as_str(), "apic_mode": spec.apic.as_str(), "reports": reports(&log)}));
+        let result = VmResult::parse(ended.result).context("QEMU's end read as no VM result")?;
+        vms.push(VmReport {
+            // What the guest printed as `REPORT {json}`, kept as the kernel keeps a REPORT.
+            reports: report_lines(&log).filter_map(|j| canonical(j.as_bytes()).ok()).collect(),
+            ..VmReport::new(spec.name.clone(), spec.vcpus, result, Some(ended.reason.clone()), spec.expect, spec.apic)
+        });
         last = Some(ended);
         last_serial = serial;
     }
-    let result = if failure.is_none() { "pass" } else { "fail" };
-    let summary = json!({"result": result, "reason": failure, "platform": "qemu", "firmware": "multiboot",
-        "vms": vms});
-    eprintln!("xtask: qemu in {:.1} s: {result}", started.elapsed().as_secs_f64());
+    let result = if failure.is_none() { RunResult::Pass } else { RunResult::Fail };
+    // The summary the hypervisor would have written, with only what QEMU's boots tell.
+    let summary = HvSummary {
+        platform: Some("qemu".into()),
+        firmware: Some("multiboot".into()),
+        ..HvSummary::judge(0, Some("QEMU booted the guests".into()), VmxFeatures::default(), 0, Vec::new(), vms)
+    };
+    let summary = HvSummary { result, reason: failure, ..summary };
+    eprintln!("xtask: qemu in {:.1} s: {}", started.elapsed().as_secs_f64(), result.as_str());
     if let Some(path) = &args.json {
         fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")?;
     }
     let wanted = args.expect.as_deref().unwrap_or("pass");
     let last = last.context("no VM to boot")?;
     Ok(Outcome {
-        accepted: result == "pass" || result == wanted,
+        accepted: result == RunResult::Pass || result.as_str() == wanted,
         summary: Some(summary),
         exit_status: last.status,
         timed_out: last.timed_out,
@@ -222,6 +235,6 @@ mod tests {
     #[test]
     fn report_lines_become_values() {
         let log = "hello\nREPORT {\"test\":\"hello\",\"vcpu\":1}\nREPORT not json\n[x] REPORT {}\n";
-        assert_eq!(reports(log), vec![json!({"test": "hello", "vcpu": 1})]);
+        assert_eq!(reports(log), vec![serde_json::json!({"test": "hello", "vcpu": 1})]);
     }
 }

@@ -3,8 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use hvcore::summary::RunResult;
-use serde_json::Value;
+use hvcore::summary::{HvSummary, RunResult};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -250,8 +249,8 @@ impl RunArgs {
 
 /// What a run produced.
 pub struct Outcome {
-    /// The summary with "platform" added; `None` when the kernel printed none.
-    pub summary: Option<Value>,
+    /// The summary with `platform` added; `None` when the kernel printed none.
+    pub summary: Option<HvSummary>,
     /// The emulator's exit status (`None` if killed on timeout or by a signal).
     pub exit_status: Option<i32>,
     pub timed_out: bool,
@@ -263,8 +262,8 @@ pub struct Outcome {
 
 /// What a run's console and its emulator's end say.
 pub struct Judged {
-    /// The summary with "platform" and "firmware" added; `None` when the kernel printed none.
-    pub summary: Option<Value>,
+    /// The summary with `platform` and `firmware` added; `None` when the kernel printed none.
+    pub summary: Option<HvSummary>,
     pub result: Option<RunResult>,
     /// A "pass", or the `--expect`ed result, with nothing wrong besides.
     pub accepted: bool,
@@ -283,11 +282,11 @@ pub fn judge(args: &RunArgs, serial_log: &str, exit_status: Option<i32>, timed_o
             None
         }
     };
-    if let Some(Value::Object(m)) = summary.as_mut() {
-        m.insert("platform".into(), Value::from(args.platform.name()));
-        m.insert("firmware".into(), Value::from(if args.uefi { "uefi" } else { "bios" }));
+    if let Some(s) = summary.as_mut() {
+        s.platform = Some(args.platform.name().into());
+        s.firmware = Some(if args.uefi { "uefi" } else { "bios" }.into());
     }
-    let result = summary.as_ref().and_then(|s| s["result"].as_str()).and_then(RunResult::parse);
+    let result = summary.as_ref().map(|s| s.result);
     if timed_out {
         problems.push(format!("timed out after {limit}"));
     } else if summary.is_none() {

@@ -2,6 +2,8 @@
 //! test-kernel fixtures, Linux, every CPU model, kvm-unit-tests, the benchmark's exit counts.
 
 use anyhow::{Result, bail};
+use hvcore::summary::RunResult;
+use hvcore::vmx::path_kind::InterruptPath;
 
 use super::checks::*;
 use super::entry::bochs_guests;
@@ -44,11 +46,12 @@ pub fn qemu_guest(list: &str, reports: usize) -> Result<()> {
     let name = format!("{}-0", list.split([':', '+']).next().unwrap_or_default());
     let v = vm(&o, &name)?;
     if !o.accepted {
-        bail!("VM {name}: {} ({}), expected {}", v["result"], v["reason"], v["expect"]);
+        bail!("VM {name}: {} ({:?}), expected {}", v.result.as_str(), v.reason, v.expect.as_str());
     }
-    let got = v["reports"].as_array().map(Vec::len).unwrap_or(0);
+    let got = v.reports.len();
     if got != reports {
-        bail!("VM {name}: {got} reports, expected {reports}: {}", v["reports"]);
+        let texts: Vec<&str> = v.reports.iter().map(|r| r.text()).collect();
+        bail!("VM {name}: {got} reports, expected {reports}: {}", texts.join(", "));
     }
     Ok(())
 }
@@ -67,11 +70,12 @@ pub fn kernel_fixture(platform: Platform) -> Result<()> {
     };
     let o = launch::run(&args)?;
     vm_result(&o, "kernel", "pass")?;
-    if !vm(&o, "kernel")?["reason"].as_str().unwrap_or("").ends_with("isa-debug-exit: 0") {
-        bail!("the fixture should end through isa-debug-exit with 0: {}", vm(&o, "kernel")?["reason"]);
+    if !vm(&o, "kernel")?.reason.as_deref().unwrap_or("").ends_with("isa-debug-exit: 0") {
+        bail!("the fixture should end through isa-debug-exit with 0: {:?}", vm(&o, "kernel")?.reason);
     }
-    if platform == Platform::Bochs && vm(&o, "kernel")?["vcpu_exits"][1]["sipis"] != 1 {
-        bail!("vCPU 1 should have been started by one SIPI: {}", vm(&o, "kernel")?["vcpu_exits"][1]);
+    let sipis = vm(&o, "kernel")?.vcpu_exits.get(1).map(|c| c.sipis);
+    if platform == Platform::Bochs && sipis != Some(1) {
+        bail!("vCPU 1 should have been started by one SIPI: {sipis:?} were applied");
     }
     Ok(())
 }
@@ -91,8 +95,8 @@ pub fn manifest_foreign_kernel() -> Result<()> {
     let o = launch::run(&args)?;
     vm_result(&o, "foreign", "pass")?;
     vm_result(&o, "hello", "pass")?;
-    if !vm(&o, "foreign")?["reason"].as_str().unwrap_or("").ends_with("isa-debug-exit: 0") {
-        bail!("the fixture should end through isa-debug-exit with 0: {}", vm(&o, "foreign")?["reason"]);
+    if !vm(&o, "foreign")?.reason.as_deref().unwrap_or("").ends_with("isa-debug-exit: 0") {
+        bail!("the fixture should end through isa-debug-exit with 0: {:?}", vm(&o, "foreign")?.reason);
     }
     Ok(())
 }
@@ -141,10 +145,10 @@ pub fn matrix_batch(list: &str, apic: &str, label: &str, path: &str, cpu_model: 
     if o.timed_out {
         bail!("timed out");
     }
-    expect_eq(&o, &["result"], "pass".into())?;
-    for v in field(&o, &["vms"]).as_array().into_iter().flatten() {
-        if v["interrupt_path"] != path || v["apic_mode"] != apic {
-            bail!("VM {} ran on interrupt path {} in {} mode", v["name"], v["interrupt_path"], v["apic_mode"]);
+    for v in &run_result(&o, RunResult::Pass)?.vms {
+        let ran = v.interrupt_path.map_or("none", |p| p.as_str());
+        if ran != path || v.apic_mode.as_str() != apic {
+            bail!("VM {} ran on interrupt path {ran} in {} mode", v.name, v.apic_mode.as_str());
         }
     }
     Ok(())
@@ -220,18 +224,18 @@ pub fn linux_on_injection_path() -> Result<()> {
     }
     vm_result(&o, "linux", "pass")?;
     let v = vm(&o, "linux")?;
-    if v["interrupt_path"] != "injection" {
-        bail!("Linux ran on interrupt path {}, not injection", v["interrupt_path"]);
+    if v.interrupt_path != Some(InterruptPath::Injection) {
+        bail!("Linux ran on interrupt path {:?}, not injection", v.interrupt_path);
     }
     if !std::fs::read_to_string(&o.serial)?.contains("smpboot: Total of 4 processors activated") {
         bail!("Linux did not bring all 4 vCPUs online");
     }
-    let reports = v["reports"].as_array().cloned().unwrap_or_default();
+    let reports = v.report_values();
     let parts: Vec<&str> = reports.iter().filter_map(|r| r["workload"].as_str()).collect();
     if parts != ["wake", "tlb", "membarrier"] || reports.iter().any(|r| r["workload"].is_string() && r["cpus"] != 4) {
         bail!("the workload reported {reports:?}");
     }
-    let injected = v["exits"]["interrupts_injected"].as_u64().unwrap_or(0);
+    let injected = v.exits.interrupts_injected;
     let ipis: u64 = reports
         .iter()
         .filter_map(|r| r["guest_ipis"].as_object())
@@ -257,7 +261,7 @@ pub fn linux_on_qemu() -> Result<()> {
     };
     let o = launch::run(&args)?;
     vm_result(&o, "linux", "pass")?;
-    let reports = vm(&o, "linux")?["reports"].as_array().cloned().unwrap_or_default();
+    let reports = reports(&o, "linux")?;
     let parts: Vec<&str> = reports.iter().filter_map(|r| r["workload"].as_str()).collect();
     if parts != ["wake", "tlb", "membarrier"] || reports.iter().any(|r| r["workload"].is_string() && r["cpus"] != 4) {
         bail!("the workload on QEMU reported {reports:?}");
@@ -372,18 +376,16 @@ pub fn cpu_model(model: &str) -> Result<()> {
     if o.timed_out {
         bail!("timed out");
     }
-    let brand = field(&o, &["cpu_model"]).as_str().unwrap_or_default().to_string();
+    let brand = summary(&o)?.cpu_model.clone();
     if brand.is_empty() {
         bail!("the summary names no CPU model");
     }
     match want {
         ModelExpect::Refused(feature) => {
-            expect_eq(&o, &["result"], "fail".into())?;
-            let reason = field(&o, &["reason"]).as_str().unwrap_or_default();
-            if !reason.contains(feature) || !reason.contains(&format!("cannot run on this CPU ({brand})")) {
-                bail!("the refusal should name {feature:?} and the CPU ({brand}): {reason}");
-            }
-            if field(&o, &["vms"]).as_array().is_some_and(|v| !v.is_empty()) {
+            run_failed_with(&o, &[feature, &format!("cannot run on this CPU ({brand})")])?;
+            let s = summary(&o)?;
+            let reason = s.reason.as_deref().unwrap_or_default();
+            if !s.vms.is_empty() {
                 bail!("a refused VM should not have run");
             }
             println!("  {model} ({brand}): refused: {reason}");
@@ -392,39 +394,38 @@ pub fn cpu_model(model: &str) -> Result<()> {
             for name in ["smp-boot-0", "ipi-basic-1", "timer-2"] {
                 vm_result(&o, name, "pass")?;
                 let v = vm(&o, name)?;
-                if v["interrupt_path"] != path {
-                    bail!("{name}: interrupt path {}, expected {path}", v["interrupt_path"]);
+                if v.interrupt_path.map(|p| p.as_str()) != Some(path) {
+                    bail!("{name}: interrupt path {:?}, expected {path}", v.interrupt_path);
                 }
-                if (path == "ipiv") != v["interrupt_path_reason"].is_null() {
-                    bail!("{name}: a reason is due exactly when the path is not ipiv: {}", v["interrupt_path_reason"]);
+                if (path == "ipiv") != v.interrupt_path_reason.is_none() {
+                    bail!("{name}: a reason is due exactly when the path is not ipiv: {:?}", v.interrupt_path_reason);
                 }
             }
             every_vcpu_reported(&o, "ipi-basic-1", 4)?;
             every_vcpu_reported(&o, "timer-2", 2)?;
             let ipi = vm(&o, "ipi-basic-1")?;
-            for r in ipi["reports"].as_array().into_iter().flatten() {
+            for r in ipi.report_values() {
                 if r["interrupt_path"] != path {
                     bail!("the guest was told interrupt path {}, expected {path}", r["interrupt_path"]);
                 }
             }
-            for (i, c) in vm(&o, "smp-boot-0")?["vcpu_exits"].as_array().into_iter().flatten().enumerate().skip(1) {
-                if c["sipis"] != 3 {
-                    bail!("smp-boot vCPU {i}: {} SIPIs, expected 3", c["sipis"]);
+            for (i, c) in vm(&o, "smp-boot-0")?.vcpu_exits.iter().enumerate().skip(1) {
+                if c.sipis != 3 {
+                    bail!("smp-boot vCPU {i}: {} SIPIs, expected 3", c.sipis);
                 }
             }
-            for (i, c) in vm(&o, "timer-2")?["vcpu_exits"].as_array().into_iter().flatten().enumerate() {
-                if c["timer_interrupts"].as_u64().unwrap_or(0) < 23 {
-                    bail!("timer vCPU {i}: {} timer interrupts, expected at least 23", c["timer_interrupts"]);
+            for (i, c) in vm(&o, "timer-2")?.vcpu_exits.iter().enumerate() {
+                if c.timer_interrupts < 23 {
+                    bail!("timer vCPU {i}: {} timer interrupts, expected at least 23", c.timer_interrupts);
                 }
             }
-            let e = &ipi["exits"];
-            let n = |k: &str| e[k].as_u64().unwrap_or(0);
+            let e = &ipi.exits;
             println!(
                 "  {model} ({brand}): {path}; ipi-basic: {} IPIs by exit, {} external-interrupt exits, {} interrupts injected{}",
-                n("ipi_sent_by_exit"),
-                n("external_interrupt"),
-                n("interrupts_injected"),
-                ipi["interrupt_path_reason"].as_str().map(|r| format!(" (not better: {r})")).unwrap_or_default()
+                e.ipi_sent_by_exit,
+                count(e, "external_interrupt")?,
+                e.interrupts_injected,
+                ipi.interrupt_path_reason.as_deref().map(|r| format!(" (not better: {r})")).unwrap_or_default()
             );
         }
         ModelExpect::NotBooted => unreachable!(),

@@ -22,7 +22,7 @@ pub fn catch_up(snapshots: &mut Vec<ExitCounters>, epoch: usize, counters: &Exit
 }
 
 /// The exits of one window: from the previous REPORT (or the VM's start) to a REPORT.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     /// Its length in microseconds of the hypervisor's measured TSC time.
     pub us: u64,

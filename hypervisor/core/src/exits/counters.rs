@@ -1,7 +1,5 @@
 //! Per-vCPU VM-exit counters by basic exit reason, and their JSON form.
 
-use core::fmt::{self, Write};
-
 use crate::vmx::exit_reason;
 
 /// The counters besides the exit reasons, each defined once: field, documentation and JSON
@@ -41,6 +39,18 @@ macro_rules! exit_counters {
             /// The extra counters by name, in definition order.
             pub fn extras(&self) -> impl Iterator<Item = (&'static str, u64)> {
                 [$((stringify!($name), self.$name),)*].into_iter()
+            }
+
+            /// The counter called `name` in JSON: an exit reason's name (`exit_reason::NAMES`)
+            /// or an extra counter's; `None` for a name that is neither.
+            pub fn slot_mut(&mut self, name: &str) -> Option<&mut u64> {
+                match name {
+                    $(stringify!($name) => Some(&mut self.$name),)*
+                    _ => {
+                        let i = exit_reason::NAMES.iter().position(|n| *n == name)?;
+                        self.by_reason.get_mut(i)
+                    }
+                }
             }
         }
     };
@@ -114,26 +124,52 @@ impl ExitCounters {
     }
 }
 
-/// `{"cpuid": 3, "hlt": 1, ...}`: the non-zero counters by exit-reason name, then the non-zero
-/// extra counters by field name.
-impl fmt::Display for ExitCounters {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_char('{')?;
-        let mut first = true;
-        let mut item = |f: &mut fmt::Formatter<'_>, k: &str, v: u64| -> fmt::Result {
-            if !first {
-                f.write_char(',')?;
+impl ExitCounters {
+    /// The counter called `name` in JSON (see `slot_mut`).
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.clone().slot_mut(name).map(|c| *c)
+    }
+
+    /// The non-zero counters by exit-reason name, then the non-zero extra counters by field
+    /// name: the JSON object, in order.
+    pub fn nonzero(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        let reasons = self.by_reason.iter().enumerate().map(|(i, &n)| (exit_reason::NAMES[i], n));
+        reasons.chain(self.extras()).filter(|(_, n)| *n != 0)
+    }
+}
+
+/// `{"cpuid": 3, "hlt": 1, ...}`: the non-zero counters (`nonzero`); a name neither an exit
+/// reason nor an extra counter is refused when read.
+#[cfg(feature = "alloc")]
+impl serde::Serialize for ExitCounters {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.nonzero())
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<'de> serde::Deserialize<'de> for ExitCounters {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Counts;
+        impl<'de> serde::de::Visitor<'de> for Counts {
+            type Value = ExitCounters;
+
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("exit counts by name")
             }
-            first = false;
-            write!(f, "\"{k}\":{v}")
-        };
-        for (i, &n) in self.by_reason.iter().enumerate().filter(|(_, n)| **n != 0) {
-            item(f, exit_reason::NAMES[i], n)?;
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ExitCounters, A::Error> {
+                let mut c = ExitCounters::default();
+                while let Some((name, n)) = map.next_entry::<alloc::borrow::Cow<'de, str>, u64>()? {
+                    let slot = c.slot_mut(&name).ok_or_else(|| {
+                        <A::Error as serde::de::Error>::custom(alloc::format!("unknown exit counter `{name}`"))
+                    })?;
+                    *slot = n;
+                }
+                Ok(c)
+            }
         }
-        for (k, v) in self.extras().filter(|(_, v)| *v != 0) {
-            item(f, k, v)?;
-        }
-        f.write_char('}')
+        d.deserialize_map(Counts)
     }
 }
 
@@ -155,12 +191,19 @@ mod tests {
         b.msr_write_icr = 1;
         a.add(&b);
         assert_eq!(a.total(), 4);
-        let v: serde_json::Value = serde_json::from_str(&a.to_string()).unwrap();
-        assert_eq!(v, serde_json::json!({"cpuid": 3, "hlt": 1, "ignored_io": 2, "msr_write_icr": 1}));
-        assert_eq!(ExitCounters::default().to_string(), "{}");
+        let text = serde_json::to_string(&a).unwrap();
+        assert_eq!(text, r#"{"cpuid":3,"hlt":1,"ignored_io":2,"msr_write_icr":1}"#);
+        assert_eq!(serde_json::from_str::<ExitCounters>(&text).unwrap(), a);
+        assert_eq!(
+            (a.get("cpuid"), a.get("ignored_io"), a.get("vmcall"), a.get("cpuld")),
+            (Some(3), Some(2), Some(0), None)
+        );
+        assert_eq!(serde_json::to_string(&ExitCounters::default()).unwrap(), "{}");
         b.timer_exit_ticks = 7;
         let names: std::vec::Vec<_> = b.extras().map(|(k, _)| k).collect();
         assert_eq!((names[0], names.len()), ("ignored_io", 22));
-        assert!(b.to_string().contains("\"timer_exit_ticks\":7"));
+        assert!(serde_json::to_string(&b).unwrap().contains("\"timer_exit_ticks\":7"));
+        let err = serde_json::from_str::<ExitCounters>(r#"{"cpuld":1}"#).unwrap_err().to_string();
+        assert!(err.contains("unknown exit counter `cpuld`"), "{err}");
     }
 }

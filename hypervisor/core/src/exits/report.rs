@@ -6,8 +6,12 @@
 //! is limited so that the value, placed inside the summary, stays within the depth any JSON
 //! parser (serde_json: 128) accepts.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use core::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// Deepest nesting of arrays and objects a report may have; the summary adds 4 levels.
 pub const MAX_DEPTH: usize = 32;
@@ -30,14 +34,46 @@ impl fmt::Display for Refusal {
     }
 }
 
+/// A guest's REPORT value in the canonical text `canonical` made, written into HV-SUMMARY as
+/// is: kept as text, a hostile guest's 64 KiB of `[1,1,…]` costs 64 KiB of
+/// heap, not a tree of values ten times that.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Report(Box<RawValue>);
+
+impl Report {
+    /// `None` if `text` is not one JSON value (canonical text always is).
+    pub fn from_canonical(text: String) -> Option<Self> {
+        RawValue::from_string(text).ok().map(Self)
+    }
+
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value, parsed (JSON text a `Report` holds always parses).
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl PartialEq for Report {
+    fn eq(&self, other: &Self) -> bool {
+        self.text() == other.text()
+    }
+}
+
+impl Eq for Report {}
+
 /// The canonical, single-line form of the JSON value in `bytes`, or why it is refused.
-pub fn canonical(bytes: &[u8]) -> Result<String, Refusal> {
+pub fn canonical(bytes: &[u8]) -> Result<Report, Refusal> {
     // Bound the nesting before parsing: the parser recurses per level, on a small kernel stack.
     if nesting(bytes) > MAX_DEPTH {
         return Err(Refusal::TooDeep);
     }
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| Refusal::NotJson)?;
-    serde_json::to_string(&value).map_err(|_| Refusal::NotJson)
+    let text = serde_json::to_string(&value).map_err(|_| Refusal::NotJson)?;
+    Report::from_canonical(text).ok_or(Refusal::NotJson)
 }
 
 /// The deepest nesting of `[` and `{` outside strings (a bound, not a validation: brackets
@@ -76,12 +112,12 @@ mod tests {
     #[test]
     fn values_are_made_compact() {
         assert_eq!(
-            canonical(b" {\"a\" :\n [1, 2.5, null, true],\r\n\t\"b\": \"x\\ny\"} ").unwrap(),
+            canonical(b" {\"a\" :\n [1, 2.5, null, true],\r\n\t\"b\": \"x\\ny\"} ").unwrap().text(),
             r#"{"a":[1,2.5,null,true],"b":"x\ny"}"#
         );
-        assert_eq!(canonical(br#""\u00e9\ud83d\ude00""#).unwrap(), "\"\u{e9}\u{1f600}\"");
-        assert_eq!(canonical(b"-0e0").unwrap(), "-0.0");
-        assert_eq!(canonical(b"18446744073709551615").unwrap(), "18446744073709551615");
+        assert_eq!(canonical(br#""\u00e9\ud83d\ude00""#).unwrap().text(), "\"\u{e9}\u{1f600}\"");
+        assert_eq!(canonical(b"-0e0").unwrap().text(), "-0.0");
+        assert_eq!(canonical(b"18446744073709551615").unwrap().text(), "18446744073709551615");
     }
 
     /// Found by `cargo xtask fuzz --target report_json`: with serde_json's default float
@@ -94,11 +130,11 @@ mod tests {
             ["111111111111111111111111", "1.1111111111111111e+23", "2.2250738585072011e-308", "0.1", "9007199254740993"]
         {
             let once = canonical(v.as_bytes()).unwrap();
-            assert_eq!(canonical(once.as_bytes()).as_ref(), Ok(&once), "{v}");
-            let read: f64 = serde_json::from_str(&once).unwrap();
+            assert_eq!(canonical(once.text().as_bytes()).as_ref(), Ok(&once), "{v}");
+            let read: f64 = serde_json::from_str(once.text()).unwrap();
             assert_eq!(alloc::format!("{read:e}"), alloc::format!("{:e}", v.parse::<f64>().unwrap()), "{v}");
         }
-        assert_eq!(canonical(b"111111111111111111111111").unwrap(), "1.1111111111111111e+23");
+        assert_eq!(canonical(b"111111111111111111111111").unwrap().text(), "1.1111111111111111e+23");
     }
 
     #[test]

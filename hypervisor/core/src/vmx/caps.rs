@@ -31,35 +31,51 @@ impl ControlCaps {
 
 /// The raw capability MSR values of one logical processor, read in the order and under the
 /// conditions the SDM requires (an MSR read that is not allowed raises #GP).
+/// In HV-SUMMARY's `vmx_msrs` each as hex text (`json::hex`), absent ones as null.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "alloc", derive(serde::Serialize, serde::Deserialize))]
 pub struct VmxMsrs {
     /// CPUID.1:ECX.VMX[bit 5].
     pub cpuid_vmx: bool,
     /// IA32_FEATURE_CONTROL (0x3A) as found, before this hypervisor changed it.
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex"))]
     pub feature_control: u64,
     /// IA32_VMX_BASIC (0x480).
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex"))]
     pub basic: u64,
     /// Pin-based controls: IA32_VMX_TRUE_PINBASED_CTLS when BASIC bit 55 is set, else
     /// IA32_VMX_PINBASED_CTLS.
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex"))]
     pub pinbased: u64,
     /// Primary processor-based controls (TRUE_ variant when BASIC bit 55 is set).
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex"))]
     pub procbased: u64,
     /// VM-exit controls (TRUE_ variant when BASIC bit 55 is set).
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex"))]
     pub exit: u64,
     /// VM-entry controls (TRUE_ variant when BASIC bit 55 is set).
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex"))]
     pub entry: u64,
     /// IA32_VMX_PROCBASED_CTLS2, present when primary allowed-1 bit 31 is set.
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex::option"))]
     pub procbased2: Option<u64>,
     /// IA32_VMX_PROCBASED_CTLS3, present when primary allowed-1 bit 17 is set.
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex::option"))]
     pub procbased3: Option<u64>,
     /// IA32_VMX_EPT_VPID_CAP, present when secondary allowed-1 has EPT (bit 1) or VPID (bit 5).
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex::option"))]
     pub ept_vpid_cap: Option<u64>,
     /// IA32_VMX_MISC (SDM Vol. 3D §A.6).
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex"))]
     pub misc: u64,
     /// IA32_VMX_CR0_FIXED0/1 and IA32_VMX_CR4_FIXED0/1 (SDM Vol. 3D §A.7, §A.8).
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex"))]
     pub cr0_fixed0: u64,
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex"))]
     pub cr0_fixed1: u64,
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex"))]
     pub cr4_fixed0: u64,
+    #[cfg_attr(feature = "alloc", serde(with = "crate::json::hex"))]
     pub cr4_fixed1: u64,
 }
 

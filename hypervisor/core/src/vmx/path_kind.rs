@@ -73,6 +73,10 @@ impl InterruptPath {
     }
 }
 
+// In HV-SUMMARY's `interrupt_path` by the manifest's name.
+#[cfg(feature = "alloc")]
+crate::json::by_name!(InterruptPath);
+
 impl fmt::Display for InterruptPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

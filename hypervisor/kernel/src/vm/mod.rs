@@ -23,6 +23,7 @@ use hvcore::ept::{Ept, RWX, TableMemory};
 use hvcore::exits::census;
 use hvcore::exits::counters::ExitCounters;
 use hvcore::exits::cr;
+use hvcore::exits::report::Report;
 use hvcore::guest_abi::APIC_MMIO_GPA;
 use hvcore::manifest::{HltMode, TimerSource, VmResult, VmSpec};
 use hvcore::summary::VmReport;
@@ -107,7 +108,7 @@ pub struct Vm {
 /// The REPORT values a VM has handed in, within its budget.
 #[derive(Default)]
 pub struct Reports {
-    pub values: Vec<String>,
+    pub values: Vec<Report>,
     /// TSC at each value (the census windows' ends).
     pub tsc: Vec<u64>,
     pub budget: ReportBudget,
@@ -257,9 +258,9 @@ impl Vm {
 
     /// Records a REPORT value (canonical JSON) within the VM's report budget, and opens the next
     /// census window.
-    pub fn record_report(&self, value: String) -> Result<(), ReportsExceeded> {
+    pub fn record_report(&self, value: Report) -> Result<(), ReportsExceeded> {
         let mut reports = self.reports.lock();
-        reports.budget.take(value.len())?;
+        reports.budget.take(value.text().len())?;
         reports.values.push(value);
         reports.tsc.push(crate::time::rdtsc());
         self.census_epoch.store(reports.values.len() as u32, Ordering::Release);
@@ -319,21 +320,16 @@ impl Vm {
         let reports = self.reports.lock();
         let snapshots: Vec<_> = self.census.iter().map(|c| c.lock().clone()).collect();
         VmReport {
-            name: self.spec.name.clone(),
-            vcpus: self.spec.vcpus,
-            result,
-            reason,
-            expect: self.spec.expect,
-            apic_mode: self.spec.apic.as_str(),
             ipiv: self.plan.ipiv(),
-            interrupt_path: self.plan.path.as_str(),
+            interrupt_path: Some(self.plan.path),
             interrupt_path_reason: self.plan.why_not_better.clone(),
-            hlt: self.spec.hlt.as_str(),
-            timer: self.timer.as_str(),
+            hlt: Some(self.spec.hlt),
+            timer: Some(self.timer),
             vcpu_exits: self.exits.iter().map(|c| c.lock().clone()).collect(),
             console_dropped_bytes: self.console.lock().dropped,
             reports: reports.values.clone(),
             report_exits: census::windows(&snapshots, &reports.tsc, self.clock0_tsc, self.tsc_hz),
+            ..VmReport::new(self.spec.name.clone(), self.spec.vcpus, result, reason, self.spec.expect, self.spec.apic)
         }
     }
 }

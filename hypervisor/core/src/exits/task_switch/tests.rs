@@ -12,10 +12,11 @@ struct Mem {
 impl Mem {
     fn check(&mut self, cr3: u64, at: u64, len: usize) -> Result<usize, MemError> {
         self.cr3s.push(cr3);
-        if let Some(h) = &self.hole {
-            if at < h.end && at + len as u64 > h.start {
-                return Err(MemError::NotPresent);
-            }
+        if let Some(h) = &self.hole
+            && at < h.end
+            && at + len as u64 > h.start
+        {
+            return Err(MemError::NotPresent);
         }
         if at as usize + len > self.bytes.len() {
             return Err(MemError::NotRam(at));
