@@ -67,6 +67,8 @@ pub fn init_this_cpu(force_xapic: bool) {
     write(LVT_LINT1, LVT_MASKED);
 }
 
+// On the exit path (kicks): one cache line, so never across a page (see `vm::run`).
+#[rustc_align(64)]
 fn read(reg: usize) -> u32 {
     match MODE.load(Ordering::Relaxed) {
         // SAFETY: x2APIC mode is enabled, so its MSRs exist.
@@ -76,6 +78,8 @@ fn read(reg: usize) -> u32 {
     }
 }
 
+// On the exit path (kicks): one cache line, so never across a page (see `vm::run`).
+#[rustc_align(64)]
 fn write(reg: usize, value: u32) {
     match MODE.load(Ordering::Relaxed) {
         // SAFETY: as in `read`.

@@ -6,6 +6,8 @@
 #![no_std]
 #![no_main]
 #![feature(abi_x86_interrupt)]
+// `#[rustc_align]` on the exit path's functions (vm::run, vm::exits, vm::delivery).
+#![feature(fn_align)]
 
 extern crate alloc;
 

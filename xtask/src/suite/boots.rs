@@ -21,7 +21,7 @@ pub fn hostile_cases() -> Vec<Case> {
                 if reports == 0 || reports > hvcore::budget::MAX_REPORTS as usize {
                     bail!("{reports} reports kept; the budget is {}", hvcore::budget::MAX_REPORTS);
                 }
-                if v.reports[0].text() != r#"{"test":"hostile-report","spaced":[1,2]}"# {
+                if v.reports[0].value() != serde_json::json!({"test": "hostile-report", "spaced": [1, 2]}) {
                     bail!("the first report should be kept in canonical form: {}", v.reports[0].text());
                 }
                 neighbour_untouched(o, "neighbour-1")

@@ -33,6 +33,9 @@ pub fn deliver_message(vm: &Vm, sender: usize, m: &Message) -> Delivered {
     deliver_as(vm, sender, &m.icr(), m.level)
 }
 
+// Exit path: page-aligned, so the bench's exit-path figures (Bochs traces, which page
+// boundaries cut) do not move with unrelated code (docs/results.md).
+#[rustc_align(4096)]
 fn deliver_as(vm: &Vm, sender: usize, icr: &Icr, level: bool) -> Delivered {
     let n = vm.spec.vcpus as usize;
     // The common case first, without building the target table: fixed, physical, no shorthand.

@@ -59,6 +59,9 @@ enum Timed {
 }
 
 impl Vcpu<'_> {
+    // Exit path: page-aligned, so the bench's exit-path figures (Bochs traces, which page
+    // boundaries cut) do not move with unrelated code (docs/results.md).
+    #[rustc_align(4096)]
     fn run_loop<const D: u8>(&mut self) {
         let mut timed = None;
         loop {

@@ -65,6 +65,8 @@ pub unsafe fn enter(regs: &mut GuestRegs, launched: bool) -> Entry {
 
 core::arch::global_asm!(
     r#"
+    // Page-aligned as the exit path's Rust functions are (`#[rustc_align(4096)]`).
+    .p2align 12
     .global vmx_enter
 vmx_enter:
     push rbp

@@ -31,6 +31,9 @@ const ACCESS_FETCH: u64 = 2;
 use hvcore::arch::vector::GP;
 
 /// Sends an IPI the guest's ICR write asked for (the exit path), counting it.
+// Exit path: page-aligned, so the bench's exit-path figures (Bochs traces, which page
+// boundaries cut) do not move with unrelated code (docs/results.md).
+#[rustc_align(4096)]
 pub fn send_ipi(v: &mut Vcpu<'_>, icr: &Icr) -> Result<(), VmxInstrError> {
     v.counters.ipi_sent_by_exit += 1;
     let d = delivery::deliver(v.vm, v.index as usize, icr);
@@ -53,6 +56,9 @@ pub fn send_message(v: &mut Vcpu<'_>, m: &Message) -> Result<(), VmxInstrError> 
 
 /// APIC-write exit (trap-like: the raw value already reached the virtual-APIC page; SDM Vol.
 /// 3C §30.4.3.3): the write completed as the APIC keeps it.
+// Exit path: page-aligned, so the bench's exit-path figures (Bochs traces, which page
+// boundaries cut) do not move with unrelated code (docs/results.md).
+#[rustc_align(4096)]
 pub fn apic_write(v: &mut Vcpu<'_>) -> Handled {
     let offset = (VmcsNatural::ExitQualification.read()? & 0xff0) as usize;
     let value = v.apic.page().read(offset);
@@ -70,6 +76,9 @@ pub fn apic_write(v: &mut Vcpu<'_>) -> Handled {
 /// (an APIC-write exit, an emulated xAPIC access, an x2APIC WRMSR), then what it asks for:
 /// an EOI as the VM's path retires it, an IPI, the timer, SVR's software enable, an LVT kept
 /// masked while the APIC is software-disabled (SDM Vol. 3A §12.4.7.2).
+// Exit path: page-aligned, so the bench's exit-path figures (Bochs traces, which page
+// boundaries cut) do not move with unrelated code (docs/results.md).
+#[rustc_align(4096)]
 pub fn write_register(v: &mut Vcpu<'_>, offset: usize, value: u32) -> Result<(), VmxInstrError> {
     let page = v.apic.page();
     match vapic::store(&page, offset, value) {
@@ -142,6 +151,9 @@ fn self_ipi(v: &mut Vcpu<'_>, vector: u8) -> Result<(), VmxInstrError> {
 /// An x2APIC ICR write that reached the hypervisor: the virtual ICR holds what the guest wrote,
 /// as with virtualized writes, and the IPI goes out by the exit path. False for #GP (reserved
 /// bits).
+// Exit path: page-aligned, so the bench's exit-path figures (Bochs traces, which page
+// boundaries cut) do not move with unrelated code (docs/results.md).
+#[rustc_align(4096)]
 fn x2apic_icr(v: &mut Vcpu<'_>, value: u64) -> Result<bool, VmxInstrError> {
     let Some(icr) = Icr::x2apic(value) else { return Ok(false) };
     let page = v.apic.page();
@@ -153,6 +165,9 @@ fn x2apic_icr(v: &mut Vcpu<'_>, value: u64) -> Result<bool, VmxInstrError> {
 
 /// An intercepted x2APIC-mode WRMSR (0x800-0x8FF); false for #GP. On the injection path TPR,
 /// EOI and SELF IPI exit too, for the modelled APIC.
+// Exit path: page-aligned, so the bench's exit-path figures (Bochs traces, which page
+// boundaries cut) do not move with unrelated code (docs/results.md).
+#[rustc_align(4096)]
 pub fn x2apic_wrmsr(v: &mut Vcpu<'_>, m: u32, value: u64) -> Result<bool, VmxInstrError> {
     if v.vm.plan.models_apic() && matches!(m, msr::TPR | msr::EOI | msr::SELF_IPI) {
         return match injection::x2apic_write(&v.apic.page(), m, value) {

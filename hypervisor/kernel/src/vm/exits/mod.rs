@@ -27,6 +27,9 @@ use crate::vectors;
 use crate::vmx::vmcs::Access;
 use flow::{Flow, Handled, timeout};
 
+// Exit path: page-aligned, so the bench's exit-path figures (Bochs traces, which page
+// boundaries cut) do not move with unrelated code (docs/results.md).
+#[rustc_align(4096)]
 pub fn handle(v: &mut Vcpu<'_>, reason: BasicExit) -> Handled {
     match reason {
         BasicExit::Cpuid => cpuid(v),

@@ -47,6 +47,9 @@ pub fn rdmsr(v: &mut Vcpu<'_>) -> Handled {
     Ok(Flow::Continue)
 }
 
+// Exit path: page-aligned, so the bench's exit-path figures (Bochs traces, which page
+// boundaries cut) do not move with unrelated code (docs/results.md).
+#[rustc_align(4096)]
 pub fn wrmsr(v: &mut Vcpu<'_>) -> Handled {
     let m = v.regs.rcx as u32;
     let val = (v.regs.rdx << 32) | (v.regs.rax & 0xffff_ffff);
