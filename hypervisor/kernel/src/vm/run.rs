@@ -239,7 +239,7 @@ impl Vcpu<'_> {
             }
         }
         if (gate == NmiGate::Wait) != window_on {
-            self.set_primary(self.controls.primary ^ NMI_WINDOW_EXITING)?;
+            self.toggle_primary(NMI_WINDOW_EXITING)?;
         }
         Ok(())
     }

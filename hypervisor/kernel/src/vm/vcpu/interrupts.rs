@@ -86,7 +86,7 @@ impl Vcpu<'_> {
         }
         let want_window = decision == Entry::OpenWindow;
         if want_window != window_on {
-            self.set_primary(self.controls.primary ^ INTERRUPT_WINDOW_EXITING)?;
+            self.toggle_primary(INTERRUPT_WINDOW_EXITING)?;
             self.counters.interrupt_windows += want_window as u64;
         }
         Ok(())

@@ -75,7 +75,8 @@ pub struct Vcpu<'a> {
 impl<'a> Vcpu<'a> {
     /// Sets the primary processor-based controls: the VMCS and the shadow `controls` together,
     /// with a VMWRITE only when they change. Every change after set-up goes through here (or
-    /// [`Vcpu::set_secondary`]), so the shadow the handlers read is the VMCS's.
+    /// [`Vcpu::toggle_primary`], [`Vcpu::set_secondary`]), so the shadow the handlers read is
+    /// the VMCS's.
     #[inline(always)]
     pub(in crate::vm) fn set_primary(&mut self, primary: u32) -> Result<(), VmxInstrError> {
         if primary != self.controls.primary {
@@ -83,6 +84,14 @@ impl<'a> Vcpu<'a> {
             self.controls.primary = primary;
         }
         Ok(())
+    }
+
+    /// Flips `bits` of the primary controls: a change by construction, so one VMWRITE and no
+    /// test (the interrupt- and NMI-window toggles on the injection path's exit path).
+    #[inline(always)]
+    pub(in crate::vm) fn toggle_primary(&mut self, bits: u32) -> Result<(), VmxInstrError> {
+        self.controls.primary ^= bits;
+        Vmcs32::PrimaryProcBasedVmExecControl.write(self.controls.primary)
     }
 
     /// Sets the secondary processor-based controls, as [`Vcpu::set_primary`] does.
